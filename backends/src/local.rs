@@ -1,0 +1,294 @@
+//! The local store: `<root>/<cluster>/<snap>.tar.gz`, its `.sha256` sidecar and a `.metadata.json` copy of
+//! the bundle's metadata (so listing never decompresses archives). Directories are 0700 and files 0600:
+//! bundles contain the cluster's Secrets.
+//!
+//! A snapshot is visible once its `.tar.gz` exists; publishing writes metadata and sidecar first (each to a
+//! temporary name, then renamed) and links the finished archive in last, never over an existing one.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::{ClusterName, Error, SnapshotName};
+
+pub const BUNDLE_SUFFIX: &str = ".tar.gz";
+pub const SIDECAR_SUFFIX: &str = ".tar.gz.sha256";
+pub const METADATA_SUFFIX: &str = ".metadata.json";
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// Where one snapshot's files live.
+#[derive(Debug, Clone)]
+pub struct SnapshotPaths {
+    pub bundle: PathBuf,
+    pub sidecar: PathBuf,
+    pub metadata: PathBuf,
+}
+
+/// A snapshot found in the store.
+#[derive(Debug, Clone)]
+pub struct LocalSnapshot {
+    pub name: SnapshotName,
+    pub paths: SnapshotPaths,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn cluster_dir(&self, cluster: &ClusterName) -> PathBuf {
+        self.root.join(cluster.as_str())
+    }
+
+    pub fn paths(&self, cluster: &ClusterName, name: &SnapshotName) -> SnapshotPaths {
+        let dir = self.cluster_dir(cluster);
+        SnapshotPaths {
+            bundle: dir.join(format!("{name}{BUNDLE_SUFFIX}")),
+            sidecar: dir.join(format!("{name}{SIDECAR_SUFFIX}")),
+            metadata: dir.join(format!("{name}{METADATA_SUFFIX}")),
+        }
+    }
+
+    /// Creates the store and cluster directories (0700) if needed.
+    pub fn ensure_cluster_dir(&self, cluster: &ClusterName) -> Result<PathBuf, Error> {
+        let dir = self.cluster_dir(cluster);
+        create_private_dir(&self.root)?;
+        create_private_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Cluster directories present in the store.
+    pub fn clusters(&self) -> Result<Vec<ClusterName>, Error> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("reading {}", self.root.display()), e)),
+        };
+        for entry in rd.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if let Some(c) = entry.file_name().to_str().and_then(|n| ClusterName::new(n).ok()) {
+                    out.push(c);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Snapshots of `cluster`, in name order. Files that are not finished bundles are ignored.
+    pub fn list(&self, cluster: &ClusterName) -> Result<Vec<LocalSnapshot>, Error> {
+        let dir = self.cluster_dir(cluster);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let file_name = entry.file_name();
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(BUNDLE_SUFFIX)) else { continue };
+            let Ok(name) = SnapshotName::new(stem) else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            out.push(LocalSnapshot {
+                paths: self.paths(cluster, &name),
+                name,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn get(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<LocalSnapshot, Error> {
+        let paths = self.paths(cluster, name);
+        match fs::metadata(&paths.bundle) {
+            Ok(meta) if meta.is_file() => Ok(LocalSnapshot {
+                name: name.clone(),
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                paths,
+            }),
+            Ok(_) => Err(self.not_found(cluster, name)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found(cluster, name)),
+            Err(e) => Err(Error::io(format!("reading {}", paths.bundle.display()), e)),
+        }
+    }
+
+    pub fn exists(&self, cluster: &ClusterName, name: &SnapshotName) -> bool {
+        self.paths(cluster, name).bundle.exists()
+    }
+
+    fn not_found(&self, cluster: &ClusterName, name: &SnapshotName) -> Error {
+        Error::NotFound { cluster: cluster.to_string(), name: name.to_string() }
+    }
+
+    /// A temporary path in the cluster directory for a bundle being written. Hidden from [`Self::list`].
+    pub fn staging_path(&self, cluster: &ClusterName, name: &SnapshotName) -> PathBuf {
+        let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        self.cluster_dir(cluster).join(format!(".{name}{BUNDLE_SUFFIX}.partial-{}-{nonce}", std::process::id()))
+    }
+
+    /// Makes a finished bundle visible as `name`: metadata and sidecar first, then the archive itself,
+    /// linked in without replacing an existing snapshot. `staged` is removed.
+    pub fn publish(&self, cluster: &ClusterName, name: &SnapshotName, staged: &Path, sidecar: &str, metadata: &[u8]) -> Result<SnapshotPaths, Error> {
+        let paths = self.paths(cluster, name);
+        if paths.bundle.exists() {
+            return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+        }
+        write_atomic(&paths.metadata, metadata)?;
+        write_atomic(&paths.sidecar, sidecar.as_bytes())?;
+        match fs::hard_link(staged, &paths.bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+            }
+            Err(e) => return Err(Error::io(format!("publishing {}", paths.bundle.display()), e)),
+        }
+        let _ = fs::remove_file(staged);
+        sync_dir(&self.cluster_dir(cluster));
+        Ok(paths)
+    }
+
+    /// Deletes a snapshot: the archive first (so it stops being listed), then its sidecar and metadata.
+    pub fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
+        let paths = self.paths(cluster, name);
+        match fs::remove_file(&paths.bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(cluster, name)),
+            Err(e) => return Err(Error::io(format!("deleting {}", paths.bundle.display()), e)),
+        }
+        for p in [&paths.sidecar, &paths.metadata] {
+            match fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("deleting {}", p.display()), e)),
+            }
+        }
+        sync_dir(&self.cluster_dir(cluster));
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename (0600).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let res = (|| {
+        let mut f = open_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", path.display()), e));
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("setting permissions of {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> (ClusterName, SnapshotName) {
+        (ClusterName::new("kind").unwrap(), SnapshotName::new("base").unwrap())
+    }
+
+    #[test]
+    fn publish_list_delete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path().join("store"));
+        let (c, n) = names();
+        store.ensure_cluster_dir(&c).unwrap();
+        let staged = store.staging_path(&c, &n);
+        fs::write(&staged, b"bundle").unwrap();
+        assert!(store.list(&c).unwrap().is_empty(), "staged bundles are not listed");
+        store.publish(&c, &n, &staged, "x  base.tar.gz\n", b"{}").unwrap();
+        assert!(!staged.exists());
+        let listed = store.list(&c).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].size, 6);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&store.cluster_dir(&c)), 0o700);
+            assert_eq!(mode(store.root()), 0o700);
+            assert_eq!(mode(&listed[0].paths.sidecar), 0o600);
+            assert_eq!(mode(&listed[0].paths.metadata), 0o600);
+        }
+        store.delete(&c, &n).unwrap();
+        assert!(store.list(&c).unwrap().is_empty());
+        assert!(!store.paths(&c, &n).sidecar.exists());
+        assert!(matches!(store.delete(&c, &n), Err(Error::NotFound { .. })));
+    }
+
+    #[test]
+    fn publish_never_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path());
+        let (c, n) = names();
+        store.ensure_cluster_dir(&c).unwrap();
+        for content in [&b"first"[..], b"second"] {
+            let staged = store.staging_path(&c, &n);
+            fs::write(&staged, content).unwrap();
+            let res = store.publish(&c, &n, &staged, "x  y\n", b"{}");
+            if content == b"second" {
+                assert!(matches!(res, Err(Error::AlreadyExists { .. })));
+            }
+        }
+        assert_eq!(fs::read(store.paths(&c, &n).bundle).unwrap(), b"first");
+    }
+}

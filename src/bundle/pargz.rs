@@ -1,0 +1,241 @@
+//! Parallel gzip: the stream is cut into fixed-size chunks, each compressed on a worker thread into an
+//! independent gzip member, and the members are written in order. Concatenated members are a valid gzip
+//! file (RFC 1952 §2.2): `gzip -d`, `tar xzf` and [`flate2::read::MultiGzDecoder`] read it as one stream.
+//!
+//! Chunks of data that is already compressed (image layers) are stored, not deflated again: deflating
+//! random-looking bytes costs the most CPU for no gain. The sha256 of the compressed output is computed as it
+//! is written, so the sidecar never needs a second read of the file.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha2::{Digest, Sha256};
+
+/// Size of one gzip member's input. Large enough that per-member overhead (18 bytes, a fresh dictionary)
+/// is negligible, small enough that in-flight memory stays a few MiB.
+pub const CHUNK: usize = 1 << 20;
+
+struct Job {
+    seq: u64,
+    data: Vec<u8>,
+    store: bool,
+}
+
+type Done = (u64, io::Result<Vec<u8>>);
+
+/// A `Write` that gzips in parallel into `W` and hashes what it writes.
+pub struct ParGzWriter<W: Write> {
+    out: W,
+    hasher: Sha256,
+    written: u64,
+    level: Compression,
+    buf: Vec<u8>,
+    buf_store: bool,
+    next_seq: u64,
+    next_write: u64,
+    pending: std::collections::BTreeMap<u64, Vec<u8>>,
+    in_flight: usize,
+    max_in_flight: usize,
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl<W: Write> ParGzWriter<W> {
+    pub fn new(out: W, level: u32, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = sync_channel::<Done>(threads * 4);
+        let level = Compression::new(level.min(9));
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&job_rx);
+                let tx = done_tx.clone();
+                std::thread::spawn(move || {
+                    loop {
+                        let job = match rx.lock().map(|r| r.recv()) {
+                            Ok(Ok(job)) => job,
+                            _ => return,
+                        };
+                        let lvl = if job.store { Compression::none() } else { level };
+                        let mut enc = GzEncoder::new(Vec::with_capacity(job.data.len() / 2 + 64), lvl);
+                        let res = enc.write_all(&job.data).and_then(|()| enc.finish());
+                        if tx.send((job.seq, res)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            out,
+            hasher: Sha256::new(),
+            written: 0,
+            level,
+            buf: Vec::with_capacity(CHUNK),
+            buf_store: false,
+            next_seq: 0,
+            next_write: 0,
+            pending: Default::default(),
+            in_flight: 0,
+            max_in_flight: threads * 3,
+            jobs: Some(job_tx),
+            done: done_rx,
+            workers,
+        }
+    }
+
+    /// Marks the bytes written from now on as already compressed (or not). A change of mode ends the current
+    /// chunk so each member is compressed one way.
+    pub fn set_precompressed(&mut self, store: bool) -> io::Result<()> {
+        if store != self.buf_store {
+            self.submit()?;
+            self.buf_store = store;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight >= self.max_in_flight {
+            self.collect_one()?;
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let job = Job { seq: self.next_seq, data, store: self.buf_store || self.level.level() == 0 };
+        self.next_seq += 1;
+        self.in_flight += 1;
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("compressor closed"))?
+            .send(job)
+            .map_err(|_| io::Error::other("compression worker died"))?;
+        // Write out whatever finished meanwhile, without waiting.
+        while let Ok((seq, res)) = self.done.try_recv() {
+            self.accept(seq, res)?;
+        }
+        Ok(())
+    }
+
+    fn collect_one(&mut self) -> io::Result<()> {
+        let (seq, res) = self.done.recv().map_err(|_| io::Error::other("compression worker died"))?;
+        self.accept(seq, res)
+    }
+
+    fn accept(&mut self, seq: u64, res: io::Result<Vec<u8>>) -> io::Result<()> {
+        self.in_flight -= 1;
+        self.pending.insert(seq, res?);
+        while let Some(member) = self.pending.remove(&self.next_write) {
+            self.out.write_all(&member)?;
+            self.hasher.update(&member);
+            self.written += member.len() as u64;
+            self.next_write += 1;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything, stops the workers and returns the output, its sha256 and its size.
+    pub fn finish(mut self) -> io::Result<(W, [u8; 32], u64)> {
+        self.submit()?;
+        while self.in_flight > 0 {
+            self.collect_one()?;
+        }
+        if self.next_seq == 0 {
+            // An empty input still has to be a valid gzip file.
+            let member = GzEncoder::new(Vec::new(), self.level).finish()?;
+            self.out.write_all(&member)?;
+            self.hasher.update(&member);
+            self.written += member.len() as u64;
+        }
+        self.jobs.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.out.flush()?;
+        let Self { out, hasher, written, .. } = self;
+        Ok((out, hasher.finalize().into(), written))
+    }
+}
+
+impl<W: Write> Write for ParGzWriter<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let room = CHUNK - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == CHUNK {
+                self.submit()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::read::MultiGzDecoder;
+    use std::io::Read;
+
+    fn roundtrip(input: &[u8], store_from: Option<usize>) {
+        let mut w = ParGzWriter::new(Vec::new(), 6, 2);
+        match store_from {
+            Some(at) => {
+                w.write_all(&input[..at]).unwrap();
+                w.set_precompressed(true).unwrap();
+                w.write_all(&input[at..]).unwrap();
+            }
+            None => w.write_all(input).unwrap(),
+        }
+        let (out, digest, size) = w.finish().unwrap();
+        assert_eq!(size as usize, out.len());
+        assert_eq!(digest.as_slice(), Sha256::digest(&out).as_slice());
+        let mut back = Vec::new();
+        MultiGzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        assert_eq!(back, input);
+    }
+
+    #[test]
+    fn empty_input_is_valid_gzip() {
+        roundtrip(b"", None);
+    }
+
+    #[test]
+    fn many_chunks_come_back_in_order() {
+        let input: Vec<u8> = (0..(CHUNK * 5 + 123)).map(|i| (i * 7 % 251) as u8).collect();
+        roundtrip(&input, None);
+    }
+
+    #[test]
+    fn stored_chunks_round_trip() {
+        let input: Vec<u8> = (0..(CHUNK * 3)).map(|i| (i % 13) as u8).collect();
+        roundtrip(&input, Some(CHUNK / 2));
+    }
+
+    #[test]
+    fn compressible_data_shrinks_and_stored_data_does_not() {
+        let text = b"kind snapshot ".repeat(CHUNK / 7);
+        let mut w = ParGzWriter::new(Vec::new(), 6, 2);
+        w.write_all(&text).unwrap();
+        let (out, _, _) = w.finish().unwrap();
+        assert!(out.len() < text.len() / 10, "deflated {} -> {}", text.len(), out.len());
+
+        let mut w = ParGzWriter::new(Vec::new(), 6, 2);
+        w.set_precompressed(true).unwrap();
+        w.write_all(&text).unwrap();
+        let (out, _, _) = w.finish().unwrap();
+        assert!(out.len() >= text.len(), "stored data must not be deflated");
+    }
+}

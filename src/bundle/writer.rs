@@ -1,0 +1,382 @@
+//! The streaming bundle writer: tar → parallel gzip → file, with the archive's sha256 computed on the way.
+//!
+//! A dedicated thread owns the tar builder; async code hands it entries whose bytes arrive through bounded
+//! channels, so memory does not grow with the bundle. Entries are either single files of known size or whole
+//! tar streams (Docker's archive API, `ctr images export`) re-emitted entry by entry under new names.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufWriter, Read};
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::pargz::ParGzWriter;
+use super::BundleError;
+
+/// Entries at least this large are checked for gzip/zstd magic and, if already compressed, stored.
+const PRECOMPRESSED_MIN: u64 = 64 * 1024;
+const CHANNEL_DEPTH: usize = 8;
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What one written entry was.
+#[derive(Debug, Clone)]
+pub struct EntrySummary {
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// sha256 of the entry's data (regular files only).
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Hardlink,
+}
+
+/// What a re-emitted tar stream contributed.
+#[derive(Debug, Clone, Default)]
+pub struct TarSummary {
+    pub entries: Vec<EntrySummary>,
+    /// Bundle paths skipped because they were already in the bundle (content-addressed blobs).
+    pub skipped: Vec<String>,
+    /// sha256 over every written entry's name, type, mode, size, link target and data, in order.
+    pub digest: String,
+    pub bytes: u64,
+}
+
+/// Maps a path inside a nested tar to its path in the bundle; `None` leaves the entry out.
+pub type Rename = Box<dyn FnMut(&str) -> Option<String> + Send>;
+
+enum Msg {
+    File { path: String, size: u64, mode: u32, data: mpsc::Receiver<io::Result<Bytes>>, reply: oneshot::Sender<Result<EntrySummary, BundleError>> },
+    Tar { rename: Rename, skip_existing: bool, data: mpsc::Receiver<io::Result<Bytes>>, reply: oneshot::Sender<Result<TarSummary, BundleError>> },
+    Finish { reply: oneshot::Sender<Result<(String, u64), BundleError>> },
+}
+
+/// Handle to the writer thread.
+pub struct BundleSink {
+    tx: mpsc::Sender<Msg>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    pub level: u32,
+    pub threads: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Self { level: 6, threads }
+    }
+}
+
+impl BundleSink {
+    /// Creates `path` (which must not exist; mode 0600) and starts the writer thread.
+    pub fn create(path: &Path, opts: WriterOptions) -> Result<Self, BundleError> {
+        let file = create_private(path).map_err(|e| BundleError::io(format!("creating {}", path.display()), e))?;
+        let (tx, rx) = mpsc::channel(1);
+        std::thread::Builder::new()
+            .name("bundle-writer".into())
+            .spawn(move || writer_thread(file, opts, rx))
+            .map_err(|e| BundleError::io("starting the bundle writer", e))?;
+        Ok(Self { tx })
+    }
+
+    /// Appends one regular file of exactly `size` bytes read from `src`.
+    pub async fn add_file(&self, path: &str, size: u64, mode: u32, src: impl AsyncRead + Unpin) -> Result<EntrySummary, BundleError> {
+        let (data_tx, data) = mpsc::channel(CHANNEL_DEPTH);
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::File { path: path.to_owned(), size, mode, data, reply }).await?;
+        let pumped = pump(src, data_tx).await;
+        let written = rx.await.map_err(|_| BundleError::WriterGone)?;
+        pumped.map_err(BundleError::Source)?;
+        written
+    }
+
+    pub async fn add_bytes(&self, path: &str, mode: u32, bytes: &[u8]) -> Result<EntrySummary, BundleError> {
+        self.add_file(path, bytes.len() as u64, mode, bytes).await
+    }
+
+    /// Re-emits every entry of the tar stream `src` whose name `rename` maps to a bundle path.
+    pub async fn add_tar(&self, src: impl AsyncRead + Unpin, rename: Rename, skip_existing: bool) -> Result<TarSummary, BundleError> {
+        let (data_tx, data) = mpsc::channel(CHANNEL_DEPTH);
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Tar { rename, skip_existing, data, reply }).await?;
+        let pumped = pump(src, data_tx).await;
+        let written = rx.await.map_err(|_| BundleError::WriterGone)?;
+        pumped.map_err(BundleError::Source)?;
+        written
+    }
+
+    /// Ends the archive and returns its sha256 (hex) and size. The file is synced to disk.
+    pub async fn finish(self) -> Result<(String, u64), BundleError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Finish { reply }).await?;
+        rx.await.map_err(|_| BundleError::WriterGone)?
+    }
+
+    async fn send(&self, msg: Msg) -> Result<(), BundleError> {
+        self.tx.send(msg).await.map_err(|_| BundleError::WriterGone)
+    }
+}
+
+/// Copies `src` into the channel. A read error is passed to the writer (so it stops) and returned.
+async fn pump(mut src: impl AsyncRead + Unpin, tx: mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
+    loop {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        match src.read_buf(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                if tx.send(Ok(buf.freeze())).await.is_err() {
+                    return Ok(()); // the writer stopped; its own error says why
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+#[cfg(not(unix))]
+fn create_private(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Yields exactly `remaining` bytes of `inner` and fails if it has fewer or more; hashes what passes.
+struct Exact<R> {
+    inner: R,
+    path: String,
+    remaining: u64,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: more data than its declared size", self.path))),
+            };
+        }
+        let want = out.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: stream ended {} bytes short", self.path, self.remaining)));
+        }
+        self.hasher.update(&out[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+type Builder = tar::Builder<ParGzWriter<BufWriter<File>>>;
+
+struct State {
+    builder: Builder,
+    written: HashSet<String>,
+}
+
+fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
+    let gz = ParGzWriter::new(BufWriter::with_capacity(1 << 20, file), opts.level, opts.threads);
+    let mut builder = tar::Builder::new(gz);
+    builder.mode(tar::HeaderMode::Complete);
+    let mut state = Some(State { builder, written: HashSet::new() });
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::File { path, size, mode, data, reply } => {
+                let res = match state.as_mut() {
+                    Some(s) => s.file(path, size, mode, data),
+                    None => Err(BundleError::WriterFailed),
+                };
+                if res.is_err() {
+                    state = None;
+                }
+                let _ = reply.send(res);
+            }
+            Msg::Tar { rename, skip_existing, data, reply } => {
+                let res = match state.as_mut() {
+                    Some(s) => s.tar(rename, skip_existing, data),
+                    None => Err(BundleError::WriterFailed),
+                };
+                if res.is_err() {
+                    state = None;
+                }
+                let _ = reply.send(res);
+            }
+            Msg::Finish { reply } => {
+                let res = match state.take() {
+                    Some(s) => s.finish(),
+                    None => Err(BundleError::WriterFailed),
+                };
+                let _ = reply.send(res);
+                return;
+            }
+        }
+    }
+}
+
+fn new_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_entry_type(kind);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
+    h
+}
+
+impl State {
+    fn claim(&mut self, path: &str) -> Result<(), BundleError> {
+        if !self.written.insert(path.to_owned()) {
+            return Err(BundleError::Duplicate(path.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Appends a regular file's data, storing it uncompressed in the gzip stream when it already is compressed.
+    fn append_data(&mut self, header: &mut tar::Header, path: &str, size: u64, data: impl Read) -> Result<String, BundleError> {
+        let mut exact = Exact { inner: data, path: path.to_owned(), remaining: size, hasher: Sha256::new() };
+        let mut head = [0u8; 4];
+        let mut got = 0;
+        if size >= PRECOMPRESSED_MIN {
+            while got < head.len() {
+                let n = exact.read(&mut head[got..]).map_err(BundleError::Source)?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let compressed = head[..2] == [0x1f, 0x8b] || head == [0x28, 0xb5, 0x2f, 0xfd];
+            self.builder.get_mut().set_precompressed(compressed).map_err(|e| BundleError::io("compressing", e))?;
+        }
+        let mut chained = Read::chain(&head[..got], &mut exact);
+        self.builder
+            .append_data(header, path, &mut chained)
+            .map_err(|e| classify(e, path))?;
+        Ok(hex::encode(exact.hasher.finalize()))
+    }
+
+    fn file(&mut self, path: String, size: u64, mode: u32, data: mpsc::Receiver<io::Result<Bytes>>) -> Result<EntrySummary, BundleError> {
+        self.claim(&path)?;
+        let mut header = new_header(size, mode, tar::EntryType::Regular);
+        let sha = self.append_data(&mut header, &path, size, ChannelReader { rx: data, cur: Bytes::new() })?;
+        Ok(EntrySummary { path, kind: EntryKind::File, size, sha256: Some(sha) })
+    }
+
+    fn tar(&mut self, mut rename: Rename, skip_existing: bool, data: mpsc::Receiver<io::Result<Bytes>>) -> Result<TarSummary, BundleError> {
+        let mut archive = tar::Archive::new(ChannelReader { rx: data, cur: Bytes::new() });
+        let mut summary = TarSummary::default();
+        let mut digest = Sha256::new();
+        let entries = archive.entries().map_err(BundleError::Source)?;
+        for entry in entries {
+            let entry = entry.map_err(BundleError::Source)?;
+            let src_path = entry.path().map_err(BundleError::Source)?.to_string_lossy().into_owned();
+            let Some(path) = rename(&src_path) else { continue };
+            if skip_existing && self.written.contains(&path) {
+                summary.skipped.push(path);
+                continue;
+            }
+            self.claim(&path)?;
+            let src = entry.header();
+            let mode = src.mode().unwrap_or(0o644);
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(mode);
+            header.set_uid(src.uid().unwrap_or(0));
+            header.set_gid(src.gid().unwrap_or(0));
+            header.set_mtime(src.mtime().unwrap_or(0));
+            let (kind, size, link) = match src.entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => (EntryKind::File, entry.size(), None),
+                tar::EntryType::Directory => (EntryKind::Dir, 0, None),
+                tar::EntryType::Symlink => (EntryKind::Symlink, 0, entry.link_name().map_err(BundleError::Source)?.map(|l| l.to_string_lossy().into_owned())),
+                tar::EntryType::Link => {
+                    let target = entry.link_name().map_err(BundleError::Source)?.map(|l| l.to_string_lossy().into_owned());
+                    (EntryKind::Hardlink, 0, target.and_then(|t| rename(&t)))
+                }
+                other => return Err(BundleError::Unsupported { path: src_path, kind: format!("{other:?}") }),
+            };
+            digest.update(path.as_bytes());
+            digest.update(format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes());
+            let mut sha256 = None;
+            match kind {
+                EntryKind::File => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(size);
+                    let sha = self.append_data(&mut header, &path, size, entry)?;
+                    digest.update(sha.as_bytes());
+                    sha256 = Some(sha);
+                }
+                EntryKind::Dir => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    self.builder.append_data(&mut header, &path, io::empty()).map_err(|e| classify(e, &path))?;
+                }
+                EntryKind::Symlink | EntryKind::Hardlink => {
+                    let target = link.ok_or_else(|| BundleError::Unsupported { path: src_path.clone(), kind: "link without target".into() })?;
+                    header.set_entry_type(if kind == EntryKind::Symlink { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                    header.set_size(0);
+                    self.builder.append_link(&mut header, &path, &target).map_err(|e| classify(e, &path))?;
+                }
+            }
+            summary.bytes += size;
+            summary.entries.push(EntrySummary { path, kind, size, sha256 });
+        }
+        summary.digest = hex::encode(digest.finalize());
+        Ok(summary)
+    }
+
+    fn finish(self) -> Result<(String, u64), BundleError> {
+        let gz = self.builder.into_inner().map_err(|e| BundleError::io("finishing the archive", e))?;
+        let (out, sha, size) = gz.finish().map_err(|e| BundleError::io("finishing the archive", e))?;
+        let file = out.into_inner().map_err(|e| BundleError::io("writing the archive", e.into_error()))?;
+        file.sync_all().map_err(|e| BundleError::io("syncing the archive", e))?;
+        Ok((hex::encode(sha), size))
+    }
+}
+
+/// Errors from the data source surface as such; the rest are write errors.
+fn classify(e: io::Error, path: &str) -> BundleError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other
+        | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => BundleError::Source(e),
+        _ => BundleError::io(format!("writing {path} into the bundle"), e),
+    }
+}

@@ -1,0 +1,38 @@
+//! A consistent etcd snapshot, taken while the cluster runs: `etcdctl snapshot save` inside the etcd
+//! container into /var/lib/etcd (the only data directory it shares with the node), streamed out of the node
+//! through the archive API, then removed.
+
+use crate::bundle::{BundleSink, ETCD_ENTRY, metadata::EtcdInfo};
+use crate::cluster::Runtime;
+
+use super::{CaptureError, node};
+
+pub async fn capture(rt: &Runtime, node_name: &str, etcd_image: &str, sink: &BundleSink) -> Result<EtcdInfo, CaptureError> {
+    let id = node::etcd_container(rt, node_name).await?;
+    let file = format!("kubectl-snapshot-{}.db", crate::util::nonce());
+    let path = format!("/var/lib/etcd/{file}");
+    let mut argv: Vec<String> = vec!["crictl".into(), "exec".into(), id, "etcdctl".into()];
+    argv.extend(node::etcdctl_tls());
+    argv.extend(["snapshot".into(), "save".into(), path.clone()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let saved = rt.run(node_name, &argv).await;
+    let result = match saved {
+        Ok(_) => {
+            let want = file.clone();
+            sink.add_tar(rt.copy_out(node_name, &path), Box::new(move |p| (p == want).then(|| ETCD_ENTRY.to_owned())), false)
+                .await
+                .map_err(CaptureError::from)
+        }
+        Err(e) => Err(e.into()),
+    };
+    // The snapshot is a copy of every Secret: never leave it behind in the node.
+    let _ = rt.run(node_name, &["rm", "-f", &path]).await;
+    let summary = result?;
+    let entry = summary.entries.into_iter().next().ok_or_else(|| CaptureError::Invalid(format!("{path} was not in the archive copied from {node_name}")))?;
+    Ok(EtcdInfo {
+        node: node_name.to_owned(),
+        image: etcd_image.to_owned(),
+        size: entry.size,
+        digest: format!("sha256:{}", entry.sha256.unwrap_or_default()),
+    })
+}

@@ -1,0 +1,78 @@
+//! The command line: `kubectl snapshot <command>`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-snapshot",
+    bin_name = "kubectl snapshot",
+    version,
+    about = "Snapshot and restore kind clusters: etcd, images and local-path volumes in one bundle",
+    long_about = "Snapshot and restore kind clusters.\n\nA snapshot holds a consistent etcd snapshot, every image loaded in each node's containerd, the \
+local-path-provisioner volumes and metadata (Kubernetes version, node image, topology, addon versions) in one .tar.gz \
+bundle with a .sha256 sidecar.\n\nThe cluster is a positional argument, else KIND_CLUSTER_NAME, else the only kind cluster.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Local snapshot store (default: $XDG_DATA_HOME/kubectl-snapshot/snapshots).
+    #[arg(long, global = true, env = "KUBECTL_SNAPSHOT_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Capture a running kind cluster into a snapshot.
+    Create(cmd::create::Args),
+    /// List a cluster's snapshots, newest first, with their integrity status.
+    #[command(visible_alias = "ls")]
+    List(cmd::list::Args),
+    /// Print a snapshot's metadata.
+    Show(cmd::show::Args),
+    /// Delete snapshots by retention policy (keep-last, older-than, max-size; their union).
+    Prune(cmd::prune::Args),
+    /// Delete snapshots by name.
+    #[command(visible_alias = "rm")]
+    Delete(cmd::delete::Args),
+}
+
+/// `-o/--output` for list and show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+/// Exit codes (documented in docs/exit-codes.md).
+pub mod exit {
+    /// Any failure not listed below.
+    pub const FAILURE: u8 = 1;
+    // 2: usage error (clap).
+    /// Interrupted by SIGINT (128 + 2).
+    pub const SIGINT: u8 = 130;
+    /// Interrupted by SIGTERM (128 + 15).
+    pub const SIGTERM: u8 = 143;
+
+    pub fn code_for(e: &anyhow::Error) -> u8 {
+        for cause in e.chain() {
+            if let Some(crate::capture::CaptureError::Interrupted(sig)) = cause.downcast_ref() {
+                return if *sig == "SIGTERM" { SIGTERM } else { SIGINT };
+            }
+            if cause.downcast_ref::<crate::cmd::UsageError>().is_some() {
+                return 2;
+            }
+        }
+        FAILURE
+    }
+}

@@ -1,0 +1,365 @@
+//! How kind nodes are reached: a Docker-API runtime (Docker, or Podman's Docker-compatible socket) through
+//! bollard. Lists clusters and nodes by kind's labels, runs commands in nodes, streams files out and in
+//! through the archive API. What is done with the nodes lives in `capture` (and `restore`); nothing outside
+//! this module talks to bollard.
+
+mod resolve;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io;
+
+use bollard::Docker;
+use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::models::ExecConfig;
+use bollard::exec::StartExecResults;
+use bollard::container::LogOutput;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+use tokio_util::io::StreamReader;
+
+pub use resolve::{resolve_live, resolve_stored};
+
+pub const CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
+pub const ROLE_LABEL: &str = "io.x-k8s.kind.role";
+
+/// Output kept from a failed command, per stream.
+const OUTPUT_TAIL: usize = 8 * 1024;
+/// The most a collected (non-streamed) command may print.
+const COLLECT_MAX: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach the {provider} daemon ({host}): {cause}\nhint: is {provider} running? DOCKER_HOST and KIND_EXPERIMENTAL_PROVIDER select the daemon")]
+    Connect { provider: String, host: String, cause: bollard::errors::Error },
+    #[error("{context}: {cause}")]
+    Runtime { context: String, cause: bollard::errors::Error },
+    #[error("KIND_EXPERIMENTAL_PROVIDER={0} is not supported: kubectl-snapshot talks the Docker API (docker, or podman's socket)")]
+    UnsupportedProvider(String),
+    #[error("no kind clusters found\nhint: create one with `kind create cluster`, or check that the right Docker daemon is in use")]
+    NoClusters,
+    #[error("several kind clusters found ({}); name one: kubectl snapshot <command> CLUSTER ... (or set KIND_CLUSTER_NAME)", .0.join(", "))]
+    Ambiguous(Vec<String>),
+    #[error("kind cluster {name:?} not found{}", existing_hint(.existing))]
+    NotFound { name: String, existing: Vec<String> },
+    #[error("node {node} is {state}, not running; start the cluster first (`docker start {node}`)")]
+    NodeNotRunning { node: String, state: String },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+}
+
+fn existing_hint(existing: &[String]) -> String {
+    if existing.is_empty() { "; there are no kind clusters".into() } else { format!("; existing clusters: {}", existing.join(", ")) }
+}
+
+/// A command that failed inside a node, with what it printed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ExecError {
+    pub node: String,
+    pub command: Vec<String>,
+    pub code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code.map_or("unknown".to_string(), |c| c.to_string());
+        write!(f, "command `{}` failed on node {} (exit code {code})", self.command.join(" "), self.node)?;
+        let out = if self.stderr.trim().is_empty() { self.stdout.trim() } else { self.stderr.trim() };
+        if !out.is_empty() {
+            write!(f, "\n--- output ---\n{out}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Result of a finished command.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A kind node container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub id: String,
+    pub role: Role,
+    pub image: String,
+    /// Docker state: running, paused, exited, ...
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    ControlPlane,
+    Worker,
+    LoadBalancer,
+    Other,
+}
+
+impl Role {
+    fn from_label(s: &str) -> Self {
+        match s {
+            "control-plane" => Role::ControlPlane,
+            "worker" => Role::Worker,
+            "external-load-balancer" => Role::LoadBalancer,
+            _ => Role::Other,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+            Role::LoadBalancer => "external-load-balancer",
+            Role::Other => "other",
+        }
+    }
+}
+
+/// A connection to the container runtime the kind nodes run on.
+#[derive(Clone)]
+pub struct Runtime {
+    docker: Docker,
+    provider: String,
+}
+
+impl Runtime {
+    /// Connects as kind would: `KIND_EXPERIMENTAL_PROVIDER` (docker, podman) picks the runtime, `DOCKER_HOST`
+    /// the socket. Without a provider set, Docker is tried first and then Podman's socket, like kind.
+    pub async fn connect() -> Result<Self, ClusterError> {
+        let explicit = std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok().filter(|s| !s.is_empty());
+        match explicit.as_deref() {
+            Some("docker") => Self::connect_as("docker").await,
+            Some("podman") => Self::connect_as("podman").await,
+            Some(other) => Err(ClusterError::UnsupportedProvider(other.to_owned())),
+            None => match Self::connect_as("docker").await {
+                Ok(rt) => Ok(rt),
+                Err(docker_err) => Self::connect_as("podman").await.map_err(|_| docker_err),
+            },
+        }
+    }
+
+    async fn connect_as(provider: &str) -> Result<Self, ClusterError> {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
+        let err = |cause| ClusterError::Connect { provider: provider.to_owned(), host: host.clone(), cause };
+        let docker = if provider == "podman" {
+            #[cfg(unix)]
+            {
+                Docker::connect_with_podman_defaults().map_err(err)?
+            }
+            #[cfg(not(unix))]
+            {
+                Docker::connect_with_defaults().map_err(err)?
+            }
+        } else {
+            Docker::connect_with_defaults().map_err(err)?
+        };
+        let docker = docker.negotiate_version().await.map_err(err)?;
+        docker.ping().await.map_err(err)?;
+        Ok(Self { docker, provider: provider.to_owned() })
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    fn rt_err(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> ClusterError {
+        let context = context.into();
+        move |cause| ClusterError::Runtime { context, cause }
+    }
+
+    /// Names of all kind clusters (any node state), sorted.
+    pub async fn clusters(&self) -> Result<Vec<String>, ClusterError> {
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&std::collections::HashMap::from([("label", vec![CLUSTER_LABEL])]))
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(Self::rt_err("listing containers"))?;
+        let names: BTreeSet<String> = list
+            .into_iter()
+            .filter_map(|c| c.labels.and_then(|l| l.get(CLUSTER_LABEL).cloned()))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// The nodes of `cluster` (including stopped ones), sorted by name.
+    pub async fn nodes(&self, cluster: &str) -> Result<Vec<Node>, ClusterError> {
+        let filter = format!("{CLUSTER_LABEL}={cluster}");
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&std::collections::HashMap::from([("label", vec![filter.as_str()])]))
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(Self::rt_err("listing containers"))?;
+        let mut nodes: Vec<Node> = list
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let name = c.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
+                Node {
+                    name: name.trim_start_matches('/').to_owned(),
+                    id: c.id.unwrap_or_default(),
+                    role: Role::from_label(labels.get(ROLE_LABEL).map(String::as_str).unwrap_or("")),
+                    image: c.image.unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    /// The platform nodes run, e.g. `linux/amd64`.
+    pub async fn platform(&self) -> Result<String, ClusterError> {
+        let info = self.docker.info().await.map_err(Self::rt_err("reading runtime info"))?;
+        let arch = match info.architecture.as_deref().unwrap_or("") {
+            "x86_64" | "amd64" => "amd64",
+            "aarch64" | "arm64" => "arm64",
+            other => other,
+        };
+        let os = info.os_type.unwrap_or_else(|| "linux".into());
+        Ok(format!("{os}/{arch}"))
+    }
+
+    async fn start(&self, node: &str, argv: &[&str]) -> Result<(String, StartExecResults), ClusterError> {
+        let cfg = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        let ctx = || format!("running `{}` on node {node}", argv.join(" "));
+        let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
+        let started = self.docker.start_exec(&created.id, None).await.map_err(Self::rt_err(ctx()))?;
+        Ok((created.id, started))
+    }
+
+    async fn exit_code(&self, exec_id: &str) -> Option<i64> {
+        self.docker.inspect_exec(exec_id).await.ok().and_then(|i| i.exit_code)
+    }
+
+    /// Runs a command in a node and collects its output; a non-zero exit is not an error here.
+    pub async fn exec(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
+        let (id, started) = self.start(node, argv).await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Ok(ExecOutput { code: -1, stdout: String::new(), stderr: String::new() });
+        };
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(item) = output.next().await {
+            match item.map_err(Self::rt_err(format!("reading output of `{}` on node {node}", argv.join(" "))))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
+                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+            if stdout.len() + stderr.len() > COLLECT_MAX {
+                return Err(ExecError {
+                    node: node.into(),
+                    command: argv.iter().map(|s| s.to_string()).collect(),
+                    code: None,
+                    stdout: String::new(),
+                    stderr: format!("output exceeded {} MiB", COLLECT_MAX >> 20),
+                }
+                .into());
+            }
+        }
+        let code = self.exit_code(&id).await.unwrap_or(-1);
+        Ok(ExecOutput { code, stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
+    }
+
+    /// Runs a command in a node; a non-zero exit is an [`ExecError`] carrying its output. Returns stdout.
+    pub async fn run(&self, node: &str, argv: &[&str]) -> Result<String, ClusterError> {
+        let out = self.exec(node, argv).await?;
+        if out.code != 0 {
+            return Err(ExecError {
+                node: node.into(),
+                command: argv.iter().map(|s| s.to_string()).collect(),
+                code: Some(out.code),
+                stdout: tail(&out.stdout),
+                stderr: tail(&out.stderr),
+            }
+            .into());
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs a command and streams its stdout. When the command ends with a non-zero exit, the stream ends
+    /// with an error wrapping an [`ExecError`] (with the command's stderr) instead of a clean EOF, so a
+    /// consumer never mistakes a failed command's partial output for complete data.
+    pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<impl AsyncRead + Send + Unpin + 'static, ClusterError> {
+        let (id, started) = self.start(node, argv).await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Err(ClusterError::Runtime { context: format!("exec on {node} detached"), cause: bollard::errors::Error::RequestTimeoutError });
+        };
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+        let rt = self.clone();
+        let node = node.to_owned();
+        let command: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        tokio::spawn(async move {
+            let mut stderr = Vec::new();
+            while let Some(item) = output.next().await {
+                match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                        if tx.send(Ok(message)).await.is_err() {
+                            return; // reader went away
+                        }
+                    }
+                    Ok(LogOutput::StdErr { message }) => {
+                        stderr.extend_from_slice(&message);
+                        if stderr.len() > 2 * OUTPUT_TAIL {
+                            stderr.drain(..stderr.len() - OUTPUT_TAIL);
+                        }
+                    }
+                    Ok(LogOutput::StdIn { .. }) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(format!("reading output of `{}` on node {node}: {e}", command.join(" "))))).await;
+                        return;
+                    }
+                }
+            }
+            let code = rt.exit_code(&id).await;
+            if code != Some(0) {
+                let err = ExecError { node, command, code, stdout: String::new(), stderr: tail(&String::from_utf8_lossy(&stderr)) };
+                let _ = tx.send(Err(io::Error::other(err))).await;
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(StreamReader::new(Box::pin(stream)))
+    }
+
+    /// Streams `path` out of a node as a tar archive (Docker's archive API; works on any container state).
+    pub fn copy_out(&self, node: &str, path: &str) -> impl AsyncRead + Send + Unpin + 'static {
+        let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let context = format!("copying {path} out of node {node}");
+        let stream = self
+            .docker
+            .download_from_container(node, Some(opts))
+            .map_err(move |e| io::Error::other(format!("{context}: {e}")));
+        StreamReader::new(Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>)
+    }
+
+    /// Whether `path` exists in a node (archive API HEAD; works on any container state).
+    pub async fn path_exists(&self, node: &str, path: &str) -> Result<bool, ClusterError> {
+        let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new().path(path).build();
+        match self.docker.get_container_archive_info(node, Some(opts)).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(ClusterError::Runtime { context: format!("checking {path} on node {node}"), cause: e }),
+        }
+    }
+}
+
+fn tail(s: &str) -> String {
+    if s.len() <= OUTPUT_TAIL {
+        return s.to_owned();
+    }
+    let mut start = s.len() - OUTPUT_TAIL;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
+}

@@ -1,0 +1,76 @@
+//! `kubectl snapshot create [CLUSTER] [SNAPSHOT] [--name SNAPSHOT] [--json]`
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Ctx, UsageError, snapshot_name};
+use crate::bundle::{Metadata, WriterOptions};
+use crate::capture::{self, Request};
+use crate::progress::{PhaseRecord, Progress};
+use crate::util::human_bytes;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cluster to capture (default: KIND_CLUSTER_NAME, else the only kind cluster).
+    pub cluster: Option<String>,
+    /// Snapshot name (default: snap-YYYYMMDD-HHMMSS, UTC). Letters, digits, '.', '_', '-'.
+    pub snapshot: Option<String>,
+    /// Snapshot name, as an alternative to the positional argument.
+    #[arg(long = "name", value_name = "SNAPSHOT")]
+    pub name: Option<String>,
+    /// Print a JSON CreateResult (phases, metadata, path, size, sha256) instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
+    /// gzip level for data that is not already compressed (0-9).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub compression_level: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateResult<'a> {
+    name: &'a str,
+    cluster: &'a str,
+    path: String,
+    size: u64,
+    sha256: &'a str,
+    phases: &'a [PhaseRecord],
+    metadata: &'a Metadata,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let name = match (&args.snapshot, &args.name) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(UsageError(format!("two snapshot names given ({a:?} and --name {b:?}); give one")).into());
+        }
+        (Some(n), _) | (None, Some(n)) => n.clone(),
+        (None, None) => jiff::Timestamp::now().strftime("snap-%Y%m%d-%H%M%S").to_string(),
+    };
+    let name = snapshot_name(&name)?;
+    let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
+    let progress = Progress::new(!args.json);
+    let writer = WriterOptions { level: args.compression_level, ..WriterOptions::default() };
+    let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), writer };
+    let out = capture::create(&rt, req, &progress).await?;
+    if args.json {
+        let result = CreateResult {
+            name: name.as_str(),
+            cluster: &cluster,
+            path: out.paths.bundle.display().to_string(),
+            size: out.size,
+            sha256: &out.sha256,
+            phases: &out.phases,
+            metadata: &out.metadata,
+        };
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!(
+            "Created snapshot {:?} (size: {}, k8s: {}) at {}",
+            name.as_str(),
+            human_bytes(out.size),
+            out.metadata.k8s_version,
+            out.paths.bundle.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `kubectl snapshot list [CLUSTER] [-o json|yaml] [--no-trunc]`
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Ctx, Info, load_all, print_structured};
+use crate::bundle::{Status, reader};
+use crate::cli::Output;
+use crate::util::{age, human_bytes};
+
+/// ADDONS is cut to this many characters unless --no-trunc (fits a 120-column terminal).
+const ADDONS_WIDTH: usize = 50;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cluster whose snapshots to list (default: KIND_CLUSTER_NAME, else the only cluster).
+    pub cluster: Option<String>,
+    /// Output format (default: a table).
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    /// Do not truncate the ADDONS column.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub name: String,
+    pub cluster: String,
+    pub created: jiff::Timestamp,
+    pub size: u64,
+    pub k8s_version: Option<String>,
+    pub addons: std::collections::BTreeMap<String, String>,
+    #[serde(skip)]
+    pub addons_summary: String,
+    pub status: Status,
+    pub sha256: Option<String>,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn row(cluster: &str, info: &Info) -> Row {
+    let status = reader::verify(&info.local.paths.bundle, &info.local.paths.sidecar);
+    Row {
+        name: info.local.name.to_string(),
+        cluster: cluster.to_owned(),
+        created: info.created(),
+        size: info.local.size,
+        k8s_version: info.metadata.as_ref().ok().map(|m| m.k8s_version.clone()),
+        addons: info.metadata.as_ref().map(|m| m.addons.clone()).unwrap_or_default(),
+        addons_summary: info.metadata.as_ref().map(|m| m.addons_summary()).unwrap_or_default(),
+        // Unreadable metadata makes a bundle unusable whatever its hash says.
+        status: if info.metadata.is_err() && status == Status::Ok { Status::Corrupt } else { status },
+        sha256: info.archive_digest.clone(),
+        path: info.local.paths.bundle.display().to_string(),
+        error: info.metadata.as_ref().err().cloned(),
+    }
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let cluster = ctx.stored_cluster(args.cluster.as_deref()).await?;
+    let infos = load_all(&ctx.store, &cluster)?;
+    let rows: Vec<Row> = infos.iter().map(|i| row(cluster.as_str(), i)).collect();
+    if let Some(output) = args.output {
+        return print_structured(&rows, output);
+    }
+    if rows.is_empty() {
+        eprintln!("No snapshots for cluster {:?} in {}", cluster.as_str(), ctx.store.root().display());
+        return Ok(());
+    }
+    let now = jiff::Timestamp::now();
+    let mut table = vec![["NAME", "AGE", "SIZE", "K8S", "ADDONS", "STATUS"].map(String::from).to_vec()];
+    for r in &rows {
+        let mut addons = r.addons_summary.clone();
+        if !args.no_trunc && addons.chars().count() > ADDONS_WIDTH {
+            addons = addons.chars().take(ADDONS_WIDTH - 3).collect::<String>() + "...";
+        }
+        table.push(vec![
+            r.name.clone(),
+            age(r.created, now),
+            human_bytes(r.size),
+            r.k8s_version.clone().unwrap_or_else(|| "?".into()),
+            if addons.is_empty() { "-".into() } else { addons },
+            r.status.to_string(),
+        ]);
+    }
+    print_table(&table)
+}
+
+/// Left-aligned columns separated by three spaces (kubectl's tabwriter look).
+pub fn print_table(rows: &[Vec<String>]) -> Result<()> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! `kubectl snapshot show [CLUSTER] SNAPSHOT [-o json|yaml]`
+
+use anyhow::{Result, anyhow};
+use serde::Serialize;
+
+use super::{Ctx, Info, UsageError, print_structured, snapshot_name};
+use crate::bundle::Metadata;
+use crate::cli::Output;
+use crate::util::{age, human_bytes};
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "kubectl snapshot show [CLUSTER] <SNAPSHOT> [-o json|yaml]")]
+pub struct Args {
+    /// [CLUSTER] SNAPSHOT: with one argument it is the snapshot, and the cluster is auto-detected.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    /// Output format (default: key/value lines).
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Shown<'a> {
+    #[serde(flatten)]
+    metadata: &'a Metadata,
+    size: u64,
+    archive_digest: Option<String>,
+    path: String,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let (cluster, snap) = match args.args.as_slice() {
+        [s] => (None, s),
+        [c, s] => (Some(c.as_str()), s),
+        _ => return Err(UsageError("show takes [CLUSTER] SNAPSHOT".into()).into()),
+    };
+    let name = snapshot_name(snap)?;
+    let cluster = ctx.stored_cluster(cluster).await?;
+    let info = Info::load(ctx.store.get(&cluster, &name)?);
+    let metadata = info.metadata.as_ref().map_err(|e| anyhow!("cannot read the metadata of snapshot {:?}: {e}", name.as_str()))?;
+    let archive_digest = info.archive_digest.as_ref().map(|h| format!("sha256:{h}"));
+    if let Some(output) = args.output {
+        let shown = Shown { metadata, size: info.local.size, archive_digest, path: info.local.paths.bundle.display().to_string() };
+        return print_structured(&shown, output);
+    }
+    let m = metadata;
+    let mut lines = vec![
+        ("Name", m.name.clone()),
+        ("Cluster", m.cluster.clone()),
+        ("Created", format!("{} ({})", m.created.strftime("%Y-%m-%dT%H:%M:%SZ"), age(m.created, jiff::Timestamp::now()))),
+        ("Size", human_bytes(info.local.size)),
+        ("K8s Version", m.k8s_version.clone()),
+        ("Node Image", m.node_image.clone()),
+        ("Platform", m.platform.clone()),
+        ("Topology", m.topology_summary()),
+    ];
+    let mut out = String::new();
+    let width = 16;
+    for (k, v) in lines.drain(..) {
+        out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
+    }
+    out.push_str("Addons:\n");
+    if m.addons.is_empty() {
+        out.push_str("  (none detected)\n");
+    }
+    for (k, v) in &m.addons {
+        out.push_str(&format!("  {:<w$}{v}\n", format!("{k}:"), w = width.max(k.len() + 2)));
+    }
+    let rest = [
+        ("Etcd Digest", m.etcd.digest.clone()),
+        ("Images Digest", format!("{} ({} blobs, {})", m.images.digest, m.images.blobs, human_bytes(m.images.size))),
+        ("PVs Digest", format!("{} ({} files, {})", m.pvs.digest, m.pvs.files, human_bytes(m.pvs.size))),
+        ("Archive Digest", archive_digest.map_or_else(|| "(no sidecar: incomplete)".into(), |d| format!("{d} (from sidecar)"))),
+        ("Path", info.local.paths.bundle.display().to_string()),
+    ];
+    for (k, v) in rest {
+        out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
+    }
+    print!("{out}");
+    Ok(())
+}

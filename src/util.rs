@@ -1,0 +1,160 @@
+//! Small shared helpers: sizes, durations, ages, nonces, signals.
+
+use std::time::Duration;
+
+/// A random hex string for temporary names and tokens.
+pub fn nonce() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = jiff::Timestamp::now().as_nanosecond();
+        b = (t as u64).to_le_bytes();
+    }
+    hex::encode(b)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives, naming it.
+pub async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c().await,
+        };
+        tokio::select! {
+            s = ctrl_c() => s,
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        ctrl_c().await
+    }
+}
+
+async fn ctrl_c() -> &'static str {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => "SIGINT",
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `412 MiB`, base 2.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else if v < 10.0 { format!("{v:.1} {}", UNITS[u]) } else { format!("{v:.0} {}", UNITS[u]) }
+}
+
+/// Parses a size with base-2 multipliers, case-insensitive: `10G`, `500m`, `1.5GiB`, `2048` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("invalid size {s:?}: use a number with an optional K, M, G or T suffix (base 2), e.g. 10G or 500M");
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.as_str() {
+        "" | "b" => 0,
+        "k" | "ki" | "kb" | "kib" => 10,
+        "m" | "mi" | "mb" | "mib" => 20,
+        "g" | "gi" | "gb" | "gib" => 30,
+        "t" | "ti" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration made of `<n>w|d|h|m|s` parts: `168h`, `7d`, `30m`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("invalid duration {s:?}: use units s, m, h, d or w, e.g. 168h, 7d or 1h30m");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        num.clear();
+        let secs = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        total = n.checked_mul(secs).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+    }
+    if !num.is_empty() {
+        return Err(bad()); // a bare number: the unit is required
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `5s ago`, `2h ago`, `8d ago`.
+pub fn age(created: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let secs = now.as_second() - created.as_second();
+    if secs < 0 {
+        return "in the future".into();
+    }
+    let (v, u) = match secs {
+        s if s < 60 => (s, "s"),
+        s if s < 3600 => (s / 60, "m"),
+        s if s < 86_400 * 2 => (s / 3600, "h"),
+        s => (s / 86_400, "d"),
+    };
+    format!("{v}{u} ago")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("500m").unwrap(), 500 << 20);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2048").unwrap(), 2048);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        for bad in ["", "G", "10X", "-1G", "1.2.3G", "10 GB extra", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("168h").unwrap(), Duration::from_secs(168 * 3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "7", "h", "7x", "-1h", "1.5h", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(412 << 20), "412 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
+}
