@@ -1,1 +1,9 @@
+//! Integration tests: the built `kubectl-snapshot` binary against fixture kind clusters
+//! (tests/fixtures/cluster) on the local Docker Engine. Run everything with `tests/run`.
 
+mod util;
+
+mod bad_input;
+mod create;
+mod failures;
+mod store;

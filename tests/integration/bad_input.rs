@@ -1,0 +1,67 @@
+//! Bad input gets a clear error and changes nothing.
+
+use std::process::Command;
+
+use crate::util::*;
+
+#[test]
+fn invalid_snapshot_names_are_refused() {
+    let store = Store::new();
+    for bad in ["../etc", "a/b", ".hidden", "with space"] {
+        let run = store.run(&["create", "some-cluster", bad]).fails();
+        assert!(run.stderr.contains("invalid snapshot name"), "{bad}: {}", run.stderr);
+    }
+    let run = store.run(&["create", "c", "one", "--name", "two"]).fails();
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("two snapshot names"), "{}", run.stderr);
+}
+
+#[test]
+fn malformed_sizes_and_durations() {
+    let store = Store::new();
+    let run = store.run(&["prune", "c", "--max-size", "10X"]).fails();
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("invalid size \"10X\""), "{}", run.stderr);
+    let run = store.run(&["prune", "c", "--older-than", "7"]).fails();
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("invalid duration \"7\""), "{}", run.stderr);
+    let run = store.run(&["prune", "c", "--keep-last", "-1"]).fails();
+    assert_eq!(run.code, Some(2));
+}
+
+#[test]
+fn unknown_cluster_names_the_existing_ones() {
+    let store = Store::new();
+    let run = store.run(&["create", "no-such-cluster-xyz"]).fails();
+    assert!(run.stderr.contains("kind cluster \"no-such-cluster-xyz\" not found"), "{}", run.stderr);
+    assert!(run.stderr.contains("existing clusters:") || run.stderr.contains("there are no kind clusters"), "{}", run.stderr);
+}
+
+/// Stand-ins for two clusters' nodes: labelled containers are all kind's discovery looks at.
+struct FakeNode(String);
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn two_clusters_and_no_name_is_ambiguous() {
+    let image = String::from_utf8(Command::new(repo().join("tests/fixtures/node/build")).output().unwrap().stdout).unwrap();
+    let (a, b) = (unique("amb-a"), unique("amb-b"));
+    let mut nodes = Vec::new();
+    for c in [&a, &b] {
+        let node = format!("{c}-control-plane");
+        let ok = Command::new("docker")
+            .args(["run", "-d", "--name", &node, "--label", &format!("io.x-k8s.kind.cluster={c}"), "--label", "io.x-k8s.kind.role=control-plane", "--entrypoint", "/bin/sleep", image.trim(), "300"])
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        nodes.push(FakeNode(node));
+    }
+    let store = Store::new();
+    let run = store.run(&["create"]).fails();
+    assert!(run.stderr.contains("several kind clusters found ("), "{}", run.stderr);
+    assert!(run.stderr.contains(&a) && run.stderr.contains(&b), "{}", run.stderr);
+    assert!(store.files(&a).is_empty() && store.files(&b).is_empty());
+}

@@ -1,0 +1,234 @@
+//! Fixture clusters, per-test stores and time-bounded commands.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kubectl-snapshot");
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command with a deadline; panics (with its output) if it does not finish.
+pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("waiting for command"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("{desc} did not finish within {timeout:?}");
+        }
+    }
+}
+
+fn check_docker() {
+    let ok = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "the Docker Engine is not reachable: start it (e.g. `service docker start`) and run the suite with tests/run");
+}
+
+/// A fixture kind cluster, removed when dropped.
+pub struct Cluster {
+    pub name: String,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+pub fn unique(prefix: &str) -> String {
+    format!("kst-{prefix}-{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
+}
+
+impl Cluster {
+    pub fn up(prefix: &str, control_planes: u32, workers: u32) -> Self {
+        Self::up_with(prefix, control_planes, workers, &[])
+    }
+
+    pub fn up_with(prefix: &str, control_planes: u32, workers: u32, extra: &[&str]) -> Self {
+        check_docker();
+        let name = unique(prefix);
+        let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
+        cmd.args(["up", &name, "--control-planes", &control_planes.to_string(), "--workers", &workers.to_string()]);
+        cmd.args(extra);
+        let cluster = Cluster { name };
+        let out = run_timeout(cmd, Duration::from_secs(300));
+        assert!(out.status.success(), "fixture cluster up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        cluster
+    }
+
+    pub fn cp(&self, n: u32) -> String {
+        if n <= 1 { format!("{}-control-plane", self.name) } else { format!("{}-control-plane{n}", self.name) }
+    }
+
+    pub fn worker(&self, n: u32) -> String {
+        if n <= 1 { format!("{}-worker", self.name) } else { format!("{}-worker{n}", self.name) }
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter", &format!("label=io.x-k8s.kind.cluster={}", self.name), "--format", "{{.Names}}"])
+            .output()
+            .expect("docker ps");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    }
+
+    /// `docker exec NODE sh -c SCRIPT`, asserting success; returns stdout.
+    pub fn sh(&self, node: &str, script: &str) -> String {
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", node, "sh", "-c", script]);
+        let out = run_timeout(cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "`{script}` on {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn etcdctl(&self, node: &str, args: &[&str]) -> String {
+        let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
+        cmd.args(["etcdctl", &self.name, node, "--"]).args(args);
+        let out = run_timeout(cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "etcdctl {args:?} on {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ip(&self, node: &str) -> String {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node])
+            .output()
+            .expect("docker inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Every node container running, kubelet active, every static pod running, etcd healthy.
+    pub fn assert_running(&self) {
+        for node in self.nodes() {
+            let state = Command::new("docker").args(["inspect", "-f", "{{.State.Status}}", &node]).output().expect("inspect");
+            assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "running", "{node} is not running");
+            assert_eq!(self.sh(&node, "systemctl is-active kubelet").trim(), "active", "kubelet on {node}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let ok = self.sh(&node, r#"[ "$(crictl ps -q | wc -l)" -eq "$(ls /etc/kubernetes/manifests | wc -l)" ] && echo yes || echo no"#);
+                if ok.trim() == "yes" {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "pods on {node} did not all run again");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
+            cmd.args(["etcdctl", &self.name, "--", "endpoint", "health", "--cluster"]);
+            if run_timeout(cmd, Duration::from_secs(60)).status.success() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd of {} is not healthy", self.name);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/fixtures/cluster")).args(["down", &self.name]).output();
+    }
+}
+
+/// A private snapshot store and a way to run the binary against it.
+pub struct Store {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    pub fn fails(self) -> Self {
+        assert_ne!(self.code, Some(0), "command unexpectedly succeeded:\n{}", self.stdout);
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("KUBECTL_SNAPSHOT_DIR", self.dir.path()).env_remove("KIND_CLUSTER_NAME").env("NO_COLOR", "1");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = run_timeout(self.command(args), CMD_TIMEOUT);
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Every file under the cluster's store directory, hidden ones included.
+    pub fn files(&self, cluster: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path().join(cluster))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn bundle(&self, cluster: &str, name: &str) -> PathBuf {
+        self.dir.path().join(cluster).join(format!("{name}.tar.gz"))
+    }
+}
+
+/// Reads one entry of a bundle (`None` if absent).
+pub fn bundle_entry(bundle: &Path, entry: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(bundle).expect("open bundle");
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        if e.path().expect("path").to_str() == Some(entry) {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).expect("read entry");
+            return Some(buf);
+        }
+    }
+    None
+}
+
+pub fn bundle_names(bundle: &Path) -> Vec<String> {
+    let f = std::fs::File::open(bundle).expect("open bundle");
+    let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+    ar.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned()).collect()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
