@@ -25,7 +25,6 @@ const READ_CHUNK: usize = 256 * 1024;
 /// What one written entry was.
 #[derive(Debug, Clone)]
 pub struct EntrySummary {
-    pub path: String,
     pub kind: EntryKind,
     pub size: u64,
     /// sha256 of the entry's data (regular files only).
@@ -299,7 +298,7 @@ impl State {
         self.claim(&path)?;
         let mut header = new_header(size, mode, tar::EntryType::Regular);
         let sha = self.append_data(&mut header, &path, size, ChannelReader { rx: data, cur: Bytes::new() })?;
-        Ok(EntrySummary { path, kind: EntryKind::File, size, sha256: Some(sha) })
+        Ok(EntrySummary { kind: EntryKind::File, size, sha256: Some(sha) })
     }
 
     fn tar(&mut self, mut rename: Rename, skip_existing: bool, data: mpsc::Receiver<io::Result<Bytes>>) -> Result<TarSummary, BundleError> {
@@ -357,7 +356,7 @@ impl State {
                 }
             }
             summary.bytes += size;
-            summary.entries.push(EntrySummary { path, kind, size, sha256 });
+            summary.entries.push(EntrySummary { kind, size, sha256 });
         }
         summary.digest = hex::encode(digest.finalize());
         Ok(summary)

@@ -122,9 +122,10 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let p = progress.phase("exporting images");
         let mut per_node = BTreeMap::new();
         let mut blob_bytes = 0;
+        let mut bundled = std::collections::HashSet::new();
         for n in kubelet_nodes(&nodes) {
             let refs = phase("exporting images", images::list(rt, &n.name).await)?;
-            let (got, added) = phase("exporting images", images::capture(rt, &n.name, &platform, &refs, &sink).await)?;
+            let (got, added) = phase("exporting images", images::capture(rt, &n.name, &platform, &refs, &sink, &mut bundled).await)?;
             blob_bytes += added;
             per_node.insert(n.name.clone(), got);
             p.set_message(format!("exporting images ({})", n.name));

@@ -12,7 +12,7 @@ use std::io;
 use bollard::Docker;
 use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::models::ExecConfig;
-use bollard::exec::StartExecResults;
+use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::container::LogOutput;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -235,7 +235,9 @@ impl Runtime {
         };
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
         let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
-        let started = self.docker.start_exec(&created.id, None).await.map_err(Self::rt_err(ctx()))?;
+        // A large read buffer: the default (8 KiB) frames bulk output such as image exports into tiny reads.
+        let opts = StartExecOptions { output_capacity: Some(1 << 20), ..Default::default() };
+        let started = self.docker.start_exec(&created.id, Some(opts)).await.map_err(Self::rt_err(ctx()))?;
         Ok((created.id, started))
     }
 

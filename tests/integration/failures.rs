@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Replaces `ctr` in a node with a wrapper that runs `action` for `images export` and is `ctr` otherwise.
-fn wrap_ctr_export(cluster: &Cluster, node: &str, action: &str) {
+/// Replaces `ctr` in a node with a wrapper that runs `action` when reading image content (`ctr content
+/// get`, what the image phase of create uses) and is `ctr` otherwise.
+fn wrap_ctr_content(cluster: &Cluster, node: &str, action: &str) {
     cluster.sh(node, &format!(
-        "mv /usr/bin/ctr /usr/bin/ctr.real && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *\"images export\"*) {action} ;; esac' 'exec /usr/bin/ctr.real \"$@\"' > /usr/bin/ctr && chmod +x /usr/bin/ctr"
+        "mv /usr/bin/ctr /usr/bin/ctr.real && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *\"content get\"*) {action} ;; esac' 'exec /usr/bin/ctr.real \"$@\"' > /usr/bin/ctr && chmod +x /usr/bin/ctr"
     ));
 }
 
@@ -18,14 +19,14 @@ fn assert_nothing_left(store: &Store, cluster: &str) {
 }
 
 #[test]
-fn failed_image_export_leaves_cluster_running() {
+fn failed_image_read_leaves_cluster_running() {
     let cluster = Cluster::up("fail", 1, 1);
     let store = Store::new();
-    wrap_ctr_export(&cluster, &cluster.worker(1), "echo \"boom: injected export failure\" >&2; exit 3");
+    wrap_ctr_content(&cluster, &cluster.worker(1), "echo \"boom: injected export failure\" >&2; exit 3");
     let run = store.run(&["create", &cluster.name, "broken"]).fails();
     assert_eq!(run.code, Some(1));
     // The error names the phase, the command, the node and shows the command's output, once.
-    for want in ["exporting images", "images export", &cluster.worker(1), "exit code 3", "boom: injected export failure"] {
+    for want in ["exporting images", "ctr --namespace=k8s.io content get", &cluster.worker(1), "exit code 3", "boom: injected export failure"] {
         assert!(run.stderr.contains(want), "stderr lacks {want:?}:\n{}", run.stderr);
     }
     assert_eq!(run.stderr.matches("boom: injected export failure").count(), 1, "error printed more than once:\n{}", run.stderr);
@@ -36,7 +37,7 @@ fn failed_image_export_leaves_cluster_running() {
 fn interrupt(signal: &str, code: i32) {
     let cluster = Cluster::up("sig", 1, 0);
     let store = Store::new();
-    wrap_ctr_export(&cluster, &cluster.cp(1), "sleep 60");
+    wrap_ctr_content(&cluster, &cluster.cp(1), "sleep 60");
     let mut cmd = store.command(&["create", &cluster.name, "interrupted"]);
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the cluster is quiesced (kubelet stopped), i.e. mid-create.
