@@ -35,6 +35,10 @@ pub struct Global {
 pub enum Command {
     /// Capture a running kind cluster into a snapshot.
     Create(cmd::create::Args),
+    /// Put a cluster back to a snapshot (after pre-flight checks; a hard overwrite).
+    Restore(cmd::restore::Args),
+    /// Restart a cluster left quiesced by a failed restore or a killed create.
+    Resume(cmd::resume::Args),
     /// List a cluster's snapshots, newest first, with their integrity status.
     #[command(visible_alias = "ls")]
     List(cmd::list::Args),
@@ -59,6 +63,8 @@ pub mod exit {
     /// Any failure not listed below.
     pub const FAILURE: u8 = 1;
     // 2: usage error (clap).
+    /// Restore refused by its pre-flight checks; nothing was changed.
+    pub const PREFLIGHT: u8 = 3;
     /// Interrupted by SIGINT (128 + 2).
     pub const SIGINT: u8 = 130;
     /// Interrupted by SIGTERM (128 + 15).
@@ -71,6 +77,9 @@ pub mod exit {
             }
             if cause.downcast_ref::<crate::cmd::UsageError>().is_some() {
                 return 2;
+            }
+            if let Some(crate::restore::RestoreError::Preflight(_)) = cause.downcast_ref() {
+                return PREFLIGHT;
             }
         }
         FAILURE

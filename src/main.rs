@@ -6,7 +6,9 @@ mod capture;
 mod cli;
 mod cluster;
 mod cmd;
+mod oci;
 mod progress;
+mod restore;
 mod util;
 
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! The bundle format: one `.tar.gz` holding etcd, images, PV data and metadata, with a `.sha256` sidecar.
 //! Layout and versioning: docs/bundle-format.md.
 
+pub mod extract;
 pub mod metadata;
 mod pargz;
 pub mod reader;
@@ -15,6 +16,8 @@ pub const ETCD_ENTRY: &str = "etcd/snapshot.db";
 pub const METADATA_ENTRY: &str = "metadata.json";
 pub const IMAGE_BLOBS_DIR: &str = "images/blobs/sha256";
 pub const PVS_DIR: &str = "pvs";
+/// local-path-provisioner roots a bundle may carry, as paths inside a node (stock kind: /var; upstream: /opt).
+pub const PV_ROOTS: &[&str] = &["/var/local-path-provisioner", "/opt/local-path-provisioner"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

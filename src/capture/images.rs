@@ -9,17 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImageRef, NodeImages};
 use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR};
 use crate::cluster::Runtime;
+use crate::oci;
 
 use super::CaptureError;
-
-const INDEX_TYPES: &[&str] = &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
-const MANIFEST_TYPES: &[&str] = &["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
 
 /// An image name and the descriptor it points at.
 #[derive(Debug, Clone)]
@@ -45,36 +42,6 @@ pub async fn list(rt: &Runtime, node: &str) -> Result<Vec<Listed>, CaptureError>
         .collect();
     refs.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(refs)
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-}
-
-#[derive(Deserialize)]
-struct IndexOrManifest {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
 }
 
 fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureError> {
@@ -104,7 +71,6 @@ pub async fn capture(
     sink: &BundleSink,
     bundled: &mut HashSet<String>,
 ) -> Result<(NodeImages, u64), CaptureError> {
-    let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
     // digest -> (media type, size); JSON blobs already read are kept to be written as they are.
     let mut needed: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut json_blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -123,20 +89,10 @@ pub async fn capture(
                 }
             };
             needed.insert(digest.clone(), (media_type.clone(), bytes.len() as u64));
-            let parsed: IndexOrManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest} is not an image index or manifest: {e}", image.name)))?;
-            let kind = parsed.media_type.clone().unwrap_or(media_type);
-            if INDEX_TYPES.contains(&kind.as_str()) || !parsed.manifests.is_empty() {
-                for m in parsed.manifests {
-                    let matches = m.platform.as_ref().is_none_or(|p| p.os == os && p.architecture == arch);
-                    if matches && (INDEX_TYPES.contains(&m.media_type.as_str()) || MANIFEST_TYPES.contains(&m.media_type.as_str())) {
-                        queue.push((m.digest, m.media_type));
-                    }
-                }
-            } else {
-                for d in parsed.config.into_iter().chain(parsed.layers) {
-                    needed.insert(d.digest, (d.media_type, d.size));
-                }
+            let children = oci::children(&bytes, &media_type, platform).map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
+            queue.extend(children.documents);
+            for d in children.blobs {
+                needed.insert(d.digest, (d.media_type, d.size));
             }
         }
         let size = needed.get(&image.digest).map_or(0, |(_, s)| *s);
@@ -180,7 +136,7 @@ pub async fn capture(
         bundled.insert(digest.clone());
         added += size;
     }
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": INDEX_TYPES[0], "manifests": index_entries });
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
     sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index).await?;
 

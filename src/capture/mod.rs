@@ -10,7 +10,7 @@
 
 mod addons;
 mod etcd;
-mod images;
+pub mod images;
 pub mod node;
 mod pvs;
 
@@ -25,6 +25,8 @@ use crate::bundle::metadata::{ImagesInfo, Metadata, NodeInfo, PvsInfo, SCHEMA_VE
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
 use crate::cluster::{ClusterError, Node, Role, Runtime};
 use crate::progress::{PhaseRecord, Progress};
+
+pub use addons::detect as detect_addons;
 
 
 #[derive(Debug, thiserror::Error)]

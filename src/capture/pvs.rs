@@ -9,7 +9,7 @@ use super::CaptureError;
 
 /// Stock kind keeps volumes under /var (inside the node's /var volume); upstream local-path-provisioner's
 /// default is /opt. Both are captured where they exist.
-pub const ROOTS: &[&str] = &["/var/local-path-provisioner", "/opt/local-path-provisioner"];
+pub use crate::bundle::PV_ROOTS as ROOTS;
 
 pub async fn capture(rt: &Runtime, node: &str, sink: &BundleSink) -> Result<Vec<(String, TarSummary)>, CaptureError> {
     let mut out = Vec::new();

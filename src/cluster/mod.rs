@@ -344,6 +344,68 @@ impl Runtime {
         StreamReader::new(Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>)
     }
 
+    /// Extracts the tar stream `tar` into directory `dir` of a node (Docker's archive API, run by the
+    /// runtime inside the container's filesystem).
+    pub async fn copy_in(&self, node: &str, dir: &str, tar: impl AsyncRead + Send + 'static) -> Result<(), ClusterError> {
+        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path(dir).build();
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024));
+        self.docker
+            .upload_to_container(node, Some(opts), body)
+            .await
+            .map_err(Self::rt_err(format!("copying into {dir} on node {node}")))
+    }
+
+    /// Runs a command with `stdin` as its standard input (closed at its end) and collects its output;
+    /// a non-zero exit is an [`ExecError`].
+    pub async fn run_with_stdin(&self, node: &str, argv: &[&str], stdin: impl AsyncRead + Send + Unpin + 'static) -> Result<String, ClusterError> {
+        let cfg = ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        };
+        let ctx = || format!("running `{}` on node {node}", argv.join(" "));
+        let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
+        let opts = StartExecOptions { output_capacity: Some(64 * 1024), ..Default::default() };
+        let StartExecResults::Attached { mut output, mut input } = self.docker.start_exec(&created.id, Some(opts)).await.map_err(Self::rt_err(ctx()))? else {
+            return Err(ClusterError::Runtime { context: ctx(), cause: bollard::errors::Error::RequestTimeoutError });
+        };
+        let feed = tokio::spawn(async move {
+            let mut stdin = stdin;
+            let copied = tokio::io::copy(&mut stdin, &mut input).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut input).await;
+            copied
+        });
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(item) = output.next().await {
+            match item.map_err(Self::rt_err(ctx()))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
+                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let fed = feed.await;
+        let code = self.exit_code(&created.id).await;
+        let fail = |extra: String| ExecError {
+            node: node.into(),
+            command: argv.iter().map(|s| s.to_string()).collect(),
+            code,
+            stdout: tail(&String::from_utf8_lossy(&stdout)),
+            stderr: tail(&format!("{}{extra}", String::from_utf8_lossy(&stderr))),
+        };
+        if code != Some(0) {
+            return Err(fail(String::new()).into());
+        }
+        match fed {
+            Ok(Ok(_)) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+            Ok(Err(e)) => Err(fail(format!("
+feeding standard input: {e}")).into()),
+            Err(e) => Err(fail(format!("
+feeding standard input: {e}")).into()),
+        }
+    }
+
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).
     pub async fn path_exists(&self, node: &str, path: &str) -> Result<bool, ClusterError> {
         let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new().path(path).build();

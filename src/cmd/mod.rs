@@ -4,6 +4,8 @@ pub mod create;
 pub mod delete;
 pub mod list;
 pub mod prune;
+pub mod restore;
+pub mod resume;
 pub mod show;
 
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Show(a) => show::run(a, &ctx).await,
         Command::Prune(a) => prune::run(a, &ctx).await,
         Command::Delete(a) => delete::run(a, &ctx).await,
+        Command::Restore(a) => restore::run(a, &ctx).await,
+        Command::Resume(a) => resume::run(a, &ctx).await,
     }
 }
 

@@ -1,0 +1,516 @@
+//! Reading a bundle for restore, in one streaming pass: the archive is hashed against its sidecar while it is
+//! decompressed, every entry is validated, and — when a staging directory is given — what restore needs is
+//! written there. A bundle may come from a shared bucket: it is untrusted input.
+//!
+//! Nothing is ever extracted by the names inside the archive. Staging holds only files whose names this
+//! module makes: `etcd.db`, `blobs/<hex>` (content-checked against the hex), `index-<n>.json` and one tar per
+//! PV root (`pv-<n>.tar`), which re-packs that root's validated entries for the node's runtime to extract.
+//! Refused: absolute paths, `..`, entries outside the known layout, device nodes and other special files,
+//! symlinks that are absolute or leave their volume, hardlinks to anything but an earlier file of the same
+//! volume, entries below a symlink, duplicate names, absurd sizes, malformed or foreign metadata.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest, Sha256};
+
+use super::metadata::Metadata;
+use super::{ETCD_ENTRY, METADATA_ENTRY, PV_ROOTS, PVS_DIR, reader};
+
+
+/// No single entry may claim more than this (1 TiB): a header saying otherwise is hostile or broken.
+pub const MAX_ENTRY: u64 = 1 << 40;
+/// JSON documents (metadata, image indexes) are small; larger ones are refused before being read.
+pub const MAX_JSON: u64 = 16 << 20;
+const MAX_PROBLEMS: usize = 20;
+
+/// What restore needs, on the host, after a successful pass.
+#[derive(Debug)]
+pub struct Staged {
+    pub dir: PathBuf,
+    pub etcd: PathBuf,
+    pub blobs: PathBuf,
+    /// node → its image index (OCI index JSON).
+    pub node_index: BTreeMap<String, PathBuf>,
+    /// (node, PV root inside the node) → tar of the root's entries, named `<basename>/...`.
+    pub pvs: BTreeMap<(String, String), PathBuf>,
+}
+
+#[derive(Debug, Default)]
+pub struct Inspection {
+    /// sha256 of the archive as read.
+    pub sha256: String,
+    /// Everything wrong with the bundle; empty means it is intact and safe.
+    pub problems: Vec<String>,
+    pub integrity_ok: bool,
+    pub metadata: Option<Metadata>,
+    /// Bytes of data in the archive's entries.
+    pub uncompressed: u64,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Splits and checks a bundle path: relative, normal components only, UTF-8.
+fn components(path: &Path) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => out.push(s.to_str().ok_or("the name is not UTF-8")?.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("it contains '..'".into()),
+            Component::RootDir | Component::Prefix(_) => return Err("it is an absolute path".into()),
+        }
+    }
+    if out.is_empty() {
+        return Err("it is empty".into());
+    }
+    Ok(out)
+}
+
+fn node_name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') && !s.starts_with('.')
+}
+
+/// Resolves a relative symlink target against the link's directory (both relative to the PV root);
+/// `None` if it would leave the root.
+fn resolve_within(link_dir: &[String], target: &str) -> Option<Vec<String>> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut stack: Vec<String> = link_dir.to_vec();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            p => stack.push(p.to_owned()),
+        }
+    }
+    Some(stack)
+}
+
+struct PvRoot {
+    tar: Option<tar::Builder<File>>,
+    path: Option<PathBuf>,
+    base: String,
+    files: HashSet<String>,
+    symlinks: Vec<String>,
+}
+
+struct Pass {
+    stage: Option<Staged>,
+    writing: bool,
+    problems: Vec<String>,
+    seen: HashSet<String>,
+    blobs: HashMap<String, u64>,
+    etcd_digest: Option<String>,
+    metadata_raw: Option<Vec<u8>>,
+    nodes_seen: HashSet<String>,
+    roots: BTreeMap<(String, String), PvRoot>,
+    uncompressed: u64,
+    budget: u64,
+}
+
+impl Pass {
+    /// Where to write, unless staging stopped (or was never asked for).
+    fn st(&self) -> Option<&Staged> {
+        if self.writing { self.stage.as_ref() } else { None }
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(p);
+        }
+    }
+
+    fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> io::Result<()> {
+        let raw_path = e.path()?.into_owned();
+        let shown = raw_path.display().to_string();
+        let parts = match components(&raw_path) {
+            Ok(p) => p,
+            Err(why) => {
+                self.problem(format!("unsafe entry {shown:?}: {why}"));
+                return Ok(());
+            }
+        };
+        let joined = parts.join("/");
+        if !self.seen.insert(joined.clone()) {
+            self.problem(format!("duplicate entry {joined:?}"));
+            return Ok(());
+        }
+        let kind = e.header().entry_type();
+        let size = e.size();
+        if size > MAX_ENTRY {
+            self.problem(format!("entry {joined:?} claims an absurd size ({size} bytes)"));
+            return Ok(());
+        }
+        self.uncompressed += size;
+        if self.writing && self.uncompressed > self.budget {
+            self.problem(format!("the bundle holds more data than the {} bytes free for staging it", self.budget));
+            self.writing = false;
+        }
+        let is_dir = kind == tar::EntryType::Directory;
+        let is_file = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+        let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+        match p.as_slice() {
+            [METADATA_ENTRY] if is_file => {
+                if size > MAX_JSON {
+                    self.problem(format!("metadata.json is {size} bytes"));
+                    return Ok(());
+                }
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)?;
+                self.metadata_raw = Some(buf);
+            }
+            ["etcd", "snapshot.db"] if is_file => {
+                let mut h = Sha256::new();
+                let mut out = match self.st() {
+                    Some(s) => Some(create_new(&s.etcd)?),
+                    None => None,
+                };
+                copy_hashed(&mut e, &mut h, out.as_mut())?;
+                self.etcd_digest = Some(format!("sha256:{}", hex::encode(h.finalize())));
+            }
+            ["images", "blobs", "sha256", hex] if is_file => {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    self.problem(format!("unexpected entry {joined:?}: not a sha256 blob name"));
+                    return Ok(());
+                }
+                let mut h = Sha256::new();
+                let target = self.st().map(|s| s.blobs.join(hex));
+                let mut out = match &target {
+                    Some(t) => Some(create_new(t)?),
+                    None => None,
+                };
+                copy_hashed(&mut e, &mut h, out.as_mut())?;
+                if hex::encode(h.finalize()) != *hex {
+                    self.problem(format!("image blob {joined:?} does not match its digest"));
+                    if let Some(t) = target {
+                        let _ = fs::remove_file(t);
+                    }
+                    return Ok(());
+                }
+                self.blobs.insert((*hex).to_owned(), size);
+            }
+            ["images", "nodes", node, "index.json"] if is_file && node_name_ok(node) => {
+                if size > MAX_JSON {
+                    self.problem(format!("{joined:?} is {size} bytes"));
+                    return Ok(());
+                }
+                self.nodes_seen.insert((*node).to_owned());
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)?;
+                if serde_json::from_slice::<serde_json::Value>(&buf).is_err() {
+                    self.problem(format!("{joined:?} is not JSON"));
+                    return Ok(());
+                }
+                if let Some(s) = self.st() {
+                    let path = s.dir.join(format!("index-{node}.json"));
+                    create_new(&path)?.write_all(&buf)?;
+                }
+            }
+            [PVS_DIR, node, a, b, rest @ ..] if node_name_ok(node) && PV_ROOTS.contains(&format!("/{a}/{b}").as_str()) => {
+                let node = (*node).to_owned();
+                let root = format!("/{a}/{b}");
+                self.nodes_seen.insert(node.clone());
+                self.pv_entry(&joined, node, root, rest, e, kind)?;
+            }
+            // Directory entries of the layout itself carry nothing.
+            ["etcd"] | ["images"] | ["images", "blobs"] | ["images", "blobs", "sha256"] | ["images", "nodes"] | [PVS_DIR] if is_dir => {}
+            ["images", "nodes", node] | [PVS_DIR, node] if is_dir && node_name_ok(node) => {}
+            [PVS_DIR, node, a] if is_dir && node_name_ok(node) && PV_ROOTS.iter().any(|r| r.split('/').nth(1) == Some(*a)) => {}
+            _ => self.problem(format!("unexpected entry {joined:?} ({kind:?})")),
+        }
+        Ok(())
+    }
+
+    fn pv_entry<R: Read>(&mut self, joined: &str, node: String, root: String, rest: &[&str], mut e: tar::Entry<'_, R>, kind: tar::EntryType) -> io::Result<()> {
+        let key = (node.clone(), root.clone());
+        if !self.roots.contains_key(&key) {
+            let (tar, path) = match self.st() {
+                Some(s) => {
+                    let path = s.dir.join(format!("pv-{}.tar", self.roots.len()));
+                    (Some(tar::Builder::new(create_new(&path)?)), Some(path))
+                }
+                None => (None, None),
+            };
+            let base = root.rsplit('/').next().unwrap_or_default().to_owned();
+            self.roots.insert(key.clone(), PvRoot { tar, path, base, files: HashSet::new(), symlinks: Vec::new() });
+        }
+        let rel = rest.join("/");
+        let pv = self.roots.get_mut(&key).expect("inserted above");
+        if pv.symlinks.iter().any(|l| rel.starts_with(&format!("{l}/"))) {
+            let msg = format!("unsafe entry {joined:?}: it lies below a symlink");
+            self.problem(msg);
+            return Ok(());
+        }
+        let name = if rel.is_empty() { pv.base.clone() } else { format!("{}/{rel}", pv.base) };
+        let mut header = tar::Header::new_gnu();
+        {
+            let src = e.header();
+            header.set_mode(src.mode().unwrap_or(0o644) & 0o7777);
+            header.set_uid(src.uid().unwrap_or(0));
+            header.set_gid(src.gid().unwrap_or(0));
+            header.set_mtime(src.mtime().unwrap_or(0));
+        }
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                pv.files.insert(rel.clone());
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(e.size());
+                match pv.tar.as_mut() {
+                    Some(t) => t.append_data(&mut header, &name, &mut e)?,
+                    None => {
+                        io::copy(&mut e, &mut io::sink())?;
+                    }
+                }
+            }
+            tar::EntryType::Directory => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                if let Some(t) = pv.tar.as_mut() {
+                    t.append_data(&mut header, &name, io::empty())?;
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = e.link_name()?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                let dir: Vec<String> = rest[..rest.len().saturating_sub(1)].iter().map(|s| s.to_string()).collect();
+                if rest.is_empty() || resolve_within(&dir, &target).is_none() {
+                    let msg = format!("unsafe symlink {joined:?} -> {target:?}: it points outside its volume");
+                    self.problem(msg);
+                    return Ok(());
+                }
+                pv.symlinks.push(rel.clone());
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                if let Some(t) = pv.tar.as_mut() {
+                    t.append_link(&mut header, &name, &target)?;
+                }
+            }
+            tar::EntryType::Link => {
+                let target = e.link_name()?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                let prefix = format!("{PVS_DIR}/{node}{root}/");
+                let within = target.strip_prefix(&prefix).filter(|t| pv.files.contains(*t)).map(str::to_owned);
+                let Some(t_rel) = within else {
+                    let msg = format!("unsafe hardlink {joined:?} -> {target:?}: not an earlier file of the same volume");
+                    self.problem(msg);
+                    return Ok(());
+                };
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_size(0);
+                let base = pv.base.clone();
+                if let Some(t) = pv.tar.as_mut() {
+                    t.append_link(&mut header, &name, format!("{base}/{t_rel}"))?;
+                }
+            }
+            other => {
+                let msg = format!("unsafe entry {joined:?}: special file ({other:?})");
+                self.problem(msg);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn create_new(path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    }
+    #[cfg(not(unix))]
+    {
+        fs::OpenOptions::new().write(true).create_new(true).open(path)
+    }
+}
+
+fn copy_hashed(src: &mut impl Read, h: &mut Sha256, mut out: Option<&mut File>) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+        if let Some(o) = out.as_deref_mut() {
+            o.write_all(&buf[..n])?;
+        }
+    }
+}
+
+/// Reads `bundle` once: integrity against `sidecar`, safety and consistency of every entry, and — with
+/// `stage` — staging into that (new, empty) directory, using at most `budget` bytes.
+pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64) -> (Inspection, Option<Staged>) {
+    let mut insp = Inspection::default();
+    let expected = match fs::read_to_string(sidecar) {
+        Ok(t) => match reader::parse_sidecar(&t) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                insp.problems.push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
+                None
+            }
+        },
+        Err(_) => {
+            insp.problems.push(format!("bundle is incomplete: its sidecar {} is missing", sidecar.display()));
+            None
+        }
+    };
+    let staged = stage.map(|dir| Staged {
+        dir: dir.to_owned(),
+        etcd: dir.join("etcd.db"),
+        blobs: dir.join("blobs"),
+        node_index: BTreeMap::new(),
+        pvs: BTreeMap::new(),
+    });
+    if let Some(s) = &staged {
+        if let Err(e) = fs::create_dir_all(&s.blobs) {
+            insp.problems.push(format!("cannot create the staging directory {}: {e}", s.dir.display()));
+            return (insp, None);
+        }
+    }
+    let file = match File::open(bundle) {
+        Ok(f) => f,
+        Err(e) => {
+            insp.problems.push(format!("cannot open {}: {e}", bundle.display()));
+            return (insp, None);
+        }
+    };
+    let mut hashing = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    let writing = staged.is_some();
+    let mut pass = Pass {
+        stage: staged,
+        writing,
+        problems: Vec::new(),
+        seen: HashSet::new(),
+        blobs: HashMap::new(),
+        etcd_digest: None,
+        metadata_raw: None,
+        nodes_seen: HashSet::new(),
+        roots: BTreeMap::new(),
+        uncompressed: 0,
+        budget,
+    };
+    let read: io::Result<()> = (|| {
+        let mut archive = tar::Archive::new(MultiGzDecoder::new(&mut hashing));
+        for entry in archive.entries()? {
+            pass.entry(entry?)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = read {
+        pass.problem(format!("bundle is unreadable: {e}"));
+    }
+    // Hash whatever follows the end of the archive too: the sidecar covers the whole file.
+    let _ = io::copy(&mut hashing, &mut io::sink());
+    insp.sha256 = hex::encode(hashing.hasher.finalize());
+    match &expected {
+        Some(e) if *e == insp.sha256 => insp.integrity_ok = true,
+        Some(e) => insp.problems.push(format!("bundle sha256 mismatch: sidecar={e}, archive={}", insp.sha256)),
+        None => {}
+    }
+    let mut staged = pass.stage.take();
+    for (key, mut root) in std::mem::take(&mut pass.roots) {
+        if let Some(t) = root.tar.take() {
+            if let Err(e) = t.into_inner().and_then(|f| f.sync_all()) {
+                pass.problem(format!("staging PV data: {e}"));
+            }
+            if let (Some(s), Some(path)) = (staged.as_mut(), root.path) {
+                s.pvs.insert(key.clone(), path);
+            }
+        }
+    }
+    if let Some(s) = staged.as_mut() {
+        for node in &pass.nodes_seen {
+            let p = s.dir.join(format!("index-{node}.json"));
+            if p.exists() {
+                s.node_index.insert(node.clone(), p);
+            }
+        }
+    }
+    insp.uncompressed = pass.uncompressed;
+    match pass.metadata_raw.take() {
+        None => pass.problem("bundle has no metadata.json".into()),
+        Some(raw) => match Metadata::from_json(&raw) {
+            Err(e) => pass.problem(e.to_string()),
+            Ok(m) => {
+                check_consistency(&m, &mut pass);
+                insp.metadata = Some(m);
+            }
+        },
+    }
+    insp.problems.extend(pass.problems);
+    if !insp.problems.is_empty() {
+        return (insp, None);
+    }
+    (insp, staged)
+}
+
+/// The metadata must describe what the archive holds.
+fn check_consistency(m: &Metadata, pass: &mut Pass) {
+    match &pass.etcd_digest {
+        None => pass.problem(format!("bundle has no {ETCD_ENTRY}")),
+        Some(d) if *d != m.etcd.digest => pass.problem(format!("{ETCD_ENTRY} does not match the digest in metadata ({d} vs {})", m.etcd.digest)),
+        _ => {}
+    }
+    let names: HashSet<&str> = m.topology.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut foreign: Vec<&String> = pass.nodes_seen.iter().filter(|n| !names.contains(n.as_str())).collect();
+    foreign.sort();
+    if !foreign.is_empty() {
+        let list = foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        pass.problem(format!("bundle holds data for nodes not in its metadata: {list}"));
+    }
+    for (node, imgs) in &m.images.nodes {
+        for blob in &imgs.blobs {
+            let hex = blob.strip_prefix("sha256:").unwrap_or(blob);
+            if !pass.blobs.contains_key(hex) {
+                pass.problem(format!("image blob {blob} of node {node} is missing from the bundle"));
+                break;
+            }
+        }
+    }
+    for (node, roots) in &m.pvs.nodes {
+        for root in roots {
+            if !PV_ROOTS.contains(&root.as_str()) {
+                pass.problem(format!("metadata names an unknown volume root {root:?} for node {node}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlink_resolution_stays_inside() {
+        let d = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(resolve_within(&d(&["pvc", "sub"]), "../hello.txt").is_some());
+        assert!(resolve_within(&d(&["pvc"]), "../../etc/passwd").is_none());
+        assert!(resolve_within(&d(&[]), "..").is_none());
+        assert!(resolve_within(&d(&["pvc"]), "/etc/passwd").is_none());
+        assert!(resolve_within(&d(&["a"]), "./b/../c").is_some());
+    }
+
+    #[test]
+    fn components_refuse_escapes() {
+        assert!(components(Path::new("../x")).is_err());
+        assert!(components(Path::new("/etc/passwd")).is_err());
+        assert!(components(Path::new("a/../../b")).is_err());
+        assert_eq!(components(Path::new("./a/b")).unwrap(), ["a", "b"]);
+    }
+}

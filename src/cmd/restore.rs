@@ -1,0 +1,78 @@
+//! `kubectl snapshot restore [CLUSTER] SNAPSHOT [--json] [--min-free-space SIZE]`
+//!
+//! A hard overwrite by design: no --yes, no automatic rollback. Nothing changes unless every pre-flight check
+//! passes.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::{Ctx, UsageError, snapshot_name};
+use crate::progress::Progress;
+use crate::restore::{self, Check, Outcome, Request, RestoreError};
+use crate::util::parse_size;
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "kubectl snapshot restore [CLUSTER] <SNAPSHOT> [--json]")]
+pub struct Args {
+    /// [CLUSTER] SNAPSHOT: with one argument it is the snapshot, and the cluster is auto-detected.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    /// Print a JSON RestoreResult (pre-flight checks, phases, where old etcd data was kept).
+    #[arg(long)]
+    pub json: bool,
+    /// Free space the cluster's container root must have for the restore to start (base-2 suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
+    pub min_free_space: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RestoreResult<'a> {
+    name: &'a str,
+    cluster: &'a str,
+    ok: bool,
+    preflight: &'a [Check],
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'a Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let (cluster, snap) = match args.args.as_slice() {
+        [s] => (None, s),
+        [c, s] => (Some(c.as_str()), s),
+        _ => return Err(UsageError("restore takes [CLUSTER] SNAPSHOT".into()).into()),
+    };
+    let name = snapshot_name(snap)?;
+    let (rt, cluster) = ctx.live_cluster(cluster).await?;
+    let progress = Progress::new(!args.json);
+    let started = std::time::Instant::now();
+    let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), min_free: args.min_free_space };
+    let mut checks = Vec::new();
+    let result = restore::restore(&rt, req, &progress, &mut checks).await;
+    if args.json {
+        let (ok, outcome, error) = match &result {
+            Ok(o) => (true, Some(o), None),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        let preflight = match (&result, outcome) {
+            (Err(RestoreError::Preflight(c)), _) => c.as_slice(),
+            (_, Some(o)) => o.preflight.as_slice(),
+            _ => checks.as_slice(),
+        };
+        let out = RestoreResult { name: name.as_str(), cluster: &cluster, ok, preflight, outcome, error };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    let outcome = result?;
+    if !args.json {
+        println!("Restored snapshot {:?} onto cluster {:?} in {:.1}s", name.as_str(), cluster, started.elapsed().as_secs_f64());
+        for (node, dir) in &outcome.previous_etcd_data {
+            println!("  previous etcd data of {node} kept in {dir}");
+        }
+        for (node, imgs) in &outcome.imported_images {
+            println!("  re-imported {} image{} on {node}", imgs.len(), if imgs.len() == 1 { "" } else { "s" });
+        }
+    }
+    Ok(())
+}

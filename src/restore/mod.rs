@@ -1,0 +1,277 @@
+//! `restore`: a hard overwrite of a running cluster with a snapshot, only after the pre-flight gauntlet passed.
+//!
+//! 1. pre-flight (no mutation): the bundle is read once — integrity against the sidecar, every entry validated,
+//!    what restore needs staged on the host — and the live cluster is checked against the snapshot's metadata
+//!    (running, disk space, Kubernetes version, topology, addons, platform). All violations are reported at once.
+//! 2. etcd prepared on every control plane in parallel while it still runs (restore into a side directory)
+//! 3. quiesce, 4. etcd data swapped in by rename (old data kept aside), 5. PVs replaced, 6. missing images
+//!    re-imported, 7. resume, then wait until every member is healthy and all agree on the membership.
+//!
+//! No auto-rollback: if a step after quiescing fails, the cluster stays quiesced and the error says how to
+//! resume it.
+
+mod etcd;
+mod images;
+pub mod preflight;
+mod pvs;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use backends::{ClusterName, LocalStore, SnapshotName};
+use tokio::io::AsyncRead;
+
+use crate::bundle::extract::{self, Staged};
+use crate::bundle::Metadata;
+use crate::capture;
+use crate::cluster::{ClusterError, Node, Role, Runtime};
+use crate::progress::{PhaseRecord, Progress};
+
+pub use preflight::Check;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Store(#[from] backends::Error),
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("pre-flight failed; nothing was changed:\n{}", list(.0))]
+    Preflight(Vec<Check>),
+    #[error("restore failed while {step}: {inner}\nnothing in the cluster was changed")]
+    BeforeMutation { step: &'static str, inner: Box<RestoreError> },
+    #[error("restore failed while {step}: {inner}\nthe cluster is left quiesced{kept}; there is no automatic rollback\nrun \"kubectl snapshot resume {cluster}\" to restart")]
+    Mutation { step: &'static str, cluster: String, kept: String, inner: Box<RestoreError> },
+}
+
+fn list(checks: &[Check]) -> String {
+    checks.iter().filter(|c| !c.ok).map(|c| format!("  - {}", c.message)).collect::<Vec<_>>().join("\n")
+}
+
+pub struct Request {
+    pub cluster: String,
+    pub name: SnapshotName,
+    pub store: LocalStore,
+    pub min_free: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub preflight: Vec<Check>,
+    pub phases: Vec<PhaseRecord>,
+    /// Control plane → where its previous etcd data was kept.
+    pub previous_etcd_data: BTreeMap<String, String>,
+    /// Node → images that were missing and re-imported.
+    pub imported_images: BTreeMap<String, Vec<String>>,
+    pub restored_volumes: usize,
+}
+
+/// A tar stream produced by `build` on a blocking thread (bounded memory: a 1 MiB pipe).
+pub fn tar_stream<F>(build: F) -> impl AsyncRead + Send + Unpin + 'static
+where
+    F: FnOnce(&mut tar::Builder<tokio_util::io::SyncIoBridge<tokio::io::DuplexStream>>) -> io::Result<()> + Send + 'static,
+{
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    tokio::task::spawn_blocking(move || {
+        let mut b = tar::Builder::new(tokio_util::io::SyncIoBridge::new(writer));
+        let res = build(&mut b).and_then(|()| b.finish());
+        if let Ok(mut w) = b.into_inner() {
+            let _ = std::io::Write::flush(&mut w);
+            let _ = w.shutdown();
+        }
+        res
+    });
+    reader
+}
+
+/// A staging directory on the host, removed when dropped.
+struct StagingDir(std::path::PathBuf);
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn host_free(path: &std::path::Path) -> u64 {
+    // statvfs without unsafe code: ask df, which every supported host has.
+    std::process::Command::new("df")
+        .args(["-Pk"])
+        .arg(path)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(u64::MAX, |kb| kb * 1024)
+}
+
+pub async fn restore(rt: &Runtime, req: Request, progress: &Progress, checks_out: &mut Vec<Check>) -> Result<Outcome, RestoreError> {
+    let cluster_name = ClusterName::new(&req.cluster)?;
+    let snap = req.store.get(&cluster_name, &req.name)?;
+    let mut phases = Vec::new();
+
+    // 1. pre-flight
+    let p = progress.phase("pre-flight checks");
+    let nodes = rt.nodes(&req.cluster).await?;
+    let live = preflight::gather(rt, nodes.clone()).await;
+    let copy = std::fs::read(&snap.paths.metadata).ok().and_then(|b| Metadata::from_json(&b).ok());
+    let mut checks = match &copy {
+        Some(m) => preflight::compat(m, &live, req.min_free),
+        None => Vec::new(),
+    };
+    let stage_root = req.store.cluster_dir(&cluster_name).join(format!(".restore-{}", crate::util::nonce()));
+    let staging = StagingDir(stage_root.clone());
+    let stage = checks.iter().all(|c| c.ok).then_some(stage_root.as_path());
+    let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
+    let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
+    let stage_owned = stage.map(|p| p.to_owned());
+    let (insp, staged) = tokio::task::spawn_blocking(move || extract::inspect(&bundle, &sidecar, stage_owned.as_deref(), budget))
+        .await
+        .map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
+    let integrity: Vec<&String> = insp.problems.iter().filter(|p| p.contains("sha256 mismatch") || p.contains("incomplete") || p.contains("sidecar")).collect();
+    checks.insert(0, if integrity.is_empty() { Check::pass("bundle integrity", format!("sha256:{}", insp.sha256)) } else { Check::fail("bundle integrity", integrity.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")) });
+    let contents: Vec<&String> = insp.problems.iter().filter(|p| !integrity.contains(p)).collect();
+    checks.insert(1, if contents.is_empty() { Check::pass("bundle contents", "every entry is safe and consistent") } else { Check::fail("bundle contents", contents.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")) });
+    match &insp.metadata {
+        Some(m) => {
+            // The metadata inside the verified bundle is authoritative; the copy beside it only saved time.
+            if copy.as_ref() != Some(m) {
+                checks.truncate(2);
+                checks.extend(preflight::compat(m, &live, req.min_free));
+            }
+            checks.insert(2, Check::pass("schema version", format!("{}", m.schema_version)));
+        }
+        None => {
+            if copy.is_none() {
+                checks.extend(preflight::compat_unavailable());
+            }
+        }
+    }
+    phases.push(p.finish());
+    *checks_out = checks.clone();
+    let (Some(meta), Some(staged)) = (insp.metadata.clone(), staged) else {
+        return Err(RestoreError::Preflight(checks));
+    };
+    if checks.iter().any(|c| !c.ok) {
+        return Err(RestoreError::Preflight(checks));
+    }
+    let _ = &staging;
+    mutate(rt, &req, &meta, &staged, &nodes, progress, checks, phases).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, nodes: &[Node], progress: &Progress, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) -> Result<Outcome, RestoreError> {
+    let cluster = req.cluster.clone();
+    let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
+    let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
+    let token = format!("kubectl-snapshot-{}", jiff::Timestamp::now().as_nanosecond());
+    let side = format!("/var/lib/etcd/.kubectl-snapshot-restored-{}", crate::util::nonce());
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let old_dir = format!("/var/lib/etcd.old-{stamp}");
+    let before = |step, e: RestoreError| RestoreError::BeforeMutation { step, inner: Box::new(e) };
+
+    // 2. etcd prepared everywhere, in parallel, while the cluster still runs
+    let p = progress.phase("preparing etcd restore");
+    let mut members = Vec::new();
+    for n in &cps {
+        members.push(etcd::member(rt, &n.name).await.map_err(|e| before("reading etcd membership", e))?);
+    }
+    let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+    let prepared = futures_util::future::join_all(members.iter().map(|m| etcd::prepare(rt, m, &staged.etcd, &initial_cluster, &token, &side))).await;
+    if let Some(e) = prepared.into_iter().find_map(Result::err) {
+        for n in &cps {
+            etcd::discard(rt, &n.name, &side).await;
+        }
+        return Err(before("preparing the etcd restore", e));
+    }
+    phases.push(p.finish());
+
+    let kept = format!(" (previous etcd data kept in {old_dir} on each control plane)");
+    let during = |step, e: RestoreError| RestoreError::Mutation { step, cluster: cluster.clone(), kept: kept.clone(), inner: Box::new(e) };
+
+    // 3. quiesce
+    let p = progress.phase("quiescing nodes");
+    for n in workers.iter().chain(cps.iter().rev()) {
+        capture::node::quiesce(rt, &n.name).await.map_err(|e| during("quiescing nodes", e.into()))?;
+    }
+    phases.push(p.finish());
+
+    // 4. etcd swap
+    let p = progress.phase("swapping etcd data");
+    let swapped = futures_util::future::join_all(cps.iter().map(|n| etcd::swap(rt, &n.name, &side, &old_dir))).await;
+    if let Some(e) = swapped.into_iter().find_map(Result::err) {
+        return Err(during("swapping etcd data", e));
+    }
+    phases.push(p.finish());
+
+    // 5. PVs
+    let p = progress.phase("restoring volumes");
+    let mut restored_volumes = 0;
+    for n in cps.iter().chain(workers.iter()) {
+        restored_volumes += pvs::restore_node(rt, &n.name, &staged.pvs).await.map_err(|e| during("restoring volumes", e))?;
+    }
+    phases.push(p.finish());
+
+    // 6. images
+    let p = progress.phase("re-importing images");
+    let mut imported = BTreeMap::new();
+    for n in cps.iter().chain(workers.iter()) {
+        if let Some(want) = meta.images.nodes.get(&n.name) {
+            let got = images::restore_node(rt, &n.name, &meta.platform, want, staged).await.map_err(|e| during("re-importing images", e))?;
+            if !got.is_empty() {
+                imported.insert(n.name.clone(), got);
+            }
+        }
+    }
+    phases.push(p.finish());
+
+    // 7. resume and wait for a healthy, agreeing etcd
+    let p = progress.phase("resuming cluster");
+    let all: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    capture::resume(rt, nodes, &all).await.map_err(|e| during("resuming the cluster", RestoreError::Invalid(e.to_string())))?;
+    wait_healthy(rt, &cps).await.map_err(|e| during("waiting for etcd", e))?;
+    phases.push(p.finish());
+
+    let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_dir.clone())).collect();
+    Ok(Outcome { preflight: checks, phases, previous_etcd_data, imported_images: imported, restored_volumes })
+}
+
+/// Every member healthy, and every control plane seeing the same members, one per control plane.
+async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = String::new();
+    loop {
+        let mut ok = true;
+        let mut views = Vec::new();
+        for n in cps {
+            if let Err(e) = preflight::etcd_health(rt, &n.name).await {
+                ok = false;
+                last = format!("{}: {e}", n.name);
+                break;
+            }
+            match etcd::members(rt, &n.name).await {
+                Ok(m) => views.push(m),
+                Err(e) => {
+                    ok = false;
+                    last = format!("{}: {e}", n.name);
+                    break;
+                }
+            }
+        }
+        if ok && views.windows(2).all(|w| w[0] == w[1]) && views.first().is_some_and(|v| v.len() == cps.len()) {
+            return Ok(());
+        }
+        if ok {
+            last = format!("members disagree: {views:?}");
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RestoreError::Invalid(format!("etcd did not become healthy within 120s: {last}")));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

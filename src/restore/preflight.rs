@@ -1,0 +1,181 @@
+//! The pre-flight gauntlet: every check runs, nothing is changed, and all violations are reported at once.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::bundle::Metadata;
+use crate::capture::node;
+use crate::cluster::{Node, Role, Runtime};
+use crate::util::human_bytes;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Check {
+    pub fn pass(name: &'static str, message: impl Into<String>) -> Self {
+        Self { name, ok: true, message: message.into() }
+    }
+    pub fn fail(name: &'static str, message: impl Into<String>) -> Self {
+        Self { name, ok: false, message: message.into() }
+    }
+}
+
+/// What the live cluster looks like, gathered without changing anything.
+#[derive(Debug)]
+pub struct Live {
+    pub nodes: Vec<Node>,
+    pub k8s_version: Result<String, String>,
+    pub platform: Result<String, String>,
+    pub addons: Result<BTreeMap<String, String>, String>,
+    /// Per control plane: is its etcd member reachable and healthy?
+    pub etcd: Vec<(String, Result<(), String>)>,
+    /// Free bytes on the cluster's container root (the nodes' /var volume).
+    pub free: Result<u64, String>,
+}
+
+pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
+    let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane && n.state == "running").collect();
+    let first = cps.first().map(|n| n.name.clone());
+    let k8s_version = match &first {
+        Some(n) => node::k8s_version(rt, n).await.map_err(|e| e.to_string()),
+        None => Err("no running control-plane node".into()),
+    };
+    let platform = rt.platform().await.map_err(|e| e.to_string());
+    let mut images = Vec::new();
+    let mut addons_err = None;
+    for n in nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker) && n.state == "running") {
+        match node::running_containers(rt, &n.name).await {
+            Ok(cs) => images.extend(cs.into_iter().map(|c| c.image)),
+            Err(e) => addons_err = Some(e.to_string()),
+        }
+    }
+    let addons = match addons_err {
+        Some(e) => Err(e),
+        None => Ok(crate::capture::detect_addons(images.iter().map(String::as_str))),
+    };
+    let mut etcd = Vec::new();
+    for n in &cps {
+        etcd.push((n.name.clone(), etcd_health(rt, &n.name).await));
+    }
+    let free = match &first {
+        Some(n) => free_bytes(rt, n).await,
+        None => Err("no running control-plane node".into()),
+    };
+    Live { nodes, k8s_version, platform, addons, etcd, free }
+}
+
+/// `etcdctl endpoint health` against the node's own member, through the CRI.
+pub async fn etcd_health(rt: &Runtime, node_name: &str) -> Result<(), String> {
+    let id = node::etcd_container(rt, node_name).await.map_err(|e| e.to_string())?;
+    let mut argv: Vec<String> = vec!["crictl".into(), "exec".into(), id, "etcdctl".into()];
+    argv.extend(node::etcdctl_tls());
+    argv.extend(["endpoint".into(), "health".into()]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    rt.run(node_name, &argv).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+async fn free_bytes(rt: &Runtime, node_name: &str) -> Result<u64, String> {
+    let out = rt.run(node_name, &["df", "-Pk", "/var"]).await.map_err(|e| e.to_string())?;
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("unexpected `df` output: {out:?}"))
+}
+
+/// Checks of the live cluster against a snapshot's metadata.
+pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
+    let mut checks = Vec::new();
+
+    // Cluster running: every node up, etcd healthy on every control plane.
+    let down: Vec<String> = live.nodes.iter().filter(|n| n.state != "running").map(|n| format!("node {} is {}", n.name, n.state)).collect();
+    let sick: Vec<String> = live.etcd.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("etcd on {n} is not reachable: {}", first_line(e)))).collect();
+    if live.nodes.is_empty() {
+        checks.push(Check::fail("cluster running", "cluster not running: it has no nodes"));
+    } else if down.is_empty() && sick.is_empty() && !live.etcd.is_empty() {
+        checks.push(Check::pass("cluster running", format!("{} nodes running, etcd healthy", live.nodes.len())));
+    } else {
+        let mut why = down;
+        why.extend(sick);
+        if live.etcd.is_empty() {
+            why.push("no running control-plane node".into());
+        }
+        checks.push(Check::fail("cluster running", format!("cluster not running: {}", why.join("; "))));
+    }
+
+    // Disk space on the container root.
+    checks.push(match &live.free {
+        Ok(free) if *free >= min_free => Check::pass("disk space", format!("{} free", human_bytes(*free))),
+        Ok(free) => Check::fail("disk space", format!("not enough disk space: {} free on the cluster's container root, {} required (--min-free-space)", human_bytes(*free), human_bytes(min_free))),
+        Err(e) => Check::fail("disk space", format!("cannot measure free disk space: {}", first_line(e))),
+    });
+
+    checks.push(match &live.k8s_version {
+        Ok(v) if *v == meta.k8s_version => Check::pass("k8s version", v.clone()),
+        Ok(v) => Check::fail("k8s version", format!("k8s version mismatch: snapshot={}, live={v}", meta.k8s_version)),
+        Err(e) => Check::fail("k8s version", format!("cannot read the live k8s version: {}", first_line(e))),
+    });
+
+    checks.push(topology(meta, &live.nodes));
+
+    checks.push(match &live.addons {
+        Ok(addons) => {
+            let mut names: Vec<&String> = meta.addons.keys().chain(addons.keys()).collect();
+            names.sort();
+            names.dedup();
+            let diffs: Vec<String> = names
+                .into_iter()
+                .filter_map(|a| {
+                    let (s, l) = (meta.addons.get(a), addons.get(a));
+                    (s != l).then(|| format!("addon version mismatch: {a} snapshot={}, live={}", s.map_or("absent", String::as_str), l.map_or("absent", String::as_str)))
+                })
+                .collect();
+            if diffs.is_empty() { Check::pass("addons", meta.addons_summary()) } else { Check::fail("addons", diffs.join("; ")) }
+        }
+        Err(e) => Check::fail("addons", format!("cannot detect live addon versions: {}", first_line(e))),
+    });
+
+    checks.push(match &live.platform {
+        Ok(p) if *p == meta.platform => Check::pass("platform", p.clone()),
+        Ok(p) => Check::fail("platform", format!("platform mismatch: snapshot={}, live={p}", meta.platform)),
+        Err(e) => Check::fail("platform", format!("cannot read the live platform: {}", first_line(e))),
+    });
+    checks
+}
+
+/// When no metadata can be read at all, the compatibility checks cannot run: say so.
+pub fn compat_unavailable() -> Vec<Check> {
+    vec![Check::fail("schema version", "no readable metadata: compatibility cannot be checked")]
+}
+
+fn topology(meta: &Metadata, nodes: &[Node]) -> Check {
+    let kubelet: Vec<&Node> = nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker)).collect();
+    let snap: Vec<&crate::bundle::metadata::NodeInfo> = meta.topology.nodes.iter().filter(|n| n.role == "control-plane" || n.role == "worker").collect();
+    if kubelet.len() != snap.len() {
+        return Check::fail("topology", format!("topology mismatch: snapshot={} nodes, live={} nodes", snap.len(), kubelet.len()));
+    }
+    let cps = kubelet.iter().filter(|n| n.role == Role::ControlPlane).count();
+    if cps != meta.topology.control_planes {
+        return Check::fail("topology", format!("topology mismatch: snapshot={} control planes, live={cps} control planes", meta.topology.control_planes));
+    }
+    // etcd member names and PV node affinity are node names: they must match one for one.
+    let mut live: Vec<(String, &str)> = kubelet.iter().map(|n| (n.name.clone(), n.role.as_str())).collect();
+    let mut want: Vec<(String, &str)> = snap.iter().map(|n| (n.name.clone(), n.role.as_str())).collect();
+    live.sort();
+    want.sort();
+    if live != want {
+        let show = |v: &[(String, &str)]| v.iter().map(|(n, r)| format!("{n} ({r})")).collect::<Vec<_>>().join(", ");
+        return Check::fail("topology", format!("topology mismatch: snapshot nodes {}, live nodes {}", show(&want), show(&live)));
+    }
+    Check::pass("topology", meta.topology_summary())
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
