@@ -6,4 +6,6 @@ mod util;
 mod bad_input;
 mod create;
 mod failures;
+mod hostile;
+mod restore;
 mod store;
