@@ -87,6 +87,6 @@ mod tests {
         let manifest = br#"{"config":{"mediaType":"c","digest":"sha256:c","size":2},"layers":[{"mediaType":"l","digest":"sha256:l","size":3}]}"#;
         let c = children(manifest, MANIFEST_TYPES[0], "linux/amd64").unwrap();
         assert_eq!(c.blobs.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(), ["sha256:c", "sha256:l"]);
-        assert!(children(b"[]", "", "linux/amd64").is_err());
+        assert!(children(b"{not json", "", "linux/amd64").is_err());
     }
 }

@@ -3,9 +3,10 @@
 //! 1. pre-flight (no mutation): the bundle is read once — integrity against the sidecar, every entry validated,
 //!    what restore needs staged on the host — and the live cluster is checked against the snapshot's metadata
 //!    (running, disk space, Kubernetes version, topology, addons, platform). All violations are reported at once.
-//! 2. etcd prepared on every control plane in parallel while it still runs (restore into a side directory)
-//! 3. quiesce, 4. etcd data swapped in by rename (old data kept aside), 5. PVs replaced, 6. missing images
-//!    re-imported, 7. resume, then wait until every member is healthy and all agree on the membership.
+//! 2. while the cluster still runs, in parallel: etcd restored into a side directory on every control plane,
+//!    and images the nodes lack re-imported (what `kind load` does: harmless to a running cluster)
+//! 3. quiesce, 4. etcd data swapped in by rename (old data kept aside), 5. PVs replaced,
+//! 6. resume, then wait until every member is healthy and all agree on the membership.
 //!
 //! No auto-rollback: if a step after quiescing fails, the cluster stays quiesced and the error says how to
 //! resume it.
@@ -42,7 +43,7 @@ pub enum RestoreError {
     Invalid(String),
     #[error("pre-flight failed; nothing was changed:\n{}", list(.0))]
     Preflight(Vec<Check>),
-    #[error("restore failed while {step}: {inner}\nnothing in the cluster was changed")]
+    #[error("restore failed while {step}: {inner}\nthe cluster was not quiesced; its etcd data and volumes are unchanged")]
     BeforeMutation { step: &'static str, inner: Box<RestoreError> },
     #[error("restore failed while {step}: {inner}\nthe cluster is left quiesced{kept}; there is no automatic rollback\nrun \"kubectl snapshot resume {cluster}\" to restart")]
     Mutation { step: &'static str, cluster: String, kept: String, inner: Box<RestoreError> },
@@ -118,21 +119,20 @@ pub async fn restore(rt: &Runtime, req: Request, progress: &Progress, checks_out
     // 1. pre-flight
     let p = progress.phase("pre-flight checks");
     let nodes = rt.nodes(&req.cluster).await?;
-    let live = preflight::gather(rt, nodes.clone()).await;
+    // The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side. Staging is
+    // written during the pass and removed again if any check fails.
+    let stage_root = req.store.cluster_dir(&cluster_name).join(format!(".restore-{}", crate::util::nonce()));
+    let staging = StagingDir(stage_root.clone());
+    let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
+    let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
+    let pass = tokio::task::spawn_blocking(move || extract::inspect(&bundle, &sidecar, Some(&stage_root), budget));
+    let (live, pass) = tokio::join!(preflight::gather(rt, nodes.clone()), pass);
+    let (insp, staged) = pass.map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
     let copy = std::fs::read(&snap.paths.metadata).ok().and_then(|b| Metadata::from_json(&b).ok());
     let mut checks = match &copy {
         Some(m) => preflight::compat(m, &live, req.min_free),
         None => Vec::new(),
     };
-    let stage_root = req.store.cluster_dir(&cluster_name).join(format!(".restore-{}", crate::util::nonce()));
-    let staging = StagingDir(stage_root.clone());
-    let stage = checks.iter().all(|c| c.ok).then_some(stage_root.as_path());
-    let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
-    let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
-    let stage_owned = stage.map(|p| p.to_owned());
-    let (insp, staged) = tokio::task::spawn_blocking(move || extract::inspect(&bundle, &sidecar, stage_owned.as_deref(), budget))
-        .await
-        .map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
     let integrity: Vec<&String> = insp.problems.iter().filter(|p| p.contains("sha256 mismatch") || p.contains("incomplete") || p.contains("sidecar")).collect();
     checks.insert(0, if integrity.is_empty() { Check::pass("bundle integrity", format!("sha256:{}", insp.sha256)) } else { Check::fail("bundle integrity", integrity.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")) });
     let contents: Vec<&String> = insp.problems.iter().filter(|p| !integrity.contains(p)).collect();
@@ -175,20 +175,31 @@ async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, n
     let old_dir = format!("/var/lib/etcd.old-{stamp}");
     let before = |step, e: RestoreError| RestoreError::BeforeMutation { step, inner: Box::new(e) };
 
-    // 2. etcd prepared everywhere, in parallel, while the cluster still runs
-    let p = progress.phase("preparing etcd restore");
+    // 2. while the cluster still runs, in parallel: etcd restored into a side directory on every control
+    //    plane, and missing images imported on every node (adding an image is what `kind load` does)
+    let p = progress.phase("preparing etcd, importing images");
     let mut members = Vec::new();
     for n in &cps {
         members.push(etcd::member(rt, &n.name).await.map_err(|e| before("reading etcd membership", e))?);
     }
     let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-    let prepared = futures_util::future::join_all(members.iter().map(|m| etcd::prepare(rt, m, &staged.etcd, &initial_cluster, &token, &side))).await;
-    if let Some(e) = prepared.into_iter().find_map(Result::err) {
+    let prepare = futures_util::future::join_all(members.iter().map(|m| etcd::prepare(rt, m, &staged.etcd, &initial_cluster, &token, &side)));
+    let import = futures_util::future::join_all(nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker)).map(|n| async move {
+        match meta.images.nodes.get(&n.name) {
+            Some(want) => images::restore_node(rt, &n.name, &meta.platform, want, staged).await.map(|got| (n.name.clone(), got)),
+            None => Ok((n.name.clone(), Vec::new())),
+        }
+    }));
+    let (prepared, imported) = tokio::join!(prepare, import);
+    let failed = prepared.into_iter().find_map(Result::err).map(|e| ("preparing the etcd restore", e));
+    let failed = failed.or_else(|| imported.iter().find_map(|r| r.as_ref().err()).map(|e| ("re-importing images", RestoreError::Invalid(e.to_string()))));
+    if let Some((step, e)) = failed {
         for n in &cps {
             etcd::discard(rt, &n.name, &side).await;
         }
-        return Err(before("preparing the etcd restore", e));
+        return Err(before(step, e));
     }
+    let imported: BTreeMap<String, Vec<String>> = imported.into_iter().filter_map(Result::ok).filter(|(_, v)| !v.is_empty()).collect();
     phases.push(p.finish());
 
     let kept = format!(" (previous etcd data kept in {old_dir} on each control plane)");
@@ -217,20 +228,7 @@ async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, n
     }
     phases.push(p.finish());
 
-    // 6. images
-    let p = progress.phase("re-importing images");
-    let mut imported = BTreeMap::new();
-    for n in cps.iter().chain(workers.iter()) {
-        if let Some(want) = meta.images.nodes.get(&n.name) {
-            let got = images::restore_node(rt, &n.name, &meta.platform, want, staged).await.map_err(|e| during("re-importing images", e))?;
-            if !got.is_empty() {
-                imported.insert(n.name.clone(), got);
-            }
-        }
-    }
-    phases.push(p.finish());
-
-    // 7. resume and wait for a healthy, agreeing etcd
+    // 6. resume and wait for a healthy, agreeing etcd
     let p = progress.phase("resuming cluster");
     let all: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     capture::resume(rt, nodes, &all).await.map_err(|e| during("resuming the cluster", RestoreError::Invalid(e.to_string())))?;
@@ -272,6 +270,6 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
         if tokio::time::Instant::now() > deadline {
             return Err(RestoreError::Invalid(format!("etcd did not become healthy within 120s: {last}")));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

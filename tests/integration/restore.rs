@@ -246,19 +246,37 @@ fn failed_mutation_step_prints_resume_hint_and_resume_works() {
     let cluster = Cluster::up("rfail", 1, 1);
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
+    // The worker's volumes cannot be replaced: restore fails after quiescing, in "restoring volumes".
     let worker = cluster.worker(1);
-    cluster.sh(&worker, "mv /usr/bin/ctr /usr/bin/ctr.real && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *\"images import\"*) echo \"import exploded\" >&2; exit 5 ;; esac' 'exec /usr/bin/ctr.real \"$@\"' > /usr/bin/ctr && chmod +x /usr/bin/ctr");
+    cluster.sh(&worker, "rm /bin/rm && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *local-path-provisioner*) echo \"rm exploded\" >&2; exit 5 ;; esac' 'exec /bin/busybox rm \"$@\"' > /bin/rm && chmod +x /bin/rm");
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    for w in ["restore failed while re-importing images", "import exploded", &format!("run \"kubectl snapshot resume {}\" to restart", cluster.name)] {
+    let hint = format!("run \"kubectl snapshot resume {}\" to restart", cluster.name);
+    for w in ["restore failed while restoring volumes", "rm exploded", "left quiesced", &hint] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }
-    assert!(run.stderr.trim_end().ends_with(&format!("run \"kubectl snapshot resume {}\" to restart", cluster.name)), "{}", run.stderr);
+    assert!(run.stderr.trim_end().ends_with(&hint), "{}", run.stderr);
     assert_eq!(cluster.sh(&worker, "systemctl is-active kubelet || true").trim(), "inactive", "the cluster is left quiesced");
     store.run(&["resume", &cluster.name]).ok();
     cluster.assert_running();
-    // etcd and PVs were restored before the failing step.
+    // etcd was restored before the failing step.
     assert_eq!(get(&cluster, &cluster.cp(1), KEEP), "at-snapshot");
+}
+
+#[test]
+fn failed_image_import_changes_no_etcd_data_or_volume() {
+    let cluster = Cluster::up("rimg", 1, 0);
+    let store = Store::new();
+    snapshot_then_diverge(&cluster, &store);
+    let cp = cluster.cp(1);
+    cluster.sh(&cp, "mv /usr/bin/ctr /usr/bin/ctr.real && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *\"images import\"*) echo \"import exploded\" >&2; exit 5 ;; esac' 'exec /usr/bin/ctr.real \"$@\"' > /usr/bin/ctr && chmod +x /usr/bin/ctr");
+    let run = store.run(&["restore", &cluster.name, "snap"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    for w in ["restore failed while re-importing images", "import exploded", "was not quiesced"] {
+        assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
+    }
+    assert_untouched(&cluster);
+    cluster.assert_running();
 }
 
 /// Rewrites a bundle's metadata into a new snapshot `to`, with a consistent sidecar (as another tool would).
