@@ -2,13 +2,23 @@
 //!
 //! - [`name`]: validated snapshot and cluster names (safe as file names, object keys and OCI tags).
 //! - [`local`]: the local store, `<root>/<cluster>/<snap>.tar.gz` + `.sha256` + `.metadata.json`.
+//! - [`remote`]: the [`SnapshotStore`] trait and [`ObjectSnapshotStore`], its implementation over any
+//!   `object_store` (a directory, S3).
+//! - [`s3`]: S3 options (k3s-style) and credentials; [`url`]: remote URLs.
+//! - [`conformance`] (feature `conformance`): the suite every store runs.
 //! - [`Error`]: what callers can match on.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod local;
 pub mod name;
+pub mod remote;
+pub mod s3;
+pub mod url;
 
 pub use local::{LocalSnapshot, LocalStore, SnapshotPaths};
 pub use name::{ClusterName, SnapshotName};
+pub use remote::{Fetched, ObjectSnapshotStore, RemoteSnapshot, SnapshotStore};
 
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +32,14 @@ pub enum Error {
     InvalidName { what: &'static str, value: String, reason: &'static str },
     #[error("{context}: {cause}")]
     Io { context: String, cause: std::io::Error },
+    #[error("{remote}: {message}")]
+    Remote { remote: String, message: String },
+    #[error("{remote}: access denied: {message}")]
+    Denied { remote: String, message: String },
+    #[error("{remote}: snapshot {name:?} failed verification: {message}; nothing was kept")]
+    Integrity { remote: String, name: String, message: String },
+    #[error("{0}")]
+    Config(String),
 }
 
 impl Error {
