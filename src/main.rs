@@ -8,6 +8,7 @@ mod cluster;
 mod cmd;
 mod oci;
 mod progress;
+mod remote;
 mod restore;
 mod util;
 

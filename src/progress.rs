@@ -59,3 +59,18 @@ impl Phase {
         PhaseRecord { name: self.name, duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0 }
     }
 }
+
+/// A byte-count progress bar on stderr (hidden off-TTY or when not wanted).
+pub fn bytes(total: u64, label: &str, wanted: bool) -> ProgressBar {
+    if !(wanted && std::io::stderr().is_terminal()) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Ctx, UsageError, snapshot_name};
+use super::{Ctx, UsageError, push_snapshot, snapshot_name};
+use crate::remote::{RemoteArgs, S3Args, require};
 use crate::bundle::{Metadata, WriterOptions};
 use crate::capture::{self, Request};
 use crate::progress::{PhaseRecord, Progress};
@@ -24,6 +25,11 @@ pub struct Args {
     /// gzip level for data that is not already compressed (0-9).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
+    /// Then push the snapshot to REMOTE (a name or URL; without a value: the S3 flags, else the default remote).
+    #[arg(long, value_name = "REMOTE", num_args = 0..=1, default_missing_value = "")]
+    pub push: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Serialize)]
@@ -47,11 +53,23 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         (None, None) => jiff::Timestamp::now().strftime("snap-%Y%m%d-%H%M%S").to_string(),
     };
     let name = snapshot_name(&name)?;
+    // Resolve the remote before capturing, so a bad remote fails fast.
+    let remote = match &args.push {
+        Some(r) => Some(require(&RemoteArgs { remote: Some(r.clone()).filter(|r| !r.is_empty()), s3: args.s3.clone() })?),
+        None => None,
+    };
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
     let progress = Progress::new(!args.json);
     let writer = WriterOptions { level: args.compression_level, ..WriterOptions::default() };
     let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), writer };
     let out = capture::create(&rt, req, &progress).await?;
+    if let Some(remote) = &remote {
+        let cluster_name = backends::ClusterName::new(&cluster)?;
+        push_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
+        if !args.json {
+            eprintln!("Pushed to {}", remote.describe());
+        }
+    }
     if args.json {
         let result = CreateResult {
             name: name.as_str(),

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 
-use super::{Ctx, snapshot_name};
+use super::{Ctx, delete_snapshot, entries, snapshot_name};
+use crate::remote::{RemoteArgs, resolve};
 
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "kubectl snapshot delete [CLUSTER] <SNAPSHOT>...")]
@@ -11,6 +12,8 @@ pub struct Args {
     /// names a known cluster (running, or with snapshots); otherwise all are snapshots.
     #[arg(value_name = "ARGS", required = true)]
     pub args: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
@@ -22,8 +25,10 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     }
     let cluster = ctx.stored_cluster(cluster).await?;
     let names = names.iter().map(|n| snapshot_name(n)).collect::<Result<Vec<_>>>()?;
+    let remote = resolve(&args.remote, false)?;
+    let present: Vec<backends::SnapshotName> = entries(ctx, &cluster, remote.as_deref()).await?.into_iter().map(|e| e.name).collect();
     // All or nothing: any unknown name fails the command before anything is deleted.
-    let missing: Vec<&str> = names.iter().filter(|n| !ctx.store.exists(&cluster, n)).map(|n| n.as_str()).collect();
+    let missing: Vec<&str> = names.iter().filter(|n| !present.contains(n)).map(|n| n.as_str()).collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "snapshot{} not found for cluster {:?}: {} (nothing was deleted; see `kubectl snapshot list {}`)",
@@ -34,8 +39,11 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         );
     }
     for n in &names {
-        ctx.store.delete(&cluster, n)?;
-        println!("Deleted snapshot {:?}", n.as_str());
+        delete_snapshot(ctx, &cluster, n, remote.as_deref()).await?;
+        match &remote {
+            Some(r) => println!("Deleted snapshot {:?} from {}", n.as_str(), r.describe()),
+            None => println!("Deleted snapshot {:?}", n.as_str()),
+        }
     }
     Ok(())
 }

@@ -5,8 +5,9 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Ctx, Info, load_all, print_structured};
-use crate::bundle::{Status, reader};
+use super::{Ctx, Entry, entries, print_structured};
+use crate::bundle::Status;
+use crate::remote::{RemoteArgs, resolve};
 use crate::cli::Output;
 use crate::util::{age, human_bytes};
 
@@ -23,6 +24,8 @@ pub struct Args {
     /// Do not truncate the ADDONS column.
     #[arg(long)]
     pub no_trunc: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Serialize)]
@@ -43,33 +46,33 @@ pub struct Row {
     pub error: Option<String>,
 }
 
-pub fn row(cluster: &str, info: &Info) -> Row {
-    let status = reader::verify(&info.local.paths.bundle, &info.local.paths.sidecar);
+pub fn row(cluster: &str, e: &Entry) -> Row {
     Row {
-        name: info.local.name.to_string(),
+        name: e.name.to_string(),
         cluster: cluster.to_owned(),
-        created: info.created(),
-        size: info.local.size,
-        k8s_version: info.metadata.as_ref().ok().map(|m| m.k8s_version.clone()),
-        addons: info.metadata.as_ref().map(|m| m.addons.clone()).unwrap_or_default(),
-        addons_summary: info.metadata.as_ref().map(|m| m.addons_summary()).unwrap_or_default(),
-        // Unreadable metadata makes a bundle unusable whatever its hash says.
-        status: if info.metadata.is_err() && status == Status::Ok { Status::Corrupt } else { status },
-        sha256: info.archive_digest.clone(),
-        path: info.local.paths.bundle.display().to_string(),
-        error: info.metadata.as_ref().err().cloned(),
+        created: e.created,
+        size: e.size,
+        k8s_version: e.metadata.as_ref().ok().map(|m| m.k8s_version.clone()),
+        addons: e.metadata.as_ref().map(|m| m.addons.clone()).unwrap_or_default(),
+        addons_summary: e.metadata.as_ref().map(|m| m.addons_summary()).unwrap_or_default(),
+        status: e.status(),
+        sha256: e.sha256.clone(),
+        path: e.location.clone(),
+        error: e.metadata.as_ref().err().cloned(),
     }
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(args.cluster.as_deref()).await?;
-    let infos = load_all(&ctx.store, &cluster)?;
-    let rows: Vec<Row> = infos.iter().map(|i| row(cluster.as_str(), i)).collect();
+    let remote = resolve(&args.remote, false)?;
+    let found = entries(ctx, &cluster, remote.as_deref()).await?;
+    let rows: Vec<Row> = found.iter().map(|e| row(cluster.as_str(), e)).collect();
     if let Some(output) = args.output {
         return print_structured(&rows, output);
     }
     if rows.is_empty() {
-        eprintln!("No snapshots for cluster {:?} in {}", cluster.as_str(), ctx.store.root().display());
+        let place = remote.as_ref().map_or_else(|| ctx.store.root().display().to_string(), |r| r.describe());
+        eprintln!("No snapshots for cluster {:?} in {place}", cluster.as_str());
         return Ok(());
     }
     let now = jiff::Timestamp::now();

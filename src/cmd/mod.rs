@@ -4,6 +4,9 @@ pub mod create;
 pub mod delete;
 pub mod list;
 pub mod prune;
+pub mod pull;
+pub mod push;
+pub mod remote;
 pub mod restore;
 pub mod resume;
 pub mod show;
@@ -31,6 +34,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => prune::run(a, &ctx).await,
         Command::Delete(a) => delete::run(a, &ctx).await,
         Command::Restore(a) => restore::run(a, &ctx).await,
+        Command::Push(a) => push::run(a, &ctx).await,
+        Command::Pull(a) => pull::run(a, &ctx).await,
+        Command::Remote(a) => remote::run(a).await,
         Command::Resume(a) => resume::run(a, &ctx).await,
     }
 }
@@ -146,4 +152,132 @@ pub fn print_structured<T: serde::Serialize>(value: &T, output: Output) -> Resul
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// A snapshot in the local store or on a remote, as list and prune see it.
+pub struct Entry {
+    pub name: SnapshotName,
+    pub created: jiff::Timestamp,
+    pub size: u64,
+    pub metadata: Result<Metadata, String>,
+    /// Local: computed by hashing on demand ([`Entry::status`]); remote: completeness.
+    pub remote_complete: Option<bool>,
+    pub sha256: Option<String>,
+    pub location: String,
+    local: Option<LocalSnapshot>,
+}
+
+impl Entry {
+    /// Local: the archive against its sidecar. Remote: `ok` when bundle, sidecar and metadata are all there
+    /// (a remote bundle is verified when it is pulled).
+    pub fn status(&self) -> crate::bundle::Status {
+        use crate::bundle::Status;
+        let s = match (&self.local, self.remote_complete) {
+            (Some(l), _) => reader::verify(&l.paths.bundle, &l.paths.sidecar),
+            (None, Some(true)) => Status::Ok,
+            (None, _) => Status::Incomplete,
+        };
+        if self.metadata.is_err() && s == Status::Ok { Status::Corrupt } else { s }
+    }
+}
+
+/// Snapshots of a cluster, newest first, locally or on `remote`.
+pub async fn entries(ctx: &Ctx, cluster: &ClusterName, remote: Option<&dyn backends::SnapshotStore>) -> Result<Vec<Entry>> {
+    let mut out: Vec<Entry> = match remote {
+        None => load_all(&ctx.store, cluster)?
+            .into_iter()
+            .map(|i| Entry {
+                name: i.local.name.clone(),
+                created: i.created(),
+                size: i.local.size,
+                sha256: i.archive_digest.clone(),
+                location: i.local.paths.bundle.display().to_string(),
+                metadata: i.metadata,
+                remote_complete: None,
+                local: Some(i.local),
+            })
+            .collect(),
+        Some(store) => store
+            .list(cluster)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let metadata = match &r.metadata {
+                    Some(b) => Metadata::from_json(b).map_err(|e| e.to_string()),
+                    None => Err("incomplete upload: no metadata".to_string()),
+                };
+                let created = metadata.as_ref().map(|m| m.created).unwrap_or_else(|_| jiff::Timestamp::try_from(r.modified).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+                Entry {
+                    location: format!("{} {}/{}", store.describe(), cluster, r.name),
+                    name: r.name,
+                    created,
+                    size: r.size,
+                    metadata,
+                    remote_complete: Some(r.complete),
+                    sha256: r.sha256,
+                    local: None,
+                }
+            })
+            .collect(),
+    };
+    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// Deletes a snapshot locally or on `remote`.
+pub async fn delete_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: Option<&dyn backends::SnapshotStore>) -> Result<()> {
+    match remote {
+        None => ctx.store.delete(cluster, name)?,
+        Some(r) => r.delete(cluster, name).await?,
+    }
+    Ok(())
+}
+
+/// Uploads a local snapshot after checking it against its sidecar.
+pub async fn push_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: &dyn backends::SnapshotStore, show_progress: bool) -> Result<()> {
+    let local = ctx.store.get(cluster, name)?;
+    let (bundle, sidecar_path) = (local.paths.bundle.clone(), local.paths.sidecar.clone());
+    let status = tokio::task::spawn_blocking(move || reader::verify(&bundle, &sidecar_path)).await?;
+    if status != crate::bundle::Status::Ok {
+        anyhow::bail!("local snapshot {:?} is {status}; refusing to push it (see `kubectl snapshot list {cluster}`)", name.as_str());
+    }
+    let sidecar = std::fs::read_to_string(&local.paths.sidecar)?;
+    let metadata = match std::fs::read(&local.paths.metadata) {
+        Ok(m) => m,
+        Err(_) => serde_json::to_vec_pretty(&reader::read_metadata(&local.paths.bundle)?)?,
+    };
+    let bar = crate::progress::bytes(local.size, &format!("pushing {name}"), show_progress);
+    remote
+        .put(cluster, name, &local.paths.bundle, &sidecar, &metadata, &|n| bar.inc(n))
+        .await
+        .with_context(|| format!("pushing snapshot {:?} to {}", name.as_str(), remote.describe()))?;
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Downloads a remote snapshot into the local store; verified against its sidecar before it is published.
+pub async fn pull_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: &dyn backends::SnapshotStore, show_progress: bool) -> Result<LocalSnapshot> {
+    if ctx.store.exists(cluster, name) {
+        anyhow::bail!("snapshot {:?} is already in the local store ({})", name.as_str(), ctx.store.paths(cluster, name).bundle.display());
+    }
+    let head = remote.head(cluster, name).await.with_context(|| format!("looking up {:?} on {}", name.as_str(), remote.describe()))?;
+    ctx.store.ensure_cluster_dir(cluster)?;
+    let staged = ctx.store.staging_path(cluster, name);
+    let guard = Staged(staged.clone());
+    let bar = crate::progress::bytes(head.size, &format!("pulling {name}"), show_progress);
+    let fetched = remote.get(cluster, name, &staged, &|n| bar.inc(n)).await.with_context(|| format!("pulling snapshot {:?}", name.as_str()))?;
+    bar.finish_and_clear();
+    let file_name = format!("{name}{}", backends::local::BUNDLE_SUFFIX);
+    ctx.store.publish(cluster, name, &staged, &reader::sidecar_line(&fetched.sha256, &file_name), &fetched.metadata)?;
+    drop(guard);
+    Ok(ctx.store.get(cluster, name)?)
+}
+
+/// A partial download, removed unless published.
+struct Staged(std::path::PathBuf);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{Ctx, UsageError, load_all};
+use super::{Ctx, UsageError, delete_snapshot, entries};
+use crate::remote::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes, parse_duration, parse_size};
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,8 @@ pub struct Args {
     /// Print the plan and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 pub const NO_POLICY: &str = "at least one policy flag is required (--keep-last, --older-than, --max-size)";
@@ -74,24 +77,26 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         return Err(UsageError(NO_POLICY.into()).into());
     }
     let cluster = ctx.stored_cluster(args.cluster.as_deref()).await?;
-    let infos = load_all(&ctx.store, &cluster)?;
+    let remote = resolve(&args.remote, false)?;
+    let infos = entries(ctx, &cluster, remote.as_deref()).await?;
     let now = jiff::Timestamp::now();
-    let sizes: Vec<(jiff::Timestamp, u64)> = infos.iter().map(|i| (i.created(), i.local.size)).collect();
+    let sizes: Vec<(jiff::Timestamp, u64)> = infos.iter().map(|i| (i.created, i.size)).collect();
     let reasons = plan(&sizes, now, args.keep_last, args.older_than, args.max_size);
 
     let mut out = String::new();
-    out.push_str(&format!("Prune plan for cluster {:?}:\n", cluster.as_str()));
-    let name_w = infos.iter().map(|i| i.local.name.as_str().len()).max().unwrap_or(0);
+    let place = remote.as_ref().map_or_else(String::new, |r| format!(" on {}", r.describe()));
+    out.push_str(&format!("Prune plan for cluster {:?}{place}:\n", cluster.as_str()));
+    let name_w = infos.iter().map(|i| i.name.as_str().len()).max().unwrap_or(0);
     let (mut del_bytes, mut del_count) = (0u64, 0usize);
     for (info, why) in infos.iter().zip(&reasons) {
-        let facts = format!("{}, {}", age(info.created(), now), human_bytes(info.local.size));
+        let facts = format!("{}, {}", age(info.created, now), human_bytes(info.size));
         if why.is_empty() {
             let keep_why = if args.keep_last > 0 { format!("; most recent {}", args.keep_last) } else { String::new() };
-            out.push_str(&format!("  KEEP    {:<name_w$}  ({facts}{keep_why})\n", info.local.name.as_str()));
+            out.push_str(&format!("  KEEP    {:<name_w$}  ({facts}{keep_why})\n", info.name.as_str()));
         } else {
-            del_bytes += info.local.size;
+            del_bytes += info.size;
             del_count += 1;
-            out.push_str(&format!("  DELETE  {:<name_w$}  ({facts}; {})\n", info.local.name.as_str(), why.join(", ")));
+            out.push_str(&format!("  DELETE  {:<name_w$}  ({facts}; {})\n", info.name.as_str(), why.join(", ")));
         }
     }
     out.push_str(&format!("Total to delete: {} across {del_count} snapshot{}\n", human_bytes(del_bytes), if del_count == 1 { "" } else { "s" }));
@@ -114,8 +119,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     }
     for (info, why) in infos.iter().zip(&reasons) {
         if !why.is_empty() {
-            ctx.store.delete(&cluster, &info.local.name)?;
-            println!("Deleted snapshot {:?}", info.local.name.as_str());
+            delete_snapshot(ctx, &cluster, &info.name, remote.as_deref()).await?;
+            println!("Deleted snapshot {:?}", info.name.as_str());
         }
     }
     Ok(())

@@ -6,7 +6,8 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Ctx, UsageError, snapshot_name};
+use super::{Ctx, UsageError, pull_snapshot, snapshot_name};
+use crate::remote::{RemoteArgs, resolve};
 use crate::progress::Progress;
 use crate::restore::{self, Check, Outcome, Request, RestoreError};
 use crate::util::parse_size;
@@ -23,6 +24,9 @@ pub struct Args {
     /// Free space the cluster's container root must have for the restore to start (base-2 suffixes).
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
     pub min_free_space: u64,
+    /// Where to pull the snapshot from when it is not local (default: the default remote).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Serialize)]
@@ -48,6 +52,31 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (rt, cluster) = ctx.live_cluster(cluster).await?;
     let progress = Progress::new(!args.json);
     let started = std::time::Instant::now();
+    let cluster_name = backends::ClusterName::new(&cluster)?;
+    if !ctx.store.exists(&cluster_name, &name) {
+        let Some(remote) = resolve(&args.remote, true)? else {
+            anyhow::bail!(
+                "snapshot {:?} is not in the local store and no remote is configured (use --remote NAME|URL; see `kubectl snapshot list {cluster}`)",
+                name.as_str()
+            );
+        };
+        // Check the remote metadata against the live cluster before downloading anything.
+        let head = remote.head(&cluster_name, &name).await.map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
+        let meta = crate::bundle::Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
+        let live = restore::preflight::gather(&rt, rt.nodes(&cluster).await?).await;
+        let checks = restore::preflight::compat(&meta, &live, args.min_free_space);
+        if checks.iter().any(|c| !c.ok) {
+            if args.json {
+                let out = RestoreResult { name: name.as_str(), cluster: &cluster, ok: false, preflight: &checks, outcome: None, error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()) };
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            return Err(RestoreError::Preflight(checks).into());
+        }
+        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
+        if !args.json {
+            eprintln!("Pulled {:?} from {} (sha256 verified)", name.as_str(), remote.describe());
+        }
+    }
     let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), min_free: args.min_free_space };
     let mut checks = Vec::new();
     let result = restore::restore(&rt, req, &progress, &mut checks).await;

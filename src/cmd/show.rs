@@ -4,6 +4,7 @@ use anyhow::{Result, anyhow};
 use serde::Serialize;
 
 use super::{Ctx, Info, UsageError, print_structured, snapshot_name};
+use crate::remote::{RemoteArgs, resolve};
 use crate::bundle::Metadata;
 use crate::cli::Output;
 use crate::util::{age, human_bytes};
@@ -17,6 +18,8 @@ pub struct Args {
     /// Output format (default: key/value lines).
     #[arg(short, long, value_enum)]
     pub output: Option<Output>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Serialize)]
@@ -37,11 +40,23 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     };
     let name = snapshot_name(snap)?;
     let cluster = ctx.stored_cluster(cluster).await?;
-    let info = Info::load(ctx.store.get(&cluster, &name)?);
-    let metadata = info.metadata.as_ref().map_err(|e| anyhow!("cannot read the metadata of snapshot {:?}: {e}", name.as_str()))?;
-    let archive_digest = info.archive_digest.as_ref().map(|h| format!("sha256:{h}"));
+    // Local, or a remote's metadata without downloading the bundle.
+    let (metadata, size, digest, path) = match resolve(&args.remote, false)? {
+        None => {
+            let info = Info::load(ctx.store.get(&cluster, &name)?);
+            let m = info.metadata.map_err(|e| anyhow!("cannot read the metadata of snapshot {:?}: {e}", name.as_str()))?;
+            (m, info.local.size, info.archive_digest, info.local.paths.bundle.display().to_string())
+        }
+        Some(r) => {
+            let head = r.head(&cluster, &name).await?;
+            let m = Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
+            (m, head.size, head.sha256, format!("{} {cluster}/{name}", r.describe()))
+        }
+    };
+    let metadata = &metadata;
+    let archive_digest = digest.as_ref().map(|h| format!("sha256:{h}"));
     if let Some(output) = args.output {
-        let shown = Shown { metadata, size: info.local.size, archive_digest, path: info.local.paths.bundle.display().to_string() };
+        let shown = Shown { metadata, size, archive_digest, path };
         return print_structured(&shown, output);
     }
     let m = metadata;
@@ -49,7 +64,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         ("Name", m.name.clone()),
         ("Cluster", m.cluster.clone()),
         ("Created", format!("{} ({})", m.created.strftime("%Y-%m-%dT%H:%M:%SZ"), age(m.created, jiff::Timestamp::now()))),
-        ("Size", human_bytes(info.local.size)),
+        ("Size", human_bytes(size)),
         ("K8s Version", m.k8s_version.clone()),
         ("Node Image", m.node_image.clone()),
         ("Platform", m.platform.clone()),
@@ -72,7 +87,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         ("Images Digest", format!("{} ({} blobs, {})", m.images.digest, m.images.blobs, human_bytes(m.images.size))),
         ("PVs Digest", format!("{} ({} files, {})", m.pvs.digest, m.pvs.files, human_bytes(m.pvs.size))),
         ("Archive Digest", archive_digest.map_or_else(|| "(no sidecar: incomplete)".into(), |d| format!("{d} (from sidecar)"))),
-        ("Path", info.local.paths.bundle.display().to_string()),
+        ("Path", path),
     ];
     for (k, v) in rest {
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));

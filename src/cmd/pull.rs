@@ -1,0 +1,30 @@
+//! `kubectl snapshot pull [CLUSTER] SNAPSHOT [--remote NAME|URL]`
+
+use anyhow::Result;
+
+use super::{Ctx, UsageError, pull_snapshot, snapshot_name};
+use crate::remote::{RemoteArgs, require};
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "kubectl snapshot pull [CLUSTER] <SNAPSHOT> [--remote NAME|URL]")]
+pub struct Args {
+    /// [CLUSTER] SNAPSHOT: with one argument it is the snapshot, and the cluster is auto-detected.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let (cluster, snap) = match args.args.as_slice() {
+        [s] => (None, s),
+        [c, s] => (Some(c.as_str()), s),
+        _ => return Err(UsageError("pull takes [CLUSTER] SNAPSHOT".into()).into()),
+    };
+    let name = snapshot_name(snap)?;
+    let cluster = ctx.stored_cluster(cluster).await?;
+    let remote = require(&args.remote)?;
+    let local = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
+    println!("Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified)", name.as_str(), cluster.as_str(), local.paths.bundle.display());
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! `kubectl snapshot push [CLUSTER] SNAPSHOT [--remote NAME|URL]`
+
+use anyhow::Result;
+
+use super::{Ctx, UsageError, push_snapshot, snapshot_name};
+use crate::remote::{RemoteArgs, require};
+
+#[derive(Debug, clap::Args)]
+#[command(override_usage = "kubectl snapshot push [CLUSTER] <SNAPSHOT> [--remote NAME|URL]")]
+pub struct Args {
+    /// [CLUSTER] SNAPSHOT: with one argument it is the snapshot, and the cluster is auto-detected.
+    #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let (cluster, snap) = match args.args.as_slice() {
+        [s] => (None, s),
+        [c, s] => (Some(c.as_str()), s),
+        _ => return Err(UsageError("push takes [CLUSTER] SNAPSHOT".into()).into()),
+    };
+    let name = snapshot_name(snap)?;
+    let cluster = ctx.stored_cluster(cluster).await?;
+    let remote = require(&args.remote)?;
+    push_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
+    println!("Pushed snapshot {:?} of cluster {:?} to {}", name.as_str(), cluster.as_str(), remote.describe());
+    Ok(())
+}
