@@ -7,5 +7,6 @@ mod bad_input;
 mod create;
 mod failures;
 mod hostile;
+mod remote;
 mod restore;
 mod store;

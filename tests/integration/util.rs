@@ -185,7 +185,15 @@ impl Store {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = run_timeout(self.command(args), CMD_TIMEOUT);
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = run_timeout(cmd, CMD_TIMEOUT);
         Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
