@@ -225,6 +225,17 @@ fn wrong_credentials_and_unreachable_endpoints() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("--s3-access-key/--s3-secret-key"), "{}", r.stderr);
     assert!(!r.stderr.contains("kst-flag-secret-never-printed") && !r.stdout.contains("kst-flag-secret-never-printed"));
+    // A profile in a shared credentials file (as ~/.aws/credentials), chosen by AWS_PROFILE.
+    let aws = tempfile::tempdir().unwrap();
+    let creds = aws.path().join("credentials");
+    std::fs::write(&creds, format!("[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[team]\naws_access_key_id = {AK}\naws_secret_access_key = {SECRET}\n")).unwrap();
+    let creds_env = [("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()), ("AWS_CONFIG_FILE", "/nonexistent"), ("AWS_PROFILE", "team")];
+    run(&store, with(&["push", "cred", "s"], &s3.args()), &creds_env).ok();
+    let r = run(&store, with(&["list", "cred"], &s3.args()), &creds_env[..2]);
+    assert_eq!(r.code, Some(1), "the default profile's wrong keys were accepted");
+    assert!(r.stderr.contains("profile \"default\""), "{}", r.stderr);
+    let r = run(&store, with(&["list", "cred", "--s3-profile", "missing"], &s3.args()), &creds_env[..2]);
+    assert!(r.stderr.contains("AWS profile \"missing\" has no static credentials"), "{}", r.stderr);
     // Nothing listens: the error names the endpoint and comes within the timeout.
     let dead = free_port();
     let started = Instant::now();
