@@ -51,6 +51,7 @@ pub async fn run_all(store: &dyn SnapshotStore, raw: &dyn Raw, scratch: &Path) {
     names_with_every_allowed_character(store, scratch).await;
     tampered_bundles_are_refused(store, raw, scratch).await;
     existing_snapshots_are_not_replaced(store, scratch).await;
+    corrupt_local_bundles_are_not_published(store, scratch).await;
 }
 
 fn names(c: &str, n: &str) -> (ClusterName, SnapshotName) {
@@ -149,4 +150,14 @@ pub async fn existing_snapshots_are_not_replaced(store: &dyn SnapshotStore, scra
     store.get(&c, &n, &out, NOOP).await.expect("get");
     assert_eq!(std::fs::read(out).unwrap(), std::fs::read(path).unwrap());
     store.delete(&c, &n).await.expect("delete");
+}
+
+pub async fn corrupt_local_bundles_are_not_published(store: &dyn SnapshotStore, scratch: &Path) {
+    let (c, n) = names("conf-corrupt", "bad");
+    let (path, _, metadata) = bundle(scratch, "bad", 3000);
+    let wrong = format!("{}  bad.tar.gz\n", "ab".repeat(32));
+    let err = store.put(&c, &n, &path, &wrong, &metadata, NOOP).await.expect_err("a bundle not matching its sidecar was pushed");
+    assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    assert!(store.list(&c).await.unwrap().iter().all(|s| !s.complete), "a corrupt bundle was published");
+    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
 }

@@ -29,6 +29,9 @@ pub const METADATA: &str = "metadata.json";
 /// Multipart part size and parts in flight: memory stays near PART_SIZE × (PARTS_IN_FLIGHT + 1).
 const PART_SIZE: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
+/// Download range size; RANGES_IN_FLIGHT ranges are fetched at once and consumed in order.
+const RANGE_SIZE: u64 = 4 << 20;
+const RANGES_IN_FLIGHT: usize = 4;
 /// The most a metadata or sidecar object may be (they are small; anything bigger is not ours).
 const SMALL_MAX: u64 = 16 << 20;
 
@@ -148,8 +151,11 @@ impl SnapshotStore for ObjectSnapshotStore {
         if self.small(&self.key(&[c, n, METADATA])).await?.is_some() {
             return Err(Error::AlreadyExists { cluster: c.to_owned(), name: n.to_owned() });
         }
+        let expected = parse_sidecar(sidecar.as_bytes())
+            .ok_or_else(|| Error::Integrity { remote: self.description.clone(), name: n.to_owned(), message: "its local sidecar is malformed".into() })?;
         let key = self.key(&[c, n, BUNDLE]);
         let mut file = tokio::fs::File::open(bundle).await.map_err(|e| Error::io(format!("opening {}", bundle.display()), e))?;
+        let mut hasher = Sha256::new();
         let upload = self.store.put_multipart(&key).await.map_err(|e| self.err("starting the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut buf = vec![0u8; 1 << 20];
@@ -160,6 +166,7 @@ impl SnapshotStore for ObjectSnapshotStore {
                     return Ok(());
                 }
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.err("uploading the bundle", e))?;
+                hasher.update(&buf[..n]);
                 writer.write(&buf[..n]);
                 progress(n as u64);
             }
@@ -170,6 +177,16 @@ impl SnapshotStore for ObjectSnapshotStore {
             return Err(e);
         }
         writer.finish().await.map_err(|e| self.err("uploading the bundle", e))?;
+        // The bytes sent are checked against the sidecar (hashed on the way, no second read) before the commit.
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            let _ = self.store.delete(&key).await;
+            return Err(Error::Integrity {
+                remote: self.description.clone(),
+                name: n.to_owned(),
+                message: format!("the local bundle does not match its sidecar (sidecar={expected}, bundle={actual}); nothing was published"),
+            });
+        }
         self.store
             .put(&self.key(&[c, n, SIDECAR]), PutPayload::from(sidecar.as_bytes().to_vec()))
             .await
@@ -244,19 +261,29 @@ impl SnapshotStore for ObjectSnapshotStore {
         let sidecar_bytes = self.small(&self.key(&[c, n, SIDECAR])).await?.ok_or_else(|| Self::not_found(cluster, name))?;
         let expected = parse_sidecar(&sidecar_bytes)
             .ok_or_else(|| Error::Integrity { remote: self.description.clone(), name: n.to_owned(), message: "its sidecar is malformed".into() })?;
-        let got = self.store.get(&self.key(&[c, n, BUNDLE])).await.map_err(|e| self.err("downloading the bundle", e))?;
-        let mut stream = got.into_stream();
-        let mut out = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        // Ranged GETs, several in flight, consumed in order: hashed and written sequentially.
+        let key = self.key(&[c, n, BUNDLE]);
+        let total = head.size;
+        let ranges: Vec<std::ops::Range<u64>> = (0..total.div_ceil(RANGE_SIZE)).map(|i| i * RANGE_SIZE..((i + 1) * RANGE_SIZE).min(total)).collect();
+        let mut parts = futures_util::stream::iter(ranges).map(|r| {
+            let key = key.clone();
+            let store = Arc::clone(&self.store);
+            async move { store.get_range(&key, r).await }
+        })
+        .buffered(RANGES_IN_FLIGHT);
+        let file = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.err("downloading the bundle", e))?;
+        while let Some(part) = parts.next().await {
+            let chunk = part.map_err(|e| self.err("downloading the bundle", e))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
             out.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
             progress(chunk.len() as u64);
         }
-        out.sync_all().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        out.flush().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        out.get_ref().sync_all().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
             return Err(Error::Integrity {

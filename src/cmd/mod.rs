@@ -236,10 +236,9 @@ pub async fn delete_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotNa
 /// Uploads a local snapshot after checking it against its sidecar.
 pub async fn push_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: &dyn backends::SnapshotStore, show_progress: bool) -> Result<()> {
     let local = ctx.store.get(cluster, name)?;
-    let (bundle, sidecar_path) = (local.paths.bundle.clone(), local.paths.sidecar.clone());
-    let status = tokio::task::spawn_blocking(move || reader::verify(&bundle, &sidecar_path)).await?;
-    if status != crate::bundle::Status::Ok {
-        anyhow::bail!("local snapshot {:?} is {status}; refusing to push it (see `kubectl snapshot list {cluster}`)", name.as_str());
+    // The bundle is hashed as it is uploaded and checked against this sidecar before the remote commit.
+    if !local.paths.sidecar.exists() {
+        anyhow::bail!("local snapshot {:?} is incomplete (no sidecar); refusing to push it", name.as_str());
     }
     let sidecar = std::fs::read_to_string(&local.paths.sidecar)?;
     let metadata = match std::fs::read(&local.paths.metadata) {
