@@ -29,6 +29,9 @@ pub struct Global {
     /// Local snapshot store (default: $XDG_DATA_HOME/kubectl-snapshot/snapshots).
     #[arg(long, global = true, env = "KUBECTL_SNAPSHOT_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// When to use colour: auto (honours NO_COLOR and whether stderr is a terminal), always, never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +58,11 @@ pub enum Command {
     Pull(cmd::pull::Args),
     /// Manage named remotes.
     Remote(cmd::remote::Args),
+    /// Print a shell completion script (or, with `kubectl`, the kubectl_complete-snapshot helper).
+    Completion(cmd::completion::Args),
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 /// `-o/--output` for list and show.

@@ -6,6 +6,7 @@ mod capture;
 mod cli;
 mod cluster;
 mod cmd;
+mod complete;
 mod oci;
 mod progress;
 mod remote;
@@ -14,10 +15,20 @@ mod util;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // kubectl's plugin completion: a `kubectl_complete-snapshot` link to this binary, or `__complete ARGS`.
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned()).unwrap_or_default();
+    let completing = if invoked.starts_with("kubectl_complete-") { Some(&argv[1..]) } else if argv.get(1).map(String::as_str) == Some("__complete") { Some(&argv[2..]) } else { None };
+    if let Some(words) = completing {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            rt.block_on(complete::run(words));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let matches = <cli::Cli as clap::CommandFactory>::command().color(color_choice(&argv)).get_matches_from(&argv);
+    let cli = <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -37,5 +48,23 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit::code_for(&e))
         }
+    }
+}
+
+/// `--color` applies to clap's own help and errors too, so it is read before parsing. `auto` leaves the
+/// decision to clap, which honours NO_COLOR and whether the stream is a terminal.
+fn color_choice(argv: &[String]) -> clap::ColorChoice {
+    let mut value = None;
+    for (i, a) in argv.iter().enumerate() {
+        if let Some(v) = a.strip_prefix("--color=") {
+            value = Some(v.to_owned());
+        } else if a == "--color" {
+            value = argv.get(i + 1).cloned();
+        }
+    }
+    match value.as_deref() {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
     }
 }

@@ -1,5 +1,6 @@
 //! One module per command; this file dispatches and holds what several commands share.
 
+pub mod completion;
 pub mod create;
 pub mod delete;
 pub mod list;
@@ -37,6 +38,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Push(a) => push::run(a, &ctx).await,
         Command::Pull(a) => pull::run(a, &ctx).await,
         Command::Remote(a) => remote::run(a).await,
+        Command::Completion(a) => completion::run(a),
+        Command::Man => completion::man(),
         Command::Resume(a) => resume::run(a, &ctx).await,
     }
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod create;
 mod failures;
 mod hostile;
+mod krew;
 mod remote;
 mod restore;
 mod store;
