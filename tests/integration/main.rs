@@ -4,6 +4,7 @@
 mod util;
 
 mod bad_input;
+mod completion;
 mod create;
 mod failures;
 mod hostile;
