@@ -119,11 +119,10 @@ mod tests {
                 if argv.iter().any(|a| a.contains('[') || a == "..." || a.contains('|') || a.contains('<')) {
                     continue; // a synopsis line, not an example
                 }
-                if let Err(e) = super::Cli::try_parse_from(&argv) {
-                    if !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+                if let Err(e) = super::Cli::try_parse_from(&argv)
+                    && !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
                         panic!("{doc}: `{line}` does not parse:\n{e}");
                     }
-                }
                 checked += 1;
             }
         }

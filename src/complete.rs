@@ -79,7 +79,7 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
     if !subs.is_empty() && positionals.is_empty() {
         return (subs, NO_FILE_COMP);
     }
-    let store = backends::LocalStore::new(std::env::var_os("KUBECTL_SNAPSHOT_DIR").map(Into::into).unwrap_or_else(|| default_dir()));
+    let store = backends::LocalStore::new(std::env::var_os("KUBECTL_SNAPSHOT_DIR").map(Into::into).unwrap_or_else(default_dir));
     let clusters = cluster_names(&store).await;
     let snapshots = |cluster: Option<&str>| -> Vec<String> {
         let cluster = cluster.map(str::to_owned).or_else(|| std::env::var("KIND_CLUSTER_NAME").ok()).or_else(|| (clusters.len() == 1).then(|| clusters[0].clone()));

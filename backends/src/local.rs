@@ -77,11 +77,10 @@ impl LocalStore {
             Err(e) => return Err(Error::io(format!("reading {}", self.root.display()), e)),
         };
         for entry in rd.flatten() {
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                if let Some(c) = entry.file_name().to_str().and_then(|n| ClusterName::new(n).ok()) {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
+                && let Some(c) = entry.file_name().to_str().and_then(|n| ClusterName::new(n).ok()) {
                     out.push(c);
                 }
-            }
         }
         out.sort();
         Ok(out)

@@ -377,12 +377,11 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
         node_index: BTreeMap::new(),
         pvs: BTreeMap::new(),
     });
-    if let Some(s) = &staged {
-        if let Err(e) = fs::create_dir_all(&s.blobs) {
+    if let Some(s) = &staged
+        && let Err(e) = fs::create_dir_all(&s.blobs) {
             insp.problems.push(format!("cannot create the staging directory {}: {e}", s.dir.display()));
             return (insp, None);
         }
-    }
     let file = match File::open(bundle) {
         Ok(f) => f,
         Err(e) => {

@@ -68,7 +68,7 @@ pub fn plan(sizes_newest_first: &[(jiff::Timestamp, u64)], now: jiff::Timestamp,
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86_400 == 0 { format!("{}d", s / 86_400) } else if s % 3600 == 0 { format!("{}h", s / 3600) } else if s % 60 == 0 { format!("{}m", s / 60) } else { format!("{s}s") }
+    if s.is_multiple_of(86_400) { format!("{}d", s / 86_400) } else if s.is_multiple_of(3600) { format!("{}h", s / 3600) } else if s.is_multiple_of(60) { format!("{}m", s / 60) } else { format!("{s}s") }
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {

@@ -16,7 +16,7 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Add (or replace) a named remote.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List named remotes.
     #[command(visible_alias = "ls")]
     List {
@@ -69,6 +69,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut config = Config::load()?;
     match args.command {
         Command::Add(a) => {
+            let a = *a;
             if a.s3_access_key.is_some() || a.s3_secret_key.is_some() || a.s3_session_token.is_some() {
                 bail!("credentials are never stored in the config: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name an AWS profile with --s3-profile");
             }

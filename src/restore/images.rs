@@ -19,11 +19,10 @@ pub async fn snapshotter(rt: &Runtime, node: &str) -> Result<String, RestoreErro
     for line in dump.lines().map(str::trim) {
         if line.starts_with('[') {
             section = line.to_owned();
-        } else if let Some(v) = line.strip_prefix("snapshotter = ") {
-            if section == r#"[plugins."io.containerd.grpc.v1.cri".containerd]"# || section == r#"[plugins."io.containerd.cri.v1.images"]"# {
+        } else if let Some(v) = line.strip_prefix("snapshotter = ")
+            && (section == r#"[plugins."io.containerd.grpc.v1.cri".containerd]"# || section == r#"[plugins."io.containerd.cri.v1.images"]"#) {
                 return Ok(v.trim_matches('"').to_owned());
             }
-        }
     }
     Ok("overlayfs".into())
 }
