@@ -82,14 +82,53 @@ impl S3Args {
     }
 }
 
-/// `--remote` and the S3 flags, for every command that touches a remote.
+/// Options for OCI registry remotes (`oci://REGISTRY/REPOSITORY`).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "OCI registry options")]
+pub struct OciArgs {
+    /// Registry user (default: the Docker config and its credential helpers, then Podman's auth file).
+    #[arg(long, value_name = "USER")]
+    pub oci_username: Option<String>,
+    /// Read the registry password from standard input (with --oci-username).
+    #[arg(long)]
+    pub oci_password_stdin: bool,
+    /// Use plain HTTP for the registry.
+    #[arg(long)]
+    pub oci_insecure: bool,
+    /// CA certificate (PEM file) for the registry (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub oci_ca: Vec<String>,
+}
+
+/// `--remote`, the S3 and the OCI flags, for every command that touches a remote.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RemoteArgs {
-    /// Remote: a name from `kubectl snapshot remote list`, or s3://BUCKET/FOLDER, file:///PATH, a directory.
+    /// Remote: a name from `kubectl snapshot remote list`, or s3://BUCKET/FOLDER, oci://REGISTRY/REPO, file:///PATH, a directory.
     #[arg(short, long, value_name = "NAME|URL")]
     pub remote: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub oci: OciArgs,
+}
+
+fn oci_options(rest: &str, cfg: Option<&RemoteConfig>, f: &OciArgs) -> Result<backends::oci::OciOptions> {
+    let (registry, repository) = backends::oci::split_url(rest)?;
+    let password = if f.oci_password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the registry password from standard input")?;
+        Some(Secret::new(line.trim_end_matches(['\n', '\r'])))
+    } else {
+        None
+    };
+    Ok(backends::oci::OciOptions {
+        registry,
+        repository,
+        insecure: f.oci_insecure || cfg.is_some_and(|c| c.insecure),
+        ca: if f.oci_ca.is_empty() { cfg.map(|c| c.endpoint_ca.clone()).unwrap_or_default() } else { f.oci_ca.clone() },
+        username: f.oci_username.clone(),
+        password,
+    })
 }
 
 /// A remote as stored in the config file. Settings only: never credentials.
@@ -241,7 +280,7 @@ pub fn resolve(args: &RemoteArgs, use_default: bool) -> Result<Option<Box<dyn Sn
     Ok(Some(match parsed {
         RemoteUrl::S3 { bucket, folder } => Box::new(backends::s3::open(&s3_options(bucket, folder, cfg, &args.s3)?)?),
         RemoteUrl::Dir(p) => Box::new(backends::url::open_dir(&p)?),
-        RemoteUrl::Oci(r) => bail!("oci://{r}: OCI registry remotes are not supported yet"),
+        RemoteUrl::Oci(r) => Box::new(backends::oci::open(&oci_options(&r, cfg, &args.oci)?)?),
     }))
 }
 

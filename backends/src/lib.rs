@@ -12,6 +12,7 @@
 pub mod conformance;
 pub mod local;
 pub mod name;
+pub mod oci;
 pub mod remote;
 pub mod s3;
 pub mod url;

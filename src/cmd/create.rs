@@ -30,6 +30,8 @@ pub struct Args {
     pub push: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub oci: crate::remote::OciArgs,
 }
 
 #[derive(Serialize)]
@@ -55,7 +57,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let name = snapshot_name(&name)?;
     // Resolve the remote before capturing, so a bad remote fails fast.
     let remote = match &args.push {
-        Some(r) => Some(require(&RemoteArgs { remote: Some(r.clone()).filter(|r| !r.is_empty()), s3: args.s3.clone() })?),
+        Some(r) => Some(require(&RemoteArgs { remote: Some(r.clone()).filter(|r| !r.is_empty()), s3: args.s3.clone(), oci: args.oci.clone() })?),
         None => None,
     };
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;

@@ -9,6 +9,7 @@ mod create;
 mod failures;
 mod hostile;
 mod krew;
+mod oci;
 mod remote;
 mod restore;
 mod store;

@@ -201,6 +201,17 @@ impl Store {
         }
     }
 
+    /// Runs with `input` on standard input.
+    pub fn run_stdin(&self, args: &[&str], env: &[(&str, &str)], input: &str) -> Run {
+        use std::io::Write;
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().expect("wait");
+        Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    }
+
     /// Every file under the cluster's store directory, hidden ones included.
     pub fn files(&self, cluster: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir.path().join(cluster))

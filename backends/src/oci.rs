@@ -1,0 +1,357 @@
+//! OCI registries as snapshot stores: each snapshot is an OCI artifact (image manifest 1.1 with our own
+//! `artifactType`), tagged by snapshot name in the repository `<REPOSITORY>/<cluster>`.
+//!
+//! - config blob: the snapshot's `metadata.json` (`application/vnd.kubectl-snapshot.config.v1+json`), so `list`
+//!   and `show` never download the bundle;
+//! - one layer: the bundle (`application/vnd.kubectl-snapshot.bundle.v1.tar+gzip`, titled `<snapshot>.tar.gz`),
+//!   whose digest is the bundle's sha256, so the digest is the sidecar and the registry checks it on upload;
+//! - manifest annotations: `org.opencontainers.image.created`, `io.kubectl-snapshot.cluster`,
+//!   `io.kubectl-snapshot.snapshot`, `io.kubectl-snapshot.k8s-version`.
+//!
+//! Blobs are pushed first (skipped when already present), the manifest last: the tag is the commit marker.
+//! Credentials: `--oci-username` with a password, else the Docker config (`~/.docker/config.json`, credential
+//! helpers) or Podman's auth file, else anonymous.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::remote::{Fetched, Progress, RemoteSnapshot, SnapshotStore};
+use crate::s3::Secret;
+use crate::{ClusterName, Error, SnapshotName};
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1";
+pub const CONFIG_TYPE: &str = "application/vnd.kubectl-snapshot.config.v1+json";
+pub const BUNDLE_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1.tar+gzip";
+
+#[derive(Debug, Clone, Default)]
+pub struct OciOptions {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Base repository path; snapshots go to `<repository>/<cluster>`.
+    pub repository: String,
+    /// Plain HTTP.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM files).
+    pub ca: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+pub struct OciStore {
+    client: Client,
+    http: reqwest::Client,
+    auth: RegistryAuth,
+    opts: OciOptions,
+    description: String,
+}
+
+/// `REGISTRY/REPOSITORY` from an `oci://` URL.
+pub fn split_url(rest: &str) -> Result<(String, String), Error> {
+    let (registry, repo) = rest.split_once('/').ok_or_else(|| Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")))?;
+    let repo = repo.trim_matches('/');
+    if registry.is_empty() || repo.is_empty() {
+        return Err(Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")));
+    }
+    if repo.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(Error::Config(format!("oci://{rest}: repository paths must be lowercase")));
+    }
+    Ok((registry.to_owned(), repo.to_owned()))
+}
+
+fn credentials(o: &OciOptions) -> Result<(RegistryAuth, String), Error> {
+    match (&o.username, &o.password) {
+        (Some(u), Some(p)) => return Ok((RegistryAuth::Basic(u.clone(), p.expose().to_owned()), "--oci-username".into())),
+        (Some(_), None) => return Err(Error::Config("--oci-username needs a password: --oci-password-stdin".into())),
+        _ => {}
+    }
+    let from_docker = docker_credential::get_credential(&o.registry);
+    let found = match from_docker {
+        Ok(c) => Some((c, "the Docker config (~/.docker/config.json)")),
+        Err(_) => docker_credential::get_podman_credential(&o.registry).ok().map(|c| (c, "Podman's auth file")),
+    };
+    match found {
+        Some((docker_credential::DockerCredential::UsernamePassword(u, p), from)) => Ok((RegistryAuth::Basic(u, p), from.into())),
+        Some((docker_credential::DockerCredential::IdentityToken(_), from)) => {
+            Err(Error::Config(format!("{from} holds an identity token for {}, which is not supported; use --oci-username", o.registry)))
+        }
+        None => Ok((RegistryAuth::Anonymous, "anonymous".into())),
+    }
+}
+
+pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
+    let mut certs = Vec::new();
+    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600));
+    for path in &o.ca {
+        let data = std::fs::read(path).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
+        let cert = reqwest::Certificate::from_pem(&data).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
+        http = http.add_root_certificate(cert);
+        certs.push(Certificate { encoding: CertificateEncoding::Pem, data });
+    }
+    let config = ClientConfig {
+        protocol: if o.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+        use_monolithic_push: true,
+        extra_root_certificates: certs,
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(300)),
+        ..Default::default()
+    };
+    let (auth, from) = credentials(o)?;
+    let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+    let description = format!("oci://{}/{} (credentials: {from})", o.registry, o.repository);
+    Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description })
+}
+
+fn not_found_like(e: &oci_client::errors::OciDistributionError) -> bool {
+    let m = e.to_string().to_lowercase().replace('_', " ");
+    ["manifest unknown", "name unknown", "not known to registry", "blob unknown", "not found", "404"].iter().any(|k| m.contains(k))
+}
+
+impl OciStore {
+    fn repo(&self, cluster: &ClusterName) -> Result<String, Error> {
+        let c = cluster.as_str();
+        if c.chars().any(|ch| ch.is_ascii_uppercase()) {
+            return Err(Error::Config(format!("cluster {c:?}: OCI repository paths must be lowercase")));
+        }
+        Ok(format!("{}/{c}", self.opts.repository))
+    }
+
+    fn reference(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<Reference, Error> {
+        Ok(Reference::with_tag(self.opts.registry.clone(), self.repo(cluster)?, name.to_string()))
+    }
+
+    fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
+        let message = format!("{op}: {e}");
+        let lower = message.to_lowercase();
+        if ["not authorized", "unauthorized", "denied", "401", "403", "authentication"].iter().any(|k| lower.contains(k)) {
+            Error::Denied { remote: self.description.clone(), message }
+        } else {
+            Error::Remote { remote: self.description.clone(), message }
+        }
+    }
+
+    /// Our manifest for a snapshot, or `None` when the tag does not exist.
+    async fn manifest(&self, r: &Reference) -> Result<Option<OciImageManifest>, Error> {
+        match self.client.pull_manifest(r, &self.auth).await {
+            Ok((OciManifest::Image(m), _)) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => Ok(Some(m)),
+            Ok(_) => Ok(None),
+            Err(e) if not_found_like(&e) => Ok(None),
+            Err(e) => Err(self.err("reading the manifest", e)),
+        }
+    }
+
+    async fn config(&self, r: &Reference, m: &OciImageManifest) -> Result<Vec<u8>, Error> {
+        if m.config.size > 16 << 20 {
+            return Err(Error::Remote { remote: self.description.clone(), message: format!("{r}: metadata blob of {} bytes", m.config.size) });
+        }
+        let mut out = Vec::new();
+        self.client.pull_blob(r, &m.config, &mut out).await.map_err(|e| self.err("reading the metadata", e))?;
+        Ok(out)
+    }
+
+    fn snapshot(&self, name: SnapshotName, m: &OciImageManifest, metadata: Vec<u8>) -> RemoteSnapshot {
+        let layer = m.layers.first();
+        RemoteSnapshot {
+            name,
+            complete: layer.is_some(),
+            size: layer.map_or(0, |l| l.size.max(0) as u64),
+            modified: std::time::SystemTime::UNIX_EPOCH,
+            metadata: Some(metadata),
+            sha256: layer.and_then(|l| l.digest.strip_prefix("sha256:").map(str::to_owned)),
+        }
+    }
+
+    /// DELETE of a manifest by digest (oci-client has no delete): Basic credentials, or a Bearer token with
+    /// `delete` scope when the registry asks for one.
+    async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<(), Error> {
+        let scheme = if self.opts.insecure { "http" } else { "https" };
+        let url = format!("{scheme}://{}/v2/{repo}/manifests/{digest}", self.opts.registry);
+        let basic = |rb: reqwest::RequestBuilder| match &self.auth {
+            RegistryAuth::Basic(u, p) => rb.basic_auth(u, Some(p)),
+            _ => rb,
+        };
+        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
+        let mut resp = basic(self.http.delete(&url)).send().await.map_err(|e| fail(format!("deleting: {e}")))?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            if let Some(params) = challenge.strip_prefix("Bearer ") {
+                let get = |k: &str| params.split(',').find_map(|kv| kv.trim().strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"').to_owned());
+                let realm = get("realm").ok_or_else(|| fail("deleting: bearer challenge without realm".into()))?;
+                let mut req = self.http.get(&realm).query(&[("scope", format!("repository:{repo}:delete,pull"))]);
+                if let Some(service) = get("service") {
+                    req = req.query(&[("service", service)]);
+                }
+                let token: serde_json::Value = basic(req).send().await.and_then(|r| r.error_for_status()).map_err(|e| fail(format!("token for delete: {e}")))?.json().await.map_err(|e| fail(format!("token for delete: {e}")))?;
+                let t = token["token"].as_str().or(token["access_token"].as_str()).ok_or_else(|| fail("token for delete: no token in the answer".into()))?;
+                resp = self.http.delete(&url).bearer_auth(t).send().await.map_err(|e| fail(format!("deleting: {e}")))?;
+            }
+        }
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            401 | 403 => Err(Error::Denied { remote: self.description.clone(), message: format!("deleting {repo}@{digest}: HTTP {}", resp.status()) }),
+            400 | 405 => Err(fail(format!(
+                "the registry refuses deletes through the API (HTTP {}); delete {repo}@{digest} with the registry's own UI or API",
+                resp.status()
+            ))),
+            s => Err(fail(format!("deleting {repo}@{digest}: HTTP {s}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for OciStore {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn put(&self, cluster: &ClusterName, name: &SnapshotName, bundle: &Path, sidecar: &str, metadata: &[u8], progress: Progress<'_>) -> Result<(), Error> {
+        let r = self.reference(cluster, name)?;
+        if self.manifest(&r).await?.is_some() {
+            return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+        }
+        let hex = sidecar.split_whitespace().next().filter(|h| h.len() == 64).ok_or_else(|| Error::Integrity {
+            remote: self.description.clone(),
+            name: name.to_string(),
+            message: "its local sidecar is malformed".into(),
+        })?;
+        let digest = format!("sha256:{hex}");
+        let size = std::fs::metadata(bundle).map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?.len();
+        self.client.auth(&r, &self.auth, RegistryOperation::Push).await.map_err(|e| self.err("authenticating", e))?;
+        if !self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
+            let file = tokio::fs::File::open(bundle).await.map_err(|e| Error::io(format!("opening {}", bundle.display()), e))?;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+                .inspect_ok(move |b| {
+                    let _ = tx.send(b.len() as u64);
+                })
+                .map_err(|e| oci_client::errors::OciDistributionError::GenericError(Some(e.to_string())));
+            // The registry recomputes the digest: a bundle not matching its sidecar is refused here.
+            let upload = self.client.push_blob_stream(&r, stream, &digest, Some(size));
+            let report = async {
+                while let Some(n) = rx.recv().await {
+                    progress(n);
+                }
+            };
+            let (uploaded, ()) = tokio::join!(upload, report);
+            uploaded.map_err(|e| {
+                if e.to_string().contains("DIGEST_INVALID") {
+                    Error::Integrity { remote: self.description.clone(), name: name.to_string(), message: "the local bundle does not match its sidecar; nothing was published".into() }
+                } else {
+                    self.err("uploading the bundle", e)
+                }
+            })?;
+        } else {
+            progress(size);
+        }
+        let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(metadata)));
+        self.client.push_blob(&r, metadata.to_vec(), &config_digest).await.map_err(|e| self.err("uploading the metadata", e))?;
+        let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
+        let mut annotations = BTreeMap::new();
+        annotations.insert("org.opencontainers.image.created".to_owned(), meta["created"].as_str().unwrap_or_default().to_owned());
+        annotations.insert("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string());
+        annotations.insert("io.kubectl-snapshot.snapshot".to_owned(), name.to_string());
+        annotations.insert("io.kubectl-snapshot.k8s-version".to_owned(), meta["k8sVersion"].as_str().unwrap_or_default().to_owned());
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            config: OciDescriptor { media_type: CONFIG_TYPE.into(), digest: config_digest, size: metadata.len() as i64, ..Default::default() },
+            layers: vec![OciDescriptor {
+                media_type: BUNDLE_TYPE.into(),
+                digest,
+                size: size as i64,
+                annotations: Some(BTreeMap::from([("org.opencontainers.image.title".to_owned(), format!("{name}.tar.gz"))])),
+                ..Default::default()
+            }],
+            subject: None,
+            artifact_type: Some(ARTIFACT_TYPE.into()),
+            annotations: Some(annotations),
+        };
+        // The tag is the commit marker, last.
+        self.client.push_manifest(&r, &OciManifest::Image(manifest)).await.map_err(|e| self.err("pushing the manifest", e))?;
+        Ok(())
+    }
+
+    async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
+        let repo = Reference::with_tag(self.opts.registry.clone(), self.repo(cluster)?, "latest".into());
+        let tags = match self.client.list_tags(&repo, &self.auth, None, None).await {
+            Ok(t) => t.tags,
+            Err(e) if not_found_like(&e) => Vec::new(),
+            Err(e) => return Err(self.err("listing tags", e)),
+        };
+        let mut out = Vec::new();
+        for tag in tags {
+            let Ok(name) = SnapshotName::new(&tag) else { continue };
+            let r = self.reference(cluster, &name)?;
+            if let Some(m) = self.manifest(&r).await? {
+                let metadata = self.config(&r, &m).await?;
+                out.push(self.snapshot(name, &m, metadata));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
+        let r = self.reference(cluster, name)?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
+        let metadata = self.config(&r, &m).await?;
+        Ok(self.snapshot(name.clone(), &m, metadata))
+    }
+
+    async fn get(&self, cluster: &ClusterName, name: &SnapshotName, dest: &Path, progress: Progress<'_>) -> Result<Fetched, Error> {
+        let r = self.reference(cluster, name)?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
+        let metadata = self.config(&r, &m).await?;
+        let layer = m.layers.first().ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
+        let expected = layer.digest.strip_prefix("sha256:").unwrap_or_default().to_owned();
+        let integrity = |message: String| Error::Integrity { remote: self.description.clone(), name: name.to_string(), message };
+        let mut stream = self.client.pull_blob_stream(&r, layer).await.map_err(|e| self.err("downloading the bundle", e))?.stream;
+        let file = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            // oci-client checks the digest at the end of the stream too.
+            let chunk = chunk.map_err(|e| if e.to_string().to_lowercase().contains("digest") { integrity(e.to_string()) } else { Error::io("downloading the bundle", e) })?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            progress(chunk.len() as u64);
+        }
+        out.flush().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != expected {
+            return Err(integrity(format!("sha256 mismatch: manifest={expected}, downloaded={actual}")));
+        }
+        Ok(Fetched { sidecar: format!("{actual}  {name}.tar.gz\n"), metadata, sha256: actual, size })
+    }
+
+    async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
+        let r = self.reference(cluster, name)?;
+        if self.manifest(&r).await?.is_none() {
+            return Err(Error::NotFound { cluster: cluster.to_string(), name: name.to_string() });
+        }
+        let digest = self.client.fetch_manifest_digest(&r, &self.auth).await.map_err(|e| self.err("resolving the manifest digest", e))?;
+        self.delete_manifest(&self.repo(cluster)?, &digest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(split_url("127.0.0.1:5000/team/snaps").unwrap(), ("127.0.0.1:5000".into(), "team/snaps".into()));
+        assert!(split_url("ghcr.io").is_err());
+        assert!(split_url("ghcr.io/Team").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! OCI registry remotes against Debian's docker-registry (distribution 2.8.2) with htpasswd auth and deletes
+//! enabled, started per test on loopback.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const USER: &str = "kst";
+const PASSWORD: &str = "kst-registry-password-never-printed";
+
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]).output().expect("htpasswd missing: run tests/run (installs apache2-utils)");
+    std::fs::write(dir.path().join("htpasswd"), hash.stdout).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        dir.path().join("config.yml"),
+        format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}\n\
+             http: {{addr: 127.0.0.1:{port}, secret: kst}}\nauth: {{htpasswd: {{realm: kst, path: {root}/htpasswd}}}}\n",
+            root = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry missing: run tests/run (installs Debian's docker-registry)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Registry { child, port, dir }
+}
+
+fn args(r: &Registry, cmd: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+    v.extend(["--remote".into(), format!("oci://127.0.0.1:{}/kind/snapshots", r.port), "--oci-insecure".into()]);
+    v
+}
+
+fn docker_config(dir: &std::path::Path, port: u16, password: &str) {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{password}"));
+    std::fs::write(dir.join("config.json"), format!(r#"{{"auths":{{"127.0.0.1:{port}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+}
+
+fn run(store: &Store, a: Vec<String>, env: &[(&str, &str)]) -> Run {
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let r = store.run_env(&a, env);
+    assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD), "the password appeared in the output of {a:?}");
+    r
+}
+
+#[test]
+fn push_pull_restore_through_a_registry() {
+    let reg = start();
+    let cluster = Cluster::up("oci", 1, 0);
+    let c = cluster.name.as_str();
+    let store = Store::new();
+    let docker = tempfile::tempdir().unwrap();
+    docker_config(docker.path(), reg.port, PASSWORD);
+    let env = [("DOCKER_CONFIG", docker.path().to_str().unwrap()), ("REGISTRY_AUTH_FILE", "/nonexistent")];
+    cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/oci", "at-snapshot"]);
+    store.run(&["create", c, "v1"]).ok();
+
+    // Password on stdin.
+    let a = args(&reg, &["push", c, "v1", "--oci-username", USER, "--oci-password-stdin"]);
+    let r = store.run_stdin(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[("DOCKER_CONFIG", "/nonexistent")], &format!("{PASSWORD}\n"));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Credentials from the Docker config from here on.
+    let listed = run(&store, args(&reg, &["list", c, "-o", "json"]), &env).ok().json();
+    assert_eq!(listed[0]["name"], "v1");
+    assert_eq!(listed[0]["status"], "ok");
+    let shown = run(&store, args(&reg, &["show", c, "v1", "-o", "json"]), &env).ok().json();
+    let digest = std::fs::read_to_string(store.root().join(c).join("v1.tar.gz.sha256")).unwrap()[..64].to_owned();
+    assert_eq!(shown["archiveDigest"], format!("sha256:{digest}"));
+
+    // Standard OCI tools see an artifact with our type, the metadata as config, the bundle as a titled layer.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", &format!("{USER}:{PASSWORD}")])
+        .arg(format!("docker://127.0.0.1:{}/kind/snapshots/{c}:v1", reg.port))
+        .output()
+        .expect("skopeo missing: run tests/run");
+    let manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&inspect.stderr)));
+    assert_eq!(manifest["artifactType"], "application/vnd.kubectl-snapshot.bundle.v1");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.kubectl-snapshot.config.v1+json");
+    assert_eq!(manifest["layers"][0]["digest"], format!("sha256:{digest}"));
+    assert_eq!(manifest["layers"][0]["annotations"]["org.opencontainers.image.title"], "v1.tar.gz");
+    assert_eq!(manifest["annotations"]["io.kubectl-snapshot.cluster"], c);
+
+    // A teammate restores: pulled from the registry first, verified, restored.
+    let teammate = Store::new();
+    cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/oci", "changed"]);
+    run(&teammate, args(&reg, &["restore", c, "v1"]), &env).ok();
+    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", "/registry/test/oci", "--print-value-only"]).trim(), "at-snapshot");
+    cluster.assert_running();
+
+    // A blob corrupted in the registry's storage: the pull is refused and nothing is restored.
+    let blob = reg.dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{digest}/data", &digest[..2]));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[50] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/oci", "after-corruption"]);
+    let third = Store::new();
+    let r = run(&third, args(&reg, &["restore", c, "v1"]), &env);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.to_lowercase().contains("digest"), "{}", r.stderr);
+    assert!(third.files(c).is_empty(), "{:?}", third.files(c));
+    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", "/registry/test/oci", "--print-value-only"]).trim(), "after-corruption");
+
+    // Delete by digest removes the tag.
+    run(&store, args(&reg, &["delete", c, "v1"]), &env).ok();
+    assert!(run(&store, args(&reg, &["list", c, "-o", "json"]), &env).ok().json().as_array().unwrap().is_empty());
+}
+
+#[test]
+fn wrong_password_is_refused_without_printing_it() {
+    let reg = start();
+    let store = Store::new();
+    let docker = tempfile::tempdir().unwrap();
+    docker_config(docker.path(), reg.port, "kst-wrong-registry-password");
+    let r = run(&store, args(&reg, &["list", "c"]), &[("DOCKER_CONFIG", docker.path().to_str().unwrap()), ("REGISTRY_AUTH_FILE", "/nonexistent")]);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("access denied") && r.stderr.contains("Docker config"), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("127.0.0.1:{}", reg.port)), "{}", r.stderr);
+    assert!(!r.stderr.contains("kst-wrong-registry-password"));
+}
