@@ -169,31 +169,84 @@ impl OciStore {
         }
     }
 
-    /// DELETE of a manifest by digest (oci-client has no delete): Basic credentials, or a Bearer token with
-    /// `delete` scope when the registry asks for one.
-    async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<(), Error> {
+    fn url(&self, path: &str) -> String {
         let scheme = if self.opts.insecure { "http" } else { "https" };
-        let url = format!("{scheme}://{}/v2/{repo}/manifests/{digest}", self.opts.registry);
+        format!("{scheme}://{}{path}", self.opts.registry)
+    }
+
+    /// Sends a request with Basic credentials, answering a Bearer challenge with a token for `scope` (and keeping
+    /// it in `token` for the next requests). For what oci-client does not do: tag paging and delete.
+    async fn authed(&self, method: reqwest::Method, url: &str, scope: &str, token: &mut Option<String>) -> Result<reqwest::Response, Error> {
+        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
         let basic = |rb: reqwest::RequestBuilder| match &self.auth {
             RegistryAuth::Basic(u, p) => rb.basic_auth(u, Some(p)),
             _ => rb,
         };
-        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
-        let mut resp = basic(self.http.delete(&url)).send().await.map_err(|e| fail(format!("deleting: {e}")))?;
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            if let Some(params) = challenge.strip_prefix("Bearer ") {
-                let get = |k: &str| params.split(',').find_map(|kv| kv.trim().strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"').to_owned());
-                let realm = get("realm").ok_or_else(|| fail("deleting: bearer challenge without realm".into()))?;
-                let mut req = self.http.get(&realm).query(&[("scope", format!("repository:{repo}:delete,pull"))]);
-                if let Some(service) = get("service") {
-                    req = req.query(&[("service", service)]);
-                }
-                let token: serde_json::Value = basic(req).send().await.and_then(|r| r.error_for_status()).map_err(|e| fail(format!("token for delete: {e}")))?.json().await.map_err(|e| fail(format!("token for delete: {e}")))?;
-                let t = token["token"].as_str().or(token["access_token"].as_str()).ok_or_else(|| fail("token for delete: no token in the answer".into()))?;
-                resp = self.http.delete(&url).bearer_auth(t).send().await.map_err(|e| fail(format!("deleting: {e}")))?;
+        let request = |token: &Option<String>| match token {
+            Some(t) => self.http.request(method.clone(), url).bearer_auth(t),
+            None => basic(self.http.request(method.clone(), url)),
+        };
+        let resp = request(token).send().await.map_err(|e| fail(format!("{method} {url}: {e}")))?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let Some(params) = challenge.strip_prefix("Bearer ") else { return Ok(resp) };
+        let get = |k: &str| params.split(',').find_map(|kv| kv.trim().strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"').to_owned());
+        let realm = get("realm").ok_or_else(|| fail("bearer challenge without realm".into()))?;
+        let mut req = self.http.get(&realm).query(&[("scope", scope)]);
+        if let Some(service) = get("service") {
+            req = req.query(&[("service", service)]);
+        }
+        let answer = basic(req).send().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
+        if !answer.status().is_success() {
+            return Err(Error::Denied { remote: self.description.clone(), message: format!("token from {realm} for {scope}: HTTP {}", answer.status()) });
+        }
+        let body: serde_json::Value = answer.json().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
+        let t = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| fail(format!("token from {realm}: no token in the answer")))?;
+        *token = Some(t.to_owned());
+        request(token).send().await.map_err(|e| fail(format!("{method} {url}: {e}")))
+    }
+
+    /// All tags of a repository, following `Link: <…>; rel="next"` pages (oci-client drops that header).
+    async fn tags(&self, repo: &str) -> Result<Vec<String>, Error> {
+        let mut url = self.url(&format!("/v2/{repo}/tags/list?n=1000"));
+        let mut token = None;
+        let mut all = Vec::new();
+        for _ in 0..10_000 {
+            let resp = self.authed(reqwest::Method::GET, &url, &format!("repository:{repo}:pull"), &mut token).await?;
+            match resp.status().as_u16() {
+                404 => return Ok(Vec::new()),
+                401 | 403 => return Err(Error::Denied { remote: self.description.clone(), message: format!("listing tags of {repo}: HTTP {}", resp.status()) }),
+                s if !(200..300).contains(&s) => return Err(Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: HTTP {s}") }),
+                _ => {}
+            }
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.contains("rel=\"next\""))
+                .and_then(|l| l.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(u, _)| u.to_owned()));
+            let body: serde_json::Value = resp.json().await.map_err(|e| Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: {e}") })?;
+            // `"tags": null` for an empty repository (distribution, GHCR).
+            all.extend(body["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)));
+            match next {
+                Some(n) if n.starts_with('/') => url = self.url(&n),
+                Some(n) => url = n,
+                None => break,
             }
         }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    /// DELETE of a manifest by digest (oci-client has no delete), with a `delete`-scoped token where required.
+    async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<(), Error> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
+        let mut token = None;
+        let resp = self.authed(reqwest::Method::DELETE, &url, &format!("repository:{repo}:delete,pull"), &mut token).await?;
+        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             401 | 403 => Err(Error::Denied { remote: self.description.clone(), message: format!("deleting {repo}@{digest}: HTTP {}", resp.status()) }),
@@ -280,12 +333,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
-        let repo = Reference::with_tag(self.opts.registry.clone(), self.repo(cluster)?, "latest".into());
-        let tags = match self.client.list_tags(&repo, &self.auth, None, None).await {
-            Ok(t) => t.tags,
-            Err(e) if not_found_like(&e) => Vec::new(),
-            Err(e) => return Err(self.err("listing tags", e)),
-        };
+        let tags = self.tags(&self.repo(cluster)?).await?;
         let mut out = Vec::new();
         for tag in tags {
             let Ok(name) = SnapshotName::new(&tag) else { continue };
