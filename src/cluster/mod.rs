@@ -251,24 +251,7 @@ impl Runtime {
         let StartExecResults::Attached { mut output, .. } = started else {
             return Ok(ExecOutput { code: -1, stdout: String::new(), stderr: String::new() });
         };
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(item) = output.next().await {
-            match item.map_err(Self::rt_err(format!("reading output of `{}` on node {node}", argv.join(" "))))? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
-                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-                LogOutput::StdIn { .. } => {}
-            }
-            if stdout.len() + stderr.len() > COLLECT_MAX {
-                return Err(ExecError {
-                    node: node.into(),
-                    command: argv.iter().map(|s| s.to_string()).collect(),
-                    code: None,
-                    stdout: String::new(),
-                    stderr: format!("output exceeded {} MiB", COLLECT_MAX >> 20),
-                }
-                .into());
-            }
-        }
+        let (stdout, stderr) = collect(&mut output, node, argv).await?;
         let code = self.exit_code(&id).await.unwrap_or(-1);
         Ok(ExecOutput { code, stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
     }
@@ -377,14 +360,7 @@ impl Runtime {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut input).await;
             copied
         });
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(item) = output.next().await {
-            match item.map_err(Self::rt_err(ctx()))? {
-                LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
-                LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-                LogOutput::StdIn { .. } => {}
-            }
-        }
+        let (stdout, stderr) = collect(&mut output, node, argv).await?;
         let fed = feed.await;
         let code = self.exit_code(&created.id).await;
         let fail = |extra: String| ExecError {
@@ -415,6 +391,33 @@ feeding standard input: {e}")).into()),
             Err(e) => Err(ClusterError::Runtime { context: format!("checking {path} on node {node}"), cause: e }),
         }
     }
+}
+
+/// Collects a command's stdout and stderr, up to [`COLLECT_MAX`].
+async fn collect(
+    output: &mut (impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
+    node: &str,
+    argv: &[&str],
+) -> Result<(Vec<u8>, Vec<u8>), ClusterError> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(item) = output.next().await {
+        match item.map_err(Runtime::rt_err(format!("reading output of `{}` on node {node}", argv.join(" "))))? {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
+            LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+            LogOutput::StdIn { .. } => {}
+        }
+        if stdout.len() + stderr.len() > COLLECT_MAX {
+            return Err(ExecError {
+                node: node.into(),
+                command: argv.iter().map(|s| s.to_string()).collect(),
+                code: None,
+                stdout: String::new(),
+                stderr: format!("output exceeded {} MiB", COLLECT_MAX >> 20),
+            }
+            .into());
+        }
+    }
+    Ok((stdout, stderr))
 }
 
 fn tail(s: &str) -> String {

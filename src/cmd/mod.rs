@@ -142,6 +142,15 @@ pub fn load_all(store: &LocalStore, cluster: &ClusterName) -> Result<Vec<Info>> 
     Ok(infos)
 }
 
+/// `[CLUSTER] SNAPSHOT` positionals: with one argument it is the snapshot.
+pub fn cluster_and_snapshot<'a>(args: &'a [String], command: &str) -> Result<(Option<&'a str>, SnapshotName)> {
+    match args {
+        [s] => Ok((None, snapshot_name(s)?)),
+        [c, s] => Ok((Some(c.as_str()), snapshot_name(s)?)),
+        _ => Err(UsageError(format!("{command} takes [CLUSTER] SNAPSHOT")).into()),
+    }
+}
+
 pub fn snapshot_name(s: &str) -> Result<SnapshotName> {
     Ok(SnapshotName::new(s)?)
 }

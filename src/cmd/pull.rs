@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Ctx, UsageError, pull_snapshot, snapshot_name};
+use super::{Ctx, pull_snapshot, cluster_and_snapshot};
 use crate::remote::{RemoteArgs, require};
 
 #[derive(Debug, clap::Args)]
@@ -16,12 +16,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
-    let (cluster, snap) = match args.args.as_slice() {
-        [s] => (None, s),
-        [c, s] => (Some(c.as_str()), s),
-        _ => return Err(UsageError("pull takes [CLUSTER] SNAPSHOT".into()).into()),
-    };
-    let name = snapshot_name(snap)?;
+    let (cluster, name) = cluster_and_snapshot(&args.args, "pull")?;
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
     let local = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;

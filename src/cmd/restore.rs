@@ -6,7 +6,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Ctx, UsageError, pull_snapshot, snapshot_name};
+use super::{Ctx, pull_snapshot, cluster_and_snapshot};
 use crate::remote::{RemoteArgs, resolve};
 use crate::progress::Progress;
 use crate::restore::{self, Check, Outcome, Request, RestoreError};
@@ -43,12 +43,7 @@ struct RestoreResult<'a> {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
-    let (cluster, snap) = match args.args.as_slice() {
-        [s] => (None, s),
-        [c, s] => (Some(c.as_str()), s),
-        _ => return Err(UsageError("restore takes [CLUSTER] SNAPSHOT".into()).into()),
-    };
-    let name = snapshot_name(snap)?;
+    let (cluster, name) = cluster_and_snapshot(&args.args, "restore")?;
     let (rt, cluster) = ctx.live_cluster(cluster).await?;
     let progress = Progress::new(!args.json);
     let started = std::time::Instant::now();

@@ -3,7 +3,7 @@
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 
-use super::{Ctx, Info, UsageError, print_structured, snapshot_name};
+use super::{Ctx, Info, print_structured, cluster_and_snapshot};
 use crate::remote::{RemoteArgs, resolve};
 use crate::bundle::Metadata;
 use crate::cli::Output;
@@ -33,12 +33,7 @@ struct Shown<'a> {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
-    let (cluster, snap) = match args.args.as_slice() {
-        [s] => (None, s),
-        [c, s] => (Some(c.as_str()), s),
-        _ => return Err(UsageError("show takes [CLUSTER] SNAPSHOT".into()).into()),
-    };
-    let name = snapshot_name(snap)?;
+    let (cluster, name) = cluster_and_snapshot(&args.args, "show")?;
     let cluster = ctx.stored_cluster(cluster).await?;
     // Local, or a remote's metadata without downloading the bundle.
     let (metadata, size, digest, path) = match resolve(&args.remote, false)? {
