@@ -102,14 +102,7 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
 }
 
 fn default_dir() -> std::path::PathBuf {
-    use etcetera::AppStrategy;
-    etcetera::choose_app_strategy(etcetera::AppStrategyArgs {
-        top_level_domain: "io".into(),
-        author: "kubectl-snapshot".into(),
-        app_name: "kubectl-snapshot".into(),
-    })
-    .map(|s| s.data_dir().join("snapshots"))
-    .unwrap_or_default()
+    crate::cmd::default_store_dir().unwrap_or_default()
 }
 
 /// Live kind clusters and clusters with local snapshots (never fails: completion must stay quiet).

@@ -168,13 +168,8 @@ pub fn config_path() -> Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     use etcetera::AppStrategy;
-    let s = etcetera::choose_app_strategy(etcetera::AppStrategyArgs {
-        top_level_domain: "io".into(),
-        author: "kubectl-snapshot".into(),
-        app_name: "kubectl-snapshot".into(),
-    })
-    .context("cannot determine the config directory; set KUBECTL_SNAPSHOT_CONFIG")?;
-    Ok(s.config_dir().join("config.toml"))
+    let dirs = crate::util::app_dirs().context("cannot determine the config directory; set KUBECTL_SNAPSHOT_CONFIG")?;
+    Ok(dirs.config_dir().join("config.toml"))
 }
 
 impl Config {

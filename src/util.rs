@@ -2,6 +2,16 @@
 
 use std::time::Duration;
 
+/// The per-user directories (XDG on Linux and macOS, Known Folders on Windows).
+pub fn app_dirs() -> Option<impl etcetera::AppStrategy> {
+    etcetera::choose_app_strategy(etcetera::AppStrategyArgs {
+        top_level_domain: "io".into(),
+        author: "kubectl-snapshot".into(),
+        app_name: "kubectl-snapshot".into(),
+    })
+    .ok()
+}
+
 /// A random hex string for temporary names and tokens.
 pub fn nonce() -> String {
     let mut b = [0u8; 8];

@@ -227,7 +227,13 @@ impl Runtime {
     }
 
     async fn start(&self, node: &str, argv: &[&str]) -> Result<(String, StartExecResults), ClusterError> {
+        // A large read buffer: the default (8 KiB) frames bulk output such as image exports into tiny reads.
+        self.start_with(node, argv, false, 1 << 20).await
+    }
+
+    async fn start_with(&self, node: &str, argv: &[&str], stdin: bool, capacity: usize) -> Result<(String, StartExecResults), ClusterError> {
         let cfg = ExecConfig {
+            attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
@@ -235,8 +241,7 @@ impl Runtime {
         };
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
         let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
-        // A large read buffer: the default (8 KiB) frames bulk output such as image exports into tiny reads.
-        let opts = StartExecOptions { output_capacity: Some(1 << 20), ..Default::default() };
+        let opts = StartExecOptions { output_capacity: Some(capacity), ..Default::default() };
         let started = self.docker.start_exec(&created.id, Some(opts)).await.map_err(Self::rt_err(ctx()))?;
         Ok((created.id, started))
     }
@@ -341,17 +346,9 @@ impl Runtime {
     /// Runs a command with `stdin` as its standard input (closed at its end) and collects its output;
     /// a non-zero exit is an [`ExecError`].
     pub async fn run_with_stdin(&self, node: &str, argv: &[&str], stdin: impl AsyncRead + Send + Unpin + 'static) -> Result<String, ClusterError> {
-        let cfg = ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        };
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
-        let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
-        let opts = StartExecOptions { output_capacity: Some(64 * 1024), ..Default::default() };
-        let StartExecResults::Attached { mut output, mut input } = self.docker.start_exec(&created.id, Some(opts)).await.map_err(Self::rt_err(ctx()))? else {
+        let (id, started) = self.start_with(node, argv, true, 64 * 1024).await?;
+        let StartExecResults::Attached { mut output, mut input } = started else {
             return Err(ClusterError::Runtime { context: ctx(), cause: bollard::errors::Error::RequestTimeoutError });
         };
         let feed = tokio::spawn(async move {
@@ -362,7 +359,7 @@ impl Runtime {
         });
         let (stdout, stderr) = collect(&mut output, node, argv).await?;
         let fed = feed.await;
-        let code = self.exit_code(&created.id).await;
+        let code = self.exit_code(&id).await;
         let fail = |extra: String| ExecError {
             node: node.into(),
             command: argv.iter().map(|s| s.to_string()).collect(),

@@ -97,15 +97,10 @@ fn kind_cluster_env() -> Option<String> {
 }
 
 /// `$XDG_DATA_HOME/kubectl-snapshot/snapshots` (`~/.local/share/...`; Known Folders on Windows).
-fn default_store_dir() -> Result<PathBuf> {
+pub fn default_store_dir() -> Result<PathBuf> {
     use etcetera::AppStrategy;
-    let strategy = etcetera::choose_app_strategy(etcetera::AppStrategyArgs {
-        top_level_domain: "io".into(),
-        author: "kubectl-snapshot".into(),
-        app_name: "kubectl-snapshot".into(),
-    })
-    .context("cannot determine the home directory for the snapshot store; set KUBECTL_SNAPSHOT_DIR or --dir")?;
-    Ok(strategy.data_dir().join("snapshots"))
+    let dirs = crate::util::app_dirs().context("cannot determine the home directory for the snapshot store; set KUBECTL_SNAPSHOT_DIR or --dir")?;
+    Ok(dirs.data_dir().join("snapshots"))
 }
 
 /// A stored snapshot with what is known about it.
