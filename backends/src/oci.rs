@@ -46,6 +46,13 @@ pub struct OciOptions {
     pub password: Option<Secret>,
 }
 
+/// How requests outside oci-client answered the registry's challenge.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Basic,
+    Bearer(String),
+}
+
 pub struct OciStore {
     client: Client,
     http: reqwest::Client,
@@ -108,6 +115,21 @@ pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
     let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
     let description = format!("oci://{}/{} (credentials: {from})", o.registry, o.repository);
     Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description })
+}
+
+/// A bound on tag pages, against a registry that keeps inventing new ones.
+const MAX_TAG_PAGES: usize = 10_000;
+
+/// The target of the `rel="next"` link in a `Link` header (RFC 8288), if any.
+fn next_link(header: &str) -> Option<String> {
+    header.split('<').skip(1).find_map(|link| {
+        let (target, params) = link.split_once('>')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().trim_end_matches(',').trim();
+            p.strip_prefix("rel=").is_some_and(|v| v.trim_matches('"').split_whitespace().any(|r| r.eq_ignore_ascii_case("next")))
+        });
+        is_next.then(|| target.trim().to_owned())
+    })
 }
 
 fn not_found_like(e: &oci_client::errors::OciDistributionError) -> bool {
@@ -174,67 +196,99 @@ impl OciStore {
         format!("{scheme}://{}{path}", self.opts.registry)
     }
 
-    /// Sends a request with Basic credentials, answering a Bearer challenge with a token for `scope` (and keeping
-    /// it in `token` for the next requests). For what oci-client does not do: tag paging and delete.
-    async fn authed(&self, method: reqwest::Method, url: &str, scope: &str, token: &mut Option<String>) -> Result<reqwest::Response, Error> {
+    /// Sends a request, answering the registry's challenge the way the registry asks: Basic credentials for a
+    /// `Basic` challenge, a token for `scope` from the realm of a `Bearer` challenge. Credentials go out only once a
+    /// challenge asks for them, so a token registry never sees the password; `session` keeps the answer for the
+    /// next requests (tag pages). For what oci-client does not do: tag paging and delete.
+    async fn authed(&self, method: reqwest::Method, url: &str, scope: &str, session: &mut Option<Answer>) -> Result<reqwest::Response, Error> {
         let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
-        let basic = |rb: reqwest::RequestBuilder| match &self.auth {
-            RegistryAuth::Basic(u, p) => rb.basic_auth(u, Some(p)),
-            _ => rb,
+        let send = |answer: &Option<Answer>| {
+            let rb = self.http.request(method.clone(), url);
+            match (answer, &self.auth) {
+                (Some(Answer::Bearer(t)), _) => rb.bearer_auth(t),
+                (Some(Answer::Basic), RegistryAuth::Basic(u, p)) => rb.basic_auth(u, Some(p)),
+                _ => rb,
+            }
+            .send()
         };
-        let request = |token: &Option<String>| match token {
-            Some(t) => self.http.request(method.clone(), url).bearer_auth(t),
-            None => basic(self.http.request(method.clone(), url)),
-        };
-        let resp = request(token).send().await.map_err(|e| fail(format!("{method} {url}: {e}")))?;
+        let resp = send(session).await.map_err(|e| fail(format!("{method} {url}: {e}")))?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let Some(params) = challenge.strip_prefix("Bearer ") else { return Ok(resp) };
-        let get = |k: &str| params.split(',').find_map(|kv| kv.trim().strip_prefix(&format!("{k}=\""))).map(|v| v.trim_end_matches('"').to_owned());
-        let realm = get("realm").ok_or_else(|| fail("bearer challenge without realm".into()))?;
-        let mut req = self.http.get(&realm).query(&[("scope", scope)]);
-        if let Some(service) = get("service") {
+        let header = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let challenges = http_auth::parse_challenges(&header).unwrap_or_default();
+        let param = |c: &http_auth::ChallengeRef, k: &str| c.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
+        let answer = if let Some(bearer) = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")) {
+            let realm = param(bearer, "realm").ok_or_else(|| fail(format!("{method} {url}: Bearer challenge without a realm")))?;
+            Answer::Bearer(self.token(&realm, param(bearer, "service").as_deref(), scope).await?)
+        } else if challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")) && matches!(self.auth, RegistryAuth::Basic(..)) {
+            Answer::Basic
+        } else {
+            return Ok(resp);
+        };
+        if session.as_ref() == Some(&answer) {
+            // Already answered this way, and refused.
+            return Ok(resp);
+        }
+        *session = Some(answer);
+        send(session).await.map_err(|e| fail(format!("{method} {url}: {e}")))
+    }
+
+    /// A token for `scope` from a Bearer challenge's realm, with the Basic credentials if there are any.
+    async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
+        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
+        if !self.opts.insecure && !realm.starts_with("https://") {
+            return Err(fail(format!("the registry's token realm {realm} is not HTTPS; refusing to send credentials to it")));
+        }
+        let mut req = self.http.get(realm).query(&[("scope", scope)]);
+        if let Some(service) = service {
             req = req.query(&[("service", service)]);
         }
-        let answer = basic(req).send().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
+        if let RegistryAuth::Basic(u, p) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        let answer = req.send().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
         if !answer.status().is_success() {
             return Err(Error::Denied { remote: self.description.clone(), message: format!("token from {realm} for {scope}: HTTP {}", answer.status()) });
         }
         let body: serde_json::Value = answer.json().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
         let t = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| fail(format!("token from {realm}: no token in the answer")))?;
-        *token = Some(t.to_owned());
-        request(token).send().await.map_err(|e| fail(format!("{method} {url}: {e}")))
+        Ok(t.to_owned())
     }
 
-    /// All tags of a repository, following `Link: <…>; rel="next"` pages (oci-client drops that header).
+    /// All tags of a repository, following `Link: <…>; rel="next"` pages (oci-client drops that header). Pages
+    /// that loop, or a `Link` to another host (which would be sent our credentials), are errors.
     async fn tags(&self, repo: &str) -> Result<Vec<String>, Error> {
+        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: {m}") };
+        let origin = self.url("/");
         let mut url = self.url(&format!("/v2/{repo}/tags/list?n=1000"));
-        let mut token = None;
+        let mut session = None;
         let mut all = Vec::new();
-        for _ in 0..10_000 {
-            let resp = self.authed(reqwest::Method::GET, &url, &format!("repository:{repo}:pull"), &mut token).await?;
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            if !seen.insert(url.clone()) {
+                return Err(fail(format!("the registry's Link pages loop back to {url}")));
+            }
+            if seen.len() > MAX_TAG_PAGES {
+                return Err(fail(format!("more than {MAX_TAG_PAGES} pages")));
+            }
+            let resp = self.authed(reqwest::Method::GET, &url, &format!("repository:{repo}:pull"), &mut session).await?;
             match resp.status().as_u16() {
                 404 => return Ok(Vec::new()),
                 401 | 403 => return Err(Error::Denied { remote: self.description.clone(), message: format!("listing tags of {repo}: HTTP {}", resp.status()) }),
-                s if !(200..300).contains(&s) => return Err(Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: HTTP {s}") }),
+                s if !(200..300).contains(&s) => return Err(fail(format!("HTTP {s}"))),
                 _ => {}
             }
-            let next = resp
-                .headers()
-                .get("link")
-                .and_then(|v| v.to_str().ok())
-                .filter(|l| l.contains("rel=\"next\""))
-                .and_then(|l| l.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(u, _)| u.to_owned()));
-            let body: serde_json::Value = resp.json().await.map_err(|e| Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: {e}") })?;
+            let next = resp.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_link);
+            let body: serde_json::Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
             // `"tags": null` for an empty repository (distribution, GHCR).
             all.extend(body["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)));
-            match next {
-                Some(n) if n.starts_with('/') => url = self.url(&n),
-                Some(n) => url = n,
+            url = match next {
                 None => break,
-            }
+                Some(n) if n.starts_with('/') => self.url(&n),
+                Some(n) if n.starts_with(&origin) => n,
+                Some(n) => return Err(fail(format!("the registry's Link leads to another host ({n}); not following it"))),
+            };
         }
         all.sort();
         all.dedup();
@@ -244,12 +298,14 @@ impl OciStore {
     /// DELETE of a manifest by digest (oci-client has no delete), with a `delete`-scoped token where required.
     async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<(), Error> {
         let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
-        let mut token = None;
-        let resp = self.authed(reqwest::Method::DELETE, &url, &format!("repository:{repo}:delete,pull"), &mut token).await?;
+        let resp = self.authed(reqwest::Method::DELETE, &url, &format!("repository:{repo}:delete,pull"), &mut None).await?;
         let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
         match resp.status().as_u16() {
             200..=299 => Ok(()),
-            401 | 403 => Err(Error::Denied { remote: self.description.clone(), message: format!("deleting {repo}@{digest}: HTTP {}", resp.status()) }),
+            401 | 403 => Err(Error::Denied {
+                remote: self.description.clone(),
+                message: format!("deleting {repo}@{digest}: HTTP {}: these credentials may not delete in {repo}", resp.status()),
+            }),
             400 | 405 => Err(fail(format!(
                 "the registry refuses deletes through the API (HTTP {}); delete {repo}@{digest} with the registry's own UI or API",
                 resp.status()
@@ -395,6 +451,15 @@ impl SnapshotStore for OciStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_links() {
+        assert_eq!(next_link(r#"</v2/r/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/r/tags/list?n=2&last=b"));
+        assert_eq!(next_link(r#"</a?last=x>; rel="prev", <https://reg/b?n=1,2>; rel="next""#).as_deref(), Some("https://reg/b?n=1,2"));
+        assert_eq!(next_link(r#"<https://reg/c>; title="x"; rel=next"#).as_deref(), Some("https://reg/c"));
+        assert_eq!(next_link(r#"</a>; rel="prev""#), None);
+        assert_eq!(next_link(""), None);
+    }
 
     #[test]
     fn urls() {
