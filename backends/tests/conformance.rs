@@ -1,5 +1,6 @@
-//! Every store runs the same conformance suite: a local directory, and S3 against a real s3s-fs server
-//! (SigV4 checked) on loopback.
+//! Every store runs the same conformance suite: a local directory, S3 against a real s3s-fs server (SigV4
+//! checked), and OCI against Debian's docker-registry with Basic auth, and with Bearer tokens and paged tags
+//! (see `registry/`), all on loopback.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -9,9 +10,15 @@ use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
 use kubectl_snapshot_backends::remote::{BUNDLE, SIDECAR};
 use kubectl_snapshot_backends::s3::{S3Options, Secret};
+use kubectl_snapshot_backends::oci::{self, OciOptions};
 use kubectl_snapshot_backends::{ClusterName, Error, SnapshotName, SnapshotStore, url};
+use registry::front::Front;
+use registry::token::TokenIssuer;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use registry::{Auth, PASS, Registry, USER};
+
+mod registry;
 
 struct ObjectRaw {
     store: Arc<dyn ObjectStore>,
@@ -143,100 +150,203 @@ async fn s3_wrong_credentials_name_the_endpoint_and_source_never_the_secret() {
     assert!(!msg.contains("wrong-secret-value-xyz") && !msg.contains(SK), "secret in error: {msg}");
 }
 
-/// Debian's docker-registry (distribution 2.8.2) with htpasswd auth and deletes enabled, on a free port.
-pub struct Registry {
-    child: Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub const REG_USER: &str = "conformance";
-pub const REG_PASS: &str = "registry-password-do-not-print";
-
-pub fn start_registry() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let which = |b: &str| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(which("docker-registry"), "the OCI test registry is not installed: run tests/run (it installs Debian's docker-registry and apache2-utils)");
-    let hash = Command::new("htpasswd").args(["-Bbn", REG_USER, REG_PASS]).output().expect("htpasswd (apache2-utils, installed by tests/run)");
-    std::fs::write(dir.path().join("htpasswd"), hash.stdout).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = format!(
-        "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}\n\
-         http: {{addr: 127.0.0.1:{port}, secret: conformance}}\nauth: {{htpasswd: {{realm: test, path: {root}/htpasswd}}}}\n",
-        root = dir.path().display()
-    );
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start docker-registry");
-    let registry = Registry { child, port, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry did not listen on 127.0.0.1:{port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    registry
-}
-
-fn oci_options(port: u16, password: &str) -> kubectl_snapshot_backends::oci::OciOptions {
-    kubectl_snapshot_backends::oci::OciOptions {
-        registry: format!("127.0.0.1:{port}"),
+fn oci_options(addr: &str, password: &str) -> OciOptions {
+    OciOptions {
+        registry: addr.into(),
         repository: "team/snapshots".into(),
         insecure: true,
         ca: vec![],
-        username: Some(REG_USER.into()),
+        username: Some(USER.into()),
         password: Some(Secret::new(password)),
     }
 }
 
-struct RegistryRaw {
-    port: u16,
-    data: std::path::PathBuf,
+/// Raw access to a registry reached at `addr` (directly or through a front) and to its storage directory.
+struct RegistryRaw<'a> {
+    addr: String,
+    registry: &'a Registry,
 }
 
 #[async_trait]
-impl Raw for RegistryRaw {
+impl Raw for RegistryRaw<'_> {
     async fn leave_incomplete(&self, c: &ClusterName, n: &SnapshotName) {
         // A blob without a manifest: what an upload interrupted before its manifest leaves.
         let client = oci_client::Client::new(oci_client::client::ClientConfig { protocol: oci_client::client::ClientProtocol::Http, ..Default::default() });
-        let r = oci_client::Reference::with_tag(format!("127.0.0.1:{}", self.port), format!("team/snapshots/{c}"), n.to_string());
-        let auth = oci_client::secrets::RegistryAuth::Basic(REG_USER.into(), REG_PASS.into());
+        let r = oci_client::Reference::with_tag(self.addr.clone(), format!("team/snapshots/{c}"), n.to_string());
+        let auth = oci_client::secrets::RegistryAuth::Basic(USER.into(), PASS.into());
         client.auth(&r, &auth, oci_client::RegistryOperation::Push).await.unwrap();
         let data = vec![3u8; 4096];
         let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)));
         client.push_blob(&r, data, &digest).await.unwrap();
     }
     async fn tamper(&self, c: &ClusterName, n: &SnapshotName) {
-        let store = kubectl_snapshot_backends::oci::open(&oci_options(self.port, REG_PASS)).unwrap();
+        let store = oci::open(&oci_options(&self.addr, PASS)).unwrap();
         let hex = store.head(c, n).await.unwrap().sha256.unwrap();
-        let blob = self.data.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+        let blob = self.registry.blob(&hex);
         let mut bytes = std::fs::read(&blob).unwrap();
         bytes[10] ^= 1;
         std::fs::write(&blob, bytes).unwrap();
     }
 }
 
+async fn oci_suite(addr: &str, registry: &Registry) {
+    let scratch = tempfile::tempdir().unwrap();
+    let store = oci::open(&oci_options(addr, PASS)).unwrap();
+    let raw = RegistryRaw { addr: addr.to_owned(), registry };
+    conformance::run_all(&store, &raw, scratch.path()).await;
+}
+
+/// Pushes a small bundle (`fill` repeated) as `cluster/name`; returns its sha256.
+async fn put_small(store: &dyn SnapshotStore, scratch: &std::path::Path, cluster: &str, name: &str, fill: u8) -> String {
+    let data = vec![fill; 3000];
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let path = scratch.join(format!("{name}-{fill}.tar.gz"));
+    std::fs::write(&path, &data).unwrap();
+    let metadata = format!(r#"{{"schemaVersion":1,"name":"{name}"}}"#);
+    let (c, n) = (ClusterName::new(cluster).unwrap(), SnapshotName::new(name).unwrap());
+    store.put(&c, &n, &path, &format!("{hex}  {name}.tar.gz\n"), metadata.as_bytes(), &|_| {}).await.expect("put");
+    hex
+}
+
+fn names(listed: &[kubectl_snapshot_backends::RemoteSnapshot]) -> Vec<&str> {
+    listed.iter().map(|s| s.name.as_str()).collect()
+}
+
+/// Debian's docker-registry (distribution 2.8.2) with htpasswd auth: Basic credentials on every request.
 #[tokio::test]
 async fn oci_registry() {
-    let registry = start_registry();
+    let registry = Registry::start(Auth::Htpasswd, true);
+    oci_suite(&format!("127.0.0.1:{}", registry.port), &registry).await;
+}
+
+/// The same suite against the registry in `auth: token` mode, where every request needs a Bearer token whose
+/// scope covers it (pull, push, delete), and through a front that pages tag lists one tag at a time.
+#[tokio::test]
+async fn oci_registry_with_bearer_tokens_and_paged_tags() {
+    let issuer = TokenIssuer::start(USER, PASS);
+    let registry = Registry::start(Auth::Token(&issuer), true);
+    let front = Front::start(registry.port, 1);
+    oci_suite(&front.addr(), &registry).await;
+    let log = front.log();
+    // The password goes to the token endpoint only; the registry sees tokens.
+    assert!(log.iter().all(|l| l.auth.as_deref() != Some("Basic")), "Basic credentials were sent to a token registry: {log:#?}");
+    assert!(log.iter().any(|l| l.auth.as_deref() == Some("Bearer")), "{log:#?}");
+    // Listing followed `Link` past the first page.
+    assert!(log.iter().any(|l| l.target.contains("/tags/list?") && l.target.contains("last=") && l.status == 200), "{log:#?}");
+    let asked = issuer.asked();
+    for action in ["pull", "push", "delete"] {
+        let asked_for = |(scope, ok): &(String, bool)| *ok && scope.starts_with("repository:team/snapshots/") && scope.rsplit(':').next().unwrap().split(',').any(|a| a == action);
+        assert!(asked.iter().any(asked_for), "no token was asked for {action}: {asked:?}");
+    }
+}
+
+#[tokio::test]
+async fn oci_list_follows_every_link_page() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let front = Front::start(registry.port, 2);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let store = kubectl_snapshot_backends::oci::open(&oci_options(registry.port, REG_PASS)).unwrap();
-    let raw = RegistryRaw { port: registry.port, data: registry.dir.path().join("data") };
-    conformance::run_all(&store, &raw, scratch.path()).await;
+    for (i, n) in ["e", "a", "d", "b", "c"].into_iter().enumerate() {
+        put_small(&store, scratch.path(), "paged", n, i as u8).await;
+    }
+    let listed = store.list(&ClusterName::new("paged").unwrap()).await.expect("list");
+    assert_eq!(names(&listed), ["a", "b", "c", "d", "e"]);
+    assert!(listed.iter().all(|s| s.complete && s.size == 3000));
+    let pages: Vec<_> = front.log().into_iter().filter(|l| l.target.starts_with("/v2/team/snapshots/paged/tags/list") && l.status == 200).collect();
+    assert_eq!(pages.len(), 3, "5 tags at 2 a page are 3 pages: {pages:#?}");
+}
+
+#[tokio::test]
+async fn oci_tag_pages_that_loop_are_an_error_not_a_hang() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let front = Front::looping(registry.port);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    for (i, n) in ["a", "b"].into_iter().enumerate() {
+        put_small(&store, scratch.path(), "loop", n, i as u8).await;
+    }
+    let c = ClusterName::new("loop").unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), store.list(&c))
+        .await.expect("list kept following a Link that loops").expect_err("a looping tag list was accepted");
+    assert!(matches!(err, Error::Remote { .. }) && err.to_string().contains("Link"), "{err}");
+}
+
+#[tokio::test]
+async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let front = Front::start(registry.port, 1000);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let hex = put_small(&store, scratch.path(), "dedup", "first", 9).await;
+    assert_eq!(put_small(&store, scratch.path(), "dedup", "second", 9).await, hex);
+    let uploads: Vec<_> = front
+        .log()
+        .into_iter()
+        .filter(|l| l.method == "PUT" && (l.target.contains(&format!("digest=sha256:{hex}")) || l.target.contains(&format!("digest=sha256%3A{hex}"))))
+        .collect();
+    assert_eq!(uploads.len(), 1, "the same bundle was uploaded twice: {uploads:#?}");
+    let c = ClusterName::new("dedup").unwrap();
+    assert_eq!(names(&store.list(&c).await.unwrap()), ["first", "second"]);
+    let out = scratch.path().join("second.out");
+    store.get(&c, &SnapshotName::new("second").unwrap(), &out, &|_| {}).await.expect("get");
+    assert_eq!(std::fs::read(out).unwrap(), vec![9u8; 3000]);
+}
+
+#[tokio::test]
+async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
+    let issuer = TokenIssuer::start(USER, PASS);
+    issuer.refuse("delete");
+    let registry = Registry::start(Auth::Token(&issuer), true);
+    let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    put_small(&store, scratch.path(), "keep", "s", 1).await;
+    let (c, n) = (ClusterName::new("keep").unwrap(), SnapshotName::new("s").unwrap());
+    let err = store.delete(&c, &n).await.expect_err("deleted without a delete-scoped token");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Denied { .. }) && msg.contains("delete"), "{msg}");
+    assert!(!msg.contains(PASS), "password in error: {msg}");
+    store.head(&c, &n).await.expect("the snapshot is still there");
+}
+
+#[tokio::test]
+async fn oci_registry_refusing_api_deletes_gets_a_clear_message() {
+    let registry = Registry::start(Auth::Htpasswd, false);
+    let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    put_small(&store, scratch.path(), "nodelete", "s", 1).await;
+    let (c, n) = (ClusterName::new("nodelete").unwrap(), SnapshotName::new("s").unwrap());
+    let err = store.delete(&c, &n).await.expect_err("delete succeeded on a registry with deletes disabled");
+    assert!(err.to_string().contains("refuses deletes"), "{err}");
+    store.head(&c, &n).await.expect("the snapshot is still there");
 }
 
 #[tokio::test]
 async fn oci_wrong_password_is_denied_without_printing_it() {
-    let registry = start_registry();
-    let store = kubectl_snapshot_backends::oci::open(&oci_options(registry.port, "not-the-password-xyz")).unwrap();
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let addr = format!("127.0.0.1:{}", registry.port);
+    let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
     let err = store.head(&ClusterName::new("c").unwrap(), &SnapshotName::new("s").unwrap()).await.expect_err("wrong password accepted");
     let msg = err.to_string();
     assert!(matches!(err, Error::Denied { .. }), "{msg}");
-    assert!(msg.contains(&format!("127.0.0.1:{}", registry.port)) && msg.contains("--oci-username"), "{msg}");
-    assert!(!msg.contains("not-the-password-xyz") && !msg.contains(REG_PASS), "password in error: {msg}");
+    assert!(msg.contains(&addr) && msg.contains("--oci-username"), "{msg}");
+    assert!(!msg.contains("not-the-password-xyz") && !msg.contains(PASS), "password in error: {msg}");
+}
+
+#[tokio::test]
+async fn oci_wrong_password_at_the_token_endpoint_is_denied_without_printing_it() {
+    let issuer = TokenIssuer::start(USER, PASS);
+    let registry = Registry::start(Auth::Token(&issuer), true);
+    let addr = format!("127.0.0.1:{}", registry.port);
+    let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
+    let c = ClusterName::new("c").unwrap();
+    for err in [
+        store.head(&c, &SnapshotName::new("s").unwrap()).await.expect_err("wrong password accepted"),
+        store.list(&c).await.expect_err("wrong password accepted"),
+    ] {
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Denied { .. }), "{msg}");
+        assert!(msg.contains(&addr) && msg.contains("--oci-username"), "{msg}");
+        assert!(!msg.contains("not-the-password-xyz") && !msg.contains(PASS), "password in error: {msg}");
+    }
+    assert!(issuer.asked().iter().any(|(_, ok)| !ok), "the token endpoint was never asked");
 }
