@@ -185,7 +185,13 @@ impl OciStore {
             name,
             complete: layer.is_some(),
             size: layer.map_or(0, |l| l.size.max(0) as u64),
-            modified: std::time::SystemTime::UNIX_EPOCH,
+            // The snapshot's creation time, from the manifest's `created` annotation (registries keep no object times).
+            modified: m
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.created"))
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map_or(std::time::SystemTime::UNIX_EPOCH, std::time::SystemTime::from),
             metadata: Some(metadata),
             sha256: layer.and_then(|l| l.digest.strip_prefix("sha256:").map(str::to_owned)),
         }
@@ -364,7 +370,9 @@ impl SnapshotStore for OciStore {
         self.client.push_blob(&r, metadata.to_vec(), &config_digest).await.map_err(|e| self.err("uploading the metadata", e))?;
         let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
         let mut annotations = BTreeMap::new();
-        annotations.insert("org.opencontainers.image.created".to_owned(), meta["created"].as_str().unwrap_or_default().to_owned());
+        // RFC 3339, as the annotation requires: the metadata's time, else the push's.
+        let created = meta["created"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or_else(jiff::Timestamp::now);
+        annotations.insert("org.opencontainers.image.created".to_owned(), created.to_string());
         annotations.insert("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string());
         annotations.insert("io.kubectl-snapshot.snapshot".to_owned(), name.to_string());
         annotations.insert("io.kubectl-snapshot.k8s-version".to_owned(), meta["k8sVersion"].as_str().unwrap_or_default().to_owned());
