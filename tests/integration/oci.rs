@@ -144,3 +144,40 @@ fn wrong_password_is_refused_without_printing_it() {
     assert!(r.stderr.contains(&format!("127.0.0.1:{}", reg.port)), "{}", r.stderr);
     assert!(!r.stderr.contains("kst-wrong-registry-password"));
 }
+
+#[test]
+fn prune_then_pull_through_a_registry() {
+    let reg = start();
+    let store = Store::new();
+    let docker = tempfile::tempdir().unwrap();
+    docker_config(docker.path(), reg.port, PASSWORD);
+    let env = [("DOCKER_CONFIG", docker.path().to_str().unwrap()), ("REGISTRY_AUTH_FILE", "/nonexistent")];
+    let c = "regprune";
+    for (name, hours_ago) in [("old", 200), ("mid", 100), ("new", 1)] {
+        fake_snapshot(&store, c, name, 5000, hours_ago);
+        run(&store, args(&reg, &["push", c, name]), &env).ok();
+    }
+    // Union of the policies: --keep-last 2 marks old, --older-than 50h marks old and mid.
+    let r = run(&store, args(&reg, &["prune", c, "--keep-last", "2", "--older-than", "50h", "--yes"]), &env).ok();
+    for line in ["DELETE  old", "DELETE  mid", "KEEP    new"] {
+        assert!(r.stdout.contains(line), "plan lacks {line:?}:\n{}", r.stdout);
+    }
+    let listed = run(&store, args(&reg, &["list", c, "-o", "json"]), &env).ok().json();
+    assert_eq!(listed.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect::<Vec<_>>(), ["new"]);
+    // The registry itself no longer has the pruned tags, as another OCI client sees it.
+    let tags = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false", "--creds", &format!("{USER}:{PASSWORD}")])
+        .arg(format!("docker://127.0.0.1:{}/kind/snapshots/{c}", reg.port))
+        .output()
+        .expect("skopeo missing: run tests/run");
+    let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&tags.stderr)));
+    assert_eq!(tags["Tags"], serde_json::json!(["new"]));
+    // A teammate pulls what is left: the same bytes, verified.
+    let teammate = Store::new();
+    run(&teammate, args(&reg, &["pull", c, "new"]), &env).ok();
+    assert_eq!(std::fs::read(teammate.root().join(c).join("new.tar.gz")).unwrap(), std::fs::read(store.root().join(c).join("new.tar.gz")).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(teammate.root().join(c).join("new.tar.gz.sha256")).unwrap(),
+        std::fs::read_to_string(store.root().join(c).join("new.tar.gz.sha256")).unwrap()
+    );
+}

@@ -251,3 +251,26 @@ pub fn bundle_names(bundle: &Path) -> Vec<String> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A snapshot made by hand in the local store (push only needs a bundle, its sidecar and metadata).
+pub fn fake_snapshot(store: &Store, cluster: &str, name: &str, size: usize, hours_ago: i64) {
+    let dir = store.root().join(cluster);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut data = vec![0u8; size];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    std::fs::write(dir.join(format!("{name}.tar.gz")), &data).unwrap();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    std::fs::write(dir.join(format!("{name}.tar.gz.sha256")), format!("{digest}  {name}.tar.gz\n")).unwrap();
+    let created = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - hours_ago * 3600).unwrap();
+    let meta = serde_json::json!({
+        "schemaVersion": 1, "name": name, "cluster": cluster, "created": created.to_string(), "toolVersion": "test",
+        "k8sVersion": "v1.33.1", "nodeImage": "x", "provider": "docker", "platform": "linux/amd64",
+        "topology": {"controlPlanes": 1, "workers": 0, "loadBalancer": false, "nodes": []},
+        "addons": {}, "etcd": {"node": "n", "image": "i", "size": 0, "digest": "sha256:0"},
+        "images": {"digest": "sha256:0", "size": 0, "blobs": 0, "nodes": {}},
+        "pvs": {"digest": "sha256:0", "size": 0, "files": 0, "nodes": {}}
+    });
+    std::fs::write(dir.join(format!("{name}.metadata.json")), serde_json::to_vec(&meta).unwrap()).unwrap();
+}
