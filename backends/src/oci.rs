@@ -423,27 +423,35 @@ impl SnapshotStore for OciStore {
         let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
         let metadata = self.config(&r, &m).await?;
         let layer = m.layers.first().ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
-        let expected = layer.digest.strip_prefix("sha256:").unwrap_or_default().to_owned();
         let integrity = |message: String| Error::Integrity { remote: self.description.clone(), name: name.to_string(), message };
+        // The bundle's sha256 is its sidecar: other digest algorithms cannot name a bundle.
+        let expected = layer
+            .digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| integrity(format!("the bundle layer's digest {:?} is not a sha256 digest", layer.digest)))?
+            .to_owned();
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        // oci-client's stream hashes what it yields and ends with an error unless it matches the layer digest.
         let mut stream = self.client.pull_blob_stream(&r, layer).await.map_err(|e| self.err("downloading the bundle", e))?.stream;
         let file = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
-            // oci-client checks the digest at the end of the stream too.
             let chunk = chunk.map_err(|e| if e.to_string().to_lowercase().contains("digest") { integrity(e.to_string()) } else { Error::io("downloading the bundle", e) })?;
-            hasher.update(&chunk);
             size += chunk.len() as u64;
+            if size > declared {
+                // Before the digest could say so: a registry must not fill the disk.
+                return Err(integrity(format!("the registry sent more than the {declared} bytes the manifest declares")));
+            }
             out.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
             progress(chunk.len() as u64);
         }
         out.flush().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
-        let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(integrity(format!("sha256 mismatch: manifest={expected}, downloaded={actual}")));
+        if size != declared {
+            return Err(integrity(format!("{size} bytes downloaded, the manifest declares {declared}")));
         }
-        Ok(Fetched { sidecar: format!("{actual}  {name}.tar.gz\n"), metadata, sha256: actual, size })
+        Ok(Fetched { sidecar: format!("{expected}  {name}.tar.gz\n"), metadata, sha256: expected, size })
     }
 
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {

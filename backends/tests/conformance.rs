@@ -293,6 +293,23 @@ async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
 }
 
 #[tokio::test]
+async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_growing() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let hex = put_small(&store, scratch.path(), "long", "s", 4).await;
+    // The registry now serves 8 MiB more than the manifest's 3000 bytes.
+    let blob = registry.blob(&hex);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes.extend(vec![0u8; 8 << 20]);
+    std::fs::write(&blob, bytes).unwrap();
+    let out = scratch.path().join("long.out");
+    let err = store.get(&ClusterName::new("long").unwrap(), &SnapshotName::new("s").unwrap(), &out, &|_| {}).await.expect_err("an overlong blob was accepted");
+    assert!(matches!(err, Error::Integrity { .. }) && err.to_string().contains("more than the 3000 bytes"), "{err}");
+    assert!(std::fs::metadata(&out).map_or(0, |m| m.len()) <= 3000, "the download went past the declared size");
+}
+
+#[tokio::test]
 async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
     let issuer = TokenIssuer::start(USER, PASS);
     issuer.refuse("delete");
