@@ -48,3 +48,19 @@ impl Error {
         Self::Io { context: context.into(), cause: source }
     }
 }
+
+/// An error and its causes on one line (`a: b: c`), leaving out a cause whose text is already shown: HTTP
+/// clients keep the reason (a certificate, a refused connection) in the source chain, not in their message.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

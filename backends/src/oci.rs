@@ -59,6 +59,8 @@ pub struct OciStore {
     auth: RegistryAuth,
     opts: OciOptions,
     description: String,
+    /// Set once the registry's token realm has been checked (see [`OciStore::check_realm`]).
+    realm_checked: tokio::sync::OnceCell<()>,
 }
 
 /// `REGISTRY/REPOSITORY` from an `oci://` URL.
@@ -114,7 +116,21 @@ pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
     let (auth, from) = credentials(o)?;
     let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
     let description = format!("oci://{}/{} (credentials: {from})", o.registry, o.repository);
-    Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description })
+    Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description, realm_checked: Default::default() })
+}
+
+/// The `realm` and `service` of a `Bearer` challenge among a response's `WWW-Authenticate` challenges.
+fn bearer_challenge(headers: &reqwest::header::HeaderMap) -> Option<(Option<String>, Option<String>)> {
+    let header = headers.get("www-authenticate")?.to_str().ok()?;
+    let challenges = http_auth::parse_challenges(header).ok()?;
+    let bearer = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer"))?;
+    let param = |k: &str| bearer.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
+    Some((param("realm"), param("service")))
+}
+
+fn basic_challenge(headers: &reqwest::header::HeaderMap) -> bool {
+    let header = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
+    http_auth::parse_challenges(header).unwrap_or_default().iter().any(|c| c.scheme.eq_ignore_ascii_case("basic"))
 }
 
 /// A bound on tag pages, against a registry that keeps inventing new ones.
@@ -151,7 +167,7 @@ impl OciStore {
     }
 
     fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
-        let message = format!("{op}: {e}");
+        let message = format!("{op}: {}", crate::chain(&e));
         let lower = message.to_lowercase();
         if ["not authorized", "unauthorized", "denied", "401", "403", "authentication"].iter().any(|k| lower.contains(k)) {
             Error::Denied { remote: self.description.clone(), message }
@@ -217,17 +233,14 @@ impl OciStore {
             }
             .send()
         };
-        let resp = send(session).await.map_err(|e| fail(format!("{method} {url}: {e}")))?;
+        let resp = send(session).await.map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let header = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let challenges = http_auth::parse_challenges(&header).unwrap_or_default();
-        let param = |c: &http_auth::ChallengeRef, k: &str| c.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
-        let answer = if let Some(bearer) = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")) {
-            let realm = param(bearer, "realm").ok_or_else(|| fail(format!("{method} {url}: Bearer challenge without a realm")))?;
-            Answer::Bearer(self.token(&realm, param(bearer, "service").as_deref(), scope).await?)
-        } else if challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")) && matches!(self.auth, RegistryAuth::Basic(..)) {
+        let answer = if let Some((realm, service)) = bearer_challenge(resp.headers()) {
+            let realm = realm.ok_or_else(|| fail(format!("{method} {url}: Bearer challenge without a realm")))?;
+            Answer::Bearer(self.token(&realm, service.as_deref(), scope).await?)
+        } else if basic_challenge(resp.headers()) && matches!(self.auth, RegistryAuth::Basic(..)) {
             Answer::Basic
         } else {
             return Ok(resp);
@@ -237,15 +250,43 @@ impl OciStore {
             return Ok(resp);
         }
         *session = Some(answer);
-        send(session).await.map_err(|e| fail(format!("{method} {url}: {e}")))
+        send(session).await.map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))
+    }
+
+    fn refuse_cleartext_realm(&self, realm: &str) -> Result<(), Error> {
+        if self.opts.insecure || realm.starts_with("https://") {
+            return Ok(());
+        }
+        Err(Error::Remote {
+            remote: self.description.clone(),
+            message: format!("the registry's token realm {realm} is not HTTPS; refusing to send credentials to it"),
+        })
+    }
+
+    /// Once, before any request that may carry credentials: oci-client fetches tokens on its own, from whatever
+    /// realm the registry names, so an HTTPS registry whose token realm is plain HTTP is refused up front rather
+    /// than sent the password in clear text.
+    async fn check_realm(&self) -> Result<(), Error> {
+        if self.opts.insecure || matches!(self.auth, RegistryAuth::Anonymous) {
+            return Ok(());
+        }
+        self.realm_checked
+            .get_or_try_init(|| async {
+                let url = self.url("/v2/");
+                let resp = self.http.get(&url).send().await.map_err(|e| Error::Remote { remote: self.description.clone(), message: format!("GET {url}: {}", crate::chain(&e)) })?;
+                match bearer_challenge(resp.headers()) {
+                    Some((Some(realm), _)) => self.refuse_cleartext_realm(&realm),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .map(|_| ())
     }
 
     /// A token for `scope` from a Bearer challenge's realm, with the Basic credentials if there are any.
     async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
         let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
-        if !self.opts.insecure && !realm.starts_with("https://") {
-            return Err(fail(format!("the registry's token realm {realm} is not HTTPS; refusing to send credentials to it")));
-        }
+        self.refuse_cleartext_realm(realm)?;
         let mut req = self.http.get(realm).query(&[("scope", scope)]);
         if let Some(service) = service {
             req = req.query(&[("service", service)]);
@@ -253,11 +294,11 @@ impl OciStore {
         if let RegistryAuth::Basic(u, p) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
-        let answer = req.send().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
+        let answer = req.send().await.map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
         if !answer.status().is_success() {
             return Err(Error::Denied { remote: self.description.clone(), message: format!("token from {realm} for {scope}: HTTP {}", answer.status()) });
         }
-        let body: serde_json::Value = answer.json().await.map_err(|e| fail(format!("token from {realm}: {e}")))?;
+        let body: serde_json::Value = answer.json().await.map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
         let t = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| fail(format!("token from {realm}: no token in the answer")))?;
         Ok(t.to_owned())
     }
@@ -328,6 +369,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn put(&self, cluster: &ClusterName, name: &SnapshotName, bundle: &Path, sidecar: &str, metadata: &[u8], progress: Progress<'_>) -> Result<(), Error> {
+        self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         if self.manifest(&r).await?.is_some() {
             return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
@@ -397,6 +439,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
+        self.check_realm().await?;
         let tags = self.tags(&self.repo(cluster)?).await?;
         let mut out = Vec::new();
         for tag in tags {
@@ -412,6 +455,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
+        self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
         let metadata = self.config(&r, &m).await?;
@@ -419,6 +463,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn get(&self, cluster: &ClusterName, name: &SnapshotName, dest: &Path, progress: Progress<'_>) -> Result<Fetched, Error> {
+        self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
         let metadata = self.config(&r, &m).await?;
@@ -455,6 +500,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
+        self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         if self.manifest(&r).await?.is_none() {
             return Err(Error::NotFound { cluster: cluster.to_string(), name: name.to_string() });
