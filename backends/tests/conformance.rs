@@ -16,7 +16,7 @@ use registry::front::Front;
 use registry::token::TokenIssuer;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use registry::{Auth, PASS, Registry, USER};
+use registry::{Auth, PASS, Registry, Tls, USER};
 
 mod registry;
 
@@ -335,6 +335,50 @@ async fn oci_registry_refusing_api_deletes_gets_a_clear_message() {
     let err = store.delete(&c, &n).await.expect_err("delete succeeded on a registry with deletes disabled");
     assert!(err.to_string().contains("refuses deletes"), "{err}");
     store.head(&c, &n).await.expect("the snapshot is still there");
+}
+
+#[tokio::test]
+async fn oci_registry_over_https_with_a_private_ca() {
+    let tls = Tls::new();
+    let registry = Registry::start_with(Auth::Htpasswd, true, Some(&tls));
+    let addr = format!("127.0.0.1:{}", registry.port);
+    let https = |ca: Vec<String>| oci::open(&OciOptions { insecure: false, ca, ..oci_options(&addr, PASS) }).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let c = ClusterName::new("tls").unwrap();
+    // Without the CA the registry's certificate is not trusted, the error says so, and nothing is sent.
+    let err = https(vec![]).list(&c).await.expect_err("an untrusted certificate was accepted");
+    assert!(err.to_string().contains("invalid peer certificate"), "{err}");
+    // With it (--oci-ca), everything works over HTTPS.
+    let store = https(vec![tls.ca()]);
+    put_small(&store, scratch.path(), "tls", "s", 5).await;
+    assert_eq!(names(&store.list(&c).await.unwrap()), ["s"]);
+    let out = scratch.path().join("tls.out");
+    store.get(&c, &SnapshotName::new("s").unwrap(), &out, &|_| {}).await.expect("get over https");
+    assert_eq!(std::fs::read(out).unwrap(), vec![5u8; 3000]);
+    store.delete(&c, &SnapshotName::new("s").unwrap()).await.expect("delete over https");
+}
+
+#[tokio::test]
+async fn oci_https_registry_with_a_cleartext_token_realm_is_sent_no_credentials() {
+    let tls = Tls::new();
+    let issuer = TokenIssuer::start(USER, PASS);
+    assert!(issuer.realm().starts_with("http://"));
+    let registry = Registry::start_with(Auth::Token(&issuer), true, Some(&tls));
+    let addr = format!("127.0.0.1:{}", registry.port);
+    let store = oci::open(&OciOptions { insecure: false, ca: vec![tls.ca()], ..oci_options(&addr, PASS) }).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("b.tar.gz");
+    std::fs::write(&bundle, b"bundle").unwrap();
+    let sidecar = format!("{}  b.tar.gz\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"bundle")));
+    let (c, n) = (ClusterName::new("realm").unwrap(), SnapshotName::new("s").unwrap());
+    for err in [
+        store.put(&c, &n, &bundle, &sidecar, b"{}", &|_| {}).await.expect_err("pushed through a cleartext realm"),
+        store.list(&c).await.expect_err("listed through a cleartext realm"),
+        store.get(&c, &n, &scratch.path().join("out"), &|_| {}).await.expect_err("pulled through a cleartext realm"),
+    ] {
+        assert!(err.to_string().contains("is not HTTPS; refusing to send credentials"), "{err}");
+    }
+    assert!(issuer.asked().is_empty(), "credentials went to the cleartext realm: {:?}", issuer.asked());
 }
 
 #[tokio::test]

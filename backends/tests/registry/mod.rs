@@ -104,8 +104,38 @@ impl Drop for Registry {
     }
 }
 
+/// A private CA and a server certificate for 127.0.0.1 it issued, as PEM files.
+pub struct Tls {
+    dir: tempfile::TempDir,
+}
+
+impl Tls {
+    pub fn new() -> Tls {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        Tls { dir }
+    }
+
+    pub fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+}
+
 impl Registry {
     pub fn start(auth: Auth<'_>, delete: bool) -> Registry {
+        Self::start_with(auth, delete, None)
+    }
+
+    /// Serving HTTPS with `tls`'s server certificate when given.
+    pub fn start_with(auth: Auth<'_>, delete: bool, tls: Option<&Tls>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().display().to_string();
         let runs = |b: &str| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
@@ -125,9 +155,10 @@ impl Registry {
             ),
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let tls = tls.map_or(String::new(), |t| format!(", tls: {{certificate: {0}/server.pem, key: {0}/server.key}}", t.dir.path().display()));
         let config = format!(
             "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: {delete}}}}}\n\
-             http: {{addr: 127.0.0.1:{port}, secret: conformance}}\nauth: {auth}\n"
+             http: {{addr: 127.0.0.1:{port}, secret: conformance{tls}}}\nauth: {auth}\n"
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")
