@@ -133,6 +133,20 @@ fn basic_challenge(headers: &reqwest::header::HeaderMap) -> bool {
     http_auth::parse_challenges(header).unwrap_or_default().iter().any(|c| c.scheme.eq_ignore_ascii_case("basic"))
 }
 
+/// Attempts at a blob upload; a dropped connection, a timeout, 5xx or 429 starts a new upload after 1 s, then 2 s.
+const UPLOAD_ATTEMPTS: u32 = 3;
+/// Snapshots whose manifest and metadata `list` reads at once.
+const LIST_IN_FLIGHT: usize = 8;
+
+fn transient(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::RequestError(r) => !r.is_builder() && r.status().is_none_or(|s| s.is_server_error() || s.as_u16() == 429),
+        E::ServerError { code, .. } => *code >= 500 || *code == 429,
+        _ => false,
+    }
+}
+
 /// A bound on tag pages, against a registry that keeps inventing new ones.
 const MAX_TAG_PAGES: usize = 10_000;
 
@@ -251,6 +265,40 @@ impl OciStore {
         }
         *session = Some(answer);
         send(session).await.map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))
+    }
+
+    /// One monolithic upload of the bundle (POST, then one streamed PUT). The registry recomputes the digest, so
+    /// a bundle not matching its sidecar is refused (`DIGEST_INVALID`).
+    async fn upload(
+        &self,
+        r: &Reference,
+        bundle: &Path,
+        digest: &str,
+        size: u64,
+        reported: &std::sync::atomic::AtomicU64,
+        progress: Progress<'_>,
+    ) -> Result<(), oci_client::errors::OciDistributionError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let file = tokio::fs::File::open(bundle).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .inspect_ok(move |b| {
+                let _ = tx.send(b.len() as u64);
+            })
+            .map_err(oci_client::errors::OciDistributionError::IoError);
+        let upload = self.client.push_blob_stream(r, stream, digest, Some(size));
+        let report = async {
+            let mut sent = 0u64;
+            while let Some(n) = rx.recv().await {
+                sent += n;
+                let before = reported.fetch_max(sent, Relaxed);
+                if sent > before {
+                    progress(sent - before);
+                }
+            }
+        };
+        let (uploaded, ()) = tokio::join!(upload, report);
+        uploaded.map(|_| ())
     }
 
     fn refuse_cleartext_realm(&self, realm: &str) -> Result<(), Error> {
@@ -383,28 +431,26 @@ impl SnapshotStore for OciStore {
         let size = std::fs::metadata(bundle).map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?.len();
         self.client.auth(&r, &self.auth, RegistryOperation::Push).await.map_err(|e| self.err("authenticating", e))?;
         if !self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
-            let file = tokio::fs::File::open(bundle).await.map_err(|e| Error::io(format!("opening {}", bundle.display()), e))?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                .inspect_ok(move |b| {
-                    let _ = tx.send(b.len() as u64);
-                })
-                .map_err(|e| oci_client::errors::OciDistributionError::GenericError(Some(e.to_string())));
-            // The registry recomputes the digest: a bundle not matching its sidecar is refused here.
-            let upload = self.client.push_blob_stream(&r, stream, &digest, Some(size));
-            let report = async {
-                while let Some(n) = rx.recv().await {
-                    progress(n);
+            // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
+            let reported = std::sync::atomic::AtomicU64::new(0);
+            let mut attempt = 1;
+            loop {
+                match self.upload(&r, bundle, &digest, size, &reported, progress).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
+                        tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
+                        attempt += 1;
+                    }
+                    Err(e) if e.to_string().contains("DIGEST_INVALID") => {
+                        return Err(Error::Integrity {
+                            remote: self.description.clone(),
+                            name: name.to_string(),
+                            message: "the local bundle does not match its sidecar; nothing was published".into(),
+                        });
+                    }
+                    Err(e) => return Err(self.err(&format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"), e)),
                 }
-            };
-            let (uploaded, ()) = tokio::join!(upload, report);
-            uploaded.map_err(|e| {
-                if e.to_string().contains("DIGEST_INVALID") {
-                    Error::Integrity { remote: self.description.clone(), name: name.to_string(), message: "the local bundle does not match its sidecar; nothing was published".into() }
-                } else {
-                    self.err("uploading the bundle", e)
-                }
-            })?;
+            }
         } else {
             progress(size);
         }
@@ -441,15 +487,18 @@ impl SnapshotStore for OciStore {
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
         self.check_realm().await?;
         let tags = self.tags(&self.repo(cluster)?).await?;
-        let mut out = Vec::new();
-        for tag in tags {
-            let Ok(name) = SnapshotName::new(&tag) else { continue };
+        let names: Vec<SnapshotName> = tags.iter().filter_map(|t| SnapshotName::new(t).ok()).collect();
+        let Some(first) = names.first() else { return Ok(Vec::new()) };
+        // One token for the repository before the reads fan out (oci-client would fetch one per request).
+        self.client.auth(&self.reference(cluster, first)?, &self.auth, RegistryOperation::Pull).await.map_err(|e| self.err("authenticating", e))?;
+        let read = |name: SnapshotName| async move {
             let r = self.reference(cluster, &name)?;
-            if let Some(m) = self.manifest(&r).await? {
-                let metadata = self.config(&r, &m).await?;
-                out.push(self.snapshot(name, &m, metadata));
-            }
-        }
+            let Some(m) = self.manifest(&r).await? else { return Ok(None) };
+            let metadata = self.config(&r, &m).await?;
+            Ok::<_, Error>(Some(self.snapshot(name, &m, metadata)))
+        };
+        let mut out: Vec<RemoteSnapshot> =
+            futures_util::stream::iter(names).map(read).buffered(LIST_IN_FLIGHT).try_filter_map(|s| async move { Ok(s) }).try_collect().await?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
