@@ -310,6 +310,51 @@ async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_gr
 }
 
 #[tokio::test]
+async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let front = Front::start(registry.port, 1000);
+    front.fail_next_uploads(1);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let path = scratch.path().join("r.tar.gz");
+    std::fs::write(&path, &data).unwrap();
+    let (c, n) = (ClusterName::new("retry").unwrap(), SnapshotName::new("s").unwrap());
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    store
+        .put(&c, &n, &path, &format!("{hex}  r.tar.gz\n"), b"{}", &|b| {
+            sent.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .expect("a push with one failed upload");
+    assert_eq!(sent.into_inner(), data.len() as u64, "progress must count each byte once across attempts");
+    let puts: Vec<u16> = front.log().iter().filter(|l| l.method == "PUT" && l.target.contains(&hex)).map(|l| l.status).collect();
+    assert_eq!(puts, [503, 201], "{:#?}", front.log());
+    let out = scratch.path().join("r.out");
+    store.get(&c, &n, &out, &|_| {}).await.expect("get");
+    assert_eq!(std::fs::read(out).unwrap(), data);
+}
+
+#[tokio::test]
+async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
+    let registry = Registry::start(Auth::Htpasswd, true);
+    let front = Front::start(registry.port, 1000);
+    front.fail_next_uploads(3);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("f.tar.gz");
+    std::fs::write(&path, vec![1u8; 5000]).unwrap();
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(vec![1u8; 5000]));
+    let (c, n) = (ClusterName::new("fails").unwrap(), SnapshotName::new("s").unwrap());
+    let err = store.put(&c, &n, &path, &format!("{hex}  f.tar.gz\n"), b"{}", &|_| {}).await.expect_err("pushed through failing uploads");
+    let msg = err.to_string();
+    assert!(msg.contains("attempt 3 of 3") && msg.contains("503"), "{msg}");
+    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })), "a failed push is visible");
+    assert!(store.list(&c).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
     let issuer = TokenIssuer::start(USER, PASS);
     issuer.refuse("delete");

@@ -6,7 +6,11 @@
 //! fewer than `n` when it sends `Link`). Every other request is forwarded unchanged (streamed both ways, the
 //! `Host` kept so the registry's `Location` headers point back here). The front holds no credentials: it
 //! passes on whatever `Authorization` the client sends, and the registry decides.
+//!
+//! [`Front::fail_next_uploads`] makes the next blob-upload `PUT`s fail with 503 after their body is read, as a
+//! registry (or a proxy before it) answers when its storage fails.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::TryStreamExt;
@@ -32,6 +36,8 @@ struct State {
     page: usize,
     /// Misbehave: every `Link` points back at the first page.
     looping: bool,
+    /// Blob-upload PUTs still to fail.
+    failing_uploads: AtomicUsize,
     client: reqwest::Client,
     log: Mutex<Vec<Logged>>,
 }
@@ -54,7 +60,7 @@ impl Front {
 
     fn with(upstream: u16, page: usize, looping: bool) -> Front {
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let state = Arc::new(State { upstream, page, looping, client, log: Mutex::default() });
+        let state = Arc::new(State { upstream, page, looping, failing_uploads: AtomicUsize::new(0), client, log: Mutex::default() });
         let s = Arc::clone(&state);
         let server = Server::start(move |req| {
             let s = Arc::clone(&s);
@@ -65,6 +71,11 @@ impl Front {
 
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.server.port)
+    }
+
+    /// The next `n` blob-upload PUTs are answered 503 once their body has been read.
+    pub fn fail_next_uploads(&self, n: usize) {
+        self.state.failing_uploads.store(n, Ordering::SeqCst);
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -78,7 +89,14 @@ async fn handle(s: &State, req: Request<Incoming>) -> Response<Body> {
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.split(' ').next()).map(str::to_owned);
     let path = req.uri().path().to_owned();
     let tags_of = path.strip_prefix("/v2/").and_then(|p| p.strip_suffix("/tags/list")).map(str::to_owned);
+    let upload = req.method() == hyper::Method::PUT && path.contains("/blobs/uploads/");
+    let fail = upload && s.failing_uploads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let resp = match tags_of {
+        _ if fail => {
+            let _ = req.into_body().collect().await;
+            let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"storage unavailable"}]}"#;
+            Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header("content-type", "application/json").body(full(body)).unwrap()
+        }
         Some(name) if req.method() == hyper::Method::GET => tags_page(s, req, &name).await,
         _ => forward(s, req).await,
     };
