@@ -16,7 +16,7 @@ use registry::front::Front;
 use registry::token::TokenIssuer;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use registry::{Auth, PASS, Registry, Tls, USER};
+use registry::{PASS, Registry, Tls, USER, htpasswd, tokens};
 
 mod registry;
 
@@ -215,7 +215,7 @@ fn names(listed: &[kubectl_snapshot_backends::RemoteSnapshot]) -> Vec<&str> {
 /// Debian's docker-registry (distribution 2.8.2) with htpasswd auth: Basic credentials on every request.
 #[tokio::test]
 async fn oci_registry() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     oci_suite(&format!("127.0.0.1:{}", registry.port), &registry).await;
 }
 
@@ -224,7 +224,7 @@ async fn oci_registry() {
 #[tokio::test]
 async fn oci_registry_with_bearer_tokens_and_paged_tags() {
     let issuer = TokenIssuer::start(USER, PASS);
-    let registry = Registry::start(Auth::Token(&issuer), true);
+    let registry = Registry::start(tokens(&issuer), true);
     let front = Front::start(registry.port, 1);
     oci_suite(&front.addr(), &registry).await;
     let log = front.log();
@@ -242,7 +242,7 @@ async fn oci_registry_with_bearer_tokens_and_paged_tags() {
 
 #[tokio::test]
 async fn oci_list_follows_every_link_page() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let front = Front::start(registry.port, 2);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -258,7 +258,7 @@ async fn oci_list_follows_every_link_page() {
 
 #[tokio::test]
 async fn oci_tag_pages_that_loop_are_an_error_not_a_hang() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let front = Front::looping(registry.port);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -273,7 +273,7 @@ async fn oci_tag_pages_that_loop_are_an_error_not_a_hang() {
 
 #[tokio::test]
 async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let front = Front::start(registry.port, 1000);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -294,7 +294,7 @@ async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
 
 #[tokio::test]
 async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_growing() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let hex = put_small(&store, scratch.path(), "long", "s", 4).await;
@@ -311,7 +311,7 @@ async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_gr
 
 #[tokio::test]
 async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let front = Front::start(registry.port, 1000);
     front.fail_next_uploads(1);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
@@ -338,7 +338,7 @@ async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
 
 #[tokio::test]
 async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let front = Front::start(registry.port, 1000);
     front.fail_next_uploads(3);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
@@ -358,7 +358,7 @@ async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
 async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
     let issuer = TokenIssuer::start(USER, PASS);
     issuer.refuse("delete");
-    let registry = Registry::start(Auth::Token(&issuer), true);
+    let registry = Registry::start(tokens(&issuer), true);
     let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     put_small(&store, scratch.path(), "keep", "s", 1).await;
@@ -372,7 +372,7 @@ async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
 
 #[tokio::test]
 async fn oci_registry_refusing_api_deletes_gets_a_clear_message() {
-    let registry = Registry::start(Auth::Htpasswd, false);
+    let registry = Registry::start(htpasswd(), false);
     let store = oci::open(&oci_options(&format!("127.0.0.1:{}", registry.port), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     put_small(&store, scratch.path(), "nodelete", "s", 1).await;
@@ -385,7 +385,7 @@ async fn oci_registry_refusing_api_deletes_gets_a_clear_message() {
 #[tokio::test]
 async fn oci_registry_over_https_with_a_private_ca() {
     let tls = Tls::new();
-    let registry = Registry::start_with(Auth::Htpasswd, true, Some(&tls));
+    let registry = Registry::start_with(htpasswd(), true, Some(&tls));
     let addr = format!("127.0.0.1:{}", registry.port);
     let https = |ca: Vec<String>| oci::open(&OciOptions { insecure: false, ca, ..oci_options(&addr, PASS) }).unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -408,7 +408,7 @@ async fn oci_https_registry_with_a_cleartext_token_realm_is_sent_no_credentials(
     let tls = Tls::new();
     let issuer = TokenIssuer::start(USER, PASS);
     assert!(issuer.realm().starts_with("http://"));
-    let registry = Registry::start_with(Auth::Token(&issuer), true, Some(&tls));
+    let registry = Registry::start_with(tokens(&issuer), true, Some(&tls));
     let addr = format!("127.0.0.1:{}", registry.port);
     let store = oci::open(&OciOptions { insecure: false, ca: vec![tls.ca()], ..oci_options(&addr, PASS) }).unwrap();
     let scratch = tempfile::tempdir().unwrap();
@@ -428,7 +428,7 @@ async fn oci_https_registry_with_a_cleartext_token_realm_is_sent_no_credentials(
 
 #[tokio::test]
 async fn oci_wrong_password_is_denied_without_printing_it() {
-    let registry = Registry::start(Auth::Htpasswd, true);
+    let registry = Registry::start(htpasswd(), true);
     let addr = format!("127.0.0.1:{}", registry.port);
     let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
     let err = store.head(&ClusterName::new("c").unwrap(), &SnapshotName::new("s").unwrap()).await.expect_err("wrong password accepted");
@@ -441,7 +441,7 @@ async fn oci_wrong_password_is_denied_without_printing_it() {
 #[tokio::test]
 async fn oci_wrong_password_at_the_token_endpoint_is_denied_without_printing_it() {
     let issuer = TokenIssuer::start(USER, PASS);
-    let registry = Registry::start(Auth::Token(&issuer), true);
+    let registry = Registry::start(tokens(&issuer), true);
     let addr = format!("127.0.0.1:{}", registry.port);
     let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
     let c = ClusterName::new("c").unwrap();

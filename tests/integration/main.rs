@@ -2,6 +2,9 @@
 //! (tests/fixtures/cluster) on the local Docker Engine. Run everything with `tests/run`.
 
 mod util;
+/// Debian's docker-registry and TLS material, shared with the backends' tests.
+#[path = "../../backends/tests/registry/distribution.rs"]
+mod distribution;
 
 mod bad_input;
 mod completion;

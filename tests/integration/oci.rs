@@ -1,54 +1,16 @@
 //! OCI registry remotes against Debian's docker-registry (distribution 2.8.2) with htpasswd auth and deletes
 //! enabled, started per test on loopback.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use crate::distribution::{Auth, Registry};
 use crate::util::*;
 
 const USER: &str = "kst";
 const PASSWORD: &str = "kst-registry-password-never-printed";
 
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Registry {
-    let dir = tempfile::tempdir().unwrap();
-    let hash = Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]).output().expect("htpasswd missing: run tests/run (installs apache2-utils)");
-    std::fs::write(dir.path().join("htpasswd"), hash.stdout).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        dir.path().join("config.yml"),
-        format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {root}/data}}, delete: {{enabled: true}}}}\n\
-             http: {{addr: 127.0.0.1:{port}, secret: kst}}\nauth: {{htpasswd: {{realm: kst, path: {root}/htpasswd}}}}\n",
-            root = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path().join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry missing: run tests/run (installs Debian's docker-registry)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "docker-registry did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Registry { child, port, dir }
+    Registry::start(Auth::Htpasswd { user: USER, password: PASSWORD }, true)
 }
 
 fn args(r: &Registry, cmd: &[&str]) -> Vec<String> {
@@ -115,7 +77,7 @@ fn push_pull_restore_through_a_registry() {
     cluster.assert_running();
 
     // A blob corrupted in the registry's storage: the pull is refused and nothing is restored.
-    let blob = reg.dir.path().join(format!("data/docker/registry/v2/blobs/sha256/{}/{digest}/data", &digest[..2]));
+    let blob = reg.blob(&digest);
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[50] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();

@@ -224,22 +224,13 @@ fn wrong_credentials_and_unreachable_endpoints() {
 
 #[test]
 fn tls_endpoint_with_a_test_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let s3 = S3::start();
     let store = Store::new();
     fake_snapshot(&store, "tls", "s", 4096, 1);
-    let certs = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
-    std::fs::write(certs.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(certs.path().join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(certs.path().join("server.key"), key.serialize_pem()).unwrap();
+    let tls = crate::distribution::Tls::new();
     let tls_port = free_port();
     let mut proxy = Command::new("socat")
-        .arg(format!("OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}", certs.path().join("server.pem").display(), certs.path().join("server.key").display()))
+        .arg(format!("OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}", tls.cert(), tls.key()))
         .arg(format!("TCP:127.0.0.1:{}", s3.port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -247,7 +238,7 @@ fn tls_endpoint_with_a_test_ca() {
         .expect("socat (installed by tests/run) terminates TLS in front of the S3 server");
     wait_port(tls_port);
     let base = vec!["--remote".to_string(), "s3://snaps/tls".into(), "--s3-endpoint".into(), format!("127.0.0.1:{tls_port}"), "--s3-timeout".into(), "10s".into()];
-    let ca_path = certs.path().join("ca.pem").display().to_string();
+    let ca_path = tls.ca();
     run(&store, with(&["push", "tls", "s", "--s3-endpoint-ca", &ca_path], &base), ENV).ok();
     let r = run(&store, with(&["list", "tls"], &base), ENV);
     assert_eq!(r.code, Some(1), "an untrusted certificate was accepted");
@@ -256,7 +247,7 @@ fn tls_endpoint_with_a_test_ca() {
     assert_eq!(listed.json().as_array().unwrap().len(), 1);
     // The CA may also be given inline, base64-encoded (as k3s accepts it).
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(tls.ca()).unwrap());
     run(&store, with(&["show", "tls", "s", "--s3-endpoint-ca", &b64], &base), ENV).ok();
     let _ = proxy.kill();
     let _ = proxy.wait();
