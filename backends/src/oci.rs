@@ -73,7 +73,19 @@ pub fn split_url(rest: &str) -> Result<(String, String), Error> {
     if repo.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(Error::Config(format!("oci://{rest}: repository paths must be lowercase")));
     }
+    if let Some(bad) = repo.split('/').find(|c| !is_path_component(c)) {
+        return Err(Error::Config(format!("oci://{rest}: {bad:?} is not a valid repository path component ({PATH_COMPONENT_RULE})")));
+    }
     Ok((registry.to_owned(), repo.to_owned()))
+}
+
+const PATH_COMPONENT_RULE: &str = "lowercase letters and digits, separated by '.', '_', '__' or dashes";
+
+/// An OCI repository path component, `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (distribution-spec).
+fn is_path_component(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (Some(first), Some(last)) = (s.chars().next(), s.chars().last()) else { return false };
+    alnum(first) && alnum(last) && s.split(alnum).filter(|sep| !sep.is_empty()).all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-'))
 }
 
 fn credentials(o: &OciOptions) -> Result<(RegistryAuth, String), Error> {
@@ -170,8 +182,10 @@ fn not_found_like(e: &oci_client::errors::OciDistributionError) -> bool {
 impl OciStore {
     fn repo(&self, cluster: &ClusterName) -> Result<String, Error> {
         let c = cluster.as_str();
-        if c.chars().any(|ch| ch.is_ascii_uppercase()) {
-            return Err(Error::Config(format!("cluster {c:?}: OCI repository paths must be lowercase")));
+        if !is_path_component(c) {
+            return Err(Error::Config(format!(
+                "cluster {c:?} cannot name an OCI repository ({PATH_COMPONENT_RULE}); snapshots of it can go to S3 or a directory"
+            )));
         }
         Ok(format!("{}/{c}", self.opts.repository))
     }
@@ -577,5 +591,17 @@ mod tests {
         assert_eq!(split_url("127.0.0.1:5000/team/snaps").unwrap(), ("127.0.0.1:5000".into(), "team/snaps".into()));
         assert!(split_url("ghcr.io").is_err());
         assert!(split_url("ghcr.io/Team").is_err());
+        assert!(split_url("ghcr.io/team/-snaps").is_err());
+        assert!(split_url("ghcr.io/team//snaps").is_err(), "an empty path component");
+    }
+
+    #[test]
+    fn path_components() {
+        for ok in ["a", "kind", "conf.names_x-1", "a__b", "a---b", "0", "my.cluster-2"] {
+            assert!(is_path_component(ok), "{ok}");
+        }
+        for bad in ["", "_c", "c_", "a..b", "a___b", "-a", "a-", "A", "a.-b", "a b"] {
+            assert!(!is_path_component(bad), "{bad}");
+        }
     }
 }
