@@ -462,6 +462,15 @@ impl SnapshotStore for OciStore {
                             message: "the local bundle does not match its sidecar; nothing was published".into(),
                         });
                     }
+                    Err(oci_client::errors::OciDistributionError::ServerError { code: 413, .. }) => {
+                        return Err(Error::Remote {
+                            remote: self.description.clone(),
+                            message: format!(
+                                "the registry, or a proxy in front of it, refuses a request body of {size} bytes (HTTP 413): \
+                                 raise its limit on request size (nginx: client_max_body_size 0)"
+                            ),
+                        });
+                    }
                     Err(e) => return Err(self.err(&format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"), e)),
                 }
             }

@@ -355,6 +355,25 @@ async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
 }
 
 #[tokio::test]
+async fn oci_a_proxy_refusing_large_bodies_gets_an_actionable_error() {
+    let registry = Registry::start(htpasswd(), true);
+    let front = Front::start(registry.port, 1000);
+    front.limit_body(1 << 20);
+    let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let data = vec![7u8; 2 << 20];
+    let path = scratch.path().join("big.tar.gz");
+    std::fs::write(&path, &data).unwrap();
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+    let (c, n) = (ClusterName::new("limited").unwrap(), SnapshotName::new("s").unwrap());
+    let err = store.put(&c, &n, &path, &format!("{hex}  big.tar.gz\n"), b"{}", &|_| {}).await.expect_err("a body over the proxy's limit was accepted");
+    let msg = err.to_string();
+    assert!(msg.contains("HTTP 413") && msg.contains("2097152 bytes") && msg.contains("client_max_body_size"), "{msg}");
+    assert!(!msg.contains("<html>"), "{msg}");
+    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
 async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
     let issuer = TokenIssuer::start(USER, PASS);
     issuer.refuse("delete");

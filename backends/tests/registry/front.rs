@@ -8,7 +8,8 @@
 //! passes on whatever `Authorization` the client sends, and the registry decides.
 //!
 //! [`Front::fail_next_uploads`] makes the next blob-upload `PUT`s fail with 503 after their body is read, as a
-//! registry (or a proxy before it) answers when its storage fails.
+//! registry (or a proxy before it) answers when its storage fails; [`Front::limit_body`] answers 413 to a
+//! request whose declared body is larger, as nginx's `client_max_body_size` does.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ struct State {
     looping: bool,
     /// Blob-upload PUTs still to fail.
     failing_uploads: AtomicUsize,
+    /// Largest request body accepted (0: any).
+    body_limit: AtomicUsize,
     client: reqwest::Client,
     log: Mutex<Vec<Logged>>,
 }
@@ -60,7 +63,7 @@ impl Front {
 
     fn with(upstream: u16, page: usize, looping: bool) -> Front {
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let state = Arc::new(State { upstream, page, looping, failing_uploads: AtomicUsize::new(0), client, log: Mutex::default() });
+        let state = Arc::new(State { upstream, page, looping, failing_uploads: AtomicUsize::new(0), body_limit: AtomicUsize::new(0), client, log: Mutex::default() });
         let s = Arc::clone(&state);
         let server = Server::start(move |req| {
             let s = Arc::clone(&s);
@@ -78,6 +81,11 @@ impl Front {
         self.state.failing_uploads.store(n, Ordering::SeqCst);
     }
 
+    /// Requests declaring a body over `bytes` are answered 413.
+    pub fn limit_body(&self, bytes: usize) {
+        self.state.body_limit.store(bytes, Ordering::SeqCst);
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.state.log.lock().unwrap().clone()
     }
@@ -91,7 +99,13 @@ async fn handle(s: &State, req: Request<Incoming>) -> Response<Body> {
     let tags_of = path.strip_prefix("/v2/").and_then(|p| p.strip_suffix("/tags/list")).map(str::to_owned);
     let upload = req.method() == hyper::Method::PUT && path.contains("/blobs/uploads/");
     let fail = upload && s.failing_uploads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let limit = s.body_limit.load(Ordering::SeqCst);
+    let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
     let resp = match tags_of {
+        _ if limit > 0 && declared > limit => {
+            let body = "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 Request Entity Too Large</h1></center></body></html>";
+            Response::builder().status(StatusCode::PAYLOAD_TOO_LARGE).header("content-type", "text/html").body(full(body)).unwrap()
+        }
         _ if fail => {
             let _ = req.into_body().collect().await;
             let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"storage unavailable"}]}"#;
