@@ -131,18 +131,21 @@ pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
     Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description, realm_checked: Default::default() })
 }
 
-/// The `realm` and `service` of a `Bearer` challenge among a response's `WWW-Authenticate` challenges.
-fn bearer_challenge(headers: &reqwest::header::HeaderMap) -> Option<(Option<String>, Option<String>)> {
-    let header = headers.get("www-authenticate")?.to_str().ok()?;
-    let challenges = http_auth::parse_challenges(header).ok()?;
-    let bearer = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer"))?;
-    let param = |k: &str| bearer.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
-    Some((param("realm"), param("service")))
+/// What a 401 asks for.
+enum Challenge {
+    Bearer { realm: Option<String>, service: Option<String> },
+    Basic,
 }
 
-fn basic_challenge(headers: &reqwest::header::HeaderMap) -> bool {
-    let header = headers.get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("");
-    http_auth::parse_challenges(header).unwrap_or_default().iter().any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+/// The challenge among a response's `WWW-Authenticate` challenges that we can answer (Bearer before Basic).
+fn challenge(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+    let header = headers.get("www-authenticate")?.to_str().ok()?;
+    let challenges = http_auth::parse_challenges(header).ok()?;
+    if let Some(bearer) = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")) {
+        let param = |k: &str| bearer.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
+        return Some(Challenge::Bearer { realm: param("realm"), service: param("service") });
+    }
+    challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")).then_some(Challenge::Basic)
 }
 
 /// Attempts at a blob upload; a dropped connection, a timeout, 5xx or 429 starts a new upload after 1 s, then 2 s.
@@ -265,13 +268,13 @@ impl OciStore {
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let answer = if let Some((realm, service)) = bearer_challenge(resp.headers()) {
-            let realm = realm.ok_or_else(|| fail(format!("{method} {url}: Bearer challenge without a realm")))?;
-            Answer::Bearer(self.token(&realm, service.as_deref(), scope).await?)
-        } else if basic_challenge(resp.headers()) && matches!(self.auth, RegistryAuth::Basic(..)) {
-            Answer::Basic
-        } else {
-            return Ok(resp);
+        let answer = match challenge(resp.headers()) {
+            Some(Challenge::Bearer { realm, service }) => {
+                let realm = realm.ok_or_else(|| fail(format!("{method} {url}: Bearer challenge without a realm")))?;
+                Answer::Bearer(self.token(&realm, service.as_deref(), scope).await?)
+            }
+            Some(Challenge::Basic) if matches!(self.auth, RegistryAuth::Basic(..)) => Answer::Basic,
+            _ => return Ok(resp),
         };
         if session.as_ref() == Some(&answer) {
             // Already answered this way, and refused.
@@ -336,8 +339,8 @@ impl OciStore {
             .get_or_try_init(|| async {
                 let url = self.url("/v2/");
                 let resp = self.http.get(&url).send().await.map_err(|e| Error::Remote { remote: self.description.clone(), message: format!("GET {url}: {}", crate::chain(&e)) })?;
-                match bearer_challenge(resp.headers()) {
-                    Some((Some(realm), _)) => self.refuse_cleartext_realm(&realm),
+                match challenge(resp.headers()) {
+                    Some(Challenge::Bearer { realm: Some(realm), .. }) => self.refuse_cleartext_realm(&realm),
                     _ => Ok(()),
                 }
             })
