@@ -62,9 +62,25 @@ pub struct EtcdInfo {
     pub digest: String,
 }
 
+/// Which images `create` puts in the bundle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagesMode {
+    /// Every image; layers a node discarded after a pull are fetched from the image's registry first.
+    #[default]
+    All,
+    /// The images whose content the nodes hold; others are kept by reference.
+    Local,
+    /// No images: etcd and volumes only.
+    None,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ImagesInfo {
+    /// How images were captured (bundles written before this field: `all`).
+    #[serde(default)]
+    pub mode: ImagesMode,
     /// sha256 over the sorted `node ref digest` lines: equal sets of images give equal digests.
     pub digest: String,
     /// Bytes of distinct blobs in the bundle.
@@ -73,12 +89,16 @@ pub struct ImagesInfo {
     pub nodes: BTreeMap<String, NodeImages>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeImages {
     pub images: Vec<ImageRef>,
     /// Every blob this node's export held (digests), so restore can rebuild the node's archive.
     pub blobs: Vec<String>,
+    /// Images the node held without their content (layers discarded after a pull and not fetched): named
+    /// here, not in the bundle; the kubelet pulls them again after a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_reference: Vec<ImageRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -3,9 +3,9 @@
 //! through the archive API, then removed.
 
 use crate::bundle::{BundleSink, ETCD_ENTRY, metadata::EtcdInfo};
-use crate::cluster::Runtime;
+use crate::cluster::{Runtime, node};
 
-use super::{CaptureError, node};
+use super::CaptureError;
 
 pub async fn capture(rt: &Runtime, node_name: &str, etcd_image: &str, sink: &BundleSink) -> Result<EtcdInfo, CaptureError> {
     let id = node::etcd_container(rt, node_name).await?;

@@ -2,46 +2,40 @@
 //! platform's blobs, kind #3795), stored as an OCI layout whose blobs all nodes share:
 //! `images/blobs/sha256/<hex>` once, plus each node's `images/nodes/<node>/index.json` naming its images.
 //!
-//! `ctr` says which images exist and what each consists of (index → platform manifest → config and layers);
-//! the blob bytes are streamed straight from containerd's content store through the archive API, which is
-//! several times faster than `ctr images export` and works without a shell in the node. A blob missing from
-//! the store's directory is read with `ctr content get` instead. Every blob is checked against its digest.
+//! The node layer says which images exist and what each consists of (index → platform manifest → config and
+//! layers); blob bytes are streamed straight from containerd's content store through the archive API, which is
+//! several times faster than `ctr images export` and works without a shell in the node. Every blob is checked
+//! against its digest.
+//!
+//! Images pulled by the kubelet have no layer blobs on a kind node: kind's containerd discards them once
+//! unpacked (`discard_unpacked_layers = true`). With [`ImagesMode::All`] their layers are fetched from the
+//! image's registry inside the node first; an image still incomplete (registry unreachable, or
+//! [`ImagesMode::Local`]) is kept *by reference*: named in the metadata, left for the kubelet to pull after a
+//! restore, with a warning.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::bundle::metadata::{ImageRef, NodeImages};
+use crate::bundle::metadata::{ImageRef, ImagesMode, NodeImages};
 use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR};
+use crate::cluster::node::{self, ImageRecord};
 use crate::cluster::Runtime;
 use crate::oci;
 
 use super::CaptureError;
 
-/// An image name and the descriptor it points at.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: String,
-    pub media_type: String,
-    pub digest: String,
-}
+/// How long fetching one image's missing layers from its registry may take.
+const FETCH_TIMEOUT_SECS: u64 = 300;
 
-/// Images a node holds, by name. Bare `sha256:` names (the CRI's image IDs) are left out: containerd
-/// recreates them on import.
-pub async fn list(rt: &Runtime, node: &str) -> Result<Vec<Listed>, CaptureError> {
-    let out = rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"]).await?;
-    let mut refs: Vec<Listed> = out
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let (name, media_type, digest) = (cols.next()?, cols.next()?, cols.next()?);
-            (!name.starts_with("sha256:") && digest.starts_with("sha256:"))
-                .then(|| Listed { name: name.to_owned(), media_type: media_type.to_owned(), digest: digest.to_owned() })
-        })
-        .collect();
-    refs.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(refs)
+/// What one node's images came to.
+#[derive(Debug, Default)]
+pub struct NodeCapture {
+    pub images: NodeImages,
+    /// Bytes of new (not yet bundled) blobs written.
+    pub added: u64,
+    /// One line per image kept by reference, saying why.
+    pub warnings: Vec<String>,
 }
 
 fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureError> {
@@ -52,50 +46,78 @@ fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureErr
     Ok(())
 }
 
-/// Where containerd keeps content blobs in this node (`<root>/io.containerd.content.v1.content/blobs/sha256`).
-async fn content_dir(rt: &Runtime, node: &str) -> Result<String, CaptureError> {
-    let dump = rt.run(node, &["containerd", "config", "dump"]).await?;
-    let root = dump
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("root = ").map(|v| v.trim().trim_matches('"').to_owned()))
-        .unwrap_or_else(|| "/var/lib/containerd".into());
-    Ok(format!("{root}/io.containerd.content.v1.content/blobs/sha256"))
+/// An image's content for one platform: every blob (digest → media type, size), the documents' bytes, and
+/// the digests the content store lacks.
+#[derive(Default)]
+struct Walk {
+    blobs: BTreeMap<String, (String, u64)>,
+    documents: BTreeMap<String, Vec<u8>>,
+    missing: BTreeSet<String>,
 }
 
-/// Returns what the node holds and how many bytes of new (not yet bundled) blobs it added.
+async fn walk(rt: &Runtime, node: &str, platform: &str, image: &ImageRecord, present: &HashSet<String>) -> Result<Walk, CaptureError> {
+    let mut w = Walk::default();
+    let mut queue = vec![(image.digest.clone(), image.media_type.clone())];
+    while let Some((digest, media_type)) = queue.pop() {
+        if !present.contains(&digest) {
+            w.missing.insert(digest);
+            continue;
+        }
+        let bytes = node::content_get(rt, node, &digest).await?;
+        check_digest(node, &digest, &bytes)?;
+        let children = oci::children(&bytes, &media_type, platform).map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
+        w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
+        w.documents.insert(digest, bytes);
+        queue.extend(children.documents);
+        for d in children.blobs {
+            if !present.contains(&d.digest) {
+                w.missing.insert(d.digest.clone());
+            }
+            w.blobs.insert(d.digest, (d.media_type, d.size));
+        }
+    }
+    Ok(w)
+}
+
+/// Captures a node's images into the bundle; blobs already in `bundled` (from another node) are not written again.
 pub async fn capture(
     rt: &Runtime,
     node: &str,
     platform: &str,
-    images: &[Listed],
+    mode: ImagesMode,
     sink: &BundleSink,
     bundled: &mut HashSet<String>,
-) -> Result<(NodeImages, u64), CaptureError> {
-    // digest -> (media type, size); JSON blobs already read are kept to be written as they are.
+) -> Result<NodeCapture, CaptureError> {
+    let mut out = NodeCapture::default();
+    if mode == ImagesMode::None {
+        return Ok(out);
+    }
+    let records = node::images(rt, node).await?;
+    let config = node::containerd_config(rt, node).await?;
+    let mut present = node::content_digests(rt, node).await?;
     let mut needed: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    let mut json_blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut documents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut index_entries = Vec::new();
-    for image in images {
-        let mut queue = vec![(image.digest.clone(), image.media_type.clone())];
-        while let Some((digest, media_type)) = queue.pop() {
-            let bytes = match json_blobs.get(&digest) {
-                Some(b) => b.clone(),
-                None => {
-                    let text = rt.run(node, &["ctr", "--namespace=k8s.io", "content", "get", &digest]).await?;
-                    let bytes = text.into_bytes();
-                    check_digest(node, &digest, &bytes)?;
-                    json_blobs.insert(digest.clone(), bytes.clone());
-                    bytes
+    let mut kept = Vec::new();
+    for image in &records {
+        let mut w = walk(rt, node, platform, image, &present).await?;
+        let mut why = "its layers are not in the node's content store (discarded after a pull) and --images local fetches nothing".to_owned();
+        if !w.missing.is_empty() && mode == ImagesMode::All {
+            match node::content_fetch(rt, node, &image.name, platform, FETCH_TIMEOUT_SECS).await {
+                Ok(()) => {
+                    present = node::content_digests(rt, node).await?;
+                    w = walk(rt, node, platform, image, &present).await?;
+                    why = "its registry served an incomplete image".into();
                 }
-            };
-            needed.insert(digest.clone(), (media_type.clone(), bytes.len() as u64));
-            let children = oci::children(&bytes, &media_type, platform).map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
-            queue.extend(children.documents);
-            for d in children.blobs {
-                needed.insert(d.digest, (d.media_type, d.size));
+                Err(e) => why = format!("its layers are not in the node and fetching them from its registry failed: {}", fetch_failure(&e)),
             }
         }
-        let size = needed.get(&image.digest).map_or(0, |(_, s)| *s);
+        if !w.missing.is_empty() {
+            out.warnings.push(format!("{node}: image {} kept by reference: {why}; the kubelet pulls it again after a restore", image.name));
+            kept.push(ImageRef { name: image.name.clone(), digest: image.digest.clone() });
+            continue;
+        }
+        let size = w.blobs.get(&image.digest).map_or(0, |(_, s)| *s);
         let tag = super::addons::split_image(&image.name).1.unwrap_or("latest").to_owned();
         index_entries.push(serde_json::json!({
             "mediaType": image.media_type,
@@ -103,44 +125,48 @@ pub async fn capture(
             "size": size,
             "annotations": { "io.containerd.image.name": image.name, "org.opencontainers.image.ref.name": tag },
         }));
+        needed.extend(w.blobs);
+        documents.extend(w.documents);
+        out.images.images.push(ImageRef { name: image.name.clone(), digest: image.digest.clone() });
     }
 
-    let dir = content_dir(rt, node).await?;
-    let on_disk: HashSet<String> = rt
-        .run(node, &["ls", &dir])
-        .await
-        .map(|out| out.lines().map(|l| l.trim().to_owned()).collect())
-        .unwrap_or_default();
-    let mut added = 0;
+    let dir = config.content_blobs();
     for (digest, (_, size)) in &needed {
         if bundled.contains(digest) {
             continue;
         }
         let hex = digest.strip_prefix("sha256:").ok_or_else(|| CaptureError::Invalid(format!("unsupported digest {digest}")))?;
         let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
-        let written = if let Some(bytes) = json_blobs.get(digest) {
+        let written = if let Some(bytes) = documents.get(digest) {
             sink.add_bytes(&entry, 0o444, bytes).await?
-        } else if on_disk.contains(hex) {
+        } else {
             let want = hex.to_owned();
             let entry = entry.clone();
             let summary = sink.add_tar(rt.copy_out(node, &format!("{dir}/{hex}")), Box::new(move |p| (p == want).then(|| entry.clone())), false).await?;
-            summary.entries.into_iter().next().ok_or_else(|| CaptureError::Invalid(format!("{digest} missing from the copy of {node}'s content store")))?
-        } else {
-            let stream = rt.exec_stream(node, &["ctr", "--namespace=k8s.io", "content", "get", digest]).await?;
-            sink.add_file(&entry, *size, 0o444, stream).await?
+            summary.entries.into_iter().next().ok_or_else(|| CaptureError::Invalid(format!("{digest} missing from the copy of {node}'s content store ({dir})")))?
         };
         // Content addressing is the integrity check of image data: a blob must hash to its name.
         if written.sha256.as_deref() != Some(hex) || written.size != *size {
             return Err(CaptureError::Invalid(format!("image blob {digest} read from {node} does not match its descriptor")));
         }
         bundled.insert(digest.clone());
-        added += size;
+        out.added += size;
     }
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
     sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index).await?;
 
-    let blobs: BTreeSet<String> = needed.into_keys().collect();
-    let refs = images.iter().map(|i| ImageRef { name: i.name.clone(), digest: i.digest.clone() }).collect();
-    Ok((NodeImages { images: refs, blobs: blobs.into_iter().collect() }, added))
+    out.images.blobs = needed.into_keys().collect();
+    out.images.by_reference = kept;
+    Ok(out)
+}
+
+/// The line that says why a fetch failed: the last one the command printed.
+fn fetch_failure(e: &crate::cluster::ClusterError) -> String {
+    let text = match e {
+        crate::cluster::ClusterError::Exec(x) if !x.stderr.trim().is_empty() => x.stderr.clone(),
+        crate::cluster::ClusterError::Exec(x) if !x.stdout.trim().is_empty() => x.stdout.clone(),
+        other => other.to_string(),
+    };
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
 }

@@ -11,7 +11,6 @@
 mod addons;
 mod etcd;
 pub mod images;
-pub mod node;
 mod pvs;
 
 use std::collections::BTreeMap;
@@ -21,9 +20,9 @@ use std::time::Duration;
 use backends::{LocalStore, SnapshotName, SnapshotPaths};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::metadata::{ImagesInfo, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
+use crate::bundle::metadata::{ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
-use crate::cluster::{ClusterError, Node, Role, Runtime};
+use crate::cluster::{ClusterError, Node, Role, Runtime, node};
 use crate::progress::{PhaseRecord, Progress};
 
 pub use addons::detect as detect_addons;
@@ -49,6 +48,7 @@ pub enum CaptureError {
 
 pub struct Request {
     pub cluster: String,
+    pub images: ImagesMode,
     pub name: SnapshotName,
     pub store: LocalStore,
     pub writer: WriterOptions,
@@ -61,16 +61,15 @@ pub struct Outcome {
     pub sha256: String,
     pub size: u64,
     pub phases: Vec<PhaseRecord>,
+    /// What the user should know though the snapshot was written (images kept by reference).
+    pub warnings: Vec<String>,
 }
 
 fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result<T, CaptureError> {
     r.map_err(|e| CaptureError::Phase { phase: name, inner: Box::new(e.into()) })
 }
 
-/// Nodes that run a kubelet (everything but kind's external load balancer).
-fn kubelet_nodes(nodes: &[Node]) -> Vec<&Node> {
-    nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker)).collect()
-}
+use crate::cluster::kubelet_nodes;
 
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
@@ -104,6 +103,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let staged = StagedFile(req.store.staging_path(&cluster_name, &req.name));
     let sink = BundleSink::create(&staged.0, req.writer)?;
     let quiesced: Arc<Mutex<Vec<String>>> = Arc::default();
+    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let work = async {
         // 2. etcd, hot
@@ -125,12 +125,12 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let mut per_node = BTreeMap::new();
         let mut blob_bytes = 0;
         let mut bundled = std::collections::HashSet::new();
-        for n in kubelet_nodes(&nodes) {
-            let refs = phase("exporting images", images::list(rt, &n.name).await)?;
-            let (got, added) = phase("exporting images", images::capture(rt, &n.name, &platform, &refs, &sink, &mut bundled).await)?;
-            blob_bytes += added;
-            per_node.insert(n.name.clone(), got);
+        for n in kubelet_nodes(&nodes).into_iter().filter(|_| req.images != ImagesMode::None) {
             p.set_message(format!("exporting images ({})", n.name));
+            let got = phase("exporting images", images::capture(rt, &n.name, &platform, req.images, &sink, &mut bundled).await)?;
+            blob_bytes += got.added;
+            warnings.lock().expect("warnings").extend(got.warnings);
+            per_node.insert(n.name.clone(), got.images);
         }
         let mut lines: Vec<String> = Vec::new();
         let mut all_blobs = std::collections::BTreeSet::new();
@@ -181,7 +181,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
             },
             addons: addons.clone(),
             etcd,
-            images: ImagesInfo { digest: images_digest, size: blob_bytes, blobs: all_blobs.len(), nodes: per_node },
+            images: ImagesInfo { mode: req.images, digest: images_digest, size: blob_bytes, blobs: all_blobs.len(), nodes: per_node },
             pvs: PvsInfo { digest: format!("sha256:{}", hex::encode(pv_digest.finalize())), size: pv_size, files: pv_files, nodes: pv_nodes },
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
@@ -209,7 +209,8 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let file_name = req.store.paths(&cluster_name, &req.name).bundle.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let paths = req.store.publish(&cluster_name, &req.name, &staged.0, &reader::sidecar_line(&sha256, &file_name), &json)?;
     resumed?;
-    Ok(Outcome { metadata, paths, sha256, size, phases })
+    let warnings = warnings.lock().expect("warnings").clone();
+    Ok(Outcome { metadata, paths, sha256, size, phases, warnings })
 }
 
 /// Resumes the quiesced nodes, control planes first (so etcd regains quorum), and waits until etcd runs on

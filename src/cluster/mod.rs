@@ -3,6 +3,7 @@
 //! through the archive API. What is done with the nodes lives in `capture` (and `restore`); nothing outside
 //! this module talks to bollard.
 
+pub mod node;
 mod resolve;
 
 use std::collections::BTreeSet;
@@ -17,7 +18,6 @@ use bollard::container::LogOutput;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
-use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
 pub use resolve::{resolve_live, resolve_stored};
@@ -104,6 +104,12 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether nodes of this role run a kubelet (and systemd, crictl, containerd): every role but kind's
+    /// external load balancer, an envoy or haproxy container with none of them.
+    pub fn runs_kubelet(&self) -> bool {
+        matches!(self, Role::ControlPlane | Role::Worker)
+    }
+
     fn from_label(s: &str) -> Self {
         match s {
             "control-plane" => Role::ControlPlane,
@@ -120,6 +126,11 @@ impl Role {
             Role::Other => "other",
         }
     }
+}
+
+/// The nodes that run a kubelet, in the order given.
+pub fn kubelet_nodes(nodes: &[Node]) -> Vec<&Node> {
+    nodes.iter().filter(|n| n.role.runs_kubelet()).collect()
 }
 
 /// A connection to the container runtime the kind nodes run on.
@@ -275,50 +286,6 @@ impl Runtime {
             .into());
         }
         Ok(out.stdout)
-    }
-
-    /// Runs a command and streams its stdout. When the command ends with a non-zero exit, the stream ends
-    /// with an error wrapping an [`ExecError`] (with the command's stderr) instead of a clean EOF, so a
-    /// consumer never mistakes a failed command's partial output for complete data.
-    pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<impl AsyncRead + Send + Unpin + 'static, ClusterError> {
-        let (id, started) = self.start(node, argv).await?;
-        let StartExecResults::Attached { mut output, .. } = started else {
-            return Err(ClusterError::Runtime { context: format!("exec on {node} detached"), cause: bollard::errors::Error::RequestTimeoutError });
-        };
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-        let rt = self.clone();
-        let node = node.to_owned();
-        let command: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
-        tokio::spawn(async move {
-            let mut stderr = Vec::new();
-            while let Some(item) = output.next().await {
-                match item {
-                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                        if tx.send(Ok(message)).await.is_err() {
-                            return; // reader went away
-                        }
-                    }
-                    Ok(LogOutput::StdErr { message }) => {
-                        stderr.extend_from_slice(&message);
-                        if stderr.len() > 2 * OUTPUT_TAIL {
-                            stderr.drain(..stderr.len() - OUTPUT_TAIL);
-                        }
-                    }
-                    Ok(LogOutput::StdIn { .. }) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(format!("reading output of `{}` on node {node}: {e}", command.join(" "))))).await;
-                        return;
-                    }
-                }
-            }
-            let code = rt.exit_code(&id).await;
-            if code != Some(0) {
-                let err = ExecError { node, command, code, stdout: String::new(), stderr: tail(&String::from_utf8_lossy(&stderr)) };
-                let _ = tx.send(Err(io::Error::other(err))).await;
-            }
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        Ok(StreamReader::new(Box::pin(stream)))
     }
 
     /// Streams `path` out of a node as a tar archive (Docker's archive API; works on any container state).

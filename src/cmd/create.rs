@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{Ctx, UsageError, push_snapshot, snapshot_name};
 use crate::remote::{RemoteArgs, S3Args, require};
+use crate::bundle::metadata::ImagesMode;
 use crate::bundle::{Metadata, WriterOptions};
 use crate::capture::{self, Request};
 use crate::progress::{PhaseRecord, Progress};
@@ -22,6 +23,11 @@ pub struct Args {
     /// Print a JSON CreateResult (phases, metadata, path, size, sha256) instead of a summary line.
     #[arg(long)]
     pub json: bool,
+    /// Which images to capture: all (fetch layers a node discarded after a pull from the image's registry,
+    /// inside the node; an image that cannot be fetched is kept by reference, with a warning), local (only
+    /// what the nodes hold; the rest by reference), none (etcd and volumes only, the fastest).
+    #[arg(long, value_enum, default_value_t = ImagesMode::All)]
+    pub images: ImagesMode,
     /// gzip level for data that is not already compressed (0-9).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
@@ -44,6 +50,7 @@ struct CreateResult<'a> {
     sha256: &'a str,
     phases: &'a [PhaseRecord],
     metadata: &'a Metadata,
+    warnings: &'a [String],
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
@@ -63,8 +70,11 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
     let progress = Progress::new(!args.json);
     let writer = WriterOptions { level: args.compression_level, ..WriterOptions::default() };
-    let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), writer };
+    let req = Request { cluster: cluster.clone(), images: args.images, name: name.clone(), store: ctx.store.clone(), writer };
     let out = capture::create(&rt, req, &progress).await?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     if let Some(remote) = &remote {
         let cluster_name = backends::ClusterName::new(&cluster)?;
         push_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
@@ -81,6 +91,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             sha256: &out.sha256,
             phases: &out.phases,
             metadata: &out.metadata,
+            warnings: &out.warnings,
         };
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

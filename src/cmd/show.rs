@@ -80,12 +80,18 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let rest = [
         ("Etcd Digest", m.etcd.digest.clone()),
         ("Images Digest", format!("{} ({} blobs, {})", m.images.digest, m.images.blobs, human_bytes(m.images.size))),
+        ("Images Mode", format!("{:?}", m.images.mode).to_lowercase()),
         ("PVs Digest", format!("{} ({} files, {})", m.pvs.digest, m.pvs.files, human_bytes(m.pvs.size))),
         ("Archive Digest", archive_digest.map_or_else(|| "(no sidecar: incomplete)".into(), |d| format!("{d} (from sidecar)"))),
         ("Path", path),
     ];
     for (k, v) in rest {
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
+    }
+    let by_ref: Vec<String> = m.images.nodes.iter().flat_map(|(node, i)| i.by_reference.iter().map(move |r| format!("  {node}: {} ({})\n", r.name, r.digest))).collect();
+    if !by_ref.is_empty() {
+        out.push_str("Images By Reference (not in the bundle; pulled by the kubelet after a restore):\n");
+        out.extend(by_ref);
     }
     print!("{out}");
     Ok(())

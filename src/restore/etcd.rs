@@ -1,16 +1,27 @@
 //! HA-safe etcd restore, per control plane: the snapshot is copied into /var/lib/etcd (the directory the etcd
-//! container shares with the node), restored with the etcd container's own tools into a new directory while
-//! etcd still runs, and — once the cluster is quiesced — swapped in by rename, the old data kept aside. Every
-//! member gets the same `--initial-cluster` and one fresh `--initial-cluster-token`.
+//! container shares with the node), restored with a tool of the etcd container itself (found in pre-flight:
+//! etcdutl, a 3.5 etcdctl, or a bundled `etcdctl-3.5.x`) into a new directory while etcd still runs, and — once
+//! the cluster is quiesced — swapped in by rename, the old data kept aside. Every member gets the same
+//! `--initial-cluster` and one fresh `--initial-cluster-token`.
+//!
+//! The restored revision is bumped past every revision the live cluster may have handed out since the
+//! snapshot (`--bump-revision` with `--mark-compacted`, etcd ≥ 3.5.10), so watchers outside the cluster —
+//! `kubectl get -w`, a controller on a laptop — see the rollback as a compaction and relist instead of
+//! silently missing it (etcd #16028).
 
 use std::path::Path;
 
-use crate::capture::node;
-use crate::cluster::{ClusterError, Runtime};
+use crate::cluster::node::{self, RestoreArgs, RestoreTool};
+use crate::cluster::Runtime;
 
 use super::{RestoreError, tar_stream};
 
 pub const STAGED_DB: &str = "kubectl-snapshot-restore.db";
+
+/// Revisions added on top of the live revision: room for every write between measuring it and quiescing.
+/// The value Kubernetes' etcd restore guidance uses (1,000,000,000); revisions are int64, so even thousands
+/// of restores leave room.
+pub const REVISION_MARGIN: i64 = 1_000_000_000;
 
 /// A control plane's etcd member, as its static pod manifest declares it.
 #[derive(Debug, Clone)]
@@ -22,20 +33,29 @@ pub struct Member {
 
 /// Reads `--name` and `--initial-advertise-peer-urls` from the node's etcd manifest.
 pub async fn member(rt: &Runtime, node_name: &str) -> Result<Member, RestoreError> {
-    let manifest = rt.run(node_name, &["cat", "/etc/kubernetes/manifests/etcd.yaml"]).await?;
-    let flag = |f: &str| {
-        manifest.lines().find_map(|l| l.trim().trim_start_matches("- ").strip_prefix(&format!("--{f}=")).map(|v| v.trim().trim_matches('"').to_owned()))
-    };
-    let name = flag("name").unwrap_or_else(|| node_name.to_owned());
-    let peer_url = flag("initial-advertise-peer-urls")
+    let flags = node::etcd_manifest_flags(rt, node_name).await?;
+    let name = flags.get("name").cloned().unwrap_or_else(|| node_name.to_owned());
+    let peer_url = flags
+        .get("initial-advertise-peer-urls")
         .and_then(|v| v.split(',').next().map(str::to_owned))
         .ok_or_else(|| RestoreError::Invalid(format!("{node_name}: the etcd manifest has no --initial-advertise-peer-urls")))?;
     Ok(Member { node: node_name.to_owned(), name, peer_url })
 }
 
-/// Copies the snapshot in and restores it into `side_dir` (inside /var/lib/etcd) while etcd runs.
-pub async fn prepare(rt: &Runtime, m: &Member, db: &Path, initial_cluster: &str, token: &str, side_dir: &str) -> Result<(), RestoreError> {
-    let db = db.to_owned();
+/// The same for every member of one restore.
+pub struct Plan<'a> {
+    pub db: &'a Path,
+    pub initial_cluster: &'a str,
+    pub token: &'a str,
+    pub side_dir: &'a str,
+    /// The highest revision the live cluster reported before the restore.
+    pub live_revision: i64,
+}
+
+/// Copies the snapshot in and restores it into the side directory (inside /var/lib/etcd) while etcd runs.
+/// Returns the revision bump applied (`None` where the tool cannot bump).
+pub async fn prepare(rt: &Runtime, m: &Member, tool: &RestoreTool, plan: &Plan<'_>) -> Result<Option<u64>, RestoreError> {
+    let db = plan.db.to_owned();
     let stream = tar_stream(move |b| {
         let mut f = std::fs::File::open(&db)?;
         let mut h = tar::Header::new_gnu();
@@ -45,31 +65,24 @@ pub async fn prepare(rt: &Runtime, m: &Member, db: &Path, initial_cluster: &str,
         b.append_data(&mut h, STAGED_DB, &mut f)
     });
     rt.copy_in(&m.node, "/var/lib/etcd", stream).await?;
-    let id = node::etcd_container(rt, &m.node).await?;
     let staged = format!("/var/lib/etcd/{STAGED_DB}");
-    let args = |tool: &str| -> Vec<String> {
-        let mut v: Vec<String> = vec!["crictl".into(), "exec".into(), id.clone(), tool.into(), "snapshot".into(), "restore".into(), staged.clone()];
-        v.extend([
-            format!("--data-dir={side_dir}"),
-            format!("--name={}", m.name),
-            format!("--initial-cluster={initial_cluster}"),
-            format!("--initial-cluster-token={token}"),
-            format!("--initial-advertise-peer-urls={}", m.peer_url),
-        ]);
-        v
+    let bump = if tool.bump_revision {
+        let snapshot_revision = node::etcd_snapshot_revision(rt, &m.node, tool, &staged).await?;
+        Some(((plan.live_revision - snapshot_revision).max(0) + REVISION_MARGIN) as u64)
+    } else {
+        None
     };
-    // etcd 3.6 images carry etcdutl (and removed `etcdctl snapshot restore`); 3.5 images may only have etcdctl.
-    let utl = args("etcdutl");
-    let utl: Vec<&str> = utl.iter().map(String::as_str).collect();
-    match rt.run(&m.node, &utl).await {
-        Ok(_) => Ok(()),
-        Err(ClusterError::Exec(e)) if e.code == Some(126) || e.code == Some(127) || e.stderr.contains("executable file not found") || e.stderr.contains("No such file") => {
-            let ctl = args("etcdctl");
-            let ctl: Vec<&str> = ctl.iter().map(String::as_str).collect();
-            rt.run(&m.node, &ctl).await.map(|_| ()).map_err(Into::into)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let args = RestoreArgs {
+        snapshot: &staged,
+        data_dir: plan.side_dir,
+        name: &m.name,
+        initial_cluster: plan.initial_cluster,
+        token: plan.token,
+        peer_url: &m.peer_url,
+        bump_revision: bump,
+    };
+    node::etcd_restore(rt, &m.node, tool, &args).await?;
+    Ok(bump)
 }
 
 /// Swaps the restored directory in (all renames within the /var volume) and keeps the old data as `old_dir`.
@@ -84,17 +97,4 @@ pub async fn swap(rt: &Runtime, node_name: &str, side_dir: &str, old_dir: &str) 
 /// Removes what [`prepare`] left behind (when restore stops before the swap).
 pub async fn discard(rt: &Runtime, node_name: &str, side_dir: &str) {
     let _ = rt.run(node_name, &["rm", "-rf", side_dir, &format!("/var/lib/etcd/{STAGED_DB}")]).await;
-}
-
-/// Member IDs as the node's etcd member sees them (`member list`), sorted.
-pub async fn members(rt: &Runtime, node_name: &str) -> Result<Vec<String>, RestoreError> {
-    let id = node::etcd_container(rt, node_name).await?;
-    let mut argv: Vec<String> = vec!["crictl".into(), "exec".into(), id, "etcdctl".into()];
-    argv.extend(node::etcdctl_tls());
-    argv.extend(["member".into(), "list".into()]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = rt.run(node_name, &argv).await?;
-    let mut ids: Vec<String> = out.lines().filter_map(|l| l.split(',').next()).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-    ids.sort();
-    Ok(ids)
 }

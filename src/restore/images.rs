@@ -6,34 +6,19 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::bundle::extract::Staged;
 use crate::bundle::metadata::NodeImages;
-use crate::capture::images;
+use crate::cluster::node;
 use crate::cluster::{ClusterError, Runtime};
 use crate::oci;
 
 use super::{RestoreError, tar_stream};
 
-/// The snapshotter kind configured for the CRI (never assume overlayfs): containerd config v2 or v3.
-pub async fn snapshotter(rt: &Runtime, node: &str) -> Result<String, RestoreError> {
-    let dump = rt.run(node, &["containerd", "config", "dump"]).await?;
-    let mut section = String::new();
-    for line in dump.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line.to_owned();
-        } else if let Some(v) = line.strip_prefix("snapshotter = ")
-            && (section == r#"[plugins."io.containerd.grpc.v1.cri".containerd]"# || section == r#"[plugins."io.containerd.cri.v1.images"]"#) {
-                return Ok(v.trim_matches('"').to_owned());
-            }
-    }
-    Ok("overlayfs".into())
-}
-
-pub async fn restore_node(rt: &Runtime, node: &str, platform: &str, want: &NodeImages, staged: &Staged) -> Result<Vec<String>, RestoreError> {
-    let live: HashSet<(String, String)> = images::list(rt, node).await?.into_iter().map(|i| (i.name, i.digest)).collect();
+pub async fn restore_node(rt: &Runtime, node_name: &str, platform: &str, want: &NodeImages, staged: &Staged) -> Result<Vec<String>, RestoreError> {
+    let live: HashSet<(String, String)> = node::images(rt, node_name).await?.into_iter().map(|i| (i.name, i.digest)).collect();
     let missing: BTreeSet<String> = want.images.iter().filter(|i| !live.contains(&(i.name.clone(), i.digest.clone()))).map(|i| i.name.clone()).collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let index_path = staged.node_index.get(node).ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node}")))?;
+    let index_path = staged.node_index.get(node_name).ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node_name}")))?;
     let index_bytes = std::fs::read(index_path).map_err(|e| RestoreError::Invalid(format!("reading {}: {e}", index_path.display())))?;
     let manifests = oci::index_manifests(&index_bytes).map_err(RestoreError::Invalid)?;
     let chosen: Vec<oci::Descriptor> = manifests.into_iter().filter(|m| m.annotations.get("io.containerd.image.name").is_some_and(|n| missing.contains(n))).collect();
@@ -62,15 +47,8 @@ pub async fn restore_node(rt: &Runtime, node: &str, platform: &str, want: &NodeI
         })).collect::<Vec<_>>(),
     }))
     .map_err(|e| RestoreError::Invalid(e.to_string()))?;
-    let snap = snapshotter(rt, node).await?;
-    let import = |all_platforms: bool| {
-        let mut argv = vec!["ctr".to_owned(), "--namespace=k8s.io".into(), "images".into(), "import".into()];
-        if all_platforms {
-            argv.push("--all-platforms".into());
-        }
-        argv.extend(["--digests".into(), format!("--snapshotter={snap}"), "-".into()]);
-        argv
-    };
+    let snap = node::containerd_config(rt, node_name).await?.snapshotter;
+    let import = |all_platforms: bool| node::import_argv(&snap, all_platforms);
     let archive = |index: Vec<u8>, blobs: BTreeSet<String>, dir: std::path::PathBuf| {
         tar_stream(move |b| {
             append_bytes(b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -83,12 +61,12 @@ pub async fn restore_node(rt: &Runtime, node: &str, platform: &str, want: &NodeI
     };
     let first = import(true);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    match rt.run_with_stdin(node, &first, archive(index.clone(), blobs.clone(), staged.blobs.clone())).await {
+    match rt.run_with_stdin(node_name, &first, archive(index.clone(), blobs.clone(), staged.blobs.clone())).await {
         Ok(_) => {}
         Err(ClusterError::Exec(e)) if e.stderr.contains("content digest") => {
             let second = import(false);
             let second: Vec<&str> = second.iter().map(String::as_str).collect();
-            rt.run_with_stdin(node, &second, archive(index, blobs, staged.blobs.clone())).await?;
+            rt.run_with_stdin(node_name, &second, archive(index, blobs, staged.blobs.clone())).await?;
         }
         Err(e) => return Err(e.into()),
     }

@@ -26,7 +26,7 @@ use tokio::io::AsyncRead;
 use crate::bundle::extract::{self, Staged};
 use crate::bundle::Metadata;
 use crate::capture;
-use crate::cluster::{ClusterError, Node, Role, Runtime};
+use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 
 pub use preflight::Check;
@@ -70,6 +70,10 @@ pub struct Outcome {
     /// Node → images that were missing and re-imported.
     pub imported_images: BTreeMap<String, Vec<String>>,
     pub restored_volumes: usize,
+    /// Revisions the restored etcd was moved past the live one (`--bump-revision`); absent where the etcd
+    /// tools could not bump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_revision_bump: Option<u64>,
 }
 
 /// A tar stream produced by `build` on a blocking thread (bounded memory: a 1 MiB pipe).
@@ -161,11 +165,12 @@ pub async fn restore(rt: &Runtime, req: Request, progress: &Progress, checks_out
         return Err(RestoreError::Preflight(checks));
     }
     let _ = &staging;
-    mutate(rt, &req, &meta, &staged, &nodes, progress, checks, phases).await
+    mutate(rt, &req, &meta, &staged, &live, progress, checks, phases).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, nodes: &[Node], progress: &Progress, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) -> Result<Outcome, RestoreError> {
+async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, live: &preflight::Live, progress: &Progress, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) -> Result<Outcome, RestoreError> {
+    let nodes = live.nodes.as_slice();
     let cluster = req.cluster.clone();
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
     let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
@@ -183,14 +188,28 @@ async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, n
         members.push(etcd::member(rt, &n.name).await.map_err(|e| before("reading etcd membership", e))?);
     }
     let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-    let prepare = futures_util::future::join_all(members.iter().map(|m| etcd::prepare(rt, m, &staged.etcd, &initial_cluster, &token, &side)));
-    let import = futures_util::future::join_all(nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker)).map(|n| async move {
+    let mut live_revision = 0;
+    for n in &cps {
+        live_revision = live_revision.max(node::etcd_revision(rt, &n.name).await.map_err(|e| before("reading the live etcd revision", e.into()))?);
+    }
+    let plan = etcd::Plan { db: &staged.etcd, initial_cluster: &initial_cluster, token: &token, side_dir: &side, live_revision };
+    let tools: BTreeMap<&str, &node::RestoreTool> = live.restore_tools.iter().filter_map(|(n, t)| Some((n.as_str(), t.as_ref().ok()?.as_ref()?))).collect();
+    let prepare = futures_util::future::join_all(members.iter().map(|m| {
+        let tool = tools.get(m.node.as_str()).copied();
+        let plan = &plan;
+        async move {
+            let tool = tool.ok_or_else(|| RestoreError::Invalid(format!("{}: no etcd restore tool was found in pre-flight", m.node)))?;
+            etcd::prepare(rt, m, tool, plan).await
+        }
+    }));
+    let import = futures_util::future::join_all(kubelet_nodes(nodes).into_iter().map(|n| async move {
         match meta.images.nodes.get(&n.name) {
             Some(want) => images::restore_node(rt, &n.name, &meta.platform, want, staged).await.map(|got| (n.name.clone(), got)),
             None => Ok((n.name.clone(), Vec::new())),
         }
     }));
     let (prepared, imported) = tokio::join!(prepare, import);
+    let etcd_revision_bump = prepared.iter().filter_map(|r| r.as_ref().ok().copied().flatten()).max();
     let failed = prepared.into_iter().find_map(Result::err).map(|e| ("preparing the etcd restore", e));
     let failed = failed.or_else(|| imported.iter().find_map(|r| r.as_ref().err()).map(|e| ("re-importing images", RestoreError::Invalid(e.to_string()))));
     if let Some((step, e)) = failed {
@@ -208,7 +227,7 @@ async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, n
     // 3. quiesce
     let p = progress.phase("quiescing nodes");
     for n in workers.iter().chain(cps.iter().rev()) {
-        capture::node::quiesce(rt, &n.name).await.map_err(|e| during("quiescing nodes", e.into()))?;
+        node::quiesce(rt, &n.name).await.map_err(|e| during("quiescing nodes", e.into()))?;
     }
     phases.push(p.finish());
 
@@ -230,13 +249,13 @@ async fn mutate(rt: &Runtime, req: &Request, meta: &Metadata, staged: &Staged, n
 
     // 6. resume and wait for a healthy, agreeing etcd
     let p = progress.phase("resuming cluster");
-    let all: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let all: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
     capture::resume(rt, nodes, &all).await.map_err(|e| during("resuming the cluster", RestoreError::Invalid(e.to_string())))?;
     wait_healthy(rt, &cps).await.map_err(|e| during("waiting for etcd", e))?;
     phases.push(p.finish());
 
     let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_dir.clone())).collect();
-    Ok(Outcome { preflight: checks, phases, previous_etcd_data, imported_images: imported, restored_volumes })
+    Ok(Outcome { preflight: checks, phases, previous_etcd_data, imported_images: imported, restored_volumes, etcd_revision_bump })
 }
 
 /// Every member healthy, and every control plane seeing the same members, one per control plane.
@@ -247,12 +266,12 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
         let mut ok = true;
         let mut views = Vec::new();
         for n in cps {
-            if let Err(e) = preflight::etcd_health(rt, &n.name).await {
+            if let Err(e) = node::etcd_health(rt, &n.name).await {
                 ok = false;
                 last = format!("{}: {e}", n.name);
                 break;
             }
-            match etcd::members(rt, &n.name).await {
+            match node::etcd_members(rt, &n.name).await {
                 Ok(m) => views.push(m),
                 Err(e) => {
                     ok = false;

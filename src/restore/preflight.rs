@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::bundle::Metadata;
-use crate::capture::node;
+use crate::cluster::node::{self, RestoreTool};
 use crate::cluster::{Node, Role, Runtime};
 use crate::util::human_bytes;
 
@@ -36,6 +36,8 @@ pub struct Live {
     pub etcd: Vec<(String, Result<(), String>)>,
     /// Free bytes on the cluster's container root (the nodes' /var volume).
     pub free: Result<u64, String>,
+    /// Per control plane: the tool its etcd container restores snapshots with (`None`: it has none).
+    pub restore_tools: Vec<(String, Result<Option<RestoreTool>, String>)>,
 }
 
 pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
@@ -48,7 +50,7 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     let platform = rt.platform().await.map_err(|e| e.to_string());
     let mut images = Vec::new();
     let mut addons_err = None;
-    for n in nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker) && n.state == "running") {
+    for n in nodes.iter().filter(|n| n.role.runs_kubelet() && n.state == "running") {
         match node::running_containers(rt, &n.name).await {
             Ok(cs) => images.extend(cs.into_iter().map(|c| c.image)),
             Err(e) => addons_err = Some(e.to_string()),
@@ -58,35 +60,44 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
         Some(e) => Err(e),
         None => Ok(crate::capture::detect_addons(images.iter().map(String::as_str))),
     };
-    let mut etcd = Vec::new();
+    let (mut etcd, mut restore_tools) = (Vec::new(), Vec::new());
     for n in &cps {
-        etcd.push((n.name.clone(), etcd_health(rt, &n.name).await));
+        let health = node::etcd_health(rt, &n.name).await.map_err(|e| e.to_string());
+        if health.is_ok() {
+            restore_tools.push((n.name.clone(), node::etcd_restore_tool(rt, &n.name).await.map_err(|e| e.to_string())));
+        }
+        etcd.push((n.name.clone(), health));
     }
     let free = match &first {
-        Some(n) => free_bytes(rt, n).await,
+        Some(n) => node::free_bytes(rt, n).await.map_err(|e| e.to_string()),
         None => Err("no running control-plane node".into()),
     };
-    Live { nodes, k8s_version, platform, addons, etcd, free }
+    Live { nodes, k8s_version, platform, addons, etcd, free, restore_tools }
 }
 
-/// `etcdctl endpoint health` against the node's own member, through the CRI.
-pub async fn etcd_health(rt: &Runtime, node_name: &str) -> Result<(), String> {
-    let id = node::etcd_container(rt, node_name).await.map_err(|e| e.to_string())?;
-    let mut argv: Vec<String> = vec!["crictl".into(), "exec".into(), id, "etcdctl".into()];
-    argv.extend(node::etcdctl_tls());
-    argv.extend(["endpoint".into(), "health".into()]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    rt.run(node_name, &argv).await.map(|_| ()).map_err(|e| e.to_string())
-}
-
-async fn free_bytes(rt: &Runtime, node_name: &str) -> Result<u64, String> {
-    let out = rt.run(node_name, &["df", "-Pk", "/var"]).await.map_err(|e| e.to_string())?;
-    out.lines()
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| format!("unexpected `df` output: {out:?}"))
+/// Whether every control plane's etcd container can restore a snapshot.
+fn restore_tools(live: &Live) -> Check {
+    let mut problems = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (node, tool) in &live.restore_tools {
+        match tool {
+            Ok(Some(t)) => {
+                used.insert(if t.bump_revision { t.program.clone() } else { format!("{} (no --bump-revision: etcd older than 3.5.10)", t.program) });
+            }
+            Ok(None) => problems.push(format!(
+                "the etcd container on {node} has no tool that can restore a snapshot: no etcdutl, and no etcdctl of 3.5 or older \
+                 (3.6 removed `etcdctl snapshot restore`); use an etcd image that carries etcdutl (etcd's own, or registry.k8s.io/etcd:3.6.5-0 and later)"
+            )),
+            Err(e) => problems.push(format!("cannot probe the etcd tools on {node}: {}", first_line(e))),
+        }
+    }
+    if !problems.is_empty() {
+        Check::fail("etcd restore tool", problems.join("; "))
+    } else if used.is_empty() {
+        Check::fail("etcd restore tool", "no control plane with a healthy etcd to probe")
+    } else {
+        Check::pass("etcd restore tool", used.into_iter().collect::<Vec<_>>().join(", "))
+    }
 }
 
 /// Checks of the live cluster against a snapshot's metadata.
@@ -123,6 +134,7 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
     });
 
     checks.push(topology(meta, &live.nodes));
+    checks.push(restore_tools(live));
 
     checks.push(match &live.addons {
         Ok(addons) => {
@@ -155,7 +167,7 @@ pub fn compat_unavailable() -> Vec<Check> {
 }
 
 fn topology(meta: &Metadata, nodes: &[Node]) -> Check {
-    let kubelet: Vec<&Node> = nodes.iter().filter(|n| matches!(n.role, Role::ControlPlane | Role::Worker)).collect();
+    let kubelet = crate::cluster::kubelet_nodes(nodes);
     let snap: Vec<&crate::bundle::metadata::NodeInfo> = meta.topology.nodes.iter().filter(|n| n.role == "control-plane" || n.role == "worker").collect();
     if kubelet.len() != snap.len() {
         return Check::fail("topology", format!("topology mismatch: snapshot={} nodes, live={} nodes", snap.len(), kubelet.len()));

@@ -13,6 +13,7 @@ mod failures;
 mod hostile;
 mod krew;
 mod oci;
+mod real_kind;
 mod remote;
 mod restore;
 mod store;

@@ -74,7 +74,13 @@ impl Cluster {
         if n <= 1 { format!("{}-worker", self.name) } else { format!("{}-worker{n}", self.name) }
     }
 
+    /// The nodes that run a kubelet (every container of the cluster but kind's external load balancer).
     pub fn nodes(&self) -> Vec<String> {
+        self.containers().into_iter().filter(|n| *n != self.lb()).collect()
+    }
+
+    /// Every container of the cluster, the load balancer included.
+    pub fn containers(&self) -> Vec<String> {
         let out = Command::new("docker")
             .args(["ps", "-a", "--filter", &format!("label=io.x-k8s.kind.cluster={}", self.name), "--format", "{{.Names}}"])
             .output()
@@ -82,6 +88,17 @@ impl Cluster {
         let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
         v.sort();
         v
+    }
+
+    /// kind's external load balancer (present with two or more control planes).
+    pub fn lb(&self) -> String {
+        format!("{}-external-load-balancer", self.name)
+    }
+
+    /// `docker inspect -f FORMAT CONTAINER`.
+    pub fn inspect(&self, container: &str, format: &str) -> String {
+        let out = Command::new("docker").args(["inspect", "-f", format, container]).output().expect("docker inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     /// `docker exec NODE sh -c SCRIPT`, asserting success; returns stdout.

@@ -1,0 +1,636 @@
+//! The one node layer: every command kubectl-snapshot runs inside a kind node, and the parser of what each
+//! prints. `capture` and `restore` say *what* is done; this module says *how* a kind node is asked for it
+//! (crictl, ctr, containerd, systemctl, and etcd's tools inside the etcd container). Transport is
+//! [`Runtime`]. Each parser is unit-tested below on output of the real tool, named with its source.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::{ClusterError, ExecError, Runtime};
+
+pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
+/// Where kind's containerd looks for per-registry hosts.toml files (`config_path` of the CRI registry).
+pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
+
+fn argv_of(argv: &[&str]) -> Vec<String> {
+    argv.iter().map(|s| s.to_string()).collect()
+}
+
+/// An error for output a command printed that this layer cannot read.
+fn unreadable(node: &str, argv: &[&str], out: &str, why: impl std::fmt::Display) -> ClusterError {
+    ExecError { node: node.into(), command: argv_of(argv), code: Some(0), stdout: out.chars().take(500).collect(), stderr: format!("unexpected output: {why}") }.into()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// crictl
+
+/// A running container as the CRI reports it, with its image resolved to a name where one is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriContainer {
+    pub name: String,
+    /// Image name (`docker.io/kindest/kindnetd:v…`), or the image ID when no name is known.
+    pub image: String,
+}
+
+#[derive(Deserialize)]
+struct PsList {
+    #[serde(default)]
+    containers: Vec<PsItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PsItem {
+    #[serde(default)]
+    metadata: PsMeta,
+    #[serde(default)]
+    image: ImageSpec,
+    #[serde(default)]
+    image_ref: String,
+}
+
+#[derive(Deserialize, Default)]
+struct PsMeta {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ImageSpec {
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    user_specified_image: String,
+}
+
+/// One image as `crictl images -o json` reports it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CriImage {
+    pub id: String,
+    #[serde(default)]
+    pub repo_tags: Vec<String>,
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ImageList {
+    #[serde(default)]
+    images: Vec<CriImage>,
+}
+
+/// A container's image as `crictl ps -o json` gives it: `(name, image, user-specified image)`.
+fn parse_ps(out: &str) -> Result<Vec<(String, String, String)>, serde_json::Error> {
+    let list: PsList = serde_json::from_str(out)?;
+    Ok(list
+        .containers
+        .into_iter()
+        .map(|c| {
+            let image = if c.image.image.is_empty() { c.image_ref } else { c.image.image };
+            (c.metadata.name, image, c.image.user_specified_image)
+        })
+        .collect())
+}
+
+fn parse_images(out: &str) -> Result<Vec<CriImage>, serde_json::Error> {
+    Ok(serde_json::from_str::<ImageList>(out)?.images)
+}
+
+/// Whether a CRI image field holds an image ID (`sha256:<hex>`, or a bare 64-hex ID) rather than a name.
+fn is_image_id(s: &str) -> bool {
+    let hex = s.strip_prefix("sha256:").unwrap_or(s);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The name of a container's image. A real kubelet creates containers with the image ID as their image
+/// (cri-tools cmd/crictl/container.go: "Now c.Image.Image is imageID in kubelet"); the name is the CRI's
+/// user-specified image where the runtime reports it, else a tag (or digest) of that ID in `crictl images`.
+fn image_name(image: &str, user_specified: &str, images: &[CriImage]) -> String {
+    if !user_specified.is_empty() && !is_image_id(user_specified) {
+        return user_specified.to_owned();
+    }
+    if !is_image_id(image) {
+        return image.to_owned();
+    }
+    let bare = |s: &str| s.strip_prefix("sha256:").unwrap_or(s).to_owned();
+    images
+        .iter()
+        .find(|i| bare(&i.id) == bare(image))
+        .and_then(|i| i.repo_tags.first().or(i.repo_digests.first()).cloned())
+        .unwrap_or_else(|| image.to_owned())
+}
+
+/// Running containers on a node, each with its image name.
+pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriContainer>, ClusterError> {
+    let ps = ["crictl", "ps", "-o", "json"];
+    let out = rt.run(node, &ps).await?;
+    let found = parse_ps(&out).map_err(|e| unreadable(node, &ps, &out, e))?;
+    let images = if found.iter().any(|(_, image, user)| is_image_id(image) && (user.is_empty() || is_image_id(user))) {
+        let ls = ["crictl", "images", "-o", "json"];
+        let out = rt.run(node, &ls).await?;
+        parse_images(&out).map_err(|e| unreadable(node, &ls, &out, e))?
+    } else {
+        Vec::new()
+    };
+    Ok(found.into_iter().map(|(name, image, user)| CriContainer { image: image_name(&image, &user, &images), name }).collect())
+}
+
+/// ID of the running etcd container on a control-plane node.
+pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
+    let argv = ["crictl", "ps", "--name", "^etcd$", "--state", "running", "-q"];
+    let out = rt.run(node, &argv).await?;
+    out.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned).ok_or_else(|| {
+        ExecError { node: node.into(), command: argv_of(&argv), code: Some(0), stdout: String::new(), stderr: "no running etcd container: is the control plane healthy?".into() }.into()
+    })
+}
+
+/// Stops kubelet, then every running container, so nothing changes images or PV data. Node IPs are kept:
+/// the node containers themselves keep running.
+pub async fn quiesce(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
+    rt.run(node, &["systemctl", "stop", "kubelet"]).await?;
+    let ids = rt.run(node, &["crictl", "ps", "-q"]).await?;
+    let ids: Vec<&str> = ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if !ids.is_empty() {
+        let mut argv = vec!["crictl", "stop", "--timeout", "30"];
+        argv.extend(ids);
+        rt.run(node, &argv).await?;
+    }
+    Ok(())
+}
+
+/// Starts kubelet again; it restarts the node's static pods and containers.
+pub async fn resume(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
+    rt.run(node, &["systemctl", "start", "kubelet"]).await.map(|_| ())
+}
+
+/// Kubernetes version of the node image (`/kind/version`).
+pub async fn k8s_version(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
+    Ok(rt.run(node, &["cat", "/kind/version"]).await?.trim().to_owned())
+}
+
+/// Free bytes on the node's /var (the volume that holds etcd, containerd and the PVs).
+pub async fn free_bytes(rt: &Runtime, node: &str) -> Result<u64, ClusterError> {
+    let argv = ["df", "-Pk", "/var"];
+    let out = rt.run(node, &argv).await?;
+    parse_df(&out).ok_or_else(|| unreadable(node, &argv, &out, "no 'Available' column"))
+}
+
+/// `df -Pk` (POSIX format): the fourth column of the second line is free 1024-byte blocks.
+fn parse_df(out: &str) -> Option<u64> {
+    out.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// containerd
+
+/// What kubectl-snapshot needs of a node's containerd configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdConfig {
+    /// containerd's root (the content store is `<root>/io.containerd.content.v1.content`).
+    pub root: String,
+    /// The snapshotter the CRI unpacks images with (never assume overlayfs: kind's entrypoint may switch it).
+    pub snapshotter: String,
+}
+
+impl ContainerdConfig {
+    pub fn content_blobs(&self) -> String {
+        format!("{}/io.containerd.content.v1.content/blobs/sha256", self.root.trim_end_matches('/'))
+    }
+}
+
+/// Parses `containerd config dump` as TOML, as kind does: version 2 keeps the CRI snapshotter at
+/// `plugins."io.containerd.grpc.v1.cri".containerd.snapshotter`, versions 3 and 4 (containerd 2.x) at
+/// `plugins."io.containerd.cri.v1.images".snapshotter`. Absent keys take containerd's defaults.
+fn parse_containerd_config(dump: &str) -> Result<ContainerdConfig, toml::de::Error> {
+    let doc: toml::Table = toml::from_str(dump)?;
+    let str_at = |path: &[&str]| -> Option<String> {
+        let mut v = doc.get(path[0])?;
+        for k in &path[1..] {
+            v = v.get(k)?;
+        }
+        v.as_str().map(str::to_owned)
+    };
+    let version = doc.get("version").and_then(toml::Value::as_integer).unwrap_or(1);
+    let snapshotter = if version >= 3 {
+        str_at(&["plugins", "io.containerd.cri.v1.images", "snapshotter"])
+    } else {
+        str_at(&["plugins", "io.containerd.grpc.v1.cri", "containerd", "snapshotter"])
+    };
+    Ok(ContainerdConfig {
+        root: str_at(&["root"]).filter(|r| !r.is_empty()).unwrap_or_else(|| "/var/lib/containerd".into()),
+        snapshotter: snapshotter.filter(|s| !s.is_empty()).unwrap_or_else(|| "overlayfs".into()),
+    })
+}
+
+pub async fn containerd_config(rt: &Runtime, node: &str) -> Result<ContainerdConfig, ClusterError> {
+    let argv = ["containerd", "config", "dump"];
+    let out = rt.run(node, &argv).await?;
+    parse_containerd_config(&out).map_err(|e| unreadable(node, &argv, &out, e))
+}
+
+/// An image record in containerd's `k8s.io` namespace: its name and the descriptor it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub name: String,
+    pub media_type: String,
+    pub digest: String,
+}
+
+/// `ctr images ls` (containerd cmd/ctr/commands/images/images.go): `REF TYPE DIGEST SIZE PLATFORMS LABELS`,
+/// columns separated by white space. The CRI's own `sha256:<id>` records are left out: containerd recreates
+/// them on import.
+fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
+    let mut refs: Vec<ImageRecord> = out
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let (name, media_type, digest) = (cols.next()?, cols.next()?, cols.next()?);
+            (!name.starts_with("sha256:") && digest.starts_with("sha256:"))
+                .then(|| ImageRecord { name: name.to_owned(), media_type: media_type.to_owned(), digest: digest.to_owned() })
+        })
+        .collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    refs
+}
+
+/// The images a node holds, by name.
+pub async fn images(rt: &Runtime, node: &str) -> Result<Vec<ImageRecord>, ClusterError> {
+    Ok(parse_images_ls(&rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"]).await?))
+}
+
+/// The digests of every blob in the node's content store (`ctr content ls -q`: one digest a line).
+pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collections::HashSet<String>, ClusterError> {
+    let out = rt.run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"]).await?;
+    Ok(out.lines().map(str::trim).filter(|l| l.starts_with("sha256:")).map(str::to_owned).collect())
+}
+
+/// One small blob (a manifest, index or config) from the content store.
+pub async fn content_get(rt: &Runtime, node: &str, digest: &str) -> Result<Vec<u8>, ClusterError> {
+    Ok(rt.run(node, &["ctr", "--namespace=k8s.io", "content", "get", digest]).await?.into_bytes())
+}
+
+/// Fetches the content an image lacks from its registry, inside the node (as containerd would for a pull),
+/// for one platform, through kind's registry hosts configuration; bounded by `timeout_secs`.
+pub async fn content_fetch(rt: &Runtime, node: &str, image: &str, platform: &str, timeout_secs: u64) -> Result<(), ClusterError> {
+    let secs = timeout_secs.to_string();
+    let argv = ["timeout", &secs, "ctr", "--namespace=k8s.io", "content", "fetch", "--platform", platform, "--hosts-dir", CONTAINERD_HOSTS_DIR, image];
+    rt.run(node, &argv).await.map(|_| ())
+}
+
+/// Argv importing an OCI archive from stdin the way kind loads images (kind nodeutils.LoadImageArchive).
+pub fn import_argv(snapshotter: &str, all_platforms: bool) -> Vec<String> {
+    let mut argv = argv_of(&["ctr", "--namespace=k8s.io", "images", "import"]);
+    if all_platforms {
+        argv.push("--all-platforms".into());
+    }
+    argv.extend(["--digests".into(), format!("--snapshotter={snapshotter}"), "-".into()]);
+    argv
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// etcd, through the etcd container's own tools
+
+/// `etcdctl` arguments reaching the local member with the server certificate, as kubeadm lays it out
+/// (the etcd container mounts only /var/lib/etcd and the etcd PKI directory).
+pub fn etcdctl_tls() -> Vec<String> {
+    vec![
+        "--endpoints=https://127.0.0.1:2379".into(),
+        format!("--cacert={ETCD_PKI}/ca.crt"),
+        format!("--cert={ETCD_PKI}/server.crt"),
+        format!("--key={ETCD_PKI}/server.key"),
+    ]
+}
+
+async fn etcd_exec(rt: &Runtime, node: &str, id: &str, args: &[String]) -> Result<String, ClusterError> {
+    let mut argv = vec!["crictl", "exec", id];
+    argv.extend(args.iter().map(String::as_str));
+    rt.run(node, &argv).await
+}
+
+/// `etcdctl` with TLS, inside the node's etcd container.
+pub async fn etcdctl(rt: &Runtime, node: &str, args: &[&str]) -> Result<String, ClusterError> {
+    let id = etcd_container(rt, node).await?;
+    let mut all = vec!["etcdctl".to_owned()];
+    all.extend(etcdctl_tls());
+    all.extend(args.iter().map(|s| s.to_string()));
+    etcd_exec(rt, node, &id, &all).await
+}
+
+/// The member's current revision (`etcdctl endpoint status -w json`).
+pub async fn etcd_revision(rt: &Runtime, node: &str) -> Result<i64, ClusterError> {
+    let out = etcdctl(rt, node, &["endpoint", "status", "-w", "json"]).await?;
+    parse_endpoint_status(&out).ok_or_else(|| unreadable(node, &["etcdctl", "endpoint", "status", "-w", "json"], &out, "no header.revision"))
+}
+
+/// etcdctl's `endpoint status -w json` (etcdctl/ctlv3/command/printer_json.go): a list of
+/// `{"Endpoint", "Status": {"header": {"revision", …}, …}}`.
+fn parse_endpoint_status(out: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    v.as_array()?.first()?.get("Status")?.get("header")?.get("revision")?.as_i64()
+}
+
+/// A tool inside the etcd container that can restore a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreTool {
+    /// Executable: `etcdutl`, `etcdctl`, or a bundled `etcdctl-3.5.x`.
+    pub program: String,
+    /// Whether `snapshot restore` takes `--bump-revision` and `--mark-compacted` (etcd ≥ 3.5.10).
+    pub bump_revision: bool,
+}
+
+/// The `X.Y` of `etcdctl version` / `etcdutl version` output (`etcdctl version: 3.5.30`).
+fn parse_tool_version(out: &str) -> Option<(u32, u32)> {
+    let v = out.lines().next()?.split(':').nth(1)?.trim();
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Bundled `etcdctl-<version>` executables (registry.k8s.io/etcd:3.5.x-0 images, kubernetes
+/// cluster/images/etcd/Makefile), newest first, from a listing of /usr/local/bin.
+fn bundled_etcdctls(listing: &str) -> Vec<String> {
+    let mut found: Vec<(Vec<u32>, String)> = listing
+        .split_whitespace()
+        .filter_map(|f| {
+            let v = f.strip_prefix("etcdctl-")?;
+            let parts: Option<Vec<u32>> = v.split('.').map(|p| p.parse().ok()).collect();
+            parts.filter(|p| p.len() == 3).map(|p| (p, f.to_owned()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().rev().map(|(_, f)| f).collect()
+}
+
+/// Finds the tool that restores snapshots inside the etcd container, without relying on a shell or on
+/// error texts: etcdutl (etcd's own images, 3.6.5+ and etcd-io's 3.5), else an etcdctl of 3.5 or older
+/// (3.6 dropped `etcdctl snapshot restore`), else a bundled `etcdctl-3.5.x` of registry.k8s.io/etcd images
+/// (found through their shell). `None`: no tool in this container can restore.
+pub async fn etcd_restore_tool(rt: &Runtime, node: &str) -> Result<Option<RestoreTool>, ClusterError> {
+    let id = etcd_container(rt, node).await?;
+    let works = |program: &str| {
+        let argv = vec![program.to_owned(), "version".to_owned()];
+        let id = id.clone();
+        async move { etcd_exec(rt, node, &id, &argv).await.ok().and_then(|out| parse_tool_version(&out)) }
+    };
+    let mut program = None;
+    if works("etcdutl").await.is_some() {
+        program = Some("etcdutl".to_owned());
+    } else if works("etcdctl").await.is_some_and(|v| v < (3, 6)) {
+        program = Some("etcdctl".to_owned());
+    } else if let Ok(listing) = etcd_exec(rt, node, &id, &["sh".into(), "-c".into(), "ls /usr/local/bin".into()]).await {
+        for candidate in bundled_etcdctls(&listing) {
+            if works(&candidate).await.is_some_and(|v| v < (3, 6)) {
+                program = Some(candidate);
+                break;
+            }
+        }
+    }
+    let Some(program) = program else { return Ok(None) };
+    let help = etcd_exec(rt, node, &id, &[program.clone(), "snapshot".into(), "restore".into(), "--help".into()]).await.unwrap_or_default();
+    Ok(Some(RestoreTool { bump_revision: help.contains("--bump-revision") && help.contains("--mark-compacted"), program }))
+}
+
+/// The revision stored in a snapshot file inside the etcd container (`snapshot status -w json`).
+pub async fn etcd_snapshot_revision(rt: &Runtime, node: &str, tool: &RestoreTool, path: &str) -> Result<i64, ClusterError> {
+    let id = etcd_container(rt, node).await?;
+    let args = [tool.program.clone(), "snapshot".into(), "status".into(), path.into(), "-w".into(), "json".into()];
+    let out = etcd_exec(rt, node, &id, &args).await?;
+    parse_snapshot_status(&out).ok_or_else(|| unreadable(node, &["snapshot", "status"], &out, "no revision"))
+}
+
+/// `snapshot status -w json` (etcdutl/etcdutl/printer_json.go): `{"hash","revision","totalKey","totalSize"}`,
+/// on the last line (etcdctl 3.5 prints a deprecation notice to stderr first).
+fn parse_snapshot_status(out: &str) -> Option<i64> {
+    let line = out.lines().rev().find(|l| l.trim_start().starts_with('{'))?;
+    serde_json::from_str::<serde_json::Value>(line).ok()?.get("revision")?.as_i64()
+}
+
+/// What a restore of one member needs.
+pub struct RestoreArgs<'a> {
+    pub snapshot: &'a str,
+    pub data_dir: &'a str,
+    pub name: &'a str,
+    pub initial_cluster: &'a str,
+    pub token: &'a str,
+    pub peer_url: &'a str,
+    /// Revisions to add (with `--mark-compacted`), where the tool supports it.
+    pub bump_revision: Option<u64>,
+}
+
+/// `snapshot restore` into a new data directory, inside the running etcd container.
+pub async fn etcd_restore(rt: &Runtime, node: &str, tool: &RestoreTool, a: &RestoreArgs<'_>) -> Result<(), ClusterError> {
+    let id = etcd_container(rt, node).await?;
+    let mut args = vec![
+        tool.program.clone(),
+        "snapshot".into(),
+        "restore".into(),
+        a.snapshot.into(),
+        format!("--data-dir={}", a.data_dir),
+        format!("--name={}", a.name),
+        format!("--initial-cluster={}", a.initial_cluster),
+        format!("--initial-cluster-token={}", a.token),
+        format!("--initial-advertise-peer-urls={}", a.peer_url),
+    ];
+    if let Some(bump) = a.bump_revision.filter(|_| tool.bump_revision) {
+        args.extend([format!("--bump-revision={bump}"), "--mark-compacted".into()]);
+    }
+    etcd_exec(rt, node, &id, &args).await.map(|_| ())
+}
+
+/// Member IDs as the node's etcd member sees them (`member list`, simple format: `ID, status, name, …`), sorted.
+pub async fn etcd_members(rt: &Runtime, node: &str) -> Result<Vec<String>, ClusterError> {
+    let out = etcdctl(rt, node, &["member", "list"]).await?;
+    Ok(parse_member_list(&out))
+}
+
+fn parse_member_list(out: &str) -> Vec<String> {
+    let mut ids: Vec<String> = out.lines().filter_map(|l| l.split(',').next()).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    ids.sort();
+    ids
+}
+
+/// `etcdctl endpoint health` against the node's own member.
+pub async fn etcd_health(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
+    etcdctl(rt, node, &["endpoint", "health"]).await.map(|_| ())
+}
+
+/// `--name` and `--initial-advertise-peer-urls` of the node's etcd static pod manifest.
+pub async fn etcd_manifest_flags(rt: &Runtime, node: &str) -> Result<HashMap<String, String>, ClusterError> {
+    let manifest = rt.run(node, &["cat", "/etc/kubernetes/manifests/etcd.yaml"]).await?;
+    Ok(parse_manifest_flags(&manifest))
+}
+
+/// `- --flag=value` lines of a kubeadm static pod manifest's command.
+fn parse_manifest_flags(manifest: &str) -> HashMap<String, String> {
+    manifest
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().strip_prefix("- --")?.split_once('=')?;
+            Some((k.to_owned(), v.trim().trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `containerd config dump` of containerd 2.1.9 (Debian unstable's) loading kind's version-2 config.toml:
+    /// printed as version 3 by go-toml v2, single-quoted (excerpt).
+    const DUMP_V3: &str = "version = 3\nroot = '/var/lib/containerd'\nstate = '/run/containerd'\ntemp = ''\n\
+        disabled_plugins = []\n\n[grpc]\n  address = '/run/containerd/containerd.sock'\n  uid = 0\n\n[plugins]\n\
+        [plugins.'io.containerd.cri.v1.images']\n    snapshotter = 'overlayfs'\n    disable_snapshot_annotations = true\n\
+        discard_unpacked_layers = true\n\n  [plugins.'io.containerd.cri.v1.runtime']\n    enable_selinux = false\n";
+
+    /// containerd 1.7's dump of a version-2 config (double quotes, CRI plugin `io.containerd.grpc.v1.cri`).
+    const DUMP_V2: &str = "version = 2\nroot = \"/var/lib/containerd\"\nstate = \"/run/containerd\"\n\n\
+        [plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"registry.k8s.io/pause:3.10\"\n\
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n      discard_unpacked_layers = true\n      snapshotter = \"native\"\n";
+
+    #[test]
+    fn containerd_config_v3_single_quotes() {
+        let c = parse_containerd_config(DUMP_V3).unwrap();
+        assert_eq!(c, ContainerdConfig { root: "/var/lib/containerd".into(), snapshotter: "overlayfs".into() });
+        assert_eq!(c.content_blobs(), "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256");
+    }
+
+    #[test]
+    fn containerd_config_v2_and_a_changed_snapshotter() {
+        let c = parse_containerd_config(DUMP_V2).unwrap();
+        assert_eq!(c.snapshotter, "native");
+        let moved = DUMP_V3.replace("'/var/lib/containerd'", "'/data/containerd'").replace("'overlayfs'", "'fuse-overlayfs'");
+        let c = parse_containerd_config(&moved).unwrap();
+        assert_eq!((c.root.as_str(), c.snapshotter.as_str()), ("/data/containerd", "fuse-overlayfs"));
+    }
+
+    #[test]
+    fn containerd_config_garbage_is_an_error() {
+        assert!(parse_containerd_config("root = '/x\n[[[").is_err());
+    }
+
+    /// `crictl ps -o json` (cri-tools cmd/crictl/util.go: protojson, EmitDefaultValues, indent of two) for a
+    /// kubelet-created container: the image is the image ID.
+    const PS: &str = r#"{
+  "containers": [
+    {
+      "id": "40ce44ebcbcfd3d4c6b1d2ab6e6a0e1d5f2c4b8e9a7f6d5c4b3a2910f8e7d6c5",
+      "podSandboxId": "80965bd40966b",
+      "metadata": {
+        "name": "kindnet-cni",
+        "attempt": 0
+      },
+      "image": {
+        "image": "sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca",
+        "annotations": {},
+        "userSpecifiedImage": "",
+        "runtimeHandler": ""
+      },
+      "imageRef": "sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca",
+      "state": "CONTAINER_RUNNING",
+      "createdAt": "1796205344000000000",
+      "labels": {},
+      "annotations": {}
+    },
+    {
+      "id": "f33d1ec041cc8",
+      "podSandboxId": "9fe6bdc5c1783",
+      "metadata": {"name": "coredns", "attempt": 1},
+      "image": {
+        "image": "sha256:52546a367cc9e0d924aa3b190596a9167fa6e53245023b5b5baf0f07e5443969",
+        "annotations": {},
+        "userSpecifiedImage": "registry.k8s.io/coredns/coredns:v1.12.0",
+        "runtimeHandler": ""
+      },
+      "imageRef": "sha256:52546a367cc9e0d924aa3b190596a9167fa6e53245023b5b5baf0f07e5443969",
+      "state": "CONTAINER_RUNNING",
+      "createdAt": "1796205344000000000",
+      "labels": {},
+      "annotations": {}
+    }
+  ]
+}"#;
+
+    /// `crictl images -o json` (same printer; `size` is a uint64, so a string).
+    const IMAGES: &str = r#"{
+  "images": [
+    {
+      "id": "sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca",
+      "repoTags": [
+        "docker.io/kindest/kindnetd:v20250512-df8de77b"
+      ],
+      "repoDigests": [],
+      "size": "44375501",
+      "username": "",
+      "pinned": false
+    },
+    {
+      "id": "sha256:e8281330373e9b25773a7de97b436bc245ca39e12838ac6fde4df2c3765bfb2d",
+      "repoTags": [],
+      "repoDigests": [
+        "docker.io/library/nginx@sha256:9de3b1442976e5bb325a38cdb74de07aa0b4fe2c9d3ca029fccf5272bc901b85"
+      ],
+      "size": "1049211",
+      "username": "",
+      "pinned": false
+    }
+  ]
+}"#;
+
+    #[test]
+    fn image_ids_resolve_to_names() {
+        let ps = parse_ps(PS).unwrap();
+        let images = parse_images(IMAGES).unwrap();
+        let names: Vec<String> = ps.iter().map(|(_, i, u)| image_name(i, u, &images)).collect();
+        assert_eq!(names, ["docker.io/kindest/kindnetd:v20250512-df8de77b", "registry.k8s.io/coredns/coredns:v1.12.0"]);
+        // A digest-only image resolves to its repo digest; an unknown ID stays an ID.
+        let digest_only = "sha256:e8281330373e9b25773a7de97b436bc245ca39e12838ac6fde4df2c3765bfb2d";
+        assert!(image_name(digest_only, "", &images).starts_with("docker.io/library/nginx@sha256:"));
+        let unknown = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(image_name(&unknown, "", &images), unknown);
+        // Names (an older runtime, or the fixture of old) pass through.
+        assert_eq!(image_name("docker.io/x/y:1", "", &[]), "docker.io/x/y:1");
+    }
+
+    /// `ctr images ls` of containerd 2.1.9 in a kind-like node (columns padded; the CRI's `sha256:` records).
+    const CTR_LS: &str = "REF                                           TYPE                                       DIGEST                                                                  SIZE    PLATFORMS   LABELS\n\
+docker.io/kindest/kindnetd:v20250512-df8de77b application/vnd.oci.image.manifest.v1+json sha256:e4063ca9f144e9b42dc78969ea67f496c15ab4f89db0dca78afafd8f81f9ed68 795.0 B linux/amd64 io.cri-containerd.image=managed\n\
+registry.k8s.io/pause:3.10                    application/vnd.oci.image.index.v1+json    sha256:9c807a8ca4413dc25c232a82afbe83ad3b268b503a034e32b6dfc26a8fb44eb4 780.0 B linux/amd64 io.cri-containerd.image=managed,io.cri-containerd.pinned=pinned\n\
+sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca       application/vnd.oci.image.manifest.v1+json sha256:e4063ca9f144e9b42dc78969ea67f496c15ab4f89db0dca78afafd8f81f9ed68 795.0 B linux/amd64 io.cri-containerd.image=managed\n";
+
+    #[test]
+    fn ctr_images_ls() {
+        let got = parse_images_ls(CTR_LS);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].name, "registry.k8s.io/pause:3.10");
+        assert_eq!(got[1].media_type, "application/vnd.oci.image.index.v1+json");
+        assert!(got[0].digest.starts_with("sha256:e4063c"));
+    }
+
+    #[test]
+    fn etcd_outputs() {
+        // etcdctl 3.5.30 `endpoint status -w json`
+        let status = r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":4853638279150342533,"member_id":1033796535975940116,"revision":1234,"raft_term":3},"version":"3.5.30","dbSize":20480,"leader":1033796535975940116,"raftIndex":13,"raftTerm":3,"raftAppliedIndex":13,"dbSizeInUse":16384}}]"#;
+        assert_eq!(parse_endpoint_status(status), Some(1234));
+        // etcdutl 3.5.30 `snapshot status -w json`; etcdctl 3.5 prints the same after its deprecation notice
+        assert_eq!(parse_snapshot_status("{\"hash\":1337392018,\"revision\":77,\"totalKey\":7,\"totalSize\":20480}\n"), Some(77));
+        assert_eq!(parse_snapshot_status("Deprecated: Use `etcdutl snapshot status` instead.\n\n{\"hash\":1,\"revision\":5,\"totalKey\":7,\"totalSize\":1}"), Some(5));
+        assert_eq!(parse_tool_version("etcdctl version: 3.5.30\nAPI version: 3.5\n"), Some((3, 5)));
+        assert_eq!(parse_tool_version("etcdutl version: 3.6.5\nAPI version: 3.6\n"), Some((3, 6)));
+        assert_eq!(parse_tool_version("garbage"), None);
+        assert_eq!(bundled_etcdctls("etcd\netcd-3.4.18\netcd-3.5.12\netcdctl\netcdctl-3.4.18\netcdctl-3.5.12\nmigrate\n"), ["etcdctl-3.5.12", "etcdctl-3.4.18"]);
+        // `member list` simple format
+        assert_eq!(parse_member_list("8e9e05c52164694d, started, kind-control-plane, https://172.18.0.2:2380, https://172.18.0.2:2379, false\n"), ["8e9e05c52164694d"]);
+        assert_eq!(parse_df("Filesystem 1024-blocks Used Available Capacity Mounted on\noverlay 263174212 12345 100 5% /var\n"), Some(102400));
+    }
+
+    #[test]
+    fn manifest_flags() {
+        let m = "spec:\n  containers:\n  - command:\n    - etcd\n    - --name=kind-control-plane\n    - --initial-advertise-peer-urls=https://172.18.0.2:2380\n";
+        let f = parse_manifest_flags(m);
+        assert_eq!(f.get("name").map(String::as_str), Some("kind-control-plane"));
+        assert_eq!(f.get("initial-advertise-peer-urls").map(String::as_str), Some("https://172.18.0.2:2380"));
+    }
+}

@@ -1,0 +1,146 @@
+//! What breaks on a real kind node and not on a lenient fixture (issue: real kind clusters). Each test fails
+//! on the plugin as it was before the matching fix:
+//! - a pulled image whose layers containerd discarded (kind's `discard_unpacked_layers = true`);
+//! - HA restore and resume with kind's external load balancer present (no systemd, kubelet or crictl in it);
+//! - addon versions read from image IDs (`crictl ps` reports IDs; names come from `crictl images`);
+//! - restore with each etcd image layout (k8s-3.5: no etcdutl; official: no shell);
+//! - the etcd revision moves forward across a restore (`--bump-revision`).
+
+use crate::util::*;
+
+const PULLED: &str = "localhost:5001/fixture-pulled:1.0";
+const KEY: &str = "/registry/test/real-kind";
+
+fn revision(cluster: &Cluster) -> i64 {
+    let out = cluster.etcdctl(&cluster.cp(1), &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("endpoint status JSON");
+    v[0]["Status"]["header"]["revision"].as_i64().expect("revision")
+}
+
+#[test]
+fn create_keeps_pulled_images_with_discarded_layers_by_reference() {
+    let cluster = Cluster::up("pulled", 1, 1);
+    let store = Store::new();
+    // The fixture state is what a CRI pull leaves: the image is listed, its layer blob is gone.
+    let node = cluster.cp(1);
+    assert!(cluster.sh(&node, "ctr --namespace=k8s.io images ls -q").contains(PULLED));
+
+    let run = store.run(&["create", &cluster.name, "all", "--json"]).ok();
+    assert!(run.stderr.contains(&format!("image {PULLED} kept by reference")), "{}", run.stderr);
+    let v = run.json();
+    assert_eq!(v["metadata"]["images"]["mode"], "all");
+    for n in cluster.nodes() {
+        let by_ref = v["metadata"]["images"]["nodes"][&n]["byReference"].as_array().unwrap_or_else(|| panic!("no byReference for {n}: {v}"));
+        assert!(by_ref.iter().any(|r| r["name"] == PULLED), "{n}: {by_ref:?}");
+        let bundled = v["metadata"]["images"]["nodes"][&n]["images"].as_array().unwrap();
+        assert!(bundled.iter().any(|r| r["name"] == "registry.k8s.io/pause:3.10"), "complete images are still bundled: {bundled:?}");
+        assert!(!bundled.iter().any(|r| r["name"] == PULLED));
+    }
+    let show = store.run(&["show", &cluster.name, "all"]).ok();
+    assert!(show.stdout.contains("Images By Reference") && show.stdout.contains(PULLED), "{}", show.stdout);
+
+    // local: nothing fetched, same outcome; none: no images at all, and a smaller bundle.
+    let local = store.run(&["create", &cluster.name, "local", "--images", "local", "--json"]).ok().json();
+    assert_eq!(local["metadata"]["images"]["mode"], "local");
+    assert!(local["metadata"]["images"]["nodes"][&node]["byReference"].as_array().unwrap().iter().any(|r| r["name"] == PULLED));
+    let none = store.run(&["create", &cluster.name, "none", "--images", "none", "--json"]).ok().json();
+    assert_eq!(none["metadata"]["images"]["blobs"], 0);
+    assert!(none["metadata"]["images"]["nodes"].as_object().unwrap().is_empty());
+    assert!(bundle_names(&store.bundle(&cluster.name, "none")).iter().all(|n| !n.starts_with("images/")));
+
+    // The snapshot restores; the image kept by reference is left to the kubelet, the others are re-imported.
+    cluster.sh(&node, "ctr --namespace=k8s.io images rm registry.k8s.io/pause:3.10 >/dev/null");
+    store.run(&["restore", &cluster.name, "all"]).ok();
+    assert!(cluster.sh(&node, "ctr --namespace=k8s.io images ls -q").contains("registry.k8s.io/pause:3.10"));
+    cluster.assert_running();
+}
+
+#[test]
+fn ha_restore_and_resume_leave_the_load_balancer_alone() {
+    let cluster = Cluster::up("halb", 2, 1);
+    let store = Store::new();
+    let lb = cluster.lb();
+    assert_eq!(cluster.inspect(&lb, "{{index .Config.Labels \"io.x-k8s.kind.role\"}}"), "external-load-balancer");
+    let started = cluster.inspect(&lb, "{{.State.StartedAt}}");
+
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, "before"]);
+    let created = store.run(&["create", &cluster.name, "snap", "--json"]).ok().json();
+    assert_eq!(created["metadata"]["topology"]["loadBalancer"], true);
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, "after"]);
+
+    store.run(&["restore", &cluster.name, "snap"]).ok();
+    for cp in [cluster.cp(1), cluster.cp(2)] {
+        let got = cluster.etcdctl(&cp, &["get", KEY, "--consistency=s", "--print-value-only"]);
+        assert_eq!(got.trim(), "before", "{cp}");
+    }
+    store.run(&["resume", &cluster.name]).ok();
+    assert_eq!(cluster.inspect(&lb, "{{.State.Status}}"), "running");
+    assert_eq!(cluster.inspect(&lb, "{{.State.StartedAt}}"), started, "the load balancer was restarted");
+    cluster.assert_running();
+}
+
+#[test]
+fn addon_versions_come_from_image_ids_and_a_changed_addon_is_refused() {
+    let cluster = Cluster::up("addons", 1, 0);
+    let store = Store::new();
+    let node = cluster.cp(1);
+    // What a real kubelet makes crictl report: image IDs, not names.
+    let ps = cluster.sh(&node, "crictl ps -o json");
+    assert!(ps.contains("\"image\": \"sha256:"), "{ps}");
+
+    let v = store.run(&["create", &cluster.name, "snap", "--json"]).ok().json();
+    assert_eq!(v["metadata"]["addons"]["kindnetd"], "v20250512-df8de77b", "{}", v["metadata"]["addons"]);
+    assert_eq!(v["metadata"]["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
+    assert!(v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"), "etcd image named: {}", v["metadata"]["etcd"]);
+
+    // Upgrade kindnet (another tag of the image, the manifest pointed at it): restore must refuse.
+    cluster.sh(&node, "ctr --namespace=k8s.io images tag docker.io/kindest/kindnetd:v20250512-df8de77b docker.io/kindest/kindnetd:v20260101-upgraded >/dev/null \
+        && sed -i 's/kindnetd:v20250512-df8de77b/kindnetd:v20260101-upgraded/' /etc/kubernetes/manifests/kindnet.yaml");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !cluster.sh(&node, "grep -l upgraded /run/fixture-cri/containers/*/image 2>/dev/null || true").contains("image") {
+        assert!(std::time::Instant::now() < deadline, "kindnet was not restarted with the new image");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // Tags of one image share its ID: the name the CRI reports must be the one the pod runs, so the check
+    // compares what `crictl images` lists; both tags are listed, so make the old one go away.
+    cluster.sh(&node, "ctr --namespace=k8s.io images rm docker.io/kindest/kindnetd:v20250512-df8de77b >/dev/null");
+    let run = store.run(&["restore", &cluster.name, "snap"]);
+    assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("addon version mismatch: kindnetd snapshot=v20250512-df8de77b, live=v20260101-upgraded"), "{}", run.stderr);
+}
+
+fn restore_on_layout(layout: &str) {
+    let cluster = Cluster::up_with(&format!("etcd-{}", layout.replace('.', "")), 1, 0, &["--etcd", layout]);
+    let store = Store::new();
+    let manifest = cluster.sh(&cluster.cp(1), "cat /etc/kubernetes/manifests/etcd.yaml");
+    let image = if layout == "official" { "gcr.io/etcd-development/etcd:v" } else { "registry.k8s.io/etcd:3.5." };
+    assert!(manifest.contains(&format!("image: {image}")), "{manifest}");
+
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, "before"]);
+    store.run(&["create", &cluster.name, "snap"]).ok();
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, "after"]);
+    for i in 0..20 {
+        cluster.etcdctl(&cluster.cp(1), &["put", &format!("{KEY}-{i}"), "x"]);
+    }
+    let before = revision(&cluster);
+
+    let v = store.run(&["restore", &cluster.name, "snap", "--json"]).ok().json();
+    let tool = v["preflight"].as_array().unwrap().iter().find(|c| c["name"] == "etcd restore tool").cloned().expect("restore tool check");
+    let want = if layout == "official" { "etcdutl" } else { "etcdctl" };
+    assert_eq!(tool["message"], want, "{tool}");
+    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", KEY, "--print-value-only"]).trim(), "before");
+    let after = revision(&cluster);
+    assert!(after > before, "the revision went back from {before} to {after}: watchers would miss the rollback");
+    assert!(v["etcdRevisionBump"].as_u64().is_some_and(|b| b >= 1_000_000_000), "{v}");
+    cluster.assert_running();
+}
+
+#[test]
+fn restore_with_the_k8s_3_5_etcd_image_layout() {
+    restore_on_layout("k8s-3.5");
+}
+
+#[test]
+fn restore_with_the_official_etcd_image_layout() {
+    restore_on_layout("official");
+}
