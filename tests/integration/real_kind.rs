@@ -93,17 +93,9 @@ fn addon_versions_come_from_image_ids_and_a_changed_addon_is_refused() {
     assert_eq!(v["metadata"]["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
     assert!(v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"), "etcd image named: {}", v["metadata"]["etcd"]);
 
-    // Upgrade kindnet (another tag of the image, the manifest pointed at it): restore must refuse.
-    cluster.sh(&node, "ctr --namespace=k8s.io images tag docker.io/kindest/kindnetd:v20250512-df8de77b docker.io/kindest/kindnetd:v20260101-upgraded >/dev/null \
-        && sed -i 's/kindnetd:v20250512-df8de77b/kindnetd:v20260101-upgraded/' /etc/kubernetes/manifests/kindnet.yaml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !cluster.sh(&node, "grep -l upgraded /run/fixture-cri/containers/*/image 2>/dev/null || true").contains("image") {
-        assert!(std::time::Instant::now() < deadline, "kindnet was not restarted with the new image");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    // Tags of one image share its ID: the name the CRI reports must be the one the pod runs, so the check
-    // compares what `crictl images` lists; both tags are listed, so make the old one go away.
-    cluster.sh(&node, "ctr --namespace=k8s.io images rm docker.io/kindest/kindnetd:v20250512-df8de77b >/dev/null");
+    // Upgrade kindnet: restore must refuse, naming both versions.
+    let repo = "docker.io/kindest/kindnetd";
+    cluster.upgrade_addon(&node, "kindnet.yaml", "kindnet", &format!("{repo}:v20250512-df8de77b"), &format!("{repo}:v20260101-upgraded"));
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("addon version mismatch: kindnetd snapshot=v20250512-df8de77b, live=v20260101-upgraded"), "{}", run.stderr);

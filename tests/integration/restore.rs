@@ -195,12 +195,8 @@ fn preflight_addons() {
 }
 
 fn upgrade_addon(cluster: &Cluster) {
-    cluster.sh(&cluster.cp(1), "sed -i 's/local-path-provisioner:v20250214-acbabc1a/local-path-provisioner:v9.9.9/' /etc/kubernetes/manifests/local-path-provisioner.yaml");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !cluster.sh(&cluster.cp(1), "crictl ps -o json").contains("local-path-provisioner:v9.9.9") {
-        assert!(std::time::Instant::now() < deadline, "addon was not upgraded");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let repo = "docker.io/kindest/local-path-provisioner";
+    cluster.upgrade_addon(&cluster.cp(1), "local-path-provisioner.yaml", "local-path-provisioner", &format!("{repo}:v20250214-acbabc1a"), &format!("{repo}:v9.9.9"));
 }
 
 #[test]

@@ -95,6 +95,27 @@ impl Cluster {
         format!("{}-external-load-balancer", self.name)
     }
 
+    /// Upgrades an addon as a user would: the new image is in the node (here: a new tag of the same image,
+    /// the old tag removed, so the CRI names the running image by the new tag only), its static pod manifest
+    /// points at it, and the kubelet has restarted the pod.
+    pub fn upgrade_addon(&self, node: &str, manifest: &str, pod: &str, old: &str, new: &str) {
+        let before = self.sh(node, &format!("crictl ps --name '^{pod}$' -q"));
+        self.sh(node, &format!(
+            "ctr --namespace=k8s.io images tag {old} {new} >/dev/null && ctr --namespace=k8s.io images rm {old} >/dev/null \
+             && sed -i 's#{old}#{new}#' /etc/kubernetes/manifests/{manifest}"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.sh(node, &format!("crictl ps --name '^{pod}$' -q"));
+            if !now.trim().is_empty() && now != before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{pod} was not restarted with {new}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(self.sh(node, "crictl images -o json").contains(new), "the CRI does not list {new}");
+    }
+
     /// `docker inspect -f FORMAT CONTAINER`.
     pub fn inspect(&self, container: &str, format: &str) -> String {
         let out = Command::new("docker").args(["inspect", "-f", format, container]).output().expect("docker inspect");
