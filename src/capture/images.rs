@@ -79,7 +79,8 @@ async fn walk(rt: &Runtime, node: &str, platform: &str, image: &ImageRecord, pre
     Ok(w)
 }
 
-/// Captures a node's images into the bundle; blobs already in `bundled` (from another node) are not written again.
+/// Captures a node's images into the bundle (`mode` is `All` or `Local`: with `None` it is not called); blobs
+/// already in `bundled` (from another node) are not written again.
 pub async fn capture(
     rt: &Runtime,
     node: &str,
@@ -89,9 +90,6 @@ pub async fn capture(
     bundled: &mut HashSet<String>,
 ) -> Result<NodeCapture, CaptureError> {
     let mut out = NodeCapture::default();
-    if mode == ImagesMode::None {
-        return Ok(out);
-    }
     let records = node::images(rt, node).await?;
     let config = node::containerd_config(rt, node).await?;
     let mut present = node::content_digests(rt, node).await?;

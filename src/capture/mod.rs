@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
-use crate::cluster::{ClusterError, Node, Role, Runtime, node};
+use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 
 pub use addons::detect as detect_addons;
@@ -69,8 +69,6 @@ fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result
     r.map_err(|e| CaptureError::Phase { phase: name, inner: Box::new(e.into()) })
 }
 
-use crate::cluster::kubelet_nodes;
-
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
     let mut phases = Vec::new();
@@ -103,7 +101,6 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let staged = StagedFile(req.store.staging_path(&cluster_name, &req.name));
     let sink = BundleSink::create(&staged.0, req.writer)?;
     let quiesced: Arc<Mutex<Vec<String>>> = Arc::default();
-    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
 
     let work = async {
         // 2. etcd, hot
@@ -125,11 +122,12 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let mut per_node = BTreeMap::new();
         let mut blob_bytes = 0;
         let mut bundled = std::collections::HashSet::new();
+        let mut warnings = Vec::new();
         for n in kubelet_nodes(&nodes).into_iter().filter(|_| req.images != ImagesMode::None) {
             p.set_message(format!("exporting images ({})", n.name));
             let got = phase("exporting images", images::capture(rt, &n.name, &platform, req.images, &sink, &mut bundled).await)?;
             blob_bytes += got.added;
-            warnings.lock().expect("warnings").extend(got.warnings);
+            warnings.extend(got.warnings);
             per_node.insert(n.name.clone(), got.images);
         }
         let mut lines: Vec<String> = Vec::new();
@@ -188,7 +186,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
         let (sha256, size) = sink.finish().await?;
         phases.push(p.finish());
-        Ok::<_, CaptureError>((metadata, json, sha256, size))
+        Ok::<_, CaptureError>((metadata, json, sha256, size, warnings))
     };
 
     let result = tokio::select! {
@@ -205,11 +203,10 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let resumed = resume(rt, &nodes, &to_resume).await;
     phases.push(p.finish());
 
-    let (metadata, json, sha256, size) = result?;
+    let (metadata, json, sha256, size, warnings) = result?;
     let file_name = req.store.paths(&cluster_name, &req.name).bundle.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let paths = req.store.publish(&cluster_name, &req.name, &staged.0, &reader::sidecar_line(&sha256, &file_name), &json)?;
     resumed?;
-    let warnings = warnings.lock().expect("warnings").clone();
     Ok(Outcome { metadata, paths, sha256, size, phases, warnings })
 }
 
