@@ -109,20 +109,34 @@ mod tests {
     fn documented_examples_parse() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut checked = 0;
-        for doc in ["docs/commands.md", "docs/getting-started.md", "docs/backends.md", "README.md"] {
+        for doc in [
+            "docs/commands.md",
+            "docs/getting-started.md",
+            "docs/backends.md",
+            "README.md",
+        ] {
             let text = std::fs::read_to_string(root.join(doc)).unwrap();
             for line in text.lines().map(str::trim) {
-                let Some(rest) = line.strip_prefix("kubectl snapshot ") else { continue };
+                let Some(rest) = line.strip_prefix("kubectl snapshot ") else {
+                    continue;
+                };
                 let command = rest.split(['#', '>', '&']).next().unwrap_or("").trim();
                 let mut argv = vec!["kubectl-snapshot".to_string()];
                 argv.extend(command.split_whitespace().map(str::to_owned));
-                if argv.iter().any(|a| a.contains('[') || a == "..." || a.contains('|') || a.contains('<')) {
+                if argv
+                    .iter()
+                    .any(|a| a.contains('[') || a == "..." || a.contains('|') || a.contains('<'))
+                {
                     continue; // a synopsis line, not an example
                 }
                 if let Err(e) = super::Cli::try_parse_from(&argv)
-                    && !matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
-                        panic!("{doc}: `{line}` does not parse:\n{e}");
-                    }
+                    && !matches!(
+                        e.kind(),
+                        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                    )
+                {
+                    panic!("{doc}: `{line}` does not parse:\n{e}");
+                }
                 checked += 1;
             }
         }

@@ -18,7 +18,9 @@ fn value_of(flag: &str) -> Option<&'static str> {
         "-o" | "--output" => Some("output"),
         "-r" | "--remote" | "--push" => Some("remote"),
         "--dir" | "--s3-endpoint-ca" => Some("file"),
-        "--name" | "--keep-last" | "--older-than" | "--max-size" | "--min-free-space" | "--compression-level" => Some("free"),
+        "--name" | "--keep-last" | "--older-than" | "--max-size" | "--min-free-space" | "--compression-level" => {
+            Some("free")
+        }
         f if f.starts_with("--s3-") && !matches!(f, "--s3-skip-ssl-verify" | "--s3-insecure") => Some("free"),
         _ => None,
     }
@@ -71,31 +73,58 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
             .get_arguments()
             .chain(root.get_arguments().filter(|a| a.is_global_set()))
             .filter(|a| !a.is_hide_set())
-            .flat_map(|a| a.get_long().map(|l| format!("--{l}")).into_iter().chain(a.get_short().map(|s| format!("-{s}"))))
+            .flat_map(|a| {
+                a.get_long()
+                    .map(|l| format!("--{l}"))
+                    .into_iter()
+                    .chain(a.get_short().map(|s| format!("-{s}")))
+            })
             .collect();
         return (flags, NO_FILE_COMP);
     }
-    let subs: Vec<String> = cmd.get_subcommands().filter(|s| !s.is_hide_set()).map(|s| s.get_name().to_owned()).collect();
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_owned())
+        .collect();
     if !subs.is_empty() && positionals.is_empty() {
         return (subs, NO_FILE_COMP);
     }
-    let store = backends::LocalStore::new(std::env::var_os("KUBECTL_SNAPSHOT_DIR").map(Into::into).unwrap_or_else(default_dir));
+    let store = backends::LocalStore::new(
+        std::env::var_os("KUBECTL_SNAPSHOT_DIR")
+            .map(Into::into)
+            .unwrap_or_else(default_dir),
+    );
     let clusters = cluster_names(&store).await;
     let snapshots = |cluster: Option<&str>| -> Vec<String> {
-        let cluster = cluster.map(str::to_owned).or_else(|| std::env::var("KIND_CLUSTER_NAME").ok()).or_else(|| (clusters.len() == 1).then(|| clusters[0].clone()));
+        let cluster = cluster
+            .map(str::to_owned)
+            .or_else(|| std::env::var("KIND_CLUSTER_NAME").ok())
+            .or_else(|| (clusters.len() == 1).then(|| clusters[0].clone()));
         cluster
             .and_then(|c| backends::ClusterName::new(&c).ok())
-            .map(|c| store.list(&c).unwrap_or_default().into_iter().map(|s| s.name.to_string()).collect())
+            .map(|c| {
+                store
+                    .list(&c)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| s.name.to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let out = match (cmd.get_name(), positionals.as_slice()) {
         ("create" | "list" | "prune" | "resume", []) => clusters.clone(),
         ("remove", []) if words.iter().any(|w| w == "remote") => remote_names(),
-        ("restore" | "show" | "delete" | "push" | "pull", []) => clusters.iter().cloned().chain(snapshots(None)).collect(),
+        ("restore" | "show" | "delete" | "push" | "pull", []) => {
+            clusters.iter().cloned().chain(snapshots(None)).collect()
+        }
         ("restore" | "show" | "push" | "pull", [c]) if clusters.contains(c) => snapshots(Some(c)),
         ("delete", [c, ..]) if clusters.contains(c) => snapshots(Some(c)),
         ("delete", _) => snapshots(None),
-        ("completion", []) => ["bash", "zsh", "fish", "powershell", "elvish", "kubectl"].map(String::from).to_vec(),
+        ("completion", []) => ["bash", "zsh", "fish", "powershell", "elvish", "kubectl"]
+            .map(String::from)
+            .to_vec(),
         _ => Vec::new(),
     };
     (out, NO_FILE_COMP)
@@ -107,7 +136,12 @@ fn default_dir() -> std::path::PathBuf {
 
 /// Live kind clusters and clusters with local snapshots (never fails: completion must stay quiet).
 async fn cluster_names(store: &backends::LocalStore) -> Vec<String> {
-    let mut all: Vec<String> = store.clusters().unwrap_or_default().into_iter().map(|c| c.to_string()).collect();
+    let mut all: Vec<String> = store
+        .clusters()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect();
     let live = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         match crate::cluster::Runtime::connect().await {
             Ok(rt) => rt.clusters().await.unwrap_or_default(),
@@ -123,5 +157,7 @@ async fn cluster_names(store: &backends::LocalStore) -> Vec<String> {
 }
 
 fn remote_names() -> Vec<String> {
-    crate::remote::Config::load().map(|c| c.remotes.into_keys().collect()).unwrap_or_default()
+    crate::remote::Config::load()
+        .map(|c| c.remotes.into_keys().collect())
+        .unwrap_or_default()
 }

@@ -15,19 +15,35 @@ mod util;
 
 use std::process::ExitCode;
 
-
 fn main() -> ExitCode {
     // kubectl's plugin completion: a `kubectl_complete-snapshot` link to this binary, or `__complete ARGS`.
     let argv: Vec<String> = std::env::args().collect();
-    let invoked = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned()).unwrap_or_default();
-    let completing = if invoked.starts_with("kubectl_complete-") { Some(&argv[1..]) } else if argv.get(1).map(String::as_str) == Some("__complete") { Some(&argv[2..]) } else { None };
+    let invoked = argv
+        .first()
+        .map(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let completing = if invoked.starts_with("kubectl_complete-") {
+        Some(&argv[1..])
+    } else if argv.get(1).map(String::as_str) == Some("__complete") {
+        Some(&argv[2..])
+    } else {
+        None
+    };
     if let Some(words) = completing {
         if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
             rt.block_on(complete::run(words));
         }
         return ExitCode::SUCCESS;
     }
-    let matches = <cli::Cli as clap::CommandFactory>::command().color(color_choice(&argv)).get_matches_from(&argv);
+    let matches = <cli::Cli as clap::CommandFactory>::command()
+        .color(color_choice(&argv))
+        .get_matches_from(&argv);
     let cli = <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -42,7 +58,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS; // `kubectl snapshot list | head`
             }
             eprintln!("error: {e:#}");

@@ -2,8 +2,14 @@
 
 use serde::Deserialize;
 
-pub const INDEX_TYPES: &[&str] = &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
-pub const MANIFEST_TYPES: &[&str] = &["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
+pub const INDEX_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+pub const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Descriptor {
@@ -55,7 +61,8 @@ pub fn children(bytes: &[u8], media_type: &str, platform: &str) -> Result<Childr
     if INDEX_TYPES.contains(&kind.as_str()) || !doc.manifests.is_empty() {
         for m in doc.manifests {
             let matches = m.platform.as_ref().is_none_or(|p| p.os == os && p.architecture == arch);
-            let readable = INDEX_TYPES.contains(&m.media_type.as_str()) || MANIFEST_TYPES.contains(&m.media_type.as_str());
+            let readable =
+                INDEX_TYPES.contains(&m.media_type.as_str()) || MANIFEST_TYPES.contains(&m.media_type.as_str());
             if matches && readable {
                 out.documents.push((m.digest, m.media_type));
             }
@@ -83,10 +90,19 @@ mod tests {
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:a","size":1,"platform":{"os":"linux","architecture":"amd64"}},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:b","size":1,"platform":{"os":"linux","architecture":"arm64"}}]}"#;
         let c = children(index, "", "linux/amd64").unwrap();
-        assert_eq!(c.documents, [("sha256:a".to_string(), "application/vnd.oci.image.manifest.v1+json".to_string())]);
+        assert_eq!(
+            c.documents,
+            [(
+                "sha256:a".to_string(),
+                "application/vnd.oci.image.manifest.v1+json".to_string()
+            )]
+        );
         let manifest = br#"{"config":{"mediaType":"c","digest":"sha256:c","size":2},"layers":[{"mediaType":"l","digest":"sha256:l","size":3}]}"#;
         let c = children(manifest, MANIFEST_TYPES[0], "linux/amd64").unwrap();
-        assert_eq!(c.blobs.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(), ["sha256:c", "sha256:l"]);
+        assert_eq!(
+            c.blobs.iter().map(|b| b.digest.as_str()).collect::<Vec<_>>(),
+            ["sha256:c", "sha256:l"]
+        );
         assert!(children(b"{not json", "", "linux/amd64").is_err());
     }
 }

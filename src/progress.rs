@@ -28,18 +28,27 @@ impl Progress {
     /// `wanted` is false for machine-readable output; bars also stay hidden off-TTY.
     pub fn new(wanted: bool) -> Self {
         let show = wanted && std::io::stderr().is_terminal();
-        Self { multi: show.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
+        Self {
+            multi: show.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+        }
     }
 
     pub fn phase(&self, name: &str) -> Phase {
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.set_message(name.to_owned());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Phase { bar, name: name.to_owned(), start: Instant::now() }
+        Phase {
+            bar,
+            name: name.to_owned(),
+            start: Instant::now(),
+        }
     }
 }
 
@@ -56,7 +65,10 @@ impl Phase {
             b.set_style(ProgressStyle::with_template("✓ {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
             b.finish_with_message(format!("{} ({:.1}s)", self.name, elapsed.as_secs_f64()));
         }
-        PhaseRecord { name: self.name, duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0 }
+        PhaseRecord {
+            name: self.name,
+            duration_seconds: (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        }
     }
 }
 

@@ -21,9 +21,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use backends::SnapshotStore;
 use backends::s3::{Lookup, S3Options, Secret};
 use backends::url::RemoteUrl;
-use backends::SnapshotStore;
 use serde::{Deserialize, Serialize};
 
 use crate::util::parse_duration;
@@ -116,7 +116,9 @@ fn oci_options(rest: &str, cfg: Option<&RemoteConfig>, f: &OciArgs) -> Result<ba
     let (registry, repository) = backends::oci::split_url(rest)?;
     let password = if f.oci_password_stdin {
         let mut line = String::new();
-        std::io::stdin().read_line(&mut line).context("reading the registry password from standard input")?;
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the registry password from standard input")?;
         Some(Secret::new(line.trim_end_matches(['\n', '\r'])))
     } else {
         None
@@ -125,7 +127,11 @@ fn oci_options(rest: &str, cfg: Option<&RemoteConfig>, f: &OciArgs) -> Result<ba
         registry,
         repository,
         insecure: f.oci_insecure || cfg.is_some_and(|c| c.insecure),
-        ca: if f.oci_ca.is_empty() { cfg.map(|c| c.endpoint_ca.clone()).unwrap_or_default() } else { f.oci_ca.clone() },
+        ca: if f.oci_ca.is_empty() {
+            cfg.map(|c| c.endpoint_ca.clone()).unwrap_or_default()
+        } else {
+            f.oci_ca.clone()
+        },
         username: f.oci_username.clone(),
         password,
     })
@@ -250,7 +256,11 @@ pub fn resolve(args: &RemoteArgs, use_default: bool) -> Result<Option<Box<dyn Sn
     let chosen = match (&args.remote, args.s3.any()) {
         (Some(r), _) => Some(r.clone()),
         (None, true) => {
-            let bucket = args.s3.s3_bucket.clone().ok_or_else(|| anyhow!("--s3 needs --s3-bucket"))?;
+            let bucket = args
+                .s3
+                .s3_bucket
+                .clone()
+                .ok_or_else(|| anyhow!("--s3 needs --s3-bucket"))?;
             let o = s3_options(bucket, args.s3.s3_folder.clone().unwrap_or_default(), None, &args.s3)?;
             return Ok(Some(Box::new(backends::s3::open(&o)?)));
         }
@@ -270,7 +280,9 @@ pub fn resolve(args: &RemoteArgs, use_default: bool) -> Result<Option<Box<dyn Sn
         }
     })?;
     if cfg.is_none() && matches!(parsed, RemoteUrl::Dir(_)) && !url.contains('/') && !url.starts_with('.') {
-        bail!("no remote named {chosen:?}: see `kubectl snapshot remote list`, or give a URL (s3://BUCKET/FOLDER) or a path (./{chosen})");
+        bail!(
+            "no remote named {chosen:?}: see `kubectl snapshot remote list`, or give a URL (s3://BUCKET/FOLDER) or a path (./{chosen})"
+        );
     }
     Ok(Some(match parsed {
         RemoteUrl::S3 { bucket, folder } => Box::new(backends::s3::open(&s3_options(bucket, folder, cfg, &args.s3)?)?),

@@ -58,13 +58,20 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else if v < 10.0 { format!("{v:.1} {}", UNITS[u]) } else { format!("{v:.0} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else if v < 10.0 {
+        format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.0} {}", UNITS[u])
+    }
 }
 
 /// Parses a size with base-2 multipliers, case-insensitive: `10G`, `500m`, `1.5GiB`, `2048` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let bad = || format!("invalid size {s:?}: use a number with an optional K, M, G or T suffix (base 2), e.g. 10G or 500M");
+    let bad =
+        || format!("invalid size {s:?}: use a number with an optional K, M, G or T suffix (base 2), e.g. 10G or 500M");
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {

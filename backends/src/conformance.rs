@@ -63,11 +63,24 @@ pub async fn round_trip_is_byte_identical(store: &dyn SnapshotStore, scratch: &P
     // Larger than one multipart part, not a multiple of it.
     let (path, sidecar, metadata) = bundle(scratch, "big", (8 << 20) * 2 + 12345);
     let sent = std::sync::atomic::AtomicU64::new(0);
-    store.put(&c, &n, &path, &sidecar, &metadata, &|b| { sent.fetch_add(b, std::sync::atomic::Ordering::Relaxed); }).await.expect("put");
-    assert_eq!(sent.into_inner(), std::fs::metadata(&path).unwrap().len(), "progress counts every byte");
+    store
+        .put(&c, &n, &path, &sidecar, &metadata, &|b| {
+            sent.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .expect("put");
+    assert_eq!(
+        sent.into_inner(),
+        std::fs::metadata(&path).unwrap().len(),
+        "progress counts every byte"
+    );
     let dest = scratch.join("big.out");
     let fetched = store.get(&c, &n, &dest, NOOP).await.expect("get");
-    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&path).unwrap(), "bundle bytes differ after a round trip");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(&path).unwrap(),
+        "bundle bytes differ after a round trip"
+    );
     assert_eq!(fetched.sidecar, sidecar);
     assert_eq!(fetched.metadata, metadata);
     assert_eq!(format!("{}  big.tar.gz\n", fetched.sha256), sidecar);
@@ -79,19 +92,65 @@ pub async fn list_head_delete(store: &dyn SnapshotStore, scratch: &Path) {
     let other = ClusterName::new("conf-list-other").unwrap();
     for n in ["a", "b"] {
         let (path, sidecar, metadata) = bundle(scratch, n, 1000);
-        store.put(&c, &SnapshotName::new(n).unwrap(), &path, &sidecar, &metadata, NOOP).await.expect("put");
+        store
+            .put(&c, &SnapshotName::new(n).unwrap(), &path, &sidecar, &metadata, NOOP)
+            .await
+            .expect("put");
     }
     let (path, sidecar, metadata) = bundle(scratch, "x", 10);
-    store.put(&other, &SnapshotName::new("x").unwrap(), &path, &sidecar, &metadata, NOOP).await.expect("put other");
+    store
+        .put(
+            &other,
+            &SnapshotName::new("x").unwrap(),
+            &path,
+            &sidecar,
+            &metadata,
+            NOOP,
+        )
+        .await
+        .expect("put other");
     let listed = store.list(&c).await.expect("list");
-    assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"], "a cluster lists only its own snapshots");
-    assert!(listed.iter().all(|s| s.complete && s.size == 1000 && s.metadata.is_some() && s.sha256.is_some()));
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"],
+        "a cluster lists only its own snapshots"
+    );
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.complete && s.size == 1000 && s.metadata.is_some() && s.sha256.is_some())
+    );
     let head = store.head(&c, &SnapshotName::new("a").unwrap()).await.expect("head");
-    assert_eq!(head.metadata.as_deref(), Some(&br#"{"schemaVersion":1,"name":"a"}"#[..]));
-    store.delete(&c, &SnapshotName::new("a").unwrap()).await.expect("delete");
-    assert_eq!(store.list(&c).await.unwrap().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["b"]);
-    assert!(matches!(store.head(&c, &SnapshotName::new("a").unwrap()).await, Err(Error::NotFound { .. })), "deleted snapshot still there");
-    assert_eq!(store.list(&other).await.unwrap().len(), 1, "deleting in one cluster leaves others alone");
+    assert_eq!(
+        head.metadata.as_deref(),
+        Some(&br#"{"schemaVersion":1,"name":"a"}"#[..])
+    );
+    store
+        .delete(&c, &SnapshotName::new("a").unwrap())
+        .await
+        .expect("delete");
+    assert_eq!(
+        store
+            .list(&c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(
+        matches!(
+            store.head(&c, &SnapshotName::new("a").unwrap()).await,
+            Err(Error::NotFound { .. })
+        ),
+        "deleted snapshot still there"
+    );
+    assert_eq!(
+        store.list(&other).await.unwrap().len(),
+        1,
+        "deleting in one cluster leaves others alone"
+    );
     for (cl, n) in [(&c, "b"), (&other, "x")] {
         store.delete(cl, &SnapshotName::new(n).unwrap()).await.expect("cleanup");
     }
@@ -102,14 +161,32 @@ pub async fn incomplete_uploads_are_invisible(store: &dyn SnapshotStore, raw: &d
     let (c, n) = names("conf-inc", "half");
     raw.leave_incomplete(&c, &n).await;
     let listed = store.list(&c).await.expect("list");
-    assert!(listed.iter().all(|s| !s.complete), "an interrupted upload is listed as complete");
-    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })), "head finds an incomplete upload");
-    assert!(matches!(store.get(&c, &n, &scratch.join("half.out"), NOOP).await, Err(Error::NotFound { .. })), "get returns an incomplete upload");
+    assert!(
+        listed.iter().all(|s| !s.complete),
+        "an interrupted upload is listed as complete"
+    );
+    assert!(
+        matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })),
+        "head finds an incomplete upload"
+    );
+    assert!(
+        matches!(
+            store.get(&c, &n, &scratch.join("half.out"), NOOP).await,
+            Err(Error::NotFound { .. })
+        ),
+        "get returns an incomplete upload"
+    );
     // A new push of the same name completes it.
     let (path, sidecar, metadata) = bundle(scratch, "half", 4096);
-    store.put(&c, &n, &path, &sidecar, &metadata, NOOP).await.expect("re-push after an interrupted upload");
+    store
+        .put(&c, &n, &path, &sidecar, &metadata, NOOP)
+        .await
+        .expect("re-push after an interrupted upload");
     assert!(store.list(&c).await.unwrap().iter().all(|s| s.complete));
-    store.get(&c, &n, &scratch.join("half.out"), NOOP).await.expect("get after re-push");
+    store
+        .get(&c, &n, &scratch.join("half.out"), NOOP)
+        .await
+        .expect("get after re-push");
     store.delete(&c, &n).await.expect("delete");
 }
 
@@ -117,7 +194,10 @@ pub async fn not_found_errors(store: &dyn SnapshotStore, scratch: &Path) {
     let (c, n) = names("conf-nf", "nothing");
     assert!(store.list(&c).await.expect("list of an empty cluster").is_empty());
     assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
-    assert!(matches!(store.get(&c, &n, &scratch.join("nf.out"), NOOP).await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.get(&c, &n, &scratch.join("nf.out"), NOOP).await,
+        Err(Error::NotFound { .. })
+    ));
     assert!(matches!(store.delete(&c, &n).await, Err(Error::NotFound { .. })));
 }
 
@@ -135,7 +215,10 @@ pub async fn tampered_bundles_are_refused(store: &dyn SnapshotStore, raw: &dyn R
     let (path, sidecar, metadata) = bundle(scratch, "t", 5000);
     store.put(&c, &n, &path, &sidecar, &metadata, NOOP).await.expect("put");
     raw.tamper(&c, &n).await;
-    let err = store.get(&c, &n, &scratch.join("t.out"), NOOP).await.expect_err("a tampered bundle was accepted");
+    let err = store
+        .get(&c, &n, &scratch.join("t.out"), NOOP)
+        .await
+        .expect_err("a tampered bundle was accepted");
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
     store.delete(&c, &n).await.expect("delete");
 }
@@ -145,7 +228,10 @@ pub async fn existing_snapshots_are_not_replaced(store: &dyn SnapshotStore, scra
     let (path, sidecar, metadata) = bundle(scratch, "e", 300);
     store.put(&c, &n, &path, &sidecar, &metadata, NOOP).await.expect("put");
     let (path2, sidecar2, metadata2) = bundle(scratch, "e2", 301);
-    assert!(matches!(store.put(&c, &n, &path2, &sidecar2, &metadata2, NOOP).await, Err(Error::AlreadyExists { .. })));
+    assert!(matches!(
+        store.put(&c, &n, &path2, &sidecar2, &metadata2, NOOP).await,
+        Err(Error::AlreadyExists { .. })
+    ));
     let out = scratch.join("e.out");
     store.get(&c, &n, &out, NOOP).await.expect("get");
     assert_eq!(std::fs::read(out).unwrap(), std::fs::read(path).unwrap());
@@ -156,8 +242,14 @@ pub async fn corrupt_local_bundles_are_not_published(store: &dyn SnapshotStore, 
     let (c, n) = names("conf-corrupt", "bad");
     let (path, _, metadata) = bundle(scratch, "bad", 3000);
     let wrong = format!("{}  bad.tar.gz\n", "ab".repeat(32));
-    let err = store.put(&c, &n, &path, &wrong, &metadata, NOOP).await.expect_err("a bundle not matching its sidecar was pushed");
+    let err = store
+        .put(&c, &n, &path, &wrong, &metadata, NOOP)
+        .await
+        .expect_err("a bundle not matching its sidecar was pushed");
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
-    assert!(store.list(&c).await.unwrap().iter().all(|s| !s.complete), "a corrupt bundle was published");
+    assert!(
+        store.list(&c).await.unwrap().iter().all(|s| !s.complete),
+        "a corrupt bundle was published"
+    );
     assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
 }

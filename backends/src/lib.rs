@@ -30,7 +30,11 @@ pub enum Error {
     #[error("snapshot {name:?} already exists for cluster {cluster:?}; choose another name or delete it first")]
     AlreadyExists { cluster: String, name: String },
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidName { what: &'static str, value: String, reason: &'static str },
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("{context}: {cause}")]
     Io { context: String, cause: std::io::Error },
     #[error("{remote}: {message}")]
@@ -38,14 +42,21 @@ pub enum Error {
     #[error("{remote}: access denied: {message}")]
     Denied { remote: String, message: String },
     #[error("{remote}: snapshot {name:?} failed verification: {message}; nothing was kept")]
-    Integrity { remote: String, name: String, message: String },
+    Integrity {
+        remote: String,
+        name: String,
+        message: String,
+    },
     #[error("{0}")]
     Config(String),
 }
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), cause: source }
+        Self::Io {
+            context: context.into(),
+            cause: source,
+        }
     }
 }
 

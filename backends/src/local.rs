@@ -78,9 +78,10 @@ impl LocalStore {
         };
         for entry in rd.flatten() {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false)
-                && let Some(c) = entry.file_name().to_str().and_then(|n| ClusterName::new(n).ok()) {
-                    out.push(c);
-                }
+                && let Some(c) = entry.file_name().to_str().and_then(|n| ClusterName::new(n).ok())
+            {
+                out.push(c);
+            }
         }
         out.sort();
         Ok(out)
@@ -97,7 +98,9 @@ impl LocalStore {
         let mut out = Vec::new();
         for entry in rd.flatten() {
             let file_name = entry.file_name();
-            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(BUNDLE_SUFFIX)) else { continue };
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(BUNDLE_SUFFIX)) else {
+                continue;
+            };
             let Ok(name) = SnapshotName::new(stem) else { continue };
             let Ok(meta) = entry.metadata() else { continue };
             if !meta.is_file() {
@@ -134,28 +137,48 @@ impl LocalStore {
     }
 
     fn not_found(&self, cluster: &ClusterName, name: &SnapshotName) -> Error {
-        Error::NotFound { cluster: cluster.to_string(), name: name.to_string() }
+        Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        }
     }
 
     /// A temporary path in the cluster directory for a bundle being written. Hidden from [`Self::list`].
     pub fn staging_path(&self, cluster: &ClusterName, name: &SnapshotName) -> PathBuf {
-        let nonce = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        self.cluster_dir(cluster).join(format!(".{name}{BUNDLE_SUFFIX}.partial-{}-{nonce}", std::process::id()))
+        let nonce = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        self.cluster_dir(cluster)
+            .join(format!(".{name}{BUNDLE_SUFFIX}.partial-{}-{nonce}", std::process::id()))
     }
 
     /// Makes a finished bundle visible as `name`: metadata and sidecar first, then the archive itself,
     /// linked in without replacing an existing snapshot. `staged` is removed.
-    pub fn publish(&self, cluster: &ClusterName, name: &SnapshotName, staged: &Path, sidecar: &str, metadata: &[u8]) -> Result<SnapshotPaths, Error> {
+    pub fn publish(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        staged: &Path,
+        sidecar: &str,
+        metadata: &[u8],
+    ) -> Result<SnapshotPaths, Error> {
         let paths = self.paths(cluster, name);
         if paths.bundle.exists() {
-            return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+            return Err(Error::AlreadyExists {
+                cluster: cluster.to_string(),
+                name: name.to_string(),
+            });
         }
         write_atomic(&paths.metadata, metadata)?;
         write_atomic(&paths.sidecar, sidecar.as_bytes())?;
         match fs::hard_link(staged, &paths.bundle) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+                return Err(Error::AlreadyExists {
+                    cluster: cluster.to_string(),
+                    name: name.to_string(),
+                });
             }
             Err(e) => return Err(Error::io(format!("publishing {}", paths.bundle.display()), e)),
         }
@@ -205,12 +228,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 #[cfg(unix)]
 fn open_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
 fn open_private(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {

@@ -14,12 +14,22 @@ pub struct SnapshotName(String);
 pub struct ClusterName(String);
 
 fn check(what: &'static str, value: &str, max: usize, ok: impl Fn(char) -> bool) -> Result<(), Error> {
-    let bad = |reason| Err(Error::InvalidName { what, value: value.to_owned(), reason });
+    let bad = |reason| {
+        Err(Error::InvalidName {
+            what,
+            value: value.to_owned(),
+            reason,
+        })
+    };
     if value.is_empty() {
         return bad("it is empty");
     }
     if value.chars().count() > max {
-        return bad(if max == 128 { "it is longer than 128 characters" } else { "it is longer than 63 characters" });
+        return bad(if max == 128 {
+            "it is longer than 128 characters"
+        } else {
+            "it is longer than 63 characters"
+        });
     }
     let first = value.chars().next().unwrap_or('.');
     if !first.is_ascii_alphanumeric() && first != '_' {
@@ -33,7 +43,9 @@ fn check(what: &'static str, value: &str, max: usize, ok: impl Fn(char) -> bool)
 
 impl SnapshotName {
     pub fn new(value: &str) -> Result<Self, Error> {
-        check("snapshot name", value, 128, |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))?;
+        check("snapshot name", value, 128, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        })?;
         Ok(Self(value.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -43,7 +55,9 @@ impl SnapshotName {
 
 impl ClusterName {
     pub fn new(value: &str) -> Result<Self, Error> {
-        check("cluster name", value, 63, |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))?;
+        check("cluster name", value, 63, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        })?;
         Ok(Self(value.to_owned()))
     }
     pub fn as_str(&self) -> &str {
@@ -69,14 +83,33 @@ mod tests {
 
     #[test]
     fn accepts_oci_tag_shaped_names() {
-        for ok in ["baseline", "snap-20260507-143022", "v1.2_3", "_x", "A", &"a".repeat(128)] {
+        for ok in [
+            "baseline",
+            "snap-20260507-143022",
+            "v1.2_3",
+            "_x",
+            "A",
+            &"a".repeat(128),
+        ] {
             SnapshotName::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
     #[test]
     fn refuses_paths_and_odd_names() {
-        for bad in ["", ".", "..", "../x", "a/b", "a b", ".hidden", "-x", "x\n", "é", &"a".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            ".hidden",
+            "-x",
+            "x\n",
+            "é",
+            &"a".repeat(129),
+        ] {
             assert!(SnapshotName::new(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -65,16 +65,24 @@ pub struct OciStore {
 
 /// `REGISTRY/REPOSITORY` from an `oci://` URL.
 pub fn split_url(rest: &str) -> Result<(String, String), Error> {
-    let (registry, repo) = rest.split_once('/').ok_or_else(|| Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")))?;
+    let (registry, repo) = rest
+        .split_once('/')
+        .ok_or_else(|| Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")))?;
     let repo = repo.trim_matches('/');
     if registry.is_empty() || repo.is_empty() {
-        return Err(Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")));
+        return Err(Error::Config(format!(
+            "oci://{rest}: expected oci://REGISTRY/REPOSITORY"
+        )));
     }
     if repo.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(Error::Config(format!("oci://{rest}: repository paths must be lowercase")));
+        return Err(Error::Config(format!(
+            "oci://{rest}: repository paths must be lowercase"
+        )));
     }
     if let Some(bad) = repo.split('/').find(|c| !is_path_component(c)) {
-        return Err(Error::Config(format!("oci://{rest}: {bad:?} is not a valid repository path component ({PATH_COMPONENT_RULE})")));
+        return Err(Error::Config(format!(
+            "oci://{rest}: {bad:?} is not a valid repository path component ({PATH_COMPONENT_RULE})"
+        )));
     }
     Ok((registry.to_owned(), repo.to_owned()))
 }
@@ -84,26 +92,46 @@ const PATH_COMPONENT_RULE: &str = "lowercase letters and digits, separated by '.
 /// An OCI repository path component, `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (distribution-spec).
 fn is_path_component(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let (Some(first), Some(last)) = (s.chars().next(), s.chars().last()) else { return false };
-    alnum(first) && alnum(last) && s.split(alnum).filter(|sep| !sep.is_empty()).all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-'))
+    let (Some(first), Some(last)) = (s.chars().next(), s.chars().last()) else {
+        return false;
+    };
+    alnum(first)
+        && alnum(last)
+        && s.split(alnum)
+            .filter(|sep| !sep.is_empty())
+            .all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-'))
 }
 
 fn credentials(o: &OciOptions) -> Result<(RegistryAuth, String), Error> {
     match (&o.username, &o.password) {
-        (Some(u), Some(p)) => return Ok((RegistryAuth::Basic(u.clone(), p.expose().to_owned()), "--oci-username".into())),
-        (Some(_), None) => return Err(Error::Config("--oci-username needs a password: --oci-password-stdin".into())),
+        (Some(u), Some(p)) => {
+            return Ok((
+                RegistryAuth::Basic(u.clone(), p.expose().to_owned()),
+                "--oci-username".into(),
+            ));
+        }
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "--oci-username needs a password: --oci-password-stdin".into(),
+            ));
+        }
         _ => {}
     }
     let from_docker = docker_credential::get_credential(&o.registry);
     let found = match from_docker {
         Ok(c) => Some((c, "the Docker config (~/.docker/config.json)")),
-        Err(_) => docker_credential::get_podman_credential(&o.registry).ok().map(|c| (c, "Podman's auth file")),
+        Err(_) => docker_credential::get_podman_credential(&o.registry)
+            .ok()
+            .map(|c| (c, "Podman's auth file")),
     };
     match found {
-        Some((docker_credential::DockerCredential::UsernamePassword(u, p), from)) => Ok((RegistryAuth::Basic(u, p), from.into())),
-        Some((docker_credential::DockerCredential::IdentityToken(_), from)) => {
-            Err(Error::Config(format!("{from} holds an identity token for {}, which is not supported; use --oci-username", o.registry)))
+        Some((docker_credential::DockerCredential::UsernamePassword(u, p), from)) => {
+            Ok((RegistryAuth::Basic(u, p), from.into()))
         }
+        Some((docker_credential::DockerCredential::IdentityToken(_), from)) => Err(Error::Config(format!(
+            "{from} holds an identity token for {}, which is not supported; use --oci-username",
+            o.registry
+        ))),
         None => Ok((RegistryAuth::Anonymous, "anonymous".into())),
     }
 }
@@ -115,10 +143,17 @@ pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
         let data = std::fs::read(path).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
         let cert = reqwest::Certificate::from_pem(&data).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
         http = http.add_root_certificate(cert);
-        certs.push(Certificate { encoding: CertificateEncoding::Pem, data });
+        certs.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
     }
     let config = ClientConfig {
-        protocol: if o.insecure { ClientProtocol::Http } else { ClientProtocol::Https },
+        protocol: if o.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
         use_monolithic_push: true,
         extra_root_certificates: certs,
         connect_timeout: Some(std::time::Duration::from_secs(30)),
@@ -128,12 +163,22 @@ pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
     let (auth, from) = credentials(o)?;
     let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
     let description = format!("oci://{}/{} (credentials: {from})", o.registry, o.repository);
-    Ok(OciStore { client: Client::new(config), http, auth, opts: o.clone(), description, realm_checked: Default::default() })
+    Ok(OciStore {
+        client: Client::new(config),
+        http,
+        auth,
+        opts: o.clone(),
+        description,
+        realm_checked: Default::default(),
+    })
 }
 
 /// What a 401 asks for.
 enum Challenge {
-    Bearer { realm: Option<String>, service: Option<String> },
+    Bearer {
+        realm: Option<String>,
+        service: Option<String>,
+    },
     Basic,
 }
 
@@ -142,10 +187,22 @@ fn challenge(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
     let header = headers.get("www-authenticate")?.to_str().ok()?;
     let challenges = http_auth::parse_challenges(header).ok()?;
     if let Some(bearer) = challenges.iter().find(|c| c.scheme.eq_ignore_ascii_case("bearer")) {
-        let param = |k: &str| bearer.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.to_unescaped());
-        return Some(Challenge::Bearer { realm: param("realm"), service: param("service") });
+        let param = |k: &str| {
+            bearer
+                .params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.to_unescaped())
+        };
+        return Some(Challenge::Bearer {
+            realm: param("realm"),
+            service: param("service"),
+        });
     }
-    challenges.iter().any(|c| c.scheme.eq_ignore_ascii_case("basic")).then_some(Challenge::Basic)
+    challenges
+        .iter()
+        .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+        .then_some(Challenge::Basic)
 }
 
 /// Attempts at a blob upload; a dropped connection, a timeout, 5xx or 429 starts a new upload after 1 s, then 2 s.
@@ -171,7 +228,11 @@ fn next_link(header: &str) -> Option<String> {
         let (target, params) = link.split_once('>')?;
         let is_next = params.split(';').any(|p| {
             let p = p.trim().trim_end_matches(',').trim();
-            p.strip_prefix("rel=").is_some_and(|v| v.trim_matches('"').split_whitespace().any(|r| r.eq_ignore_ascii_case("next")))
+            p.strip_prefix("rel=").is_some_and(|v| {
+                v.trim_matches('"')
+                    .split_whitespace()
+                    .any(|r| r.eq_ignore_ascii_case("next"))
+            })
         });
         is_next.then(|| target.trim().to_owned())
     })
@@ -179,7 +240,16 @@ fn next_link(header: &str) -> Option<String> {
 
 fn not_found_like(e: &oci_client::errors::OciDistributionError) -> bool {
     let m = e.to_string().to_lowercase().replace('_', " ");
-    ["manifest unknown", "name unknown", "not known to registry", "blob unknown", "not found", "404"].iter().any(|k| m.contains(k))
+    [
+        "manifest unknown",
+        "name unknown",
+        "not known to registry",
+        "blob unknown",
+        "not found",
+        "404",
+    ]
+    .iter()
+    .any(|k| m.contains(k))
 }
 
 impl OciStore {
@@ -194,16 +264,36 @@ impl OciStore {
     }
 
     fn reference(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<Reference, Error> {
-        Ok(Reference::with_tag(self.opts.registry.clone(), self.repo(cluster)?, name.to_string()))
+        Ok(Reference::with_tag(
+            self.opts.registry.clone(),
+            self.repo(cluster)?,
+            name.to_string(),
+        ))
     }
 
     fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
         let message = format!("{op}: {}", crate::chain(&e));
         let lower = message.to_lowercase();
-        if ["not authorized", "unauthorized", "denied", "401", "403", "authentication"].iter().any(|k| lower.contains(k)) {
-            Error::Denied { remote: self.description.clone(), message }
+        if [
+            "not authorized",
+            "unauthorized",
+            "denied",
+            "401",
+            "403",
+            "authentication",
+        ]
+        .iter()
+        .any(|k| lower.contains(k))
+        {
+            Error::Denied {
+                remote: self.description.clone(),
+                message,
+            }
         } else {
-            Error::Remote { remote: self.description.clone(), message }
+            Error::Remote {
+                remote: self.description.clone(),
+                message,
+            }
         }
     }
 
@@ -219,10 +309,16 @@ impl OciStore {
 
     async fn config(&self, r: &Reference, m: &OciImageManifest) -> Result<Vec<u8>, Error> {
         if m.config.size > 16 << 20 {
-            return Err(Error::Remote { remote: self.description.clone(), message: format!("{r}: metadata blob of {} bytes", m.config.size) });
+            return Err(Error::Remote {
+                remote: self.description.clone(),
+                message: format!("{r}: metadata blob of {} bytes", m.config.size),
+            });
         }
         let mut out = Vec::new();
-        self.client.pull_blob(r, &m.config, &mut out).await.map_err(|e| self.err("reading the metadata", e))?;
+        self.client
+            .pull_blob(r, &m.config, &mut out)
+            .await
+            .map_err(|e| self.err("reading the metadata", e))?;
         Ok(out)
     }
 
@@ -253,8 +349,17 @@ impl OciStore {
     /// `Basic` challenge, a token for `scope` from the realm of a `Bearer` challenge. Credentials go out only once a
     /// challenge asks for them, so a token registry never sees the password; `session` keeps the answer for the
     /// next requests (tag pages). For what oci-client does not do: tag paging and delete.
-    async fn authed(&self, method: reqwest::Method, url: &str, scope: &str, session: &mut Option<Answer>) -> Result<reqwest::Response, Error> {
-        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
+    async fn authed(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        scope: &str,
+        session: &mut Option<Answer>,
+    ) -> Result<reqwest::Response, Error> {
+        let fail = |m: String| Error::Remote {
+            remote: self.description.clone(),
+            message: m,
+        };
         let send = |answer: &Option<Answer>| {
             let rb = self.http.request(method.clone(), url);
             match (answer, &self.auth) {
@@ -264,7 +369,9 @@ impl OciStore {
             }
             .send()
         };
-        let resp = send(session).await.map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))?;
+        let resp = send(session)
+            .await
+            .map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -281,7 +388,9 @@ impl OciStore {
             return Ok(resp);
         }
         *session = Some(answer);
-        send(session).await.map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))
+        send(session)
+            .await
+            .map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))
     }
 
     /// One monolithic upload of the bundle (POST, then one streamed PUT). The registry recomputes the digest, so
@@ -338,7 +447,10 @@ impl OciStore {
         self.realm_checked
             .get_or_try_init(|| async {
                 let url = self.url("/v2/");
-                let resp = self.http.get(&url).send().await.map_err(|e| Error::Remote { remote: self.description.clone(), message: format!("GET {url}: {}", crate::chain(&e)) })?;
+                let resp = self.http.get(&url).send().await.map_err(|e| Error::Remote {
+                    remote: self.description.clone(),
+                    message: format!("GET {url}: {}", crate::chain(&e)),
+                })?;
                 match challenge(resp.headers()) {
                     Some(Challenge::Bearer { realm: Some(realm), .. }) => self.refuse_cleartext_realm(&realm),
                     _ => Ok(()),
@@ -350,7 +462,10 @@ impl OciStore {
 
     /// A token for `scope` from a Bearer challenge's realm, with the Basic credentials if there are any.
     async fn token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<String, Error> {
-        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
+        let fail = |m: String| Error::Remote {
+            remote: self.description.clone(),
+            message: m,
+        };
         self.refuse_cleartext_realm(realm)?;
         let mut req = self.http.get(realm).query(&[("scope", scope)]);
         if let Some(service) = service {
@@ -359,19 +474,34 @@ impl OciStore {
         if let RegistryAuth::Basic(u, p) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
-        let answer = req.send().await.map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
+        let answer = req
+            .send()
+            .await
+            .map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
         if !answer.status().is_success() {
-            return Err(Error::Denied { remote: self.description.clone(), message: format!("token from {realm} for {scope}: HTTP {}", answer.status()) });
+            return Err(Error::Denied {
+                remote: self.description.clone(),
+                message: format!("token from {realm} for {scope}: HTTP {}", answer.status()),
+            });
         }
-        let body: serde_json::Value = answer.json().await.map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
-        let t = body["token"].as_str().or(body["access_token"].as_str()).ok_or_else(|| fail(format!("token from {realm}: no token in the answer")))?;
+        let body: serde_json::Value = answer
+            .json()
+            .await
+            .map_err(|e| fail(format!("token from {realm}: {}", crate::chain(&e))))?;
+        let t = body["token"]
+            .as_str()
+            .or(body["access_token"].as_str())
+            .ok_or_else(|| fail(format!("token from {realm}: no token in the answer")))?;
         Ok(t.to_owned())
     }
 
     /// All tags of a repository, following `Link: <…>; rel="next"` pages (oci-client drops that header). Pages
     /// that loop, or a `Link` to another host (which would be sent our credentials), are errors.
     async fn tags(&self, repo: &str) -> Result<Vec<String>, Error> {
-        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: format!("listing tags of {repo}: {m}") };
+        let fail = |m: String| Error::Remote {
+            remote: self.description.clone(),
+            message: format!("listing tags of {repo}: {m}"),
+        };
         let origin = self.url("/");
         let mut url = self.url(&format!("/v2/{repo}/tags/list?n=1000"));
         let mut session = None;
@@ -384,22 +514,48 @@ impl OciStore {
             if seen.len() > MAX_TAG_PAGES {
                 return Err(fail(format!("more than {MAX_TAG_PAGES} pages")));
             }
-            let resp = self.authed(reqwest::Method::GET, &url, &format!("repository:{repo}:pull"), &mut session).await?;
+            let resp = self
+                .authed(
+                    reqwest::Method::GET,
+                    &url,
+                    &format!("repository:{repo}:pull"),
+                    &mut session,
+                )
+                .await?;
             match resp.status().as_u16() {
                 404 => return Ok(Vec::new()),
-                401 | 403 => return Err(Error::Denied { remote: self.description.clone(), message: format!("listing tags of {repo}: HTTP {}", resp.status()) }),
+                401 | 403 => {
+                    return Err(Error::Denied {
+                        remote: self.description.clone(),
+                        message: format!("listing tags of {repo}: HTTP {}", resp.status()),
+                    });
+                }
                 s if !(200..300).contains(&s) => return Err(fail(format!("HTTP {s}"))),
                 _ => {}
             }
-            let next = resp.headers().get("link").and_then(|v| v.to_str().ok()).and_then(next_link);
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
             let body: serde_json::Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
             // `"tags": null` for an empty repository (distribution, GHCR).
-            all.extend(body["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)));
+            all.extend(
+                body["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(str::to_owned)),
+            );
             url = match next {
                 None => break,
                 Some(n) if n.starts_with('/') => self.url(&n),
                 Some(n) if n.starts_with(&origin) => n,
-                Some(n) => return Err(fail(format!("the registry's Link leads to another host ({n}); not following it"))),
+                Some(n) => {
+                    return Err(fail(format!(
+                        "the registry's Link leads to another host ({n}); not following it"
+                    )));
+                }
             };
         }
         all.sort();
@@ -410,13 +566,26 @@ impl OciStore {
     /// DELETE of a manifest by digest (oci-client has no delete), with a `delete`-scoped token where required.
     async fn delete_manifest(&self, repo: &str, digest: &str) -> Result<(), Error> {
         let url = self.url(&format!("/v2/{repo}/manifests/{digest}"));
-        let resp = self.authed(reqwest::Method::DELETE, &url, &format!("repository:{repo}:delete,pull"), &mut None).await?;
-        let fail = |m: String| Error::Remote { remote: self.description.clone(), message: m };
+        let resp = self
+            .authed(
+                reqwest::Method::DELETE,
+                &url,
+                &format!("repository:{repo}:delete,pull"),
+                &mut None,
+            )
+            .await?;
+        let fail = |m: String| Error::Remote {
+            remote: self.description.clone(),
+            message: m,
+        };
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             401 | 403 => Err(Error::Denied {
                 remote: self.description.clone(),
-                message: format!("deleting {repo}@{digest}: HTTP {}: these credentials may not delete in {repo}", resp.status()),
+                message: format!(
+                    "deleting {repo}@{digest}: HTTP {}: these credentials may not delete in {repo}",
+                    resp.status()
+                ),
             }),
             400 | 405 => Err(fail(format!(
                 "the registry refuses deletes through the API (HTTP {}); delete {repo}@{digest} with the registry's own UI or API",
@@ -433,20 +602,40 @@ impl SnapshotStore for OciStore {
         self.description.clone()
     }
 
-    async fn put(&self, cluster: &ClusterName, name: &SnapshotName, bundle: &Path, sidecar: &str, metadata: &[u8], progress: Progress<'_>) -> Result<(), Error> {
+    async fn put(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        bundle: &Path,
+        sidecar: &str,
+        metadata: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<(), Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         if self.manifest(&r).await?.is_some() {
-            return Err(Error::AlreadyExists { cluster: cluster.to_string(), name: name.to_string() });
+            return Err(Error::AlreadyExists {
+                cluster: cluster.to_string(),
+                name: name.to_string(),
+            });
         }
-        let hex = sidecar.split_whitespace().next().filter(|h| h.len() == 64).ok_or_else(|| Error::Integrity {
-            remote: self.description.clone(),
-            name: name.to_string(),
-            message: "its local sidecar is malformed".into(),
-        })?;
+        let hex = sidecar
+            .split_whitespace()
+            .next()
+            .filter(|h| h.len() == 64)
+            .ok_or_else(|| Error::Integrity {
+                remote: self.description.clone(),
+                name: name.to_string(),
+                message: "its local sidecar is malformed".into(),
+            })?;
         let digest = format!("sha256:{hex}");
-        let size = std::fs::metadata(bundle).map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?.len();
-        self.client.auth(&r, &self.auth, RegistryOperation::Push).await.map_err(|e| self.err("authenticating", e))?;
+        let size = std::fs::metadata(bundle)
+            .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
+            .len();
+        self.client
+            .auth(&r, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| self.err("authenticating", e))?;
         if !self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
             // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
             let reported = std::sync::atomic::AtomicU64::new(0);
@@ -474,31 +663,53 @@ impl SnapshotStore for OciStore {
                             ),
                         });
                     }
-                    Err(e) => return Err(self.err(&format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"), e)),
+                    Err(e) => {
+                        return Err(self.err(
+                            &format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"),
+                            e,
+                        ));
+                    }
                 }
             }
         } else {
             progress(size);
         }
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(metadata)));
-        self.client.push_blob(&r, metadata.to_vec(), &config_digest).await.map_err(|e| self.err("uploading the metadata", e))?;
+        self.client
+            .push_blob(&r, metadata.to_vec(), &config_digest)
+            .await
+            .map_err(|e| self.err("uploading the metadata", e))?;
         let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
         let mut annotations = BTreeMap::new();
         // RFC 3339, as the annotation requires: the metadata's time, else the push's.
-        let created = meta["created"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or_else(jiff::Timestamp::now);
+        let created = meta["created"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
         annotations.insert("org.opencontainers.image.created".to_owned(), created.to_string());
         annotations.insert("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string());
         annotations.insert("io.kubectl-snapshot.snapshot".to_owned(), name.to_string());
-        annotations.insert("io.kubectl-snapshot.k8s-version".to_owned(), meta["k8sVersion"].as_str().unwrap_or_default().to_owned());
+        annotations.insert(
+            "io.kubectl-snapshot.k8s-version".to_owned(),
+            meta["k8sVersion"].as_str().unwrap_or_default().to_owned(),
+        );
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-            config: OciDescriptor { media_type: CONFIG_TYPE.into(), digest: config_digest, size: metadata.len() as i64, ..Default::default() },
+            config: OciDescriptor {
+                media_type: CONFIG_TYPE.into(),
+                digest: config_digest,
+                size: metadata.len() as i64,
+                ..Default::default()
+            },
             layers: vec![OciDescriptor {
                 media_type: BUNDLE_TYPE.into(),
                 digest,
                 size: size as i64,
-                annotations: Some(BTreeMap::from([("org.opencontainers.image.title".to_owned(), format!("{name}.tar.gz"))])),
+                annotations: Some(BTreeMap::from([(
+                    "org.opencontainers.image.title".to_owned(),
+                    format!("{name}.tar.gz"),
+                )])),
                 ..Default::default()
             }],
             subject: None,
@@ -506,7 +717,10 @@ impl SnapshotStore for OciStore {
             annotations: Some(annotations),
         };
         // The tag is the commit marker, last.
-        self.client.push_manifest(&r, &OciManifest::Image(manifest)).await.map_err(|e| self.err("pushing the manifest", e))?;
+        self.client
+            .push_manifest(&r, &OciManifest::Image(manifest))
+            .await
+            .map_err(|e| self.err("pushing the manifest", e))?;
         Ok(())
     }
 
@@ -514,17 +728,28 @@ impl SnapshotStore for OciStore {
         self.check_realm().await?;
         let tags = self.tags(&self.repo(cluster)?).await?;
         let names: Vec<SnapshotName> = tags.iter().filter_map(|t| SnapshotName::new(t).ok()).collect();
-        let Some(first) = names.first() else { return Ok(Vec::new()) };
+        let Some(first) = names.first() else {
+            return Ok(Vec::new());
+        };
         // One token for the repository before the reads fan out (oci-client would fetch one per request).
-        self.client.auth(&self.reference(cluster, first)?, &self.auth, RegistryOperation::Pull).await.map_err(|e| self.err("authenticating", e))?;
+        self.client
+            .auth(&self.reference(cluster, first)?, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.err("authenticating", e))?;
         let read = |name: SnapshotName| async move {
             let r = self.reference(cluster, &name)?;
-            let Some(m) = self.manifest(&r).await? else { return Ok(None) };
+            let Some(m) = self.manifest(&r).await? else {
+                return Ok(None);
+            };
             let metadata = self.config(&r, &m).await?;
             Ok::<_, Error>(Some(self.snapshot(name, &m, metadata)))
         };
-        let mut out: Vec<RemoteSnapshot> =
-            futures_util::stream::iter(names).map(read).buffered(LIST_IN_FLIGHT).try_filter_map(|s| async move { Ok(s) }).try_collect().await?;
+        let mut out: Vec<RemoteSnapshot> = futures_util::stream::iter(names)
+            .map(read)
+            .buffered(LIST_IN_FLIGHT)
+            .try_filter_map(|s| async move { Ok(s) })
+            .try_collect()
+            .await?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -532,55 +757,112 @@ impl SnapshotStore for OciStore {
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
-        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
         let metadata = self.config(&r, &m).await?;
         Ok(self.snapshot(name.clone(), &m, metadata))
     }
 
-    async fn get(&self, cluster: &ClusterName, name: &SnapshotName, dest: &Path, progress: Progress<'_>) -> Result<Fetched, Error> {
+    async fn get(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
-        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
         let metadata = self.config(&r, &m).await?;
-        let layer = m.layers.first().ok_or_else(|| Error::NotFound { cluster: cluster.to_string(), name: name.to_string() })?;
-        let integrity = |message: String| Error::Integrity { remote: self.description.clone(), name: name.to_string(), message };
+        let layer = m.layers.first().ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
+        let integrity = |message: String| Error::Integrity {
+            remote: self.description.clone(),
+            name: name.to_string(),
+            message,
+        };
         // The bundle's sha256 is its sidecar: other digest algorithms cannot name a bundle.
         let expected = layer
             .digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| integrity(format!("the bundle layer's digest {:?} is not a sha256 digest", layer.digest)))?
+            .ok_or_else(|| {
+                integrity(format!(
+                    "the bundle layer's digest {:?} is not a sha256 digest",
+                    layer.digest
+                ))
+            })?
             .to_owned();
         let declared = u64::try_from(layer.size).unwrap_or(0);
         // oci-client's stream hashes what it yields and ends with an error unless it matches the layer digest.
-        let mut stream = self.client.pull_blob_stream(&r, layer).await.map_err(|e| self.err("downloading the bundle", e))?.stream;
-        let file = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let mut stream = self
+            .client
+            .pull_blob_stream(&r, layer)
+            .await
+            .map_err(|e| self.err("downloading the bundle", e))?
+            .stream;
+        let file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| if e.to_string().to_lowercase().contains("digest") { integrity(e.to_string()) } else { Error::io("downloading the bundle", e) })?;
+            let chunk = chunk.map_err(|e| {
+                if e.to_string().to_lowercase().contains("digest") {
+                    integrity(e.to_string())
+                } else {
+                    Error::io("downloading the bundle", e)
+                }
+            })?;
             size += chunk.len() as u64;
             if size > declared {
                 // Before the digest could say so: a registry must not fill the disk.
-                return Err(integrity(format!("the registry sent more than the {declared} bytes the manifest declares")));
+                return Err(integrity(format!(
+                    "the registry sent more than the {declared} bytes the manifest declares"
+                )));
             }
-            out.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
             progress(chunk.len() as u64);
         }
-        out.flush().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        out.flush()
+            .await
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
         if size != declared {
-            return Err(integrity(format!("{size} bytes downloaded, the manifest declares {declared}")));
+            return Err(integrity(format!(
+                "{size} bytes downloaded, the manifest declares {declared}"
+            )));
         }
-        Ok(Fetched { sidecar: format!("{expected}  {name}.tar.gz\n"), metadata, sha256: expected, size })
+        Ok(Fetched {
+            sidecar: format!("{expected}  {name}.tar.gz\n"),
+            metadata,
+            sha256: expected,
+            size,
+        })
     }
 
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         if self.manifest(&r).await?.is_none() {
-            return Err(Error::NotFound { cluster: cluster.to_string(), name: name.to_string() });
+            return Err(Error::NotFound {
+                cluster: cluster.to_string(),
+                name: name.to_string(),
+            });
         }
-        let digest = self.client.fetch_manifest_digest(&r, &self.auth).await.map_err(|e| self.err("resolving the manifest digest", e))?;
+        let digest = self
+            .client
+            .fetch_manifest_digest(&r, &self.auth)
+            .await
+            .map_err(|e| self.err("resolving the manifest digest", e))?;
         self.delete_manifest(&self.repo(cluster)?, &digest).await
     }
 }
@@ -591,16 +873,28 @@ mod tests {
 
     #[test]
     fn next_links() {
-        assert_eq!(next_link(r#"</v2/r/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/r/tags/list?n=2&last=b"));
-        assert_eq!(next_link(r#"</a?last=x>; rel="prev", <https://reg/b?n=1,2>; rel="next""#).as_deref(), Some("https://reg/b?n=1,2"));
-        assert_eq!(next_link(r#"<https://reg/c>; title="x"; rel=next"#).as_deref(), Some("https://reg/c"));
+        assert_eq!(
+            next_link(r#"</v2/r/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/r/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link(r#"</a?last=x>; rel="prev", <https://reg/b?n=1,2>; rel="next""#).as_deref(),
+            Some("https://reg/b?n=1,2")
+        );
+        assert_eq!(
+            next_link(r#"<https://reg/c>; title="x"; rel=next"#).as_deref(),
+            Some("https://reg/c")
+        );
         assert_eq!(next_link(r#"</a>; rel="prev""#), None);
         assert_eq!(next_link(""), None);
     }
 
     #[test]
     fn urls() {
-        assert_eq!(split_url("127.0.0.1:5000/team/snaps").unwrap(), ("127.0.0.1:5000".into(), "team/snaps".into()));
+        assert_eq!(
+            split_url("127.0.0.1:5000/team/snaps").unwrap(),
+            ("127.0.0.1:5000".into(), "team/snaps".into())
+        );
         assert!(split_url("ghcr.io").is_err());
         assert!(split_url("ghcr.io/Team").is_err());
         assert!(split_url("ghcr.io/team/-snaps").is_err());

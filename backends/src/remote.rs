@@ -69,13 +69,27 @@ pub trait SnapshotStore: Send + Sync {
     fn describe(&self) -> String;
     /// Uploads a finished bundle with its sidecar line and metadata. Fails with `AlreadyExists` when a complete
     /// snapshot of that name is there.
-    async fn put(&self, cluster: &ClusterName, name: &SnapshotName, bundle: &Path, sidecar: &str, metadata: &[u8], progress: Progress<'_>) -> Result<(), Error>;
+    async fn put(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        bundle: &Path,
+        sidecar: &str,
+        metadata: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<(), Error>;
     /// A cluster's snapshots (complete and incomplete), by name.
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error>;
     /// One complete snapshot's metadata and sidecar, without its bundle.
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error>;
     /// Downloads the bundle into `dest` (created or truncated) and verifies it against the sidecar.
-    async fn get(&self, cluster: &ClusterName, name: &SnapshotName, dest: &Path, progress: Progress<'_>) -> Result<Fetched, Error>;
+    async fn get(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, Error>;
     /// Deletes a snapshot, complete or not.
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error>;
 }
@@ -89,7 +103,11 @@ pub struct ObjectSnapshotStore {
 
 impl ObjectSnapshotStore {
     pub fn new(store: Arc<dyn ObjectStore>, folder: &str, description: impl Into<String>) -> Self {
-        Self { store, folder: folder.trim_matches('/').to_owned(), description: description.into() }
+        Self {
+            store,
+            folder: folder.trim_matches('/').to_owned(),
+            description: description.into(),
+        }
     }
 
     fn key(&self, parts: &[&str]) -> Key {
@@ -100,15 +118,38 @@ impl ObjectSnapshotStore {
 
     fn err(&self, op: &str, e: object_store::Error) -> Error {
         match e {
-            object_store::Error::NotFound { path, .. } => Error::Remote { remote: self.description.clone(), message: format!("{op}: {path} not found") },
+            object_store::Error::NotFound { path, .. } => Error::Remote {
+                remote: self.description.clone(),
+                message: format!("{op}: {path} not found"),
+            },
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                Error::Denied { remote: self.description.clone(), message: format!("{op}: {e}") }
+                Error::Denied {
+                    remote: self.description.clone(),
+                    message: format!("{op}: {e}"),
+                }
             }
             other => {
                 let message = format!("{op}: {other}");
                 // S3 reports bad credentials as 403 with one of these codes.
-                let denied = ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403 Forbidden"].iter().any(|c| message.contains(c));
-                if denied { Error::Denied { remote: self.description.clone(), message } } else { Error::Remote { remote: self.description.clone(), message } }
+                let denied = [
+                    "SignatureDoesNotMatch",
+                    "InvalidAccessKeyId",
+                    "AccessDenied",
+                    "403 Forbidden",
+                ]
+                .iter()
+                .any(|c| message.contains(c));
+                if denied {
+                    Error::Denied {
+                        remote: self.description.clone(),
+                        message,
+                    }
+                } else {
+                    Error::Remote {
+                        remote: self.description.clone(),
+                        message,
+                    }
+                }
             }
         }
     }
@@ -116,7 +157,10 @@ impl ObjectSnapshotStore {
     async fn small(&self, key: &Key) -> Result<Option<Vec<u8>>, Error> {
         match self.store.head(key).await {
             Ok(meta) if meta.size > SMALL_MAX => {
-                return Err(Error::Remote { remote: self.description.clone(), message: format!("{key} is {} bytes: not a snapshot file", meta.size) });
+                return Err(Error::Remote {
+                    remote: self.description.clone(),
+                    message: format!("{key} is {} bytes: not a snapshot file", meta.size),
+                });
             }
             Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -130,7 +174,10 @@ impl ObjectSnapshotStore {
     }
 
     fn not_found(cluster: &ClusterName, name: &SnapshotName) -> Error {
-        Error::NotFound { cluster: cluster.to_string(), name: name.to_string() }
+        Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -146,26 +193,52 @@ impl SnapshotStore for ObjectSnapshotStore {
         self.description.clone()
     }
 
-    async fn put(&self, cluster: &ClusterName, name: &SnapshotName, bundle: &Path, sidecar: &str, metadata: &[u8], progress: Progress<'_>) -> Result<(), Error> {
+    async fn put(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        bundle: &Path,
+        sidecar: &str,
+        metadata: &[u8],
+        progress: Progress<'_>,
+    ) -> Result<(), Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
         if self.small(&self.key(&[c, n, METADATA])).await?.is_some() {
-            return Err(Error::AlreadyExists { cluster: c.to_owned(), name: n.to_owned() });
+            return Err(Error::AlreadyExists {
+                cluster: c.to_owned(),
+                name: n.to_owned(),
+            });
         }
-        let expected = parse_sidecar(sidecar.as_bytes())
-            .ok_or_else(|| Error::Integrity { remote: self.description.clone(), name: n.to_owned(), message: "its local sidecar is malformed".into() })?;
+        let expected = parse_sidecar(sidecar.as_bytes()).ok_or_else(|| Error::Integrity {
+            remote: self.description.clone(),
+            name: n.to_owned(),
+            message: "its local sidecar is malformed".into(),
+        })?;
         let key = self.key(&[c, n, BUNDLE]);
-        let mut file = tokio::fs::File::open(bundle).await.map_err(|e| Error::io(format!("opening {}", bundle.display()), e))?;
+        let mut file = tokio::fs::File::open(bundle)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", bundle.display()), e))?;
         let mut hasher = Sha256::new();
-        let upload = self.store.put_multipart(&key).await.map_err(|e| self.err("starting the upload", e))?;
+        let upload = self
+            .store
+            .put_multipart(&key)
+            .await
+            .map_err(|e| self.err("starting the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut buf = vec![0u8; 1 << 20];
         let sent: Result<(), Error> = async {
             loop {
-                let n = file.read(&mut buf).await.map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?;
+                let n = file
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?;
                 if n == 0 {
                     return Ok(());
                 }
-                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.err("uploading the bundle", e))?;
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| self.err("uploading the bundle", e))?;
                 hasher.update(&buf[..n]);
                 writer.write(&buf[..n]);
                 progress(n as u64);
@@ -184,32 +257,45 @@ impl SnapshotStore for ObjectSnapshotStore {
             return Err(Error::Integrity {
                 remote: self.description.clone(),
                 name: n.to_owned(),
-                message: format!("the local bundle does not match its sidecar (sidecar={expected}, bundle={actual}); nothing was published"),
+                message: format!(
+                    "the local bundle does not match its sidecar (sidecar={expected}, bundle={actual}); nothing was published"
+                ),
             });
         }
         self.store
-            .put(&self.key(&[c, n, SIDECAR]), PutPayload::from(sidecar.as_bytes().to_vec()))
+            .put(
+                &self.key(&[c, n, SIDECAR]),
+                PutPayload::from(sidecar.as_bytes().to_vec()),
+            )
             .await
             .map_err(|e| self.err("uploading the sidecar", e))?;
         // The commit marker, last.
-        self.store.put(&self.key(&[c, n, METADATA]), PutPayload::from(metadata.to_vec())).await.map_err(|e| self.err("uploading the metadata", e))?;
+        self.store
+            .put(&self.key(&[c, n, METADATA]), PutPayload::from(metadata.to_vec()))
+            .await
+            .map_err(|e| self.err("uploading the metadata", e))?;
         Ok(())
     }
 
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
         let prefix = self.key(&[cluster.as_str()]);
         let mut objects = self.store.list(Some(&prefix));
-        let mut found: std::collections::BTreeMap<String, (Option<u64>, bool, bool, std::time::SystemTime)> = Default::default();
+        let mut found: std::collections::BTreeMap<String, (Option<u64>, bool, bool, std::time::SystemTime)> =
+            Default::default();
         while let Some(item) = objects.next().await {
             let meta = item.map_err(|e| self.err("listing", e))?;
             let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
             let depth = prefix.parts().count();
             // <prefix>/<snapshot>/<file>; anything else under the prefix is not ours and is ignored.
-            let [snap, file] = &parts[depth.min(parts.len())..] else { continue };
+            let [snap, file] = &parts[depth.min(parts.len())..] else {
+                continue;
+            };
             if SnapshotName::new(snap).is_err() {
                 continue;
             }
-            let e = found.entry(snap.clone()).or_insert((None, false, false, std::time::SystemTime::UNIX_EPOCH));
+            let e = found
+                .entry(snap.clone())
+                .or_insert((None, false, false, std::time::SystemTime::UNIX_EPOCH));
             match file.as_str() {
                 BUNDLE => {
                     e.0 = Some(meta.size);
@@ -222,29 +308,47 @@ impl SnapshotStore for ObjectSnapshotStore {
         }
         let mut out = Vec::new();
         for (snap, (size, has_sidecar, has_meta, modified)) in found {
-            let name = SnapshotName::new(&snap).map_err(|_| Error::Remote { remote: self.description.clone(), message: format!("bad name {snap}") })?;
+            let name = SnapshotName::new(&snap).map_err(|_| Error::Remote {
+                remote: self.description.clone(),
+                message: format!("bad name {snap}"),
+            })?;
             let complete = size.is_some() && has_sidecar && has_meta;
             let (metadata, sha256) = if complete {
                 let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
-                let s = self.small(&self.key(&[cluster.as_str(), &snap, SIDECAR])).await?.and_then(|b| parse_sidecar(&b));
+                let s = self
+                    .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
+                    .await?
+                    .and_then(|b| parse_sidecar(&b));
                 (m, s)
             } else {
                 (None, None)
             };
-            out.push(RemoteSnapshot { name, complete: complete && metadata.is_some(), size: size.unwrap_or(0), modified, metadata, sha256 });
+            out.push(RemoteSnapshot {
+                name,
+                complete: complete && metadata.is_some(),
+                size: size.unwrap_or(0),
+                modified,
+                metadata,
+                sha256,
+            });
         }
         Ok(out)
     }
 
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
-        let Some(metadata) = self.small(&self.key(&[c, n, METADATA])).await? else { return Err(Self::not_found(cluster, name)) };
+        let Some(metadata) = self.small(&self.key(&[c, n, METADATA])).await? else {
+            return Err(Self::not_found(cluster, name));
+        };
         let bundle = match self.store.head(&self.key(&[c, n, BUNDLE])).await {
             Ok(m) => m,
             Err(object_store::Error::NotFound { .. }) => return Err(Self::not_found(cluster, name)),
             Err(e) => return Err(self.err("reading", e)),
         };
-        let sha256 = self.small(&self.key(&[c, n, SIDECAR])).await?.and_then(|b| parse_sidecar(&b));
+        let sha256 = self
+            .small(&self.key(&[c, n, SIDECAR]))
+            .await?
+            .and_then(|b| parse_sidecar(&b));
         Ok(RemoteSnapshot {
             name: name.clone(),
             complete: sha256.is_some(),
@@ -255,23 +359,40 @@ impl SnapshotStore for ObjectSnapshotStore {
         })
     }
 
-    async fn get(&self, cluster: &ClusterName, name: &SnapshotName, dest: &Path, progress: Progress<'_>) -> Result<Fetched, Error> {
+    async fn get(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
         let head = self.head(cluster, name).await?;
-        let sidecar_bytes = self.small(&self.key(&[c, n, SIDECAR])).await?.ok_or_else(|| Self::not_found(cluster, name))?;
-        let expected = parse_sidecar(&sidecar_bytes)
-            .ok_or_else(|| Error::Integrity { remote: self.description.clone(), name: n.to_owned(), message: "its sidecar is malformed".into() })?;
+        let sidecar_bytes = self
+            .small(&self.key(&[c, n, SIDECAR]))
+            .await?
+            .ok_or_else(|| Self::not_found(cluster, name))?;
+        let expected = parse_sidecar(&sidecar_bytes).ok_or_else(|| Error::Integrity {
+            remote: self.description.clone(),
+            name: n.to_owned(),
+            message: "its sidecar is malformed".into(),
+        })?;
         // Ranged GETs, several in flight, consumed in order: hashed and written sequentially.
         let key = self.key(&[c, n, BUNDLE]);
         let total = head.size;
-        let ranges: Vec<std::ops::Range<u64>> = (0..total.div_ceil(RANGE_SIZE)).map(|i| i * RANGE_SIZE..((i + 1) * RANGE_SIZE).min(total)).collect();
-        let mut parts = futures_util::stream::iter(ranges).map(|r| {
-            let key = key.clone();
-            let store = Arc::clone(&self.store);
-            async move { store.get_range(&key, r).await }
-        })
-        .buffered(RANGES_IN_FLIGHT);
-        let file = tokio::fs::File::create(dest).await.map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let ranges: Vec<std::ops::Range<u64>> = (0..total.div_ceil(RANGE_SIZE))
+            .map(|i| i * RANGE_SIZE..((i + 1) * RANGE_SIZE).min(total))
+            .collect();
+        let mut parts = futures_util::stream::iter(ranges)
+            .map(|r| {
+                let key = key.clone();
+                let store = Arc::clone(&self.store);
+                async move { store.get_range(&key, r).await }
+            })
+            .buffered(RANGES_IN_FLIGHT);
+        let file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -279,11 +400,18 @@ impl SnapshotStore for ObjectSnapshotStore {
             let chunk = part.map_err(|e| self.err("downloading the bundle", e))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            out.write_all(&chunk).await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
             progress(chunk.len() as u64);
         }
-        out.flush().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
-        out.get_ref().sync_all().await.map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        out.flush()
+            .await
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        out.get_ref()
+            .sync_all()
+            .await
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
         let actual = hex::encode(hasher.finalize());
         if actual != expected {
             return Err(Error::Integrity {

@@ -117,8 +117,11 @@ fn profile_section(path: &std::path::Path, section: &str) -> Result<Option<Vec<(
     if !path.exists() {
         return Ok(None);
     }
-    let ini = ini::Ini::load_from_file(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-    Ok(ini.section(Some(section)).map(|s| s.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()))
+    let ini =
+        ini::Ini::load_from_file(path).map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    Ok(ini
+        .section(Some(section))
+        .map(|s| s.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()))
 }
 
 fn get(section: &[(String, String)], key: &str) -> Option<String> {
@@ -127,14 +130,24 @@ fn get(section: &[(String, String)], key: &str) -> Option<String> {
 
 /// The profile's credentials and region, if the profile exists in either shared file.
 fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
-    let creds_file = env("AWS_SHARED_CREDENTIALS_FILE").map(Into::into).or_else(|| home().map(|h| h.join(".aws/credentials")));
-    let config_file = env("AWS_CONFIG_FILE").map(Into::into).or_else(|| home().map(|h| h.join(".aws/config")));
+    let creds_file = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(Into::into)
+        .or_else(|| home().map(|h| h.join(".aws/credentials")));
+    let config_file = env("AWS_CONFIG_FILE")
+        .map(Into::into)
+        .or_else(|| home().map(|h| h.join(".aws/config")));
     let mut creds = None;
     let mut region = None;
-    let config_section = if name == "default" { "default".to_owned() } else { format!("profile {name}") };
+    let config_section = if name == "default" {
+        "default".to_owned()
+    } else {
+        format!("profile {name}")
+    };
     for (file, section) in [(creds_file, name.to_owned()), (config_file, config_section)] {
         let Some(file) = file else { continue };
-        let Some(s) = profile_section(&file, &section)? else { continue };
+        let Some(s) = profile_section(&file, &section)? else {
+            continue;
+        };
         if region.is_none() {
             region = get(&s, "region");
         }
@@ -142,8 +155,16 @@ fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
             continue;
         }
         if let (Some(key), Some(secret)) = (get(&s, "aws_access_key_id"), get(&s, "aws_secret_access_key")) {
-            creds = Some(Creds { key, secret: Secret::new(secret), token: get(&s, "aws_session_token").map(Secret::new), from: format!("profile {name:?} in {}", file.display()) });
-        } else if ["sso_session", "sso_start_url", "credential_process", "role_arn"].iter().any(|k| get(&s, k).is_some()) {
+            creds = Some(Creds {
+                key,
+                secret: Secret::new(secret),
+                token: get(&s, "aws_session_token").map(Secret::new),
+                from: format!("profile {name:?} in {}", file.display()),
+            });
+        } else if ["sso_session", "sso_start_url", "credential_process", "role_arn"]
+            .iter()
+            .any(|k| get(&s, k).is_some())
+        {
             return Err(Error::Config(format!(
                 "profile {name:?} in {} uses SSO, a credential process or a role, which kubectl-snapshot does not run itself; \
                  export its credentials first: eval \"$(aws configure export-credentials --profile {name} --format env)\"",
@@ -157,20 +178,47 @@ fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
 fn credentials(o: &S3Options) -> Result<(Option<Creds>, Option<String>), Error> {
     match (&o.access_key, &o.secret_key) {
         (Some(key), Some(secret)) => {
-            return Ok((Some(Creds { key: key.clone(), secret: secret.clone(), token: o.session_token.clone(), from: "--s3-access-key/--s3-secret-key".into() }), None));
+            return Ok((
+                Some(Creds {
+                    key: key.clone(),
+                    secret: secret.clone(),
+                    token: o.session_token.clone(),
+                    from: "--s3-access-key/--s3-secret-key".into(),
+                }),
+                None,
+            ));
         }
-        (Some(_), None) | (None, Some(_)) => return Err(Error::Config("--s3-access-key and --s3-secret-key go together".into())),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(Error::Config("--s3-access-key and --s3-secret-key go together".into()));
+        }
         (None, None) => {}
     }
     if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        let token = o.session_token.clone().or_else(|| env("AWS_SESSION_TOKEN").map(Secret::new));
-        return Ok((Some(Creds { key, secret: Secret::new(secret), token, from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into() }), None));
+        let token = o
+            .session_token
+            .clone()
+            .or_else(|| env("AWS_SESSION_TOKEN").map(Secret::new));
+        return Ok((
+            Some(Creds {
+                key,
+                secret: Secret::new(secret),
+                token,
+                from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
+            }),
+            None,
+        ));
     }
-    let profile = o.profile.clone().or_else(|| env("AWS_PROFILE")).unwrap_or_else(|| "default".into());
+    let profile = o
+        .profile
+        .clone()
+        .or_else(|| env("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
     let explicit = o.profile.is_some() || env("AWS_PROFILE").is_some();
     let (creds, region) = from_profile(&profile)?;
     if creds.is_none() && explicit {
-        return Err(Error::Config(format!("AWS profile {profile:?} has no static credentials in ~/.aws/credentials or ~/.aws/config")));
+        return Err(Error::Config(format!(
+            "AWS profile {profile:?} has no static credentials in ~/.aws/credentials or ~/.aws/config"
+        )));
     }
     Ok((creds, region))
 }
@@ -183,14 +231,19 @@ fn certificates(entries: &[String]) -> Result<Vec<Certificate>, Error> {
             Ok(bytes) => bytes,
             Err(_) => {
                 use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .decode(entry)
-                    .map_err(|_| Error::Config(format!("--s3-endpoint-ca {entry:?} is neither a readable file nor base64-encoded PEM")))?
+                base64::engine::general_purpose::STANDARD.decode(entry).map_err(|_| {
+                    Error::Config(format!(
+                        "--s3-endpoint-ca {entry:?} is neither a readable file nor base64-encoded PEM"
+                    ))
+                })?
             }
         };
-        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config(format!("--s3-endpoint-ca {entry:?}: {e}")))?;
+        let certs = Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("--s3-endpoint-ca {entry:?}: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::Config(format!("--s3-endpoint-ca {entry:?} holds no certificate")));
+            return Err(Error::Config(format!(
+                "--s3-endpoint-ca {entry:?} holds no certificate"
+            )));
         }
         out.extend(certs);
     }
@@ -200,12 +253,18 @@ fn certificates(entries: &[String]) -> Result<Vec<Certificate>, Error> {
 /// The endpoint URL and whether it is AWS.
 fn endpoint_url(o: &S3Options) -> Result<(String, bool), Error> {
     let scheme = if o.insecure { "http" } else { "https" };
-    let raw = o.endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL"));
+    let raw = o
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"));
     match raw {
         None => Ok((format!("{scheme}://s3.amazonaws.com"), true)),
         Some(e) if e.starts_with("http://") || e.starts_with("https://") => {
             if e.starts_with("http://") && !o.insecure {
-                return Err(Error::Config(format!("endpoint {e} is plain HTTP: add --s3-insecure to allow it")));
+                return Err(Error::Config(format!(
+                    "endpoint {e} is plain HTTP: add --s3-insecure to allow it"
+                )));
             }
             let aws = e.contains("amazonaws.com");
             Ok((e.trim_end_matches('/').to_owned(), aws))
@@ -220,10 +279,18 @@ fn endpoint_url(o: &S3Options) -> Result<(String, bool), Error> {
 /// Builds the store. The returned description names bucket, folder, endpoint and credential source.
 pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
     if o.bucket.is_empty() {
-        return Err(Error::Config("an S3 remote needs a bucket (--s3-bucket, or s3://BUCKET/FOLDER)".into()));
+        return Err(Error::Config(
+            "an S3 remote needs a bucket (--s3-bucket, or s3://BUCKET/FOLDER)".into(),
+        ));
     }
     let (creds, profile_region) = credentials(o)?;
-    let region = o.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION")).or(profile_region).unwrap_or_else(|| "us-east-1".into());
+    let region = o
+        .region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .or(profile_region)
+        .unwrap_or_else(|| "us-east-1".into());
     let (endpoint, aws) = endpoint_url(o)?;
     let virtual_hosted = match o.lookup {
         Lookup::Dns => true,
@@ -238,7 +305,11 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
     for cert in certificates(&o.endpoint_ca)? {
         client = client.with_root_certificate(cert);
     }
-    let retry = RetryConfig { max_retries: 3, retry_timeout: o.timeout, ..Default::default() };
+    let retry = RetryConfig {
+        max_retries: 3,
+        retry_timeout: o.timeout,
+        ..Default::default()
+    };
     let store_endpoint = if virtual_hosted && !aws {
         // With a custom endpoint, virtual-hosted style needs the bucket in the host name.
         let (scheme, host) = endpoint.split_once("://").unwrap_or(("https", &endpoint));
@@ -294,7 +365,10 @@ mod tests {
     #[test]
     fn ca_must_be_a_file_or_base64_pem() {
         assert!(certificates(&["/nonexistent/ca.pem".into()]).is_err());
-        assert!(certificates(&["aGVsbG8=".into()]).is_err(), "base64 of something that is no PEM");
+        assert!(
+            certificates(&["aGVsbG8=".into()]).is_err(),
+            "base64 of something that is no PEM"
+        );
     }
 
     #[test]

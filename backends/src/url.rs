@@ -22,13 +22,20 @@ impl RemoteUrl {
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, folder) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(Error::Config(format!("{s:?}: an s3:// URL needs a bucket: s3://BUCKET/FOLDER")));
+                return Err(Error::Config(format!(
+                    "{s:?}: an s3:// URL needs a bucket: s3://BUCKET/FOLDER"
+                )));
             }
-            return Ok(RemoteUrl::S3 { bucket: bucket.to_owned(), folder: folder.trim_matches('/').to_owned() });
+            return Ok(RemoteUrl::S3 {
+                bucket: bucket.to_owned(),
+                folder: folder.trim_matches('/').to_owned(),
+            });
         }
         if let Some(path) = s.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(Error::Config(format!("{s:?}: a file:// URL needs an absolute path (file:///PATH)")));
+                return Err(Error::Config(format!(
+                    "{s:?}: a file:// URL needs an absolute path (file:///PATH)"
+                )));
             }
             return Ok(RemoteUrl::Dir(PathBuf::from(path)));
         }
@@ -36,7 +43,9 @@ impl RemoteUrl {
             return Ok(RemoteUrl::Oci(rest.to_owned()));
         }
         if let Some((scheme, _)) = s.split_once("://") {
-            return Err(Error::Config(format!("unsupported remote scheme {scheme:?} in {s:?}: use s3://, oci://, file:// or a path")));
+            return Err(Error::Config(format!(
+                "unsupported remote scheme {scheme:?} in {s:?}: use s3://, oci://, file:// or a path"
+            )));
         }
         if s.is_empty() {
             return Err(Error::Config("empty remote URL".into()));
@@ -59,8 +68,13 @@ impl std::fmt::Display for RemoteUrl {
 /// A directory remote.
 pub fn open_dir(path: &std::path::Path) -> Result<crate::ObjectSnapshotStore, Error> {
     std::fs::create_dir_all(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    Ok(crate::ObjectSnapshotStore::new(std::sync::Arc::new(fs), "", path.display().to_string()))
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Ok(crate::ObjectSnapshotStore::new(
+        std::sync::Arc::new(fs),
+        "",
+        path.display().to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -69,11 +83,29 @@ mod tests {
 
     #[test]
     fn parses_each_form() {
-        assert_eq!(RemoteUrl::parse("s3://b/team/x/").unwrap(), RemoteUrl::S3 { bucket: "b".into(), folder: "team/x".into() });
-        assert_eq!(RemoteUrl::parse("s3://b").unwrap(), RemoteUrl::S3 { bucket: "b".into(), folder: "".into() });
-        assert_eq!(RemoteUrl::parse("file:///mnt/share").unwrap(), RemoteUrl::Dir("/mnt/share".into()));
+        assert_eq!(
+            RemoteUrl::parse("s3://b/team/x/").unwrap(),
+            RemoteUrl::S3 {
+                bucket: "b".into(),
+                folder: "team/x".into()
+            }
+        );
+        assert_eq!(
+            RemoteUrl::parse("s3://b").unwrap(),
+            RemoteUrl::S3 {
+                bucket: "b".into(),
+                folder: "".into()
+            }
+        );
+        assert_eq!(
+            RemoteUrl::parse("file:///mnt/share").unwrap(),
+            RemoteUrl::Dir("/mnt/share".into())
+        );
         assert_eq!(RemoteUrl::parse("./rel").unwrap(), RemoteUrl::Dir("./rel".into()));
-        assert_eq!(RemoteUrl::parse("oci://ghcr.io/a/b").unwrap(), RemoteUrl::Oci("ghcr.io/a/b".into()));
+        assert_eq!(
+            RemoteUrl::parse("oci://ghcr.io/a/b").unwrap(),
+            RemoteUrl::Oci("ghcr.io/a/b".into())
+        );
         for bad in ["s3://", "file://rel", "ftp://x", ""] {
             assert!(RemoteUrl::parse(bad).is_err(), "{bad}");
         }

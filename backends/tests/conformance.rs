@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
+use kubectl_snapshot_backends::oci::{self, OciOptions};
 use kubectl_snapshot_backends::remote::{BUNDLE, SIDECAR};
 use kubectl_snapshot_backends::s3::{S3Options, Secret};
-use kubectl_snapshot_backends::oci::{self, OciOptions};
 use kubectl_snapshot_backends::{ClusterName, Error, SnapshotName, SnapshotStore, url};
-use registry::front::Front;
-use registry::token::TokenIssuer;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use registry::front::Front;
+use registry::token::TokenIssuer;
 use registry::{PASS, Registry, Tls, USER, htpasswd, tokens};
 
 mod registry;
@@ -36,8 +36,17 @@ impl ObjectRaw {
 #[async_trait]
 impl Raw for ObjectRaw {
     async fn leave_incomplete(&self, c: &ClusterName, n: &SnapshotName) {
-        self.store.put(&self.key(c, n, BUNDLE), PutPayload::from(vec![7u8; 2048])).await.unwrap();
-        self.store.put(&self.key(c, n, SIDECAR), PutPayload::from(format!("{}  x\n", "0".repeat(64)).into_bytes())).await.unwrap();
+        self.store
+            .put(&self.key(c, n, BUNDLE), PutPayload::from(vec![7u8; 2048]))
+            .await
+            .unwrap();
+        self.store
+            .put(
+                &self.key(c, n, SIDECAR),
+                PutPayload::from(format!("{}  x\n", "0".repeat(64)).into_bytes()),
+            )
+            .await
+            .unwrap();
     }
     async fn tamper(&self, c: &ClusterName, n: &SnapshotName) {
         let key = self.key(c, n, BUNDLE);
@@ -52,7 +61,10 @@ async fn local_directory() {
     let dir = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let store = url::open_dir(&dir.path().join("remote")).unwrap();
-    let raw = ObjectRaw { store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("remote")).unwrap()), folder: vec![] };
+    let raw = ObjectRaw {
+        store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("remote")).unwrap()),
+        folder: vec![],
+    };
     conformance::run_all(&store, &raw, scratch.path()).await;
 }
 
@@ -79,19 +91,40 @@ fn s3s_fs() -> String {
     }
     let home = std::env::var("HOME").unwrap_or_default();
     for p in ["s3s-fs".to_owned(), format!("{home}/.cargo/bin/s3s-fs")] {
-        if Command::new(&p).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(&p)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return p;
         }
     }
-    panic!("the S3 test server s3s-fs is not installed: run tests/run (it installs it with `cargo install --locked s3s-fs@0.14.1 --features binary`)");
+    panic!(
+        "the S3 test server s3s-fs is not installed: run tests/run (it installs it with `cargo install --locked s3s-fs@0.14.1 --features binary`)"
+    );
 }
 
 pub fn start_s3(bucket: &str) -> S3Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join(bucket)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(s3s_fs())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", AK, "--secret-key", SK])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            AK,
+            "--secret-key",
+            SK,
+        ])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -132,7 +165,10 @@ async fn s3() {
         .with_secret_access_key(SK)
         .build()
         .unwrap();
-    let raw = ObjectRaw { store: Arc::new(raw_store), folder: vec!["team".into(), "a".into()] };
+    let raw = ObjectRaw {
+        store: Arc::new(raw_store),
+        folder: vec!["team".into(), "a".into()],
+    };
     conformance::run_all(&store, &raw, scratch.path()).await;
 }
 
@@ -142,12 +178,18 @@ async fn s3_wrong_credentials_name_the_endpoint_and_source_never_the_secret() {
     let mut o = s3_options(server.port, "snapshots", "");
     o.secret_key = Some(Secret::new("wrong-secret-value-xyz"));
     let store = kubectl_snapshot_backends::s3::open(&o).unwrap();
-    let err = store.list(&ClusterName::new("c").unwrap()).await.expect_err("wrong secret accepted");
+    let err = store
+        .list(&ClusterName::new("c").unwrap())
+        .await
+        .expect_err("wrong secret accepted");
     let msg = err.to_string();
     assert!(matches!(err, Error::Denied { .. }), "{msg}");
     assert!(msg.contains(&format!("127.0.0.1:{}", server.port)), "{msg}");
     assert!(msg.contains("--s3-access-key/--s3-secret-key"), "{msg}");
-    assert!(!msg.contains("wrong-secret-value-xyz") && !msg.contains(SK), "secret in error: {msg}");
+    assert!(
+        !msg.contains("wrong-secret-value-xyz") && !msg.contains(SK),
+        "secret in error: {msg}"
+    );
 }
 
 fn oci_options(addr: &str, password: &str) -> OciOptions {
@@ -171,10 +213,16 @@ struct RegistryRaw<'a> {
 impl Raw for RegistryRaw<'_> {
     async fn leave_incomplete(&self, c: &ClusterName, n: &SnapshotName) {
         // A blob without a manifest: what an upload interrupted before its manifest leaves.
-        let client = oci_client::Client::new(oci_client::client::ClientConfig { protocol: oci_client::client::ClientProtocol::Http, ..Default::default() });
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
         let r = oci_client::Reference::with_tag(self.addr.clone(), format!("team/snapshots/{c}"), n.to_string());
         let auth = oci_client::secrets::RegistryAuth::Basic(USER.into(), PASS.into());
-        client.auth(&r, &auth, oci_client::RegistryOperation::Push).await.unwrap();
+        client
+            .auth(&r, &auth, oci_client::RegistryOperation::Push)
+            .await
+            .unwrap();
         let data = vec![3u8; 4096];
         let digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data)));
         client.push_blob(&r, data, &digest).await.unwrap();
@@ -192,19 +240,38 @@ impl Raw for RegistryRaw<'_> {
 async fn oci_suite(addr: &str, registry: &Registry) {
     let scratch = tempfile::tempdir().unwrap();
     let store = oci::open(&oci_options(addr, PASS)).unwrap();
-    let raw = RegistryRaw { addr: addr.to_owned(), registry };
+    let raw = RegistryRaw {
+        addr: addr.to_owned(),
+        registry,
+    };
     conformance::run_all(&store, &raw, scratch.path()).await;
 }
 
 /// Pushes a small bundle (`fill` repeated) as `cluster/name`; returns its sha256.
-async fn put_small(store: &dyn SnapshotStore, scratch: &std::path::Path, cluster: &str, name: &str, fill: u8) -> String {
+async fn put_small(
+    store: &dyn SnapshotStore,
+    scratch: &std::path::Path,
+    cluster: &str,
+    name: &str,
+    fill: u8,
+) -> String {
     let data = vec![fill; 3000];
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
     let path = scratch.join(format!("{name}-{fill}.tar.gz"));
     std::fs::write(&path, &data).unwrap();
     let metadata = format!(r#"{{"schemaVersion":1,"name":"{name}"}}"#);
     let (c, n) = (ClusterName::new(cluster).unwrap(), SnapshotName::new(name).unwrap());
-    store.put(&c, &n, &path, &format!("{hex}  {name}.tar.gz\n"), metadata.as_bytes(), &|_| {}).await.expect("put");
+    store
+        .put(
+            &c,
+            &n,
+            &path,
+            &format!("{hex}  {name}.tar.gz\n"),
+            metadata.as_bytes(),
+            &|_| {},
+        )
+        .await
+        .expect("put");
     hex
 }
 
@@ -229,14 +296,27 @@ async fn oci_registry_with_bearer_tokens_and_paged_tags() {
     oci_suite(&front.addr(), &registry).await;
     let log = front.log();
     // The password goes to the token endpoint only; the registry sees tokens.
-    assert!(log.iter().all(|l| l.auth.as_deref() != Some("Basic")), "Basic credentials were sent to a token registry: {log:#?}");
+    assert!(
+        log.iter().all(|l| l.auth.as_deref() != Some("Basic")),
+        "Basic credentials were sent to a token registry: {log:#?}"
+    );
     assert!(log.iter().any(|l| l.auth.as_deref() == Some("Bearer")), "{log:#?}");
     // Listing followed `Link` past the first page.
-    assert!(log.iter().any(|l| l.target.contains("/tags/list?") && l.target.contains("last=") && l.status == 200), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.target.contains("/tags/list?") && l.target.contains("last=") && l.status == 200),
+        "{log:#?}"
+    );
     let asked = issuer.asked();
     for action in ["pull", "push", "delete"] {
-        let asked_for = |(scope, ok): &(String, bool)| *ok && scope.starts_with("repository:team/snapshots/") && scope.rsplit(':').next().unwrap().split(',').any(|a| a == action);
-        assert!(asked.iter().any(asked_for), "no token was asked for {action}: {asked:?}");
+        let asked_for = |(scope, ok): &(String, bool)| {
+            *ok && scope.starts_with("repository:team/snapshots/")
+                && scope.rsplit(':').next().unwrap().split(',').any(|a| a == action)
+        };
+        assert!(
+            asked.iter().any(asked_for),
+            "no token was asked for {action}: {asked:?}"
+        );
     }
 }
 
@@ -252,7 +332,11 @@ async fn oci_list_follows_every_link_page() {
     let listed = store.list(&ClusterName::new("paged").unwrap()).await.expect("list");
     assert_eq!(names(&listed), ["a", "b", "c", "d", "e"]);
     assert!(listed.iter().all(|s| s.complete && s.size == 3000));
-    let pages: Vec<_> = front.log().into_iter().filter(|l| l.target.starts_with("/v2/team/snapshots/paged/tags/list") && l.status == 200).collect();
+    let pages: Vec<_> = front
+        .log()
+        .into_iter()
+        .filter(|l| l.target.starts_with("/v2/team/snapshots/paged/tags/list") && l.status == 200)
+        .collect();
     assert_eq!(pages.len(), 3, "5 tags at 2 a page are 3 pages: {pages:#?}");
 }
 
@@ -267,8 +351,13 @@ async fn oci_tag_pages_that_loop_are_an_error_not_a_hang() {
     }
     let c = ClusterName::new("loop").unwrap();
     let err = tokio::time::timeout(Duration::from_secs(30), store.list(&c))
-        .await.expect("list kept following a Link that loops").expect_err("a looping tag list was accepted");
-    assert!(matches!(err, Error::Remote { .. }) && err.to_string().contains("Link"), "{err}");
+        .await
+        .expect("list kept following a Link that loops")
+        .expect_err("a looping tag list was accepted");
+    assert!(
+        matches!(err, Error::Remote { .. }) && err.to_string().contains("Link"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -282,13 +371,20 @@ async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
     let uploads: Vec<_> = front
         .log()
         .into_iter()
-        .filter(|l| l.method == "PUT" && (l.target.contains(&format!("digest=sha256:{hex}")) || l.target.contains(&format!("digest=sha256%3A{hex}"))))
+        .filter(|l| {
+            l.method == "PUT"
+                && (l.target.contains(&format!("digest=sha256:{hex}"))
+                    || l.target.contains(&format!("digest=sha256%3A{hex}")))
+        })
         .collect();
     assert_eq!(uploads.len(), 1, "the same bundle was uploaded twice: {uploads:#?}");
     let c = ClusterName::new("dedup").unwrap();
     assert_eq!(names(&store.list(&c).await.unwrap()), ["first", "second"]);
     let out = scratch.path().join("second.out");
-    store.get(&c, &SnapshotName::new("second").unwrap(), &out, &|_| {}).await.expect("get");
+    store
+        .get(&c, &SnapshotName::new("second").unwrap(), &out, &|_| {})
+        .await
+        .expect("get");
     assert_eq!(std::fs::read(out).unwrap(), vec![9u8; 3000]);
 }
 
@@ -304,9 +400,23 @@ async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_gr
     bytes.extend(vec![0u8; 8 << 20]);
     std::fs::write(&blob, bytes).unwrap();
     let out = scratch.path().join("long.out");
-    let err = store.get(&ClusterName::new("long").unwrap(), &SnapshotName::new("s").unwrap(), &out, &|_| {}).await.expect_err("an overlong blob was accepted");
-    assert!(matches!(err, Error::Integrity { .. }) && err.to_string().contains("more than the 3000 bytes"), "{err}");
-    assert!(std::fs::metadata(&out).map_or(0, |m| m.len()) <= 3000, "the download went past the declared size");
+    let err = store
+        .get(
+            &ClusterName::new("long").unwrap(),
+            &SnapshotName::new("s").unwrap(),
+            &out,
+            &|_| {},
+        )
+        .await
+        .expect_err("an overlong blob was accepted");
+    assert!(
+        matches!(err, Error::Integrity { .. }) && err.to_string().contains("more than the 3000 bytes"),
+        "{err}"
+    );
+    assert!(
+        std::fs::metadata(&out).map_or(0, |m| m.len()) <= 3000,
+        "the download went past the declared size"
+    );
 }
 
 #[tokio::test]
@@ -316,7 +426,9 @@ async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
     front.fail_next_uploads(1);
     let store = oci::open(&oci_options(&front.addr(), PASS)).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let data: Vec<u8> = (0..3 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
     let path = scratch.path().join("r.tar.gz");
     std::fs::write(&path, &data).unwrap();
@@ -328,8 +440,17 @@ async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
         })
         .await
         .expect("a push with one failed upload");
-    assert_eq!(sent.into_inner(), data.len() as u64, "progress must count each byte once across attempts");
-    let puts: Vec<u16> = front.log().iter().filter(|l| l.method == "PUT" && l.target.contains(&hex)).map(|l| l.status).collect();
+    assert_eq!(
+        sent.into_inner(),
+        data.len() as u64,
+        "progress must count each byte once across attempts"
+    );
+    let puts: Vec<u16> = front
+        .log()
+        .iter()
+        .filter(|l| l.method == "PUT" && l.target.contains(&hex))
+        .map(|l| l.status)
+        .collect();
     assert_eq!(puts, [503, 201], "{:#?}", front.log());
     let out = scratch.path().join("r.out");
     store.get(&c, &n, &out, &|_| {}).await.expect("get");
@@ -347,10 +468,16 @@ async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
     std::fs::write(&path, vec![1u8; 5000]).unwrap();
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(vec![1u8; 5000]));
     let (c, n) = (ClusterName::new("fails").unwrap(), SnapshotName::new("s").unwrap());
-    let err = store.put(&c, &n, &path, &format!("{hex}  f.tar.gz\n"), b"{}", &|_| {}).await.expect_err("pushed through failing uploads");
+    let err = store
+        .put(&c, &n, &path, &format!("{hex}  f.tar.gz\n"), b"{}", &|_| {})
+        .await
+        .expect_err("pushed through failing uploads");
     let msg = err.to_string();
     assert!(msg.contains("attempt 3 of 3") && msg.contains("503"), "{msg}");
-    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })), "a failed push is visible");
+    assert!(
+        matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })),
+        "a failed push is visible"
+    );
     assert!(store.list(&c).await.unwrap().is_empty());
 }
 
@@ -366,9 +493,15 @@ async fn oci_a_proxy_refusing_large_bodies_gets_an_actionable_error() {
     std::fs::write(&path, &data).unwrap();
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
     let (c, n) = (ClusterName::new("limited").unwrap(), SnapshotName::new("s").unwrap());
-    let err = store.put(&c, &n, &path, &format!("{hex}  big.tar.gz\n"), b"{}", &|_| {}).await.expect_err("a body over the proxy's limit was accepted");
+    let err = store
+        .put(&c, &n, &path, &format!("{hex}  big.tar.gz\n"), b"{}", &|_| {})
+        .await
+        .expect_err("a body over the proxy's limit was accepted");
     let msg = err.to_string();
-    assert!(msg.contains("HTTP 413") && msg.contains("2097152 bytes") && msg.contains("client_max_body_size"), "{msg}");
+    assert!(
+        msg.contains("HTTP 413") && msg.contains("2097152 bytes") && msg.contains("client_max_body_size"),
+        "{msg}"
+    );
     assert!(!msg.contains("<html>"), "{msg}");
     assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
 }
@@ -382,7 +515,10 @@ async fn oci_delete_without_delete_scope_is_denied_and_keeps_the_snapshot() {
     let scratch = tempfile::tempdir().unwrap();
     put_small(&store, scratch.path(), "keep", "s", 1).await;
     let (c, n) = (ClusterName::new("keep").unwrap(), SnapshotName::new("s").unwrap());
-    let err = store.delete(&c, &n).await.expect_err("deleted without a delete-scoped token");
+    let err = store
+        .delete(&c, &n)
+        .await
+        .expect_err("deleted without a delete-scoped token");
     let msg = err.to_string();
     assert!(matches!(err, Error::Denied { .. }) && msg.contains("delete"), "{msg}");
     assert!(!msg.contains(PASS), "password in error: {msg}");
@@ -396,7 +532,10 @@ async fn oci_registry_refusing_api_deletes_gets_a_clear_message() {
     let scratch = tempfile::tempdir().unwrap();
     put_small(&store, scratch.path(), "nodelete", "s", 1).await;
     let (c, n) = (ClusterName::new("nodelete").unwrap(), SnapshotName::new("s").unwrap());
-    let err = store.delete(&c, &n).await.expect_err("delete succeeded on a registry with deletes disabled");
+    let err = store
+        .delete(&c, &n)
+        .await
+        .expect_err("delete succeeded on a registry with deletes disabled");
     assert!(err.to_string().contains("refuses deletes"), "{err}");
     store.head(&c, &n).await.expect("the snapshot is still there");
 }
@@ -406,20 +545,36 @@ async fn oci_registry_over_https_with_a_private_ca() {
     let tls = Tls::new();
     let registry = Registry::start_with(htpasswd(), true, Some(&tls));
     let addr = format!("127.0.0.1:{}", registry.port);
-    let https = |ca: Vec<String>| oci::open(&OciOptions { insecure: false, ca, ..oci_options(&addr, PASS) }).unwrap();
+    let https = |ca: Vec<String>| {
+        oci::open(&OciOptions {
+            insecure: false,
+            ca,
+            ..oci_options(&addr, PASS)
+        })
+        .unwrap()
+    };
     let scratch = tempfile::tempdir().unwrap();
     let c = ClusterName::new("tls").unwrap();
     // Without the CA the registry's certificate is not trusted, the error says so, and nothing is sent.
-    let err = https(vec![]).list(&c).await.expect_err("an untrusted certificate was accepted");
+    let err = https(vec![])
+        .list(&c)
+        .await
+        .expect_err("an untrusted certificate was accepted");
     assert!(err.to_string().contains("invalid peer certificate"), "{err}");
     // With it (--oci-ca), everything works over HTTPS.
     let store = https(vec![tls.ca()]);
     put_small(&store, scratch.path(), "tls", "s", 5).await;
     assert_eq!(names(&store.list(&c).await.unwrap()), ["s"]);
     let out = scratch.path().join("tls.out");
-    store.get(&c, &SnapshotName::new("s").unwrap(), &out, &|_| {}).await.expect("get over https");
+    store
+        .get(&c, &SnapshotName::new("s").unwrap(), &out, &|_| {})
+        .await
+        .expect("get over https");
     assert_eq!(std::fs::read(out).unwrap(), vec![5u8; 3000]);
-    store.delete(&c, &SnapshotName::new("s").unwrap()).await.expect("delete over https");
+    store
+        .delete(&c, &SnapshotName::new("s").unwrap())
+        .await
+        .expect("delete over https");
 }
 
 #[tokio::test]
@@ -429,20 +584,41 @@ async fn oci_https_registry_with_a_cleartext_token_realm_is_sent_no_credentials(
     assert!(issuer.realm().starts_with("http://"));
     let registry = Registry::start_with(tokens(&issuer), true, Some(&tls));
     let addr = format!("127.0.0.1:{}", registry.port);
-    let store = oci::open(&OciOptions { insecure: false, ca: vec![tls.ca()], ..oci_options(&addr, PASS) }).unwrap();
+    let store = oci::open(&OciOptions {
+        insecure: false,
+        ca: vec![tls.ca()],
+        ..oci_options(&addr, PASS)
+    })
+    .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let bundle = scratch.path().join("b.tar.gz");
     std::fs::write(&bundle, b"bundle").unwrap();
-    let sidecar = format!("{}  b.tar.gz\n", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"bundle")));
+    let sidecar = format!(
+        "{}  b.tar.gz\n",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"bundle"))
+    );
     let (c, n) = (ClusterName::new("realm").unwrap(), SnapshotName::new("s").unwrap());
     for err in [
-        store.put(&c, &n, &bundle, &sidecar, b"{}", &|_| {}).await.expect_err("pushed through a cleartext realm"),
+        store
+            .put(&c, &n, &bundle, &sidecar, b"{}", &|_| {})
+            .await
+            .expect_err("pushed through a cleartext realm"),
         store.list(&c).await.expect_err("listed through a cleartext realm"),
-        store.get(&c, &n, &scratch.path().join("out"), &|_| {}).await.expect_err("pulled through a cleartext realm"),
+        store
+            .get(&c, &n, &scratch.path().join("out"), &|_| {})
+            .await
+            .expect_err("pulled through a cleartext realm"),
     ] {
-        assert!(err.to_string().contains("is not HTTPS; refusing to send credentials"), "{err}");
+        assert!(
+            err.to_string().contains("is not HTTPS; refusing to send credentials"),
+            "{err}"
+        );
     }
-    assert!(issuer.asked().is_empty(), "credentials went to the cleartext realm: {:?}", issuer.asked());
+    assert!(
+        issuer.asked().is_empty(),
+        "credentials went to the cleartext realm: {:?}",
+        issuer.asked()
+    );
 }
 
 #[tokio::test]
@@ -450,11 +626,17 @@ async fn oci_wrong_password_is_denied_without_printing_it() {
     let registry = Registry::start(htpasswd(), true);
     let addr = format!("127.0.0.1:{}", registry.port);
     let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
-    let err = store.head(&ClusterName::new("c").unwrap(), &SnapshotName::new("s").unwrap()).await.expect_err("wrong password accepted");
+    let err = store
+        .head(&ClusterName::new("c").unwrap(), &SnapshotName::new("s").unwrap())
+        .await
+        .expect_err("wrong password accepted");
     let msg = err.to_string();
     assert!(matches!(err, Error::Denied { .. }), "{msg}");
     assert!(msg.contains(&addr) && msg.contains("--oci-username"), "{msg}");
-    assert!(!msg.contains("not-the-password-xyz") && !msg.contains(PASS), "password in error: {msg}");
+    assert!(
+        !msg.contains("not-the-password-xyz") && !msg.contains(PASS),
+        "password in error: {msg}"
+    );
 }
 
 #[tokio::test]
@@ -465,13 +647,22 @@ async fn oci_wrong_password_at_the_token_endpoint_is_denied_without_printing_it(
     let store = oci::open(&oci_options(&addr, "not-the-password-xyz")).unwrap();
     let c = ClusterName::new("c").unwrap();
     for err in [
-        store.head(&c, &SnapshotName::new("s").unwrap()).await.expect_err("wrong password accepted"),
+        store
+            .head(&c, &SnapshotName::new("s").unwrap())
+            .await
+            .expect_err("wrong password accepted"),
         store.list(&c).await.expect_err("wrong password accepted"),
     ] {
         let msg = err.to_string();
         assert!(matches!(err, Error::Denied { .. }), "{msg}");
         assert!(msg.contains(&addr) && msg.contains("--oci-username"), "{msg}");
-        assert!(!msg.contains("not-the-password-xyz") && !msg.contains(PASS), "password in error: {msg}");
+        assert!(
+            !msg.contains("not-the-password-xyz") && !msg.contains(PASS),
+            "password in error: {msg}"
+        );
     }
-    assert!(issuer.asked().iter().any(|(_, ok)| !ok), "the token endpoint was never asked");
+    assert!(
+        issuer.asked().iter().any(|(_, ok)| !ok),
+        "the token endpoint was never asked"
+    );
 }

@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 use super::metadata::Metadata;
 use super::{ETCD_ENTRY, METADATA_ENTRY, PV_ROOTS, PVS_DIR, reader};
 
-
 /// No single entry may claim more than this (1 TiB): a header saying otherwise is hostile or broken.
 pub const MAX_ENTRY: u64 = 1 << 40;
 /// JSON documents (metadata, image indexes) are small; larger ones are refused before being read.
@@ -82,7 +81,11 @@ fn components(path: &Path) -> Result<Vec<String>, String> {
 }
 
 fn node_name_ok(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') && !s.starts_with('.')
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && !s.starts_with('.')
 }
 
 /// Resolves a relative symlink target against the link's directory (both relative to the PV root);
@@ -161,7 +164,10 @@ impl Pass {
         }
         self.uncompressed += size;
         if self.writing && self.uncompressed > self.budget {
-            self.problem(format!("the bundle holds more data than the {} bytes free for staging it", self.budget));
+            self.problem(format!(
+                "the bundle holds more data than the {} bytes free for staging it",
+                self.budget
+            ));
             self.writing = false;
         }
         let is_dir = kind == tar::EntryType::Directory;
@@ -224,22 +230,39 @@ impl Pass {
                     create_new(&path)?.write_all(&buf)?;
                 }
             }
-            [PVS_DIR, node, a, b, rest @ ..] if node_name_ok(node) && PV_ROOTS.contains(&format!("/{a}/{b}").as_str()) => {
+            [PVS_DIR, node, a, b, rest @ ..]
+                if node_name_ok(node) && PV_ROOTS.contains(&format!("/{a}/{b}").as_str()) =>
+            {
                 let node = (*node).to_owned();
                 let root = format!("/{a}/{b}");
                 self.nodes_seen.insert(node.clone());
                 self.pv_entry(&joined, node, root, rest, e, kind)?;
             }
             // Directory entries of the layout itself carry nothing.
-            ["etcd"] | ["images"] | ["images", "blobs"] | ["images", "blobs", "sha256"] | ["images", "nodes"] | [PVS_DIR] if is_dir => {}
+            ["etcd"]
+            | ["images"]
+            | ["images", "blobs"]
+            | ["images", "blobs", "sha256"]
+            | ["images", "nodes"]
+            | [PVS_DIR]
+                if is_dir => {}
             ["images", "nodes", node] | [PVS_DIR, node] if is_dir && node_name_ok(node) => {}
-            [PVS_DIR, node, a] if is_dir && node_name_ok(node) && PV_ROOTS.iter().any(|r| r.split('/').nth(1) == Some(*a)) => {}
+            [PVS_DIR, node, a]
+                if is_dir && node_name_ok(node) && PV_ROOTS.iter().any(|r| r.split('/').nth(1) == Some(*a)) => {}
             _ => self.problem(format!("unexpected entry {joined:?} ({kind:?})")),
         }
         Ok(())
     }
 
-    fn pv_entry<R: Read>(&mut self, joined: &str, node: String, root: String, rest: &[&str], mut e: tar::Entry<'_, R>, kind: tar::EntryType) -> io::Result<()> {
+    fn pv_entry<R: Read>(
+        &mut self,
+        joined: &str,
+        node: String,
+        root: String,
+        rest: &[&str],
+        mut e: tar::Entry<'_, R>,
+        kind: tar::EntryType,
+    ) -> io::Result<()> {
         let key = (node.clone(), root.clone());
         if !self.roots.contains_key(&key) {
             let (tar, path) = match self.st() {
@@ -250,7 +273,16 @@ impl Pass {
                 None => (None, None),
             };
             let base = root.rsplit('/').next().unwrap_or_default().to_owned();
-            self.roots.insert(key.clone(), PvRoot { tar, path, base, files: HashSet::new(), symlinks: Vec::new() });
+            self.roots.insert(
+                key.clone(),
+                PvRoot {
+                    tar,
+                    path,
+                    base,
+                    files: HashSet::new(),
+                    symlinks: Vec::new(),
+                },
+            );
         }
         let rel = rest.join("/");
         let pv = self.roots.get_mut(&key).expect("inserted above");
@@ -259,7 +291,11 @@ impl Pass {
             self.problem(msg);
             return Ok(());
         }
-        let name = if rel.is_empty() { pv.base.clone() } else { format!("{}/{rel}", pv.base) };
+        let name = if rel.is_empty() {
+            pv.base.clone()
+        } else {
+            format!("{}/{rel}", pv.base)
+        };
         let mut header = tar::Header::new_gnu();
         {
             let src = e.header();
@@ -288,8 +324,14 @@ impl Pass {
                 }
             }
             tar::EntryType::Symlink => {
-                let target = e.link_name()?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
-                let dir: Vec<String> = rest[..rest.len().saturating_sub(1)].iter().map(|s| s.to_string()).collect();
+                let target = e
+                    .link_name()?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dir: Vec<String> = rest[..rest.len().saturating_sub(1)]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 if rest.is_empty() || resolve_within(&dir, &target).is_none() {
                     let msg = format!("unsafe symlink {joined:?} -> {target:?}: it points outside its volume");
                     self.problem(msg);
@@ -303,11 +345,18 @@ impl Pass {
                 }
             }
             tar::EntryType::Link => {
-                let target = e.link_name()?.map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+                let target = e
+                    .link_name()?
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let prefix = format!("{PVS_DIR}/{node}{root}/");
-                let within = target.strip_prefix(&prefix).filter(|t| pv.files.contains(*t)).map(str::to_owned);
+                let within = target
+                    .strip_prefix(&prefix)
+                    .filter(|t| pv.files.contains(*t))
+                    .map(str::to_owned);
                 let Some(t_rel) = within else {
-                    let msg = format!("unsafe hardlink {joined:?} -> {target:?}: not an earlier file of the same volume");
+                    let msg =
+                        format!("unsafe hardlink {joined:?} -> {target:?}: not an earlier file of the same volume");
                     self.problem(msg);
                     return Ok(());
                 };
@@ -331,7 +380,11 @@ fn create_new(path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
     }
     #[cfg(not(unix))]
     {
@@ -361,12 +414,16 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
         Ok(t) => match reader::parse_sidecar(&t) {
             Ok(h) => Some(h),
             Err(e) => {
-                insp.problems.push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
+                insp.problems
+                    .push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
                 None
             }
         },
         Err(_) => {
-            insp.problems.push(format!("bundle is incomplete: its sidecar {} is missing", sidecar.display()));
+            insp.problems.push(format!(
+                "bundle is incomplete: its sidecar {} is missing",
+                sidecar.display()
+            ));
             None
         }
     };
@@ -378,10 +435,12 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
         pvs: BTreeMap::new(),
     });
     if let Some(s) = &staged
-        && let Err(e) = fs::create_dir_all(&s.blobs) {
-            insp.problems.push(format!("cannot create the staging directory {}: {e}", s.dir.display()));
-            return (insp, None);
-        }
+        && let Err(e) = fs::create_dir_all(&s.blobs)
+    {
+        insp.problems
+            .push(format!("cannot create the staging directory {}: {e}", s.dir.display()));
+        return (insp, None);
+    }
     let file = match File::open(bundle) {
         Ok(f) => f,
         Err(e) => {
@@ -389,7 +448,10 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
             return (insp, None);
         }
     };
-    let mut hashing = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    let mut hashing = HashingReader {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+    };
     let writing = staged.is_some();
     let mut pass = Pass {
         stage: staged,
@@ -419,7 +481,9 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
     insp.sha256 = hex::encode(hashing.hasher.finalize());
     match &expected {
         Some(e) if *e == insp.sha256 => insp.integrity_ok = true,
-        Some(e) => insp.problems.push(format!("bundle sha256 mismatch: sidecar={e}, archive={}", insp.sha256)),
+        Some(e) => insp
+            .problems
+            .push(format!("bundle sha256 mismatch: sidecar={e}, archive={}", insp.sha256)),
         None => {}
     }
     let mut staged = pass.stage.take();
@@ -463,7 +527,10 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
 fn check_consistency(m: &Metadata, pass: &mut Pass) {
     match &pass.etcd_digest {
         None => pass.problem(format!("bundle has no {ETCD_ENTRY}")),
-        Some(d) if *d != m.etcd.digest => pass.problem(format!("{ETCD_ENTRY} does not match the digest in metadata ({d} vs {})", m.etcd.digest)),
+        Some(d) if *d != m.etcd.digest => pass.problem(format!(
+            "{ETCD_ENTRY} does not match the digest in metadata ({d} vs {})",
+            m.etcd.digest
+        )),
         _ => {}
     }
     let names: HashSet<&str> = m.topology.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -485,7 +552,9 @@ fn check_consistency(m: &Metadata, pass: &mut Pass) {
     for (node, roots) in &m.pvs.nodes {
         for root in roots {
             if !PV_ROOTS.contains(&root.as_str()) {
-                pass.problem(format!("metadata names an unknown volume root {root:?} for node {node}"));
+                pass.problem(format!(
+                    "metadata names an unknown volume root {root:?} for node {node}"
+                ));
             }
         }
     }

@@ -129,7 +129,10 @@ impl Metadata {
         }
         let probe: Probe = serde_json::from_slice(bytes).map_err(|e| super::BundleError::BadMetadata(e.to_string()))?;
         if probe.schema_version == 0 || probe.schema_version > SCHEMA_VERSION {
-            return Err(super::BundleError::SchemaVersion { found: probe.schema_version, supported: SCHEMA_VERSION });
+            return Err(super::BundleError::SchemaVersion {
+                found: probe.schema_version,
+                supported: SCHEMA_VERSION,
+            });
         }
         serde_json::from_slice(bytes).map_err(|e| super::BundleError::BadMetadata(e.to_string()))
     }
@@ -137,8 +140,16 @@ impl Metadata {
     /// `1 control-plane, 2 workers`.
     pub fn topology_summary(&self) -> String {
         let t = &self.topology;
-        let mut s = format!("{} control-plane{}", t.control_planes, if t.control_planes == 1 { "" } else { "s" });
-        s.push_str(&format!(", {} worker{}", t.workers, if t.workers == 1 { "" } else { "s" }));
+        let mut s = format!(
+            "{} control-plane{}",
+            t.control_planes,
+            if t.control_planes == 1 { "" } else { "s" }
+        );
+        s.push_str(&format!(
+            ", {} worker{}",
+            t.workers,
+            if t.workers == 1 { "" } else { "s" }
+        ));
         if t.load_balancer {
             s.push_str(", load balancer");
         }
@@ -147,7 +158,11 @@ impl Metadata {
 
     /// `local-path-provisioner=v0.0.31,kindnetd=…`
     pub fn addons_summary(&self) -> String {
-        self.addons.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        self.addons
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -37,12 +37,17 @@ pub enum BundleError {
     BadSidecar(String),
     #[error("malformed metadata: {0}")]
     BadMetadata(String),
-    #[error("bundle schema version {found} is not supported (this kubectl-snapshot reads up to {supported}); upgrade kubectl-snapshot")]
+    #[error(
+        "bundle schema version {found} is not supported (this kubectl-snapshot reads up to {supported}); upgrade kubectl-snapshot"
+    )]
     SchemaVersion { found: u32, supported: u32 },
 }
 
 impl BundleError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), cause: source }
+        Self::Io {
+            context: context.into(),
+            cause: source,
+        }
     }
 }

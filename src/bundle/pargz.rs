@@ -108,7 +108,11 @@ impl<W: Write> ParGzWriter<W> {
             self.collect_one()?;
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        let job = Job { seq: self.next_seq, data, store: self.buf_store || self.level.level() == 0 };
+        let job = Job {
+            seq: self.next_seq,
+            data,
+            store: self.buf_store || self.level.level() == 0,
+        };
         self.next_seq += 1;
         self.in_flight += 1;
         self.jobs
@@ -124,7 +128,10 @@ impl<W: Write> ParGzWriter<W> {
     }
 
     fn collect_one(&mut self) -> io::Result<()> {
-        let (seq, res) = self.done.recv().map_err(|_| io::Error::other("compression worker died"))?;
+        let (seq, res) = self
+            .done
+            .recv()
+            .map_err(|_| io::Error::other("compression worker died"))?;
         self.accept(seq, res)
     }
 
@@ -158,7 +165,9 @@ impl<W: Write> ParGzWriter<W> {
             let _ = w.join();
         }
         self.out.flush()?;
-        let Self { out, hasher, written, .. } = self;
+        let Self {
+            out, hasher, written, ..
+        } = self;
         Ok((out, hasher.finalize().into(), written))
     }
 }

@@ -89,12 +89,18 @@ pub fn read_metadata(bundle: &Path) -> Result<Metadata, BundleError> {
     let entries = archive.entries().map_err(BundleError::Source)?;
     for entry in entries {
         let mut entry = entry.map_err(BundleError::Source)?;
-        let is_meta = entry.path().map(|p| p.to_str() == Some(METADATA_ENTRY)).unwrap_or(false);
+        let is_meta = entry
+            .path()
+            .map(|p| p.to_str() == Some(METADATA_ENTRY))
+            .unwrap_or(false);
         if !is_meta {
             continue;
         }
         if entry.size() > METADATA_MAX {
-            return Err(BundleError::BadMetadata(format!("metadata.json is {} bytes", entry.size())));
+            return Err(BundleError::BadMetadata(format!(
+                "metadata.json is {} bytes",
+                entry.size()
+            )));
         }
         let mut buf = Vec::new();
         entry.read_to_end(&mut buf).map_err(BundleError::Source)?;

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::pargz::ParGzWriter;
 use super::BundleError;
+use super::pargz::ParGzWriter;
 
 /// Entries at least this large are checked for gzip/zstd magic and, if already compressed, stored.
 const PRECOMPRESSED_MIN: u64 = 64 * 1024;
@@ -54,9 +54,22 @@ pub struct TarSummary {
 pub type Rename = Box<dyn FnMut(&str) -> Option<String> + Send>;
 
 enum Msg {
-    File { path: String, size: u64, mode: u32, data: mpsc::Receiver<io::Result<Bytes>>, reply: oneshot::Sender<Result<EntrySummary, BundleError>> },
-    Tar { rename: Rename, skip_existing: bool, data: mpsc::Receiver<io::Result<Bytes>>, reply: oneshot::Sender<Result<TarSummary, BundleError>> },
-    Finish { reply: oneshot::Sender<Result<(String, u64), BundleError>> },
+    File {
+        path: String,
+        size: u64,
+        mode: u32,
+        data: mpsc::Receiver<io::Result<Bytes>>,
+        reply: oneshot::Sender<Result<EntrySummary, BundleError>>,
+    },
+    Tar {
+        rename: Rename,
+        skip_existing: bool,
+        data: mpsc::Receiver<io::Result<Bytes>>,
+        reply: oneshot::Sender<Result<TarSummary, BundleError>>,
+    },
+    Finish {
+        reply: oneshot::Sender<Result<(String, u64), BundleError>>,
+    },
 }
 
 /// Handle to the writer thread.
@@ -90,10 +103,23 @@ impl BundleSink {
     }
 
     /// Appends one regular file of exactly `size` bytes read from `src`.
-    pub async fn add_file(&self, path: &str, size: u64, mode: u32, src: impl AsyncRead + Unpin) -> Result<EntrySummary, BundleError> {
+    pub async fn add_file(
+        &self,
+        path: &str,
+        size: u64,
+        mode: u32,
+        src: impl AsyncRead + Unpin,
+    ) -> Result<EntrySummary, BundleError> {
         let (data_tx, data) = mpsc::channel(CHANNEL_DEPTH);
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::File { path: path.to_owned(), size, mode, data, reply }).await?;
+        self.send(Msg::File {
+            path: path.to_owned(),
+            size,
+            mode,
+            data,
+            reply,
+        })
+        .await?;
         let pumped = pump(src, data_tx).await;
         let written = rx.await.map_err(|_| BundleError::WriterGone)?;
         pumped.map_err(BundleError::Source)?;
@@ -105,10 +131,21 @@ impl BundleSink {
     }
 
     /// Re-emits every entry of the tar stream `src` whose name `rename` maps to a bundle path.
-    pub async fn add_tar(&self, src: impl AsyncRead + Unpin, rename: Rename, skip_existing: bool) -> Result<TarSummary, BundleError> {
+    pub async fn add_tar(
+        &self,
+        src: impl AsyncRead + Unpin,
+        rename: Rename,
+        skip_existing: bool,
+    ) -> Result<TarSummary, BundleError> {
         let (data_tx, data) = mpsc::channel(CHANNEL_DEPTH);
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Tar { rename, skip_existing, data, reply }).await?;
+        self.send(Msg::Tar {
+            rename,
+            skip_existing,
+            data,
+            reply,
+        })
+        .await?;
         let pumped = pump(src, data_tx).await;
         let written = rx.await.map_err(|_| BundleError::WriterGone)?;
         pumped.map_err(BundleError::Source)?;
@@ -149,7 +186,11 @@ async fn pump(mut src: impl AsyncRead + Unpin, tx: mpsc::Sender<io::Result<Bytes
 #[cfg(unix)]
 fn create_private(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
@@ -192,13 +233,19 @@ impl<R: Read> Read for Exact<R> {
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: more data than its declared size", self.path))),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: more data than its declared size", self.path),
+                )),
             };
         }
         let want = out.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut out[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{}: stream ended {} bytes short", self.path, self.remaining)));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: stream ended {} bytes short", self.path, self.remaining),
+            ));
         }
         self.hasher.update(&out[..n]);
         self.remaining -= n as u64;
@@ -217,10 +264,19 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
     let gz = ParGzWriter::new(BufWriter::with_capacity(1 << 20, file), opts.level, opts.threads);
     let mut builder = tar::Builder::new(gz);
     builder.mode(tar::HeaderMode::Complete);
-    let mut state = Some(State { builder, written: HashSet::new() });
+    let mut state = Some(State {
+        builder,
+        written: HashSet::new(),
+    });
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::File { path, size, mode, data, reply } => {
+            Msg::File {
+                path,
+                size,
+                mode,
+                data,
+                reply,
+            } => {
                 let res = match state.as_mut() {
                     Some(s) => s.file(path, size, mode, data),
                     None => Err(BundleError::WriterFailed),
@@ -230,7 +286,12 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
                 }
                 let _ = reply.send(res);
             }
-            Msg::Tar { rename, skip_existing, data, reply } => {
+            Msg::Tar {
+                rename,
+                skip_existing,
+                data,
+                reply,
+            } => {
                 let res = match state.as_mut() {
                     Some(s) => s.tar(rename, skip_existing, data),
                     None => Err(BundleError::WriterFailed),
@@ -272,8 +333,19 @@ impl State {
     }
 
     /// Appends a regular file's data, storing it uncompressed in the gzip stream when it already is compressed.
-    fn append_data(&mut self, header: &mut tar::Header, path: &str, size: u64, data: impl Read) -> Result<String, BundleError> {
-        let mut exact = Exact { inner: data, path: path.to_owned(), remaining: size, hasher: Sha256::new() };
+    fn append_data(
+        &mut self,
+        header: &mut tar::Header,
+        path: &str,
+        size: u64,
+        data: impl Read,
+    ) -> Result<String, BundleError> {
+        let mut exact = Exact {
+            inner: data,
+            path: path.to_owned(),
+            remaining: size,
+            hasher: Sha256::new(),
+        };
         let mut head = [0u8; 4];
         let mut got = 0;
         if size >= PRECOMPRESSED_MIN {
@@ -285,7 +357,10 @@ impl State {
                 got += n;
             }
             let compressed = head[..2] == [0x1f, 0x8b] || head == [0x28, 0xb5, 0x2f, 0xfd];
-            self.builder.get_mut().set_precompressed(compressed).map_err(|e| BundleError::io("compressing", e))?;
+            self.builder
+                .get_mut()
+                .set_precompressed(compressed)
+                .map_err(|e| BundleError::io("compressing", e))?;
         }
         let mut chained = Read::chain(&head[..got], &mut exact);
         self.builder
@@ -294,21 +369,51 @@ impl State {
         Ok(hex::encode(exact.hasher.finalize()))
     }
 
-    fn file(&mut self, path: String, size: u64, mode: u32, data: mpsc::Receiver<io::Result<Bytes>>) -> Result<EntrySummary, BundleError> {
+    fn file(
+        &mut self,
+        path: String,
+        size: u64,
+        mode: u32,
+        data: mpsc::Receiver<io::Result<Bytes>>,
+    ) -> Result<EntrySummary, BundleError> {
         self.claim(&path)?;
         let mut header = new_header(size, mode, tar::EntryType::Regular);
-        let sha = self.append_data(&mut header, &path, size, ChannelReader { rx: data, cur: Bytes::new() })?;
-        Ok(EntrySummary { kind: EntryKind::File, size, sha256: Some(sha) })
+        let sha = self.append_data(
+            &mut header,
+            &path,
+            size,
+            ChannelReader {
+                rx: data,
+                cur: Bytes::new(),
+            },
+        )?;
+        Ok(EntrySummary {
+            kind: EntryKind::File,
+            size,
+            sha256: Some(sha),
+        })
     }
 
-    fn tar(&mut self, mut rename: Rename, skip_existing: bool, data: mpsc::Receiver<io::Result<Bytes>>) -> Result<TarSummary, BundleError> {
-        let mut archive = tar::Archive::new(ChannelReader { rx: data, cur: Bytes::new() });
+    fn tar(
+        &mut self,
+        mut rename: Rename,
+        skip_existing: bool,
+        data: mpsc::Receiver<io::Result<Bytes>>,
+    ) -> Result<TarSummary, BundleError> {
+        let mut archive = tar::Archive::new(ChannelReader {
+            rx: data,
+            cur: Bytes::new(),
+        });
         let mut summary = TarSummary::default();
         let mut digest = Sha256::new();
         let entries = archive.entries().map_err(BundleError::Source)?;
         for entry in entries {
             let entry = entry.map_err(BundleError::Source)?;
-            let src_path = entry.path().map_err(BundleError::Source)?.to_string_lossy().into_owned();
+            let src_path = entry
+                .path()
+                .map_err(BundleError::Source)?
+                .to_string_lossy()
+                .into_owned();
             let Some(path) = rename(&src_path) else { continue };
             if skip_existing && self.written.contains(&path) {
                 summary.skipped.push(path);
@@ -325,12 +430,27 @@ impl State {
             let (kind, size, link) = match src.entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => (EntryKind::File, entry.size(), None),
                 tar::EntryType::Directory => (EntryKind::Dir, 0, None),
-                tar::EntryType::Symlink => (EntryKind::Symlink, 0, entry.link_name().map_err(BundleError::Source)?.map(|l| l.to_string_lossy().into_owned())),
+                tar::EntryType::Symlink => (
+                    EntryKind::Symlink,
+                    0,
+                    entry
+                        .link_name()
+                        .map_err(BundleError::Source)?
+                        .map(|l| l.to_string_lossy().into_owned()),
+                ),
                 tar::EntryType::Link => {
-                    let target = entry.link_name().map_err(BundleError::Source)?.map(|l| l.to_string_lossy().into_owned());
+                    let target = entry
+                        .link_name()
+                        .map_err(BundleError::Source)?
+                        .map(|l| l.to_string_lossy().into_owned());
                     (EntryKind::Hardlink, 0, target.and_then(|t| rename(&t)))
                 }
-                other => return Err(BundleError::Unsupported { path: src_path, kind: format!("{other:?}") }),
+                other => {
+                    return Err(BundleError::Unsupported {
+                        path: src_path,
+                        kind: format!("{other:?}"),
+                    });
+                }
             };
             digest.update(path.as_bytes());
             digest.update(format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes());
@@ -346,13 +466,24 @@ impl State {
                 EntryKind::Dir => {
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
-                    self.builder.append_data(&mut header, &path, io::empty()).map_err(|e| classify(e, &path))?;
+                    self.builder
+                        .append_data(&mut header, &path, io::empty())
+                        .map_err(|e| classify(e, &path))?;
                 }
                 EntryKind::Symlink | EntryKind::Hardlink => {
-                    let target = link.ok_or_else(|| BundleError::Unsupported { path: src_path.clone(), kind: "link without target".into() })?;
-                    header.set_entry_type(if kind == EntryKind::Symlink { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                    let target = link.ok_or_else(|| BundleError::Unsupported {
+                        path: src_path.clone(),
+                        kind: "link without target".into(),
+                    })?;
+                    header.set_entry_type(if kind == EntryKind::Symlink {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    });
                     header.set_size(0);
-                    self.builder.append_link(&mut header, &path, &target).map_err(|e| classify(e, &path))?;
+                    self.builder
+                        .append_link(&mut header, &path, &target)
+                        .map_err(|e| classify(e, &path))?;
                 }
             }
             summary.bytes += size;
@@ -363,9 +494,14 @@ impl State {
     }
 
     fn finish(self) -> Result<(String, u64), BundleError> {
-        let gz = self.builder.into_inner().map_err(|e| BundleError::io("finishing the archive", e))?;
+        let gz = self
+            .builder
+            .into_inner()
+            .map_err(|e| BundleError::io("finishing the archive", e))?;
         let (out, sha, size) = gz.finish().map_err(|e| BundleError::io("finishing the archive", e))?;
-        let file = out.into_inner().map_err(|e| BundleError::io("writing the archive", e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| BundleError::io("writing the archive", e.into_error()))?;
         file.sync_all().map_err(|e| BundleError::io("syncing the archive", e))?;
         Ok((hex::encode(sha), size))
     }
@@ -374,8 +510,11 @@ impl State {
 /// Errors from the data source surface as such; the rest are write errors.
 fn classify(e: io::Error, path: &str) -> BundleError {
     match e.kind() {
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData | io::ErrorKind::Other
-        | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => BundleError::Source(e),
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::InvalidData
+        | io::ErrorKind::Other
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionReset => BundleError::Source(e),
         _ => BundleError::io(format!("writing {path} into the bundle"), e),
     }
 }

@@ -22,7 +22,10 @@ pub fn split_image(image: &str) -> (&str, Option<&str>) {
     let without_digest = image.split('@').next().unwrap_or(image);
     let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
     match without_digest[last_slash..].rfind(':') {
-        Some(i) => (&without_digest[..last_slash + i], Some(&without_digest[last_slash + i + 1..])),
+        Some(i) => (
+            &without_digest[..last_slash + i],
+            Some(&without_digest[last_slash + i + 1..]),
+        ),
         None => (without_digest, None),
     }
 }
@@ -34,11 +37,17 @@ pub fn detect<'a>(images: impl IntoIterator<Item = &'a str>) -> BTreeMap<String,
         let (repo, tag) = split_image(image);
         for (addon, suffix) in KNOWN {
             if repo == *suffix || repo.ends_with(&format!("/{suffix}")) {
-                found.entry(addon.to_string()).or_default().insert(tag.unwrap_or("latest").to_owned());
+                found
+                    .entry(addon.to_string())
+                    .or_default()
+                    .insert(tag.unwrap_or("latest").to_owned());
             }
         }
     }
-    found.into_iter().map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join("|"))).collect()
+    found
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join("|")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -47,9 +56,15 @@ mod tests {
 
     #[test]
     fn splits_references() {
-        assert_eq!(split_image("docker.io/kindest/kindnetd:v1"), ("docker.io/kindest/kindnetd", Some("v1")));
+        assert_eq!(
+            split_image("docker.io/kindest/kindnetd:v1"),
+            ("docker.io/kindest/kindnetd", Some("v1"))
+        );
         assert_eq!(split_image("localhost:5000/x"), ("localhost:5000/x", None));
-        assert_eq!(split_image("localhost:5000/x:2@sha256:ab"), ("localhost:5000/x", Some("2")));
+        assert_eq!(
+            split_image("localhost:5000/x:2@sha256:ab"),
+            ("localhost:5000/x", Some("2"))
+        );
     }
 
     #[test]
@@ -60,7 +75,10 @@ mod tests {
             "registry.k8s.io/etcd:3.5.21-0",
             "docker.io/library/nginx:1.27",
         ]);
-        assert_eq!(got.get("local-path-provisioner").map(String::as_str), Some("v20250214-acbabc1a"));
+        assert_eq!(
+            got.get("local-path-provisioner").map(String::as_str),
+            Some("v20250214-acbabc1a")
+        );
         assert_eq!(got.get("metallb").map(String::as_str), Some("v0.15.3"));
         assert_eq!(got.len(), 2);
     }

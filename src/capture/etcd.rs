@@ -7,7 +7,12 @@ use crate::cluster::{Runtime, node};
 
 use super::CaptureError;
 
-pub async fn capture(rt: &Runtime, node_name: &str, etcd_image: &str, sink: &BundleSink) -> Result<EtcdInfo, CaptureError> {
+pub async fn capture(
+    rt: &Runtime,
+    node_name: &str,
+    etcd_image: &str,
+    sink: &BundleSink,
+) -> Result<EtcdInfo, CaptureError> {
     let id = node::etcd_container(rt, node_name).await?;
     let file = format!("kubectl-snapshot-{}.db", crate::util::nonce());
     let path = format!("/var/lib/etcd/{file}");
@@ -19,16 +24,24 @@ pub async fn capture(rt: &Runtime, node_name: &str, etcd_image: &str, sink: &Bun
     let result = match saved {
         Ok(_) => {
             let want = file.clone();
-            sink.add_tar(rt.copy_out(node_name, &path), Box::new(move |p| (p == want).then(|| ETCD_ENTRY.to_owned())), false)
-                .await
-                .map_err(CaptureError::from)
+            sink.add_tar(
+                rt.copy_out(node_name, &path),
+                Box::new(move |p| (p == want).then(|| ETCD_ENTRY.to_owned())),
+                false,
+            )
+            .await
+            .map_err(CaptureError::from)
         }
         Err(e) => Err(e.into()),
     };
     // The snapshot is a copy of every Secret: never leave it behind in the node.
     let _ = rt.run(node_name, &["rm", "-f", &path]).await;
     let summary = result?;
-    let entry = summary.entries.into_iter().next().ok_or_else(|| CaptureError::Invalid(format!("{path} was not in the archive copied from {node_name}")))?;
+    let entry = summary
+        .entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaptureError::Invalid(format!("{path} was not in the archive copied from {node_name}")))?;
     Ok(EtcdInfo {
         node: node_name.to_owned(),
         image: etcd_image.to_owned(),

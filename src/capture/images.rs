@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImageRef, ImagesMode, NodeImages};
 use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR};
-use crate::cluster::node::{self, ImageRecord};
 use crate::cluster::Runtime;
+use crate::cluster::node::{self, ImageRecord};
 use crate::oci;
 
 use super::CaptureError;
@@ -41,7 +41,9 @@ pub struct NodeCapture {
 fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureError> {
     let got = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
     if got != digest {
-        return Err(CaptureError::Invalid(format!("content {digest} read from {node} hashes to {got}")));
+        return Err(CaptureError::Invalid(format!(
+            "content {digest} read from {node} hashes to {got}"
+        )));
     }
     Ok(())
 }
@@ -55,7 +57,13 @@ struct Walk {
     missing: BTreeSet<String>,
 }
 
-async fn walk(rt: &Runtime, node: &str, platform: &str, image: &ImageRecord, present: &HashSet<String>) -> Result<Walk, CaptureError> {
+async fn walk(
+    rt: &Runtime,
+    node: &str,
+    platform: &str,
+    image: &ImageRecord,
+    present: &HashSet<String>,
+) -> Result<Walk, CaptureError> {
     let mut w = Walk::default();
     let mut queue = vec![(image.digest.clone(), image.media_type.clone())];
     while let Some((digest, media_type)) = queue.pop() {
@@ -65,7 +73,8 @@ async fn walk(rt: &Runtime, node: &str, platform: &str, image: &ImageRecord, pre
         }
         let bytes = node::content_get(rt, node, &digest).await?;
         check_digest(node, &digest, &bytes)?;
-        let children = oci::children(&bytes, &media_type, platform).map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
+        let children = oci::children(&bytes, &media_type, platform)
+            .map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
         w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
         w.documents.insert(digest, bytes);
         queue.extend(children.documents);
@@ -107,12 +116,23 @@ pub async fn capture(
                     w = walk(rt, node, platform, image, &present).await?;
                     why = "its registry served an incomplete image".into();
                 }
-                Err(e) => why = format!("its layers are not in the node and fetching them from its registry failed: {}", fetch_failure(&e)),
+                Err(e) => {
+                    why = format!(
+                        "its layers are not in the node and fetching them from its registry failed: {}",
+                        fetch_failure(&e)
+                    )
+                }
             }
         }
         if !w.missing.is_empty() {
-            out.warnings.push(format!("{node}: image {} kept by reference: {why}; the kubelet pulls it again after a restore", image.name));
-            kept.push(ImageRef { name: image.name.clone(), digest: image.digest.clone() });
+            out.warnings.push(format!(
+                "{node}: image {} kept by reference: {why}; the kubelet pulls it again after a restore",
+                image.name
+            ));
+            kept.push(ImageRef {
+                name: image.name.clone(),
+                digest: image.digest.clone(),
+            });
             continue;
         }
         let size = w.blobs.get(&image.digest).map_or(0, |(_, s)| *s);
@@ -125,7 +145,10 @@ pub async fn capture(
         }));
         needed.extend(w.blobs);
         documents.extend(w.documents);
-        out.images.images.push(ImageRef { name: image.name.clone(), digest: image.digest.clone() });
+        out.images.images.push(ImageRef {
+            name: image.name.clone(),
+            digest: image.digest.clone(),
+        });
     }
 
     let dir = config.content_blobs();
@@ -133,26 +156,41 @@ pub async fn capture(
         if bundled.contains(digest) {
             continue;
         }
-        let hex = digest.strip_prefix("sha256:").ok_or_else(|| CaptureError::Invalid(format!("unsupported digest {digest}")))?;
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| CaptureError::Invalid(format!("unsupported digest {digest}")))?;
         let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
         let written = if let Some(bytes) = documents.get(digest) {
             sink.add_bytes(&entry, 0o444, bytes).await?
         } else {
             let want = hex.to_owned();
             let entry = entry.clone();
-            let summary = sink.add_tar(rt.copy_out(node, &format!("{dir}/{hex}")), Box::new(move |p| (p == want).then(|| entry.clone())), false).await?;
-            summary.entries.into_iter().next().ok_or_else(|| CaptureError::Invalid(format!("{digest} missing from the copy of {node}'s content store ({dir})")))?
+            let summary = sink
+                .add_tar(
+                    rt.copy_out(node, &format!("{dir}/{hex}")),
+                    Box::new(move |p| (p == want).then(|| entry.clone())),
+                    false,
+                )
+                .await?;
+            summary.entries.into_iter().next().ok_or_else(|| {
+                CaptureError::Invalid(format!(
+                    "{digest} missing from the copy of {node}'s content store ({dir})"
+                ))
+            })?
         };
         // Content addressing is the integrity check of image data: a blob must hash to its name.
         if written.sha256.as_deref() != Some(hex) || written.size != *size {
-            return Err(CaptureError::Invalid(format!("image blob {digest} read from {node} does not match its descriptor")));
+            return Err(CaptureError::Invalid(format!(
+                "image blob {digest} read from {node} does not match its descriptor"
+            )));
         }
         bundled.insert(digest.clone());
         out.added += size;
     }
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-    sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index).await?;
+    sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index)
+        .await?;
 
     out.images.blobs = needed.into_keys().collect();
     out.images.by_reference = kept;
@@ -166,5 +204,10 @@ fn fetch_failure(e: &crate::cluster::ClusterError) -> String {
         crate::cluster::ClusterError::Exec(x) if !x.stdout.trim().is_empty() => x.stdout.clone(),
         other => other.to_string(),
     };
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }

@@ -27,7 +27,6 @@ use crate::progress::{PhaseRecord, Progress};
 
 pub use addons::detect as detect_addons;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(transparent)]
@@ -39,10 +38,15 @@ pub enum CaptureError {
     #[error("{0}")]
     Invalid(String),
     #[error("{phase}: {inner}")]
-    Phase { phase: &'static str, inner: Box<CaptureError> },
+    Phase {
+        phase: &'static str,
+        inner: Box<CaptureError>,
+    },
     #[error("interrupted by {0}; the cluster was resumed and no snapshot was written")]
     Interrupted(&'static str),
-    #[error("the snapshot was written, but resuming the cluster failed: {0}\nhint: start kubelet on each node again: docker exec <node> systemctl start kubelet")]
+    #[error(
+        "the snapshot was written, but resuming the cluster failed: {0}\nhint: start kubelet on each node again: docker exec <node> systemctl start kubelet"
+    )]
     Resume(String),
 }
 
@@ -66,7 +70,10 @@ pub struct Outcome {
 }
 
 fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result<T, CaptureError> {
-    r.map_err(|e| CaptureError::Phase { phase: name, inner: Box::new(e.into()) })
+    r.map_err(|e| CaptureError::Phase {
+        phase: name,
+        inner: Box::new(e.into()),
+    })
 }
 
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
@@ -77,24 +84,42 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let p = progress.phase("inspecting cluster");
     let nodes = rt.nodes(&req.cluster).await?;
     if let Some(n) = nodes.iter().find(|n| n.state != "running") {
-        return Err(ClusterError::NodeNotRunning { node: n.name.clone(), state: n.state.clone() }.into());
+        return Err(ClusterError::NodeNotRunning {
+            node: n.name.clone(),
+            state: n.state.clone(),
+        }
+        .into());
     }
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
     let Some(bootstrap) = cps.first().copied() else {
-        return Err(CaptureError::Invalid(format!("cluster {} has no control-plane node", req.cluster)));
+        return Err(CaptureError::Invalid(format!(
+            "cluster {} has no control-plane node",
+            req.cluster
+        )));
     };
     let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
     let k8s_version = phase("inspecting cluster", node::k8s_version(rt, &bootstrap.name).await)?;
     let platform = phase("inspecting cluster", rt.platform().await)?;
     let mut running = Vec::new();
     for n in kubelet_nodes(&nodes) {
-        running.extend(phase("inspecting cluster", node::running_containers(rt, &n.name).await)?);
+        running.extend(phase(
+            "inspecting cluster",
+            node::running_containers(rt, &n.name).await,
+        )?);
     }
     let addons = addons::detect(running.iter().map(|c| c.image.as_str()));
-    let etcd_image = running.iter().find(|c| c.name == "etcd").map(|c| c.image.clone()).unwrap_or_default();
+    let etcd_image = running
+        .iter()
+        .find(|c| c.name == "etcd")
+        .map(|c| c.image.clone())
+        .unwrap_or_default();
     req.store.ensure_cluster_dir(&cluster_name)?;
     if req.store.exists(&cluster_name, &req.name) {
-        return Err(backends::Error::AlreadyExists { cluster: req.cluster.clone(), name: req.name.to_string() }.into());
+        return Err(backends::Error::AlreadyExists {
+            cluster: req.cluster.clone(),
+            name: req.name.to_string(),
+        }
+        .into());
     }
     phases.push(p.finish());
 
@@ -105,7 +130,10 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let work = async {
         // 2. etcd, hot
         let p = progress.phase("etcd snapshot");
-        let etcd = phase("etcd snapshot", etcd::capture(rt, &bootstrap.name, &etcd_image, &sink).await)?;
+        let etcd = phase(
+            "etcd snapshot",
+            etcd::capture(rt, &bootstrap.name, &etcd_image, &sink).await,
+        )?;
         phases.push(p.finish());
 
         // 3. quiesce, workers first, the bootstrap control plane last
@@ -123,9 +151,15 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let mut blob_bytes = 0;
         let mut bundled = std::collections::HashSet::new();
         let mut warnings = Vec::new();
-        for n in kubelet_nodes(&nodes).into_iter().filter(|_| req.images != ImagesMode::None) {
+        for n in kubelet_nodes(&nodes)
+            .into_iter()
+            .filter(|_| req.images != ImagesMode::None)
+        {
             p.set_message(format!("exporting images ({})", n.name));
-            let got = phase("exporting images", images::capture(rt, &n.name, &platform, req.images, &sink, &mut bundled).await)?;
+            let got = phase(
+                "exporting images",
+                images::capture(rt, &n.name, &platform, req.images, &sink, &mut bundled).await,
+            )?;
             blob_bytes += got.added;
             warnings.extend(got.warnings);
             per_node.insert(n.name.clone(), got.images);
@@ -133,7 +167,11 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let mut lines: Vec<String> = Vec::new();
         let mut all_blobs = std::collections::BTreeSet::new();
         for (node, imgs) in &per_node {
-            lines.extend(imgs.images.iter().map(|i| format!("{node}\t{}\t{}\n", i.name, i.digest)));
+            lines.extend(
+                imgs.images
+                    .iter()
+                    .map(|i| format!("{node}\t{}\t{}\n", i.name, i.digest)),
+            );
             all_blobs.extend(imgs.blobs.iter().cloned());
         }
         lines.sort();
@@ -150,7 +188,11 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
             for (root, summary) in &roots {
                 pv_digest.update(format!("{}\0{root}\0{}\n", n.name, summary.digest).as_bytes());
                 pv_size += summary.bytes;
-                pv_files += summary.entries.iter().filter(|e| e.kind == crate::bundle::writer::EntryKind::File).count();
+                pv_files += summary
+                    .entries
+                    .iter()
+                    .filter(|e| e.kind == crate::bundle::writer::EntryKind::File)
+                    .count();
             }
             pv_nodes.insert(n.name.clone(), roots.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
         }
@@ -174,13 +216,29 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
                 load_balancer: nodes.iter().any(|n| n.role == Role::LoadBalancer),
                 nodes: nodes
                     .iter()
-                    .map(|n| NodeInfo { name: n.name.clone(), role: n.role.as_str().into(), container_id: n.id.clone(), image: n.image.clone() })
+                    .map(|n| NodeInfo {
+                        name: n.name.clone(),
+                        role: n.role.as_str().into(),
+                        container_id: n.id.clone(),
+                        image: n.image.clone(),
+                    })
                     .collect(),
             },
             addons: addons.clone(),
             etcd,
-            images: ImagesInfo { mode: req.images, digest: images_digest, size: blob_bytes, blobs: all_blobs.len(), nodes: per_node },
-            pvs: PvsInfo { digest: format!("sha256:{}", hex::encode(pv_digest.finalize())), size: pv_size, files: pv_files, nodes: pv_nodes },
+            images: ImagesInfo {
+                mode: req.images,
+                digest: images_digest,
+                size: blob_bytes,
+                blobs: all_blobs.len(),
+                nodes: per_node,
+            },
+            pvs: PvsInfo {
+                digest: format!("sha256:{}", hex::encode(pv_digest.finalize())),
+                size: pv_size,
+                files: pv_files,
+                nodes: pv_nodes,
+            },
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
@@ -204,23 +262,48 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     phases.push(p.finish());
 
     let (metadata, json, sha256, size, warnings) = result?;
-    let file_name = req.store.paths(&cluster_name, &req.name).bundle.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let paths = req.store.publish(&cluster_name, &req.name, &staged.0, &reader::sidecar_line(&sha256, &file_name), &json)?;
+    let file_name = req
+        .store
+        .paths(&cluster_name, &req.name)
+        .bundle
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let paths = req.store.publish(
+        &cluster_name,
+        &req.name,
+        &staged.0,
+        &reader::sidecar_line(&sha256, &file_name),
+        &json,
+    )?;
     resumed?;
-    Ok(Outcome { metadata, paths, sha256, size, phases, warnings })
+    Ok(Outcome {
+        metadata,
+        paths,
+        sha256,
+        size,
+        phases,
+        warnings,
+    })
 }
 
 /// Resumes the quiesced nodes, control planes first (so etcd regains quorum), and waits until etcd runs on
 /// every control plane again.
 pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result<(), CaptureError> {
     let mut errors = Vec::new();
-    let ordered = nodes.iter().filter(|n| n.role == Role::ControlPlane).chain(nodes.iter().filter(|n| n.role != Role::ControlPlane));
+    let ordered = nodes
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .chain(nodes.iter().filter(|n| n.role != Role::ControlPlane));
     for n in ordered.filter(|n| quiesced.contains(&n.name)) {
         if let Err(e) = node::resume(rt, &n.name).await {
             errors.push(format!("{}: {e}", n.name));
         }
     }
-    for n in nodes.iter().filter(|n| n.role == Role::ControlPlane && quiesced.contains(&n.name)) {
+    for n in nodes
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane && quiesced.contains(&n.name))
+    {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if node::etcd_container(rt, &n.name).await.is_ok() {
@@ -233,7 +316,11 @@ pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(CaptureError::Resume(errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Resume(errors.join("; ")))
+    }
 }
 
 /// A partially written bundle, removed unless published (publishing links it in and removes it itself).

@@ -11,10 +11,10 @@ use std::fmt;
 use std::io;
 
 use bollard::Docker;
-use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
-use bollard::models::ExecConfig;
-use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::container::LogOutput;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
+use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
@@ -32,13 +32,26 @@ const COLLECT_MAX: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot reach the {provider} daemon ({host}): {cause}\nhint: is {provider} running? DOCKER_HOST and KIND_EXPERIMENTAL_PROVIDER select the daemon")]
-    Connect { provider: String, host: String, cause: bollard::errors::Error },
+    #[error(
+        "cannot reach the {provider} daemon ({host}): {cause}\nhint: is {provider} running? DOCKER_HOST and KIND_EXPERIMENTAL_PROVIDER select the daemon"
+    )]
+    Connect {
+        provider: String,
+        host: String,
+        cause: bollard::errors::Error,
+    },
     #[error("{context}: {cause}")]
-    Runtime { context: String, cause: bollard::errors::Error },
-    #[error("KIND_EXPERIMENTAL_PROVIDER={0} is not supported: kubectl-snapshot talks the Docker API (docker, or podman's socket)")]
+    Runtime {
+        context: String,
+        cause: bollard::errors::Error,
+    },
+    #[error(
+        "KIND_EXPERIMENTAL_PROVIDER={0} is not supported: kubectl-snapshot talks the Docker API (docker, or podman's socket)"
+    )]
     UnsupportedProvider(String),
-    #[error("no kind clusters found\nhint: create one with `kind create cluster`, or check that the right Docker daemon is in use")]
+    #[error(
+        "no kind clusters found\nhint: create one with `kind create cluster`, or check that the right Docker daemon is in use"
+    )]
     NoClusters,
     #[error("several kind clusters found ({}); name one: kubectl snapshot <command> CLUSTER ... (or set KIND_CLUSTER_NAME)", .0.join(", "))]
     Ambiguous(Vec<String>),
@@ -51,7 +64,11 @@ pub enum ClusterError {
 }
 
 fn existing_hint(existing: &[String]) -> String {
-    if existing.is_empty() { "; there are no kind clusters".into() } else { format!("; existing clusters: {}", existing.join(", ")) }
+    if existing.is_empty() {
+        "; there are no kind clusters".into()
+    } else {
+        format!("; existing clusters: {}", existing.join(", "))
+    }
 }
 
 /// A command that failed inside a node, with what it printed.
@@ -67,8 +84,17 @@ pub struct ExecError {
 impl fmt::Display for ExecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let code = self.code.map_or("unknown".to_string(), |c| c.to_string());
-        write!(f, "command `{}` failed on node {} (exit code {code})", self.command.join(" "), self.node)?;
-        let out = if self.stderr.trim().is_empty() { self.stdout.trim() } else { self.stderr.trim() };
+        write!(
+            f,
+            "command `{}` failed on node {} (exit code {code})",
+            self.command.join(" "),
+            self.node
+        )?;
+        let out = if self.stderr.trim().is_empty() {
+            self.stdout.trim()
+        } else {
+            self.stderr.trim()
+        };
         if !out.is_empty() {
             write!(f, "\n--- output ---\n{out}")?;
         }
@@ -144,7 +170,9 @@ impl Runtime {
     /// Connects as kind would: `KIND_EXPERIMENTAL_PROVIDER` (docker, podman) picks the runtime, `DOCKER_HOST`
     /// the socket. Without a provider set, Docker is tried first and then Podman's socket, like kind.
     pub async fn connect() -> Result<Self, ClusterError> {
-        let explicit = std::env::var("KIND_EXPERIMENTAL_PROVIDER").ok().filter(|s| !s.is_empty());
+        let explicit = std::env::var("KIND_EXPERIMENTAL_PROVIDER")
+            .ok()
+            .filter(|s| !s.is_empty());
         match explicit.as_deref() {
             Some("docker") => Self::connect_as("docker").await,
             Some("podman") => Self::connect_as("podman").await,
@@ -158,7 +186,11 @@ impl Runtime {
 
     async fn connect_as(provider: &str) -> Result<Self, ClusterError> {
         let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
-        let err = |cause| ClusterError::Connect { provider: provider.to_owned(), host: host.clone(), cause };
+        let err = |cause| ClusterError::Connect {
+            provider: provider.to_owned(),
+            host: host.clone(),
+            cause,
+        };
         let docker = if provider == "podman" {
             #[cfg(unix)]
             {
@@ -173,7 +205,10 @@ impl Runtime {
         };
         let docker = docker.negotiate_version().await.map_err(err)?;
         docker.ping().await.map_err(err)?;
-        Ok(Self { docker, provider: provider.to_owned() })
+        Ok(Self {
+            docker,
+            provider: provider.to_owned(),
+        })
     }
 
     pub fn provider(&self) -> &str {
@@ -191,7 +226,11 @@ impl Runtime {
             .all(true)
             .filters(&std::collections::HashMap::from([("label", vec![CLUSTER_LABEL])]))
             .build();
-        let list = self.docker.list_containers(Some(opts)).await.map_err(Self::rt_err("listing containers"))?;
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(Self::rt_err("listing containers"))?;
         let names: BTreeSet<String> = list
             .into_iter()
             .filter_map(|c| c.labels.and_then(|l| l.get(CLUSTER_LABEL).cloned()))
@@ -206,7 +245,11 @@ impl Runtime {
             .all(true)
             .filters(&std::collections::HashMap::from([("label", vec![filter.as_str()])]))
             .build();
-        let list = self.docker.list_containers(Some(opts)).await.map_err(Self::rt_err("listing containers"))?;
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(Self::rt_err("listing containers"))?;
         let mut nodes: Vec<Node> = list
             .into_iter()
             .map(|c| {
@@ -242,7 +285,13 @@ impl Runtime {
         self.start_with(node, argv, false, 1 << 20).await
     }
 
-    async fn start_with(&self, node: &str, argv: &[&str], stdin: bool, capacity: usize) -> Result<(String, StartExecResults), ClusterError> {
+    async fn start_with(
+        &self,
+        node: &str,
+        argv: &[&str],
+        stdin: bool,
+        capacity: usize,
+    ) -> Result<(String, StartExecResults), ClusterError> {
         let cfg = ExecConfig {
             attach_stdin: Some(stdin),
             attach_stdout: Some(true),
@@ -252,8 +301,15 @@ impl Runtime {
         };
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
         let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
-        let opts = StartExecOptions { output_capacity: Some(capacity), ..Default::default() };
-        let started = self.docker.start_exec(&created.id, Some(opts)).await.map_err(Self::rt_err(ctx()))?;
+        let opts = StartExecOptions {
+            output_capacity: Some(capacity),
+            ..Default::default()
+        };
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(opts))
+            .await
+            .map_err(Self::rt_err(ctx()))?;
         Ok((created.id, started))
     }
 
@@ -265,11 +321,19 @@ impl Runtime {
     pub async fn exec(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
         let (id, started) = self.start(node, argv).await?;
         let StartExecResults::Attached { mut output, .. } = started else {
-            return Ok(ExecOutput { code: -1, stdout: String::new(), stderr: String::new() });
+            return Ok(ExecOutput {
+                code: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+            });
         };
         let (stdout, stderr) = collect(&mut output, node, argv).await?;
         let code = self.exit_code(&id).await.unwrap_or(-1);
-        Ok(ExecOutput { code, stdout: String::from_utf8_lossy(&stdout).into_owned(), stderr: String::from_utf8_lossy(&stderr).into_owned() })
+        Ok(ExecOutput {
+            code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
     }
 
     /// Runs a command in a node; a non-zero exit is an [`ExecError`] carrying its output. Returns stdout.
@@ -301,8 +365,15 @@ impl Runtime {
 
     /// Extracts the tar stream `tar` into directory `dir` of a node (Docker's archive API, run by the
     /// runtime inside the container's filesystem).
-    pub async fn copy_in(&self, node: &str, dir: &str, tar: impl AsyncRead + Send + 'static) -> Result<(), ClusterError> {
-        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path(dir).build();
+    pub async fn copy_in(
+        &self,
+        node: &str,
+        dir: &str,
+        tar: impl AsyncRead + Send + 'static,
+    ) -> Result<(), ClusterError> {
+        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+            .path(dir)
+            .build();
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024));
         self.docker
             .upload_to_container(node, Some(opts), body)
@@ -312,11 +383,19 @@ impl Runtime {
 
     /// Runs a command with `stdin` as its standard input (closed at its end) and collects its output;
     /// a non-zero exit is an [`ExecError`].
-    pub async fn run_with_stdin(&self, node: &str, argv: &[&str], stdin: impl AsyncRead + Send + Unpin + 'static) -> Result<String, ClusterError> {
+    pub async fn run_with_stdin(
+        &self,
+        node: &str,
+        argv: &[&str],
+        stdin: impl AsyncRead + Send + Unpin + 'static,
+    ) -> Result<String, ClusterError> {
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
         let (id, started) = self.start_with(node, argv, true, 64 * 1024).await?;
         let StartExecResults::Attached { mut output, mut input } = started else {
-            return Err(ClusterError::Runtime { context: ctx(), cause: bollard::errors::Error::RequestTimeoutError });
+            return Err(ClusterError::Runtime {
+                context: ctx(),
+                cause: bollard::errors::Error::RequestTimeoutError,
+            });
         };
         let feed = tokio::spawn(async move {
             let mut stdin = stdin;
@@ -339,20 +418,31 @@ impl Runtime {
         }
         match fed {
             Ok(Ok(_)) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
-            Ok(Err(e)) => Err(fail(format!("
-feeding standard input: {e}")).into()),
-            Err(e) => Err(fail(format!("
-feeding standard input: {e}")).into()),
+            Ok(Err(e)) => Err(fail(format!(
+                "
+feeding standard input: {e}"
+            ))
+            .into()),
+            Err(e) => Err(fail(format!(
+                "
+feeding standard input: {e}"
+            ))
+            .into()),
         }
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).
     pub async fn path_exists(&self, node: &str, path: &str) -> Result<bool, ClusterError> {
-        let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new().path(path).build();
+        let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new()
+            .path(path)
+            .build();
         match self.docker.get_container_archive_info(node, Some(opts)).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(ClusterError::Runtime { context: format!("checking {path} on node {node}"), cause: e }),
+            Err(e) => Err(ClusterError::Runtime {
+                context: format!("checking {path} on node {node}"),
+                cause: e,
+            }),
         }
     }
 }
@@ -365,7 +455,10 @@ async fn collect(
 ) -> Result<(Vec<u8>, Vec<u8>), ClusterError> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     while let Some(item) = output.next().await {
-        match item.map_err(Runtime::rt_err(format!("reading output of `{}` on node {node}", argv.join(" "))))? {
+        match item.map_err(Runtime::rt_err(format!(
+            "reading output of `{}` on node {node}",
+            argv.join(" ")
+        )))? {
             LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
             LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
             LogOutput::StdIn { .. } => {}

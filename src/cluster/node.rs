@@ -19,7 +19,14 @@ fn argv_of(argv: &[&str]) -> Vec<String> {
 
 /// An error for output a command printed that this layer cannot read.
 fn unreadable(node: &str, argv: &[&str], out: &str, why: impl std::fmt::Display) -> ClusterError {
-    ExecError { node: node.into(), command: argv_of(argv), code: Some(0), stdout: out.chars().take(500).collect(), stderr: format!("unexpected output: {why}") }.into()
+    ExecError {
+        node: node.into(),
+        command: argv_of(argv),
+        code: Some(0),
+        stdout: out.chars().take(500).collect(),
+        stderr: format!("unexpected output: {why}"),
+    }
+    .into()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -89,7 +96,11 @@ fn parse_ps(out: &str) -> Result<Vec<(String, String, String)>, serde_json::Erro
         .containers
         .into_iter()
         .map(|c| {
-            let image = if c.image.image.is_empty() { c.image_ref } else { c.image.image };
+            let image = if c.image.image.is_empty() {
+                c.image_ref
+            } else {
+                c.image.image
+            };
             (c.metadata.name, image, c.image.user_specified_image)
         })
         .collect())
@@ -128,23 +139,43 @@ pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriConta
     let ps = ["crictl", "ps", "-o", "json"];
     let out = rt.run(node, &ps).await?;
     let found = parse_ps(&out).map_err(|e| unreadable(node, &ps, &out, e))?;
-    let images = if found.iter().any(|(_, image, user)| is_image_id(image) && (user.is_empty() || is_image_id(user))) {
+    let images = if found
+        .iter()
+        .any(|(_, image, user)| is_image_id(image) && (user.is_empty() || is_image_id(user)))
+    {
         let ls = ["crictl", "images", "-o", "json"];
         let out = rt.run(node, &ls).await?;
         parse_images(&out).map_err(|e| unreadable(node, &ls, &out, e))?
     } else {
         Vec::new()
     };
-    Ok(found.into_iter().map(|(name, image, user)| CriContainer { image: image_name(&image, &user, &images), name }).collect())
+    Ok(found
+        .into_iter()
+        .map(|(name, image, user)| CriContainer {
+            image: image_name(&image, &user, &images),
+            name,
+        })
+        .collect())
 }
 
 /// ID of the running etcd container on a control-plane node.
 pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
     let argv = ["crictl", "ps", "--name", "^etcd$", "--state", "running", "-q"];
     let out = rt.run(node, &argv).await?;
-    out.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_owned).ok_or_else(|| {
-        ExecError { node: node.into(), command: argv_of(&argv), code: Some(0), stdout: String::new(), stderr: "no running etcd container: is the control plane healthy?".into() }.into()
-    })
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ExecError {
+                node: node.into(),
+                command: argv_of(&argv),
+                code: Some(0),
+                stdout: String::new(),
+                stderr: "no running etcd container: is the control plane healthy?".into(),
+            }
+            .into()
+        })
 }
 
 /// Stops kubelet, then every running container, so nothing changes images or PV data. Node IPs are kept:
@@ -180,7 +211,13 @@ pub async fn free_bytes(rt: &Runtime, node: &str) -> Result<u64, ClusterError> {
 
 /// `df -Pk` (POSIX format): the fourth column of the second line is free 1024-byte blocks.
 fn parse_df(out: &str) -> Option<u64> {
-    out.lines().nth(1)?.split_whitespace().nth(3)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    out.lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -197,7 +234,10 @@ pub struct ContainerdConfig {
 
 impl ContainerdConfig {
     pub fn content_blobs(&self) -> String {
-        format!("{}/io.containerd.content.v1.content/blobs/sha256", self.root.trim_end_matches('/'))
+        format!(
+            "{}/io.containerd.content.v1.content/blobs/sha256",
+            self.root.trim_end_matches('/')
+        )
     }
 }
 
@@ -220,8 +260,12 @@ fn parse_containerd_config(dump: &str) -> Result<ContainerdConfig, toml::de::Err
         str_at(&["plugins", "io.containerd.grpc.v1.cri", "containerd", "snapshotter"])
     };
     Ok(ContainerdConfig {
-        root: str_at(&["root"]).filter(|r| !r.is_empty()).unwrap_or_else(|| "/var/lib/containerd".into()),
-        snapshotter: snapshotter.filter(|s| !s.is_empty()).unwrap_or_else(|| "overlayfs".into()),
+        root: str_at(&["root"])
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "/var/lib/containerd".into()),
+        snapshotter: snapshotter
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "overlayfs".into()),
     })
 }
 
@@ -249,8 +293,11 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
         .filter_map(|line| {
             let mut cols = line.split_whitespace();
             let (name, media_type, digest) = (cols.next()?, cols.next()?, cols.next()?);
-            (!name.starts_with("sha256:") && digest.starts_with("sha256:"))
-                .then(|| ImageRecord { name: name.to_owned(), media_type: media_type.to_owned(), digest: digest.to_owned() })
+            (!name.starts_with("sha256:") && digest.starts_with("sha256:")).then(|| ImageRecord {
+                name: name.to_owned(),
+                media_type: media_type.to_owned(),
+                digest: digest.to_owned(),
+            })
         })
         .collect();
     refs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -259,25 +306,55 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
 
 /// The images a node holds, by name.
 pub async fn images(rt: &Runtime, node: &str) -> Result<Vec<ImageRecord>, ClusterError> {
-    Ok(parse_images_ls(&rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"]).await?))
+    Ok(parse_images_ls(
+        &rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"]).await?,
+    ))
 }
 
 /// The digests of every blob in the node's content store (`ctr content ls -q`: one digest a line).
 pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collections::HashSet<String>, ClusterError> {
-    let out = rt.run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"]).await?;
-    Ok(out.lines().map(str::trim).filter(|l| l.starts_with("sha256:")).map(str::to_owned).collect())
+    let out = rt
+        .run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"])
+        .await?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("sha256:"))
+        .map(str::to_owned)
+        .collect())
 }
 
 /// One small blob (a manifest, index or config) from the content store.
 pub async fn content_get(rt: &Runtime, node: &str, digest: &str) -> Result<Vec<u8>, ClusterError> {
-    Ok(rt.run(node, &["ctr", "--namespace=k8s.io", "content", "get", digest]).await?.into_bytes())
+    Ok(rt
+        .run(node, &["ctr", "--namespace=k8s.io", "content", "get", digest])
+        .await?
+        .into_bytes())
 }
 
 /// Fetches the content an image lacks from its registry, inside the node (as containerd would for a pull),
 /// for one platform, through kind's registry hosts configuration; bounded by `timeout_secs`.
-pub async fn content_fetch(rt: &Runtime, node: &str, image: &str, platform: &str, timeout_secs: u64) -> Result<(), ClusterError> {
+pub async fn content_fetch(
+    rt: &Runtime,
+    node: &str,
+    image: &str,
+    platform: &str,
+    timeout_secs: u64,
+) -> Result<(), ClusterError> {
     let secs = timeout_secs.to_string();
-    let argv = ["timeout", &secs, "ctr", "--namespace=k8s.io", "content", "fetch", "--platform", platform, "--hosts-dir", CONTAINERD_HOSTS_DIR, image];
+    let argv = [
+        "timeout",
+        &secs,
+        "ctr",
+        "--namespace=k8s.io",
+        "content",
+        "fetch",
+        "--platform",
+        platform,
+        "--hosts-dir",
+        CONTAINERD_HOSTS_DIR,
+        image,
+    ];
     rt.run(node, &argv).await.map(|_| ())
 }
 
@@ -323,14 +400,26 @@ pub async fn etcdctl(rt: &Runtime, node: &str, args: &[&str]) -> Result<String, 
 /// The member's current revision (`etcdctl endpoint status -w json`).
 pub async fn etcd_revision(rt: &Runtime, node: &str) -> Result<i64, ClusterError> {
     let out = etcdctl(rt, node, &["endpoint", "status", "-w", "json"]).await?;
-    parse_endpoint_status(&out).ok_or_else(|| unreadable(node, &["etcdctl", "endpoint", "status", "-w", "json"], &out, "no header.revision"))
+    parse_endpoint_status(&out).ok_or_else(|| {
+        unreadable(
+            node,
+            &["etcdctl", "endpoint", "status", "-w", "json"],
+            &out,
+            "no header.revision",
+        )
+    })
 }
 
 /// etcdctl's `endpoint status -w json` (etcdctl/ctlv3/command/printer_json.go): a list of
 /// `{"Endpoint", "Status": {"header": {"revision", …}, …}}`.
 fn parse_endpoint_status(out: &str) -> Option<i64> {
     let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
-    v.as_array()?.first()?.get("Status")?.get("header")?.get("revision")?.as_i64()
+    v.as_array()?
+        .first()?
+        .get("Status")?
+        .get("header")?
+        .get("revision")?
+        .as_i64()
 }
 
 /// A tool inside the etcd container that can restore a snapshot.
@@ -373,14 +462,20 @@ pub async fn etcd_restore_tool(rt: &Runtime, node: &str) -> Result<Option<Restor
     let works = |program: &str| {
         let argv = vec![program.to_owned(), "version".to_owned()];
         let id = id.clone();
-        async move { etcd_exec(rt, node, &id, &argv).await.ok().and_then(|out| parse_tool_version(&out)) }
+        async move {
+            etcd_exec(rt, node, &id, &argv)
+                .await
+                .ok()
+                .and_then(|out| parse_tool_version(&out))
+        }
     };
     let mut program = None;
     if works("etcdutl").await.is_some() {
         program = Some("etcdutl".to_owned());
     } else if works("etcdctl").await.is_some_and(|v| v < (3, 6)) {
         program = Some("etcdctl".to_owned());
-    } else if let Ok(listing) = etcd_exec(rt, node, &id, &["sh".into(), "-c".into(), "ls /usr/local/bin".into()]).await {
+    } else if let Ok(listing) = etcd_exec(rt, node, &id, &["sh".into(), "-c".into(), "ls /usr/local/bin".into()]).await
+    {
         for candidate in bundled_etcdctls(&listing) {
             if works(&candidate).await.is_some_and(|v| v < (3, 6)) {
                 program = Some(candidate);
@@ -389,14 +484,36 @@ pub async fn etcd_restore_tool(rt: &Runtime, node: &str) -> Result<Option<Restor
         }
     }
     let Some(program) = program else { return Ok(None) };
-    let help = etcd_exec(rt, node, &id, &[program.clone(), "snapshot".into(), "restore".into(), "--help".into()]).await.unwrap_or_default();
-    Ok(Some(RestoreTool { bump_revision: help.contains("--bump-revision") && help.contains("--mark-compacted"), program }))
+    let help = etcd_exec(
+        rt,
+        node,
+        &id,
+        &[program.clone(), "snapshot".into(), "restore".into(), "--help".into()],
+    )
+    .await
+    .unwrap_or_default();
+    Ok(Some(RestoreTool {
+        bump_revision: help.contains("--bump-revision") && help.contains("--mark-compacted"),
+        program,
+    }))
 }
 
 /// The revision stored in a snapshot file inside the etcd container (`snapshot status -w json`).
-pub async fn etcd_snapshot_revision(rt: &Runtime, node: &str, tool: &RestoreTool, path: &str) -> Result<i64, ClusterError> {
+pub async fn etcd_snapshot_revision(
+    rt: &Runtime,
+    node: &str,
+    tool: &RestoreTool,
+    path: &str,
+) -> Result<i64, ClusterError> {
     let id = etcd_container(rt, node).await?;
-    let args = [tool.program.clone(), "snapshot".into(), "status".into(), path.into(), "-w".into(), "json".into()];
+    let args = [
+        tool.program.clone(),
+        "snapshot".into(),
+        "status".into(),
+        path.into(),
+        "-w".into(),
+        "json".into(),
+    ];
     let out = etcd_exec(rt, node, &id, &args).await?;
     parse_snapshot_status(&out).ok_or_else(|| unreadable(node, &["snapshot", "status"], &out, "no revision"))
 }
@@ -405,7 +522,10 @@ pub async fn etcd_snapshot_revision(rt: &Runtime, node: &str, tool: &RestoreTool
 /// on the last line (etcdctl 3.5 prints a deprecation notice to stderr first).
 fn parse_snapshot_status(out: &str) -> Option<i64> {
     let line = out.lines().rev().find(|l| l.trim_start().starts_with('{'))?;
-    serde_json::from_str::<serde_json::Value>(line).ok()?.get("revision")?.as_i64()
+    serde_json::from_str::<serde_json::Value>(line)
+        .ok()?
+        .get("revision")?
+        .as_i64()
 }
 
 /// What a restore of one member needs.
@@ -421,7 +541,12 @@ pub struct RestoreArgs<'a> {
 }
 
 /// `snapshot restore` into a new data directory, inside the running etcd container.
-pub async fn etcd_restore(rt: &Runtime, node: &str, tool: &RestoreTool, a: &RestoreArgs<'_>) -> Result<(), ClusterError> {
+pub async fn etcd_restore(
+    rt: &Runtime,
+    node: &str,
+    tool: &RestoreTool,
+    a: &RestoreArgs<'_>,
+) -> Result<(), ClusterError> {
     let id = etcd_container(rt, node).await?;
     let mut args = vec![
         tool.program.clone(),
@@ -447,7 +572,12 @@ pub async fn etcd_members(rt: &Runtime, node: &str) -> Result<Vec<String>, Clust
 }
 
 fn parse_member_list(out: &str) -> Vec<String> {
-    let mut ids: Vec<String> = out.lines().filter_map(|l| l.split(',').next()).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    let mut ids: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(',').next())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
     ids.sort();
     ids
 }
@@ -493,17 +623,31 @@ mod tests {
     #[test]
     fn containerd_config_v3_single_quotes() {
         let c = parse_containerd_config(DUMP_V3).unwrap();
-        assert_eq!(c, ContainerdConfig { root: "/var/lib/containerd".into(), snapshotter: "overlayfs".into() });
-        assert_eq!(c.content_blobs(), "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256");
+        assert_eq!(
+            c,
+            ContainerdConfig {
+                root: "/var/lib/containerd".into(),
+                snapshotter: "overlayfs".into()
+            }
+        );
+        assert_eq!(
+            c.content_blobs(),
+            "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
+        );
     }
 
     #[test]
     fn containerd_config_v2_and_a_changed_snapshotter() {
         let c = parse_containerd_config(DUMP_V2).unwrap();
         assert_eq!(c.snapshotter, "native");
-        let moved = DUMP_V3.replace("'/var/lib/containerd'", "'/data/containerd'").replace("'overlayfs'", "'fuse-overlayfs'");
+        let moved = DUMP_V3
+            .replace("'/var/lib/containerd'", "'/data/containerd'")
+            .replace("'overlayfs'", "'fuse-overlayfs'");
         let c = parse_containerd_config(&moved).unwrap();
-        assert_eq!((c.root.as_str(), c.snapshotter.as_str()), ("/data/containerd", "fuse-overlayfs"));
+        assert_eq!(
+            (c.root.as_str(), c.snapshotter.as_str()),
+            ("/data/containerd", "fuse-overlayfs")
+        );
     }
 
     #[test]
@@ -584,7 +728,13 @@ mod tests {
         let ps = parse_ps(PS).unwrap();
         let images = parse_images(IMAGES).unwrap();
         let names: Vec<String> = ps.iter().map(|(_, i, u)| image_name(i, u, &images)).collect();
-        assert_eq!(names, ["docker.io/kindest/kindnetd:v20250512-df8de77b", "registry.k8s.io/coredns/coredns:v1.12.0"]);
+        assert_eq!(
+            names,
+            [
+                "docker.io/kindest/kindnetd:v20250512-df8de77b",
+                "registry.k8s.io/coredns/coredns:v1.12.0"
+            ]
+        );
         // A digest-only image resolves to its repo digest; an unknown ID stays an ID.
         let digest_only = "sha256:e8281330373e9b25773a7de97b436bc245ca39e12838ac6fde4df2c3765bfb2d";
         assert!(image_name(digest_only, "", &images).starts_with("docker.io/library/nginx@sha256:"));
@@ -615,15 +765,42 @@ sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca       ap
         let status = r#"[{"Endpoint":"https://127.0.0.1:2379","Status":{"header":{"cluster_id":4853638279150342533,"member_id":1033796535975940116,"revision":1234,"raft_term":3},"version":"3.5.30","dbSize":20480,"leader":1033796535975940116,"raftIndex":13,"raftTerm":3,"raftAppliedIndex":13,"dbSizeInUse":16384}}]"#;
         assert_eq!(parse_endpoint_status(status), Some(1234));
         // etcdutl 3.5.30 `snapshot status -w json`; etcdctl 3.5 prints the same after its deprecation notice
-        assert_eq!(parse_snapshot_status("{\"hash\":1337392018,\"revision\":77,\"totalKey\":7,\"totalSize\":20480}\n"), Some(77));
-        assert_eq!(parse_snapshot_status("Deprecated: Use `etcdutl snapshot status` instead.\n\n{\"hash\":1,\"revision\":5,\"totalKey\":7,\"totalSize\":1}"), Some(5));
-        assert_eq!(parse_tool_version("etcdctl version: 3.5.30\nAPI version: 3.5\n"), Some((3, 5)));
-        assert_eq!(parse_tool_version("etcdutl version: 3.6.5\nAPI version: 3.6\n"), Some((3, 6)));
+        assert_eq!(
+            parse_snapshot_status("{\"hash\":1337392018,\"revision\":77,\"totalKey\":7,\"totalSize\":20480}\n"),
+            Some(77)
+        );
+        assert_eq!(
+            parse_snapshot_status(
+                "Deprecated: Use `etcdutl snapshot status` instead.\n\n{\"hash\":1,\"revision\":5,\"totalKey\":7,\"totalSize\":1}"
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            parse_tool_version("etcdctl version: 3.5.30\nAPI version: 3.5\n"),
+            Some((3, 5))
+        );
+        assert_eq!(
+            parse_tool_version("etcdutl version: 3.6.5\nAPI version: 3.6\n"),
+            Some((3, 6))
+        );
         assert_eq!(parse_tool_version("garbage"), None);
-        assert_eq!(bundled_etcdctls("etcd\netcd-3.4.18\netcd-3.5.12\netcdctl\netcdctl-3.4.18\netcdctl-3.5.12\nmigrate\n"), ["etcdctl-3.5.12", "etcdctl-3.4.18"]);
+        assert_eq!(
+            bundled_etcdctls("etcd\netcd-3.4.18\netcd-3.5.12\netcdctl\netcdctl-3.4.18\netcdctl-3.5.12\nmigrate\n"),
+            ["etcdctl-3.5.12", "etcdctl-3.4.18"]
+        );
         // `member list` simple format
-        assert_eq!(parse_member_list("8e9e05c52164694d, started, kind-control-plane, https://172.18.0.2:2380, https://172.18.0.2:2379, false\n"), ["8e9e05c52164694d"]);
-        assert_eq!(parse_df("Filesystem 1024-blocks Used Available Capacity Mounted on\noverlay 263174212 12345 100 5% /var\n"), Some(102400));
+        assert_eq!(
+            parse_member_list(
+                "8e9e05c52164694d, started, kind-control-plane, https://172.18.0.2:2380, https://172.18.0.2:2379, false\n"
+            ),
+            ["8e9e05c52164694d"]
+        );
+        assert_eq!(
+            parse_df(
+                "Filesystem 1024-blocks Used Available Capacity Mounted on\noverlay 263174212 12345 100 5% /var\n"
+            ),
+            Some(102400)
+        );
     }
 
     #[test]
@@ -631,6 +808,9 @@ sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca       ap
         let m = "spec:\n  containers:\n  - command:\n    - etcd\n    - --name=kind-control-plane\n    - --initial-advertise-peer-urls=https://172.18.0.2:2380\n";
         let f = parse_manifest_flags(m);
         assert_eq!(f.get("name").map(String::as_str), Some("kind-control-plane"));
-        assert_eq!(f.get("initial-advertise-peer-urls").map(String::as_str), Some("https://172.18.0.2:2380"));
+        assert_eq!(
+            f.get("initial-advertise-peer-urls").map(String::as_str),
+            Some("https://172.18.0.2:2380")
+        );
     }
 }

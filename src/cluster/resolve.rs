@@ -8,7 +8,10 @@ pub fn resolve_live(explicit: Option<&str>, env: Option<&str>, existing: &[Strin
         return if existing.iter().any(|c| c == name) {
             Ok(name.to_owned())
         } else {
-            Err(ClusterError::NotFound { name: name.to_owned(), existing: existing.to_vec() })
+            Err(ClusterError::NotFound {
+                name: name.to_owned(),
+                existing: existing.to_vec(),
+            })
         };
     }
     match existing {
@@ -20,7 +23,12 @@ pub fn resolve_live(explicit: Option<&str>, env: Option<&str>, existing: &[Strin
 
 /// For commands that only read or change stored snapshots: a named cluster need not exist any more.
 /// Unnamed, the only live cluster is chosen; with none live, the only cluster that has snapshots.
-pub fn resolve_stored(explicit: Option<&str>, env: Option<&str>, live: &[String], stored: &[String]) -> Result<String, ClusterError> {
+pub fn resolve_stored(
+    explicit: Option<&str>,
+    env: Option<&str>,
+    live: &[String],
+    stored: &[String],
+) -> Result<String, ClusterError> {
     if let Some(name) = explicit.or(env).filter(|s| !s.is_empty()) {
         return Ok(name.to_owned());
     }
@@ -62,7 +70,10 @@ mod tests {
     fn stored_commands_accept_gone_clusters() {
         assert_eq!(resolve_stored(Some("gone"), None, &[], &[]).unwrap(), "gone");
         assert_eq!(resolve_stored(None, None, &[], &v(&["old"])).unwrap(), "old");
-        assert_eq!(resolve_stored(None, None, &v(&["live"]), &v(&["old", "x"])).unwrap(), "live");
+        assert_eq!(
+            resolve_stored(None, None, &v(&["live"]), &v(&["old", "x"])).unwrap(),
+            "live"
+        );
         assert!(resolve_stored(None, None, &[], &v(&["a", "b"])).is_err());
     }
 }

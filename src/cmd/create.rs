@@ -4,11 +4,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Ctx, UsageError, push_snapshot, snapshot_name};
-use crate::remote::{RemoteArgs, S3Args, require};
 use crate::bundle::metadata::ImagesMode;
 use crate::bundle::{Metadata, WriterOptions};
 use crate::capture::{self, Request};
 use crate::progress::{PhaseRecord, Progress};
+use crate::remote::{RemoteArgs, S3Args, require};
 use crate::util::human_bytes;
 
 #[derive(Debug, clap::Args)]
@@ -64,13 +64,26 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let name = snapshot_name(&name)?;
     // Resolve the remote before capturing, so a bad remote fails fast.
     let remote = match &args.push {
-        Some(r) => Some(require(&RemoteArgs { remote: Some(r.clone()).filter(|r| !r.is_empty()), s3: args.s3.clone(), oci: args.oci.clone() })?),
+        Some(r) => Some(require(&RemoteArgs {
+            remote: Some(r.clone()).filter(|r| !r.is_empty()),
+            s3: args.s3.clone(),
+            oci: args.oci.clone(),
+        })?),
         None => None,
     };
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
     let progress = Progress::new(!args.json);
-    let writer = WriterOptions { level: args.compression_level, ..WriterOptions::default() };
-    let req = Request { cluster: cluster.clone(), images: args.images, name: name.clone(), store: ctx.store.clone(), writer };
+    let writer = WriterOptions {
+        level: args.compression_level,
+        ..WriterOptions::default()
+    };
+    let req = Request {
+        cluster: cluster.clone(),
+        images: args.images,
+        name: name.clone(),
+        store: ctx.store.clone(),
+        writer,
+    };
     let out = capture::create(&rt, req, &progress).await?;
     for w in &out.warnings {
         eprintln!("warning: {w}");

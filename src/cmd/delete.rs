@@ -26,9 +26,17 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(cluster).await?;
     let names = names.iter().map(|n| snapshot_name(n)).collect::<Result<Vec<_>>>()?;
     let remote = resolve(&args.remote, false)?;
-    let present: Vec<backends::SnapshotName> = entries(ctx, &cluster, remote.as_deref()).await?.into_iter().map(|e| e.name).collect();
+    let present: Vec<backends::SnapshotName> = entries(ctx, &cluster, remote.as_deref())
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     // All or nothing: any unknown name fails the command before anything is deleted.
-    let missing: Vec<&str> = names.iter().filter(|n| !present.contains(n)).map(|n| n.as_str()).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| !present.contains(n))
+        .map(|n| n.as_str())
+        .collect();
     if !missing.is_empty() {
         anyhow::bail!(
             "snapshot{} not found for cluster {:?}: {} (nothing was deleted; see `kubectl snapshot list {}`)",

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::{Ctx, Entry, entries, print_structured};
 use crate::bundle::Status;
-use crate::remote::{RemoteArgs, resolve};
 use crate::cli::Output;
+use crate::remote::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 
 /// ADDONS is cut to this many characters unless --no-trunc (fits a 120-column terminal).
@@ -71,12 +71,18 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         return print_structured(&rows, output);
     }
     if rows.is_empty() {
-        let place = remote.as_ref().map_or_else(|| ctx.store.root().display().to_string(), |r| r.describe());
+        let place = remote
+            .as_ref()
+            .map_or_else(|| ctx.store.root().display().to_string(), |r| r.describe());
         eprintln!("No snapshots for cluster {:?} in {place}", cluster.as_str());
         return Ok(());
     }
     let now = jiff::Timestamp::now();
-    let mut table = vec![["NAME", "AGE", "SIZE", "K8S", "ADDONS", "STATUS"].map(String::from).to_vec()];
+    let mut table = vec![
+        ["NAME", "AGE", "SIZE", "K8S", "ADDONS", "STATUS"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for r in &rows {
         let mut addons = r.addons_summary.clone();
         if !args.no_trunc && addons.chars().count() > ADDONS_WIDTH {
@@ -97,7 +103,9 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
 /// Left-aligned columns separated by three spaces (kubectl's tabwriter look).
 pub fn print_table(rows: &[Vec<String>]) -> Result<()> {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = std::io::stdout().lock();
     for r in rows {
         let mut line = String::new();

@@ -54,7 +54,9 @@ impl Ctx {
             Some(d) => d.clone(),
             None => default_store_dir()?,
         };
-        Ok(Self { store: LocalStore::new(root) })
+        Ok(Self {
+            store: LocalStore::new(root),
+        })
     }
 
     /// The cluster a command that needs a live cluster means.
@@ -84,7 +86,13 @@ impl Ctx {
 
     /// Known cluster names, live or with snapshots (for telling cluster and snapshot arguments apart).
     pub async fn known_clusters(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.store.clusters().unwrap_or_default().into_iter().map(|c| c.to_string()).collect();
+        let mut all: Vec<String> = self
+            .store
+            .clusters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.to_string())
+            .collect();
         if let Ok(rt) = Runtime::connect().await {
             all.extend(rt.clusters().await.unwrap_or_default());
         }
@@ -99,7 +107,8 @@ fn kind_cluster_env() -> Option<String> {
 /// `$XDG_DATA_HOME/kubectl-snapshot/snapshots` (`~/.local/share/...`; Known Folders on Windows).
 pub fn default_store_dir() -> Result<PathBuf> {
     use etcetera::AppStrategy;
-    let dirs = crate::util::app_dirs().context("cannot determine the home directory for the snapshot store; set KUBECTL_SNAPSHOT_DIR or --dir")?;
+    let dirs = crate::util::app_dirs()
+        .context("cannot determine the home directory for the snapshot store; set KUBECTL_SNAPSHOT_DIR or --dir")?;
     Ok(dirs.data_dir().join("snapshots"))
 }
 
@@ -117,8 +126,14 @@ impl Info {
             Ok(bytes) => Metadata::from_json(&bytes).map_err(|e| e.to_string()),
             Err(_) => reader::read_metadata(&local.paths.bundle).map_err(|e| e.to_string()),
         };
-        let archive_digest = std::fs::read_to_string(&local.paths.sidecar).ok().and_then(|t| reader::parse_sidecar(&t).ok());
-        Self { local, metadata, archive_digest }
+        let archive_digest = std::fs::read_to_string(&local.paths.sidecar)
+            .ok()
+            .and_then(|t| reader::parse_sidecar(&t).ok());
+        Self {
+            local,
+            metadata,
+            archive_digest,
+        }
     }
 
     /// Creation time from metadata, else the file's modification time.
@@ -133,7 +148,11 @@ impl Info {
 /// All snapshots of a cluster, newest first.
 pub fn load_all(store: &LocalStore, cluster: &ClusterName) -> Result<Vec<Info>> {
     let mut infos: Vec<Info> = store.list(cluster)?.into_iter().map(Info::load).collect();
-    infos.sort_by(|a, b| b.created().cmp(&a.created()).then_with(|| a.local.name.cmp(&b.local.name)));
+    infos.sort_by(|a, b| {
+        b.created()
+            .cmp(&a.created())
+            .then_with(|| a.local.name.cmp(&b.local.name))
+    });
     Ok(infos)
 }
 
@@ -184,12 +203,20 @@ impl Entry {
             (None, Some(true)) => Status::Ok,
             (None, _) => Status::Incomplete,
         };
-        if self.metadata.is_err() && s == Status::Ok { Status::Corrupt } else { s }
+        if self.metadata.is_err() && s == Status::Ok {
+            Status::Corrupt
+        } else {
+            s
+        }
     }
 }
 
 /// Snapshots of a cluster, newest first, locally or on `remote`.
-pub async fn entries(ctx: &Ctx, cluster: &ClusterName, remote: Option<&dyn backends::SnapshotStore>) -> Result<Vec<Entry>> {
+pub async fn entries(
+    ctx: &Ctx,
+    cluster: &ClusterName,
+    remote: Option<&dyn backends::SnapshotStore>,
+) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = match remote {
         None => load_all(&ctx.store, cluster)?
             .into_iter()
@@ -213,7 +240,10 @@ pub async fn entries(ctx: &Ctx, cluster: &ClusterName, remote: Option<&dyn backe
                     Some(b) => Metadata::from_json(b).map_err(|e| e.to_string()),
                     None => Err("incomplete upload: no metadata".to_string()),
                 };
-                let created = metadata.as_ref().map(|m| m.created).unwrap_or_else(|_| jiff::Timestamp::try_from(r.modified).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
+                let created = metadata
+                    .as_ref()
+                    .map(|m| m.created)
+                    .unwrap_or_else(|_| jiff::Timestamp::try_from(r.modified).unwrap_or(jiff::Timestamp::UNIX_EPOCH));
                 Entry {
                     location: format!("{} {}/{}", store.describe(), cluster, r.name),
                     name: r.name,
@@ -232,7 +262,12 @@ pub async fn entries(ctx: &Ctx, cluster: &ClusterName, remote: Option<&dyn backe
 }
 
 /// Deletes a snapshot locally or on `remote`.
-pub async fn delete_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: Option<&dyn backends::SnapshotStore>) -> Result<()> {
+pub async fn delete_snapshot(
+    ctx: &Ctx,
+    cluster: &ClusterName,
+    name: &SnapshotName,
+    remote: Option<&dyn backends::SnapshotStore>,
+) -> Result<()> {
     match remote {
         None => ctx.store.delete(cluster, name)?,
         Some(r) => r.delete(cluster, name).await?,
@@ -241,11 +276,20 @@ pub async fn delete_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotNa
 }
 
 /// Uploads a local snapshot after checking it against its sidecar.
-pub async fn push_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: &dyn backends::SnapshotStore, show_progress: bool) -> Result<()> {
+pub async fn push_snapshot(
+    ctx: &Ctx,
+    cluster: &ClusterName,
+    name: &SnapshotName,
+    remote: &dyn backends::SnapshotStore,
+    show_progress: bool,
+) -> Result<()> {
     let local = ctx.store.get(cluster, name)?;
     // The bundle is hashed as it is uploaded and checked against this sidecar before the remote commit.
     if !local.paths.sidecar.exists() {
-        anyhow::bail!("local snapshot {:?} is incomplete (no sidecar); refusing to push it", name.as_str());
+        anyhow::bail!(
+            "local snapshot {:?} is incomplete (no sidecar); refusing to push it",
+            name.as_str()
+        );
     }
     let sidecar = std::fs::read_to_string(&local.paths.sidecar)?;
     let metadata = match std::fs::read(&local.paths.metadata) {
@@ -262,19 +306,41 @@ pub async fn push_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName
 }
 
 /// Downloads a remote snapshot into the local store; verified against its sidecar before it is published.
-pub async fn pull_snapshot(ctx: &Ctx, cluster: &ClusterName, name: &SnapshotName, remote: &dyn backends::SnapshotStore, show_progress: bool) -> Result<LocalSnapshot> {
+pub async fn pull_snapshot(
+    ctx: &Ctx,
+    cluster: &ClusterName,
+    name: &SnapshotName,
+    remote: &dyn backends::SnapshotStore,
+    show_progress: bool,
+) -> Result<LocalSnapshot> {
     if ctx.store.exists(cluster, name) {
-        anyhow::bail!("snapshot {:?} is already in the local store ({})", name.as_str(), ctx.store.paths(cluster, name).bundle.display());
+        anyhow::bail!(
+            "snapshot {:?} is already in the local store ({})",
+            name.as_str(),
+            ctx.store.paths(cluster, name).bundle.display()
+        );
     }
-    let head = remote.head(cluster, name).await.with_context(|| format!("looking up {:?} on {}", name.as_str(), remote.describe()))?;
+    let head = remote
+        .head(cluster, name)
+        .await
+        .with_context(|| format!("looking up {:?} on {}", name.as_str(), remote.describe()))?;
     ctx.store.ensure_cluster_dir(cluster)?;
     let staged = ctx.store.staging_path(cluster, name);
     let guard = Staged(staged.clone());
     let bar = crate::progress::bytes(head.size, &format!("pulling {name}"), show_progress);
-    let fetched = remote.get(cluster, name, &staged, &|n| bar.inc(n)).await.with_context(|| format!("pulling snapshot {:?}", name.as_str()))?;
+    let fetched = remote
+        .get(cluster, name, &staged, &|n| bar.inc(n))
+        .await
+        .with_context(|| format!("pulling snapshot {:?}", name.as_str()))?;
     bar.finish_and_clear();
     let file_name = format!("{name}{}", backends::local::BUNDLE_SUFFIX);
-    ctx.store.publish(cluster, name, &staged, &reader::sidecar_line(&fetched.sha256, &file_name), &fetched.metadata)?;
+    ctx.store.publish(
+        cluster,
+        name,
+        &staged,
+        &reader::sidecar_line(&fetched.sha256, &file_name),
+        &fetched.metadata,
+    )?;
     drop(guard);
     Ok(ctx.store.get(cluster, name)?)
 }

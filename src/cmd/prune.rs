@@ -38,7 +38,13 @@ pub struct Args {
 pub const NO_POLICY: &str = "at least one policy flag is required (--keep-last, --older-than, --max-size)";
 
 /// Why each snapshot (newest first) is deleted; empty = kept.
-pub fn plan(sizes_newest_first: &[(jiff::Timestamp, u64)], now: jiff::Timestamp, keep_last: usize, older_than: Option<Duration>, max_size: Option<u64>) -> Vec<Vec<String>> {
+pub fn plan(
+    sizes_newest_first: &[(jiff::Timestamp, u64)],
+    now: jiff::Timestamp,
+    keep_last: usize,
+    older_than: Option<Duration>,
+    max_size: Option<u64>,
+) -> Vec<Vec<String>> {
     let mut reasons = vec![Vec::new(); sizes_newest_first.len()];
     if keep_last > 0 {
         for r in reasons.iter_mut().skip(keep_last) {
@@ -46,7 +52,9 @@ pub fn plan(sizes_newest_first: &[(jiff::Timestamp, u64)], now: jiff::Timestamp,
         }
     }
     if let Some(d) = older_than.filter(|d| !d.is_zero()) {
-        let cutoff = now.as_second().saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let cutoff = now
+            .as_second()
+            .saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         for (i, (created, _)) in sizes_newest_first.iter().enumerate() {
             if created.as_second() < cutoff {
                 reasons[i].push(format!("older than {}", humantime(d)));
@@ -68,11 +76,20 @@ pub fn plan(sizes_newest_first: &[(jiff::Timestamp, u64)], now: jiff::Timestamp,
 
 fn humantime(d: Duration) -> String {
     let s = d.as_secs();
-    if s.is_multiple_of(86_400) { format!("{}d", s / 86_400) } else if s.is_multiple_of(3600) { format!("{}h", s / 3600) } else if s.is_multiple_of(60) { format!("{}m", s / 60) } else { format!("{s}s") }
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
-    let active = args.keep_last > 0 || args.older_than.is_some_and(|d| !d.is_zero()) || args.max_size.is_some_and(|m| m > 0);
+    let active =
+        args.keep_last > 0 || args.older_than.is_some_and(|d| !d.is_zero()) || args.max_size.is_some_and(|m| m > 0);
     if !active {
         return Err(UsageError(NO_POLICY.into()).into());
     }
@@ -84,22 +101,39 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let reasons = plan(&sizes, now, args.keep_last, args.older_than, args.max_size);
 
     let mut out = String::new();
-    let place = remote.as_ref().map_or_else(String::new, |r| format!(" on {}", r.describe()));
+    let place = remote
+        .as_ref()
+        .map_or_else(String::new, |r| format!(" on {}", r.describe()));
     out.push_str(&format!("Prune plan for cluster {:?}{place}:\n", cluster.as_str()));
     let name_w = infos.iter().map(|i| i.name.as_str().len()).max().unwrap_or(0);
     let (mut del_bytes, mut del_count) = (0u64, 0usize);
     for (info, why) in infos.iter().zip(&reasons) {
         let facts = format!("{}, {}", age(info.created, now), human_bytes(info.size));
         if why.is_empty() {
-            let keep_why = if args.keep_last > 0 { format!("; most recent {}", args.keep_last) } else { String::new() };
-            out.push_str(&format!("  KEEP    {:<name_w$}  ({facts}{keep_why})\n", info.name.as_str()));
+            let keep_why = if args.keep_last > 0 {
+                format!("; most recent {}", args.keep_last)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "  KEEP    {:<name_w$}  ({facts}{keep_why})\n",
+                info.name.as_str()
+            ));
         } else {
             del_bytes += info.size;
             del_count += 1;
-            out.push_str(&format!("  DELETE  {:<name_w$}  ({facts}; {})\n", info.name.as_str(), why.join(", ")));
+            out.push_str(&format!(
+                "  DELETE  {:<name_w$}  ({facts}; {})\n",
+                info.name.as_str(),
+                why.join(", ")
+            ));
         }
     }
-    out.push_str(&format!("Total to delete: {} across {del_count} snapshot{}\n", human_bytes(del_bytes), if del_count == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "Total to delete: {} across {del_count} snapshot{}\n",
+        human_bytes(del_bytes),
+        if del_count == 1 { "" } else { "s" }
+    ));
     print!("{out}");
     std::io::stdout().flush()?;
     if del_count == 0 || args.dry_run {
@@ -141,12 +175,27 @@ mod tests {
         let snaps: Vec<_> = [1, 10, 100, 200].iter().map(|h| (ts(*h, now), 100)).collect();
         let deleted = |r: Vec<Vec<String>>| r.iter().map(|x| !x.is_empty()).collect::<Vec<_>>();
         assert_eq!(deleted(plan(&snaps, now, 3, None, None)), [false, false, false, true]);
-        assert_eq!(deleted(plan(&snaps, now, 0, Some(Duration::from_secs(50 * 3600)), None)), [false, false, true, true]);
-        assert_eq!(deleted(plan(&snaps, now, 0, None, Some(250))), [false, false, true, true]);
-        assert_eq!(deleted(plan(&snaps, now, 0, None, Some(400))), [false, false, false, false]);
+        assert_eq!(
+            deleted(plan(&snaps, now, 0, Some(Duration::from_secs(50 * 3600)), None)),
+            [false, false, true, true]
+        );
+        assert_eq!(
+            deleted(plan(&snaps, now, 0, None, Some(250))),
+            [false, false, true, true]
+        );
+        assert_eq!(
+            deleted(plan(&snaps, now, 0, None, Some(400))),
+            [false, false, false, false]
+        );
         // union: keep-last 3 deletes the oldest; max-size 350 deletes the oldest too; older-than 5h the rest but newest
-        assert_eq!(deleted(plan(&snaps, now, 3, Some(Duration::from_secs(5 * 3600)), Some(350))), [false, true, true, true]);
+        assert_eq!(
+            deleted(plan(&snaps, now, 3, Some(Duration::from_secs(5 * 3600)), Some(350))),
+            [false, true, true, true]
+        );
         // zero values are inactive
-        assert_eq!(deleted(plan(&snaps, now, 0, Some(Duration::ZERO), Some(0))), [false, false, false, false]);
+        assert_eq!(
+            deleted(plan(&snaps, now, 0, Some(Duration::ZERO), Some(0))),
+            [false, false, false, false]
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Ctx, pull_snapshot, cluster_and_snapshot};
+use super::{Ctx, cluster_and_snapshot, pull_snapshot};
 use crate::remote::{RemoteArgs, require};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +20,11 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
     let local = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
-    println!("Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified)", name.as_str(), cluster.as_str(), local.paths.bundle.display());
+    println!(
+        "Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified)",
+        name.as_str(),
+        cluster.as_str(),
+        local.paths.bundle.display()
+    );
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{Ctx, push_snapshot, cluster_and_snapshot};
+use super::{Ctx, cluster_and_snapshot, push_snapshot};
 use crate::remote::{RemoteArgs, require};
 
 #[derive(Debug, clap::Args)]
@@ -20,6 +20,11 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
     push_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
-    println!("Pushed snapshot {:?} of cluster {:?} to {}", name.as_str(), cluster.as_str(), remote.describe());
+    println!(
+        "Pushed snapshot {:?} of cluster {:?} to {}",
+        name.as_str(),
+        cluster.as_str(),
+        remote.describe()
+    );
     Ok(())
 }

@@ -71,7 +71,9 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Add(a) => {
             let a = *a;
             if a.s3_access_key.is_some() || a.s3_secret_key.is_some() || a.s3_session_token.is_some() {
-                bail!("credentials are never stored in the config: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name an AWS profile with --s3-profile");
+                bail!(
+                    "credentials are never stored in the config: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or name an AWS profile with --s3-profile"
+                );
             }
             backends::SnapshotName::new(&a.name).map_err(|e| anyhow::anyhow!("remote name: {e}"))?;
             let url = RemoteUrl::parse(&a.url)?;
@@ -95,19 +97,39 @@ pub async fn run(args: Args) -> Result<()> {
                 config.default_remote = Some(a.name.clone());
             }
             let path = config.save()?;
-            println!("Added remote {:?}{} ({})", a.name, if config.default_remote.as_deref() == Some(&a.name) { " (default)" } else { "" }, path.display());
+            println!(
+                "Added remote {:?}{} ({})",
+                a.name,
+                if config.default_remote.as_deref() == Some(&a.name) {
+                    " (default)"
+                } else {
+                    ""
+                },
+                path.display()
+            );
         }
         Command::List { output } => {
             if let Some(o) = output {
                 return print_structured(&config, o);
             }
             if config.remotes.is_empty() {
-                eprintln!("No remotes in {} (add one: kubectl snapshot remote add NAME URL)", config_path()?.display());
+                eprintln!(
+                    "No remotes in {} (add one: kubectl snapshot remote add NAME URL)",
+                    config_path()?.display()
+                );
                 return Ok(());
             }
             let mut rows = vec![vec!["NAME".to_string(), "URL".into(), "DEFAULT".into()]];
             for (name, r) in &config.remotes {
-                rows.push(vec![name.clone(), r.url.clone(), if config.default_remote.as_deref() == Some(name) { "*".into() } else { String::new() }]);
+                rows.push(vec![
+                    name.clone(),
+                    r.url.clone(),
+                    if config.default_remote.as_deref() == Some(name) {
+                        "*".into()
+                    } else {
+                        String::new()
+                    },
+                ]);
             }
             super::list::print_table(&rows)?;
         }

@@ -6,9 +6,9 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{Ctx, pull_snapshot, cluster_and_snapshot};
-use crate::remote::{RemoteArgs, resolve};
+use super::{Ctx, cluster_and_snapshot, pull_snapshot};
 use crate::progress::Progress;
+use crate::remote::{RemoteArgs, resolve};
 use crate::restore::{self, Check, Outcome, Request, RestoreError};
 use crate::util::parse_size;
 
@@ -56,23 +56,42 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             );
         };
         // Check the remote metadata against the live cluster before downloading anything.
-        let head = remote.head(&cluster_name, &name).await.map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
+        let head = remote
+            .head(&cluster_name, &name)
+            .await
+            .map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
         let meta = crate::bundle::Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
         let live = restore::preflight::gather(&rt, rt.nodes(&cluster).await?).await;
         let checks = restore::preflight::compat(&meta, &live, args.min_free_space);
         if checks.iter().any(|c| !c.ok) {
             if args.json {
-                let out = RestoreResult { name: name.as_str(), cluster: &cluster, ok: false, preflight: &checks, outcome: None, error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()) };
+                let out = RestoreResult {
+                    name: name.as_str(),
+                    cluster: &cluster,
+                    ok: false,
+                    preflight: &checks,
+                    outcome: None,
+                    error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()),
+                };
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
             return Err(RestoreError::Preflight(checks).into());
         }
         pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
         if !args.json {
-            eprintln!("Pulled {:?} from {} (sha256 verified)", name.as_str(), remote.describe());
+            eprintln!(
+                "Pulled {:?} from {} (sha256 verified)",
+                name.as_str(),
+                remote.describe()
+            );
         }
     }
-    let req = Request { cluster: cluster.clone(), name: name.clone(), store: ctx.store.clone(), min_free: args.min_free_space };
+    let req = Request {
+        cluster: cluster.clone(),
+        name: name.clone(),
+        store: ctx.store.clone(),
+        min_free: args.min_free_space,
+    };
     let mut checks = Vec::new();
     let result = restore::restore(&rt, req, &progress, &mut checks).await;
     if args.json {
@@ -85,17 +104,33 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             (_, Some(o)) => o.preflight.as_slice(),
             _ => checks.as_slice(),
         };
-        let out = RestoreResult { name: name.as_str(), cluster: &cluster, ok, preflight, outcome, error };
+        let out = RestoreResult {
+            name: name.as_str(),
+            cluster: &cluster,
+            ok,
+            preflight,
+            outcome,
+            error,
+        };
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     let outcome = result?;
     if !args.json {
-        println!("Restored snapshot {:?} onto cluster {:?} in {:.1}s", name.as_str(), cluster, started.elapsed().as_secs_f64());
+        println!(
+            "Restored snapshot {:?} onto cluster {:?} in {:.1}s",
+            name.as_str(),
+            cluster,
+            started.elapsed().as_secs_f64()
+        );
         for (node, dir) in &outcome.previous_etcd_data {
             println!("  previous etcd data of {node} kept in {dir}");
         }
         for (node, imgs) in &outcome.imported_images {
-            println!("  re-imported {} image{} on {node}", imgs.len(), if imgs.len() == 1 { "" } else { "s" });
+            println!(
+                "  re-imported {} image{} on {node}",
+                imgs.len(),
+                if imgs.len() == 1 { "" } else { "s" }
+            );
         }
     }
     Ok(())

@@ -3,10 +3,10 @@
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 
-use super::{Ctx, Info, print_structured, cluster_and_snapshot};
-use crate::remote::{RemoteArgs, resolve};
+use super::{Ctx, Info, cluster_and_snapshot, print_structured};
 use crate::bundle::Metadata;
 use crate::cli::Output;
+use crate::remote::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 
 #[derive(Debug, clap::Args)]
@@ -39,8 +39,15 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (metadata, size, digest, path) = match resolve(&args.remote, false)? {
         None => {
             let info = Info::load(ctx.store.get(&cluster, &name)?);
-            let m = info.metadata.map_err(|e| anyhow!("cannot read the metadata of snapshot {:?}: {e}", name.as_str()))?;
-            (m, info.local.size, info.archive_digest, info.local.paths.bundle.display().to_string())
+            let m = info
+                .metadata
+                .map_err(|e| anyhow!("cannot read the metadata of snapshot {:?}: {e}", name.as_str()))?;
+            (
+                m,
+                info.local.size,
+                info.archive_digest,
+                info.local.paths.bundle.display().to_string(),
+            )
         }
         Some(r) => {
             let head = r.head(&cluster, &name).await?;
@@ -51,14 +58,26 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let metadata = &metadata;
     let archive_digest = digest.as_ref().map(|h| format!("sha256:{h}"));
     if let Some(output) = args.output {
-        let shown = Shown { metadata, size, archive_digest, path };
+        let shown = Shown {
+            metadata,
+            size,
+            archive_digest,
+            path,
+        };
         return print_structured(&shown, output);
     }
     let m = metadata;
     let mut lines = vec![
         ("Name", m.name.clone()),
         ("Cluster", m.cluster.clone()),
-        ("Created", format!("{} ({})", m.created.strftime("%Y-%m-%dT%H:%M:%SZ"), age(m.created, jiff::Timestamp::now()))),
+        (
+            "Created",
+            format!(
+                "{} ({})",
+                m.created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                age(m.created, jiff::Timestamp::now())
+            ),
+        ),
         ("Size", human_bytes(size)),
         ("K8s Version", m.k8s_version.clone()),
         ("Node Image", m.node_image.clone()),
@@ -79,16 +98,39 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     }
     let rest = [
         ("Etcd Digest", m.etcd.digest.clone()),
-        ("Images Digest", format!("{} ({} blobs, {})", m.images.digest, m.images.blobs, human_bytes(m.images.size))),
+        (
+            "Images Digest",
+            format!(
+                "{} ({} blobs, {})",
+                m.images.digest,
+                m.images.blobs,
+                human_bytes(m.images.size)
+            ),
+        ),
         ("Images Mode", format!("{:?}", m.images.mode).to_lowercase()),
-        ("PVs Digest", format!("{} ({} files, {})", m.pvs.digest, m.pvs.files, human_bytes(m.pvs.size))),
-        ("Archive Digest", archive_digest.map_or_else(|| "(no sidecar: incomplete)".into(), |d| format!("{d} (from sidecar)"))),
+        (
+            "PVs Digest",
+            format!("{} ({} files, {})", m.pvs.digest, m.pvs.files, human_bytes(m.pvs.size)),
+        ),
+        (
+            "Archive Digest",
+            archive_digest.map_or_else(|| "(no sidecar: incomplete)".into(), |d| format!("{d} (from sidecar)")),
+        ),
         ("Path", path),
     ];
     for (k, v) in rest {
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
     }
-    let by_ref: Vec<String> = m.images.nodes.iter().flat_map(|(node, i)| i.by_reference.iter().map(move |r| format!("  {node}: {} ({})\n", r.name, r.digest))).collect();
+    let by_ref: Vec<String> = m
+        .images
+        .nodes
+        .iter()
+        .flat_map(|(node, i)| {
+            i.by_reference
+                .iter()
+                .map(move |r| format!("  {node}: {} ({})\n", r.name, r.digest))
+        })
+        .collect();
     if !by_ref.is_empty() {
         out.push_str("Images By Reference (not in the bundle; pulled by the kubelet after a restore):\n");
         out.extend(by_ref);

@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use crate::cluster::node::{self, RestoreArgs, RestoreTool};
 use crate::cluster::Runtime;
+use crate::cluster::node::{self, RestoreArgs, RestoreTool};
 
 use super::{RestoreError, tar_stream};
 
@@ -38,8 +38,16 @@ pub async fn member(rt: &Runtime, node_name: &str) -> Result<Member, RestoreErro
     let peer_url = flags
         .get("initial-advertise-peer-urls")
         .and_then(|v| v.split(',').next().map(str::to_owned))
-        .ok_or_else(|| RestoreError::Invalid(format!("{node_name}: the etcd manifest has no --initial-advertise-peer-urls")))?;
-    Ok(Member { node: node_name.to_owned(), name, peer_url })
+        .ok_or_else(|| {
+            RestoreError::Invalid(format!(
+                "{node_name}: the etcd manifest has no --initial-advertise-peer-urls"
+            ))
+        })?;
+    Ok(Member {
+        node: node_name.to_owned(),
+        name,
+        peer_url,
+    })
 }
 
 /// The same for every member of one restore.
@@ -54,7 +62,12 @@ pub struct Plan<'a> {
 
 /// Copies the snapshot in and restores it into the side directory (inside /var/lib/etcd) while etcd runs.
 /// Returns the revision bump applied (`None` where the tool cannot bump).
-pub async fn prepare(rt: &Runtime, m: &Member, tool: &RestoreTool, plan: &Plan<'_>) -> Result<Option<u64>, RestoreError> {
+pub async fn prepare(
+    rt: &Runtime,
+    m: &Member,
+    tool: &RestoreTool,
+    plan: &Plan<'_>,
+) -> Result<Option<u64>, RestoreError> {
     let db = plan.db.to_owned();
     let stream = tar_stream(move |b| {
         let mut f = std::fs::File::open(&db)?;
@@ -91,10 +104,18 @@ pub async fn swap(rt: &Runtime, node_name: &str, side_dir: &str, old_dir: &str) 
         "set -e; mv '{side_dir}' /var/lib/etcd.kubectl-snapshot-new; mv /var/lib/etcd '{old_dir}'; \
          mv /var/lib/etcd.kubectl-snapshot-new /var/lib/etcd; rm -f '{old_dir}/{STAGED_DB}'"
     );
-    rt.run(node_name, &["sh", "-c", &script]).await.map(|_| ()).map_err(Into::into)
+    rt.run(node_name, &["sh", "-c", &script])
+        .await
+        .map(|_| ())
+        .map_err(Into::into)
 }
 
 /// Removes what [`prepare`] left behind (when restore stops before the swap).
 pub async fn discard(rt: &Runtime, node_name: &str, side_dir: &str) {
-    let _ = rt.run(node_name, &["rm", "-rf", side_dir, &format!("/var/lib/etcd/{STAGED_DB}")]).await;
+    let _ = rt
+        .run(
+            node_name,
+            &["rm", "-rf", side_dir, &format!("/var/lib/etcd/{STAGED_DB}")],
+        )
+        .await;
 }

@@ -12,25 +12,55 @@ use crate::oci;
 
 use super::{RestoreError, tar_stream};
 
-pub async fn restore_node(rt: &Runtime, node_name: &str, platform: &str, want: &NodeImages, staged: &Staged) -> Result<Vec<String>, RestoreError> {
-    let live: HashSet<(String, String)> = node::images(rt, node_name).await?.into_iter().map(|i| (i.name, i.digest)).collect();
-    let missing: BTreeSet<String> = want.images.iter().filter(|i| !live.contains(&(i.name.clone(), i.digest.clone()))).map(|i| i.name.clone()).collect();
+pub async fn restore_node(
+    rt: &Runtime,
+    node_name: &str,
+    platform: &str,
+    want: &NodeImages,
+    staged: &Staged,
+) -> Result<Vec<String>, RestoreError> {
+    let live: HashSet<(String, String)> = node::images(rt, node_name)
+        .await?
+        .into_iter()
+        .map(|i| (i.name, i.digest))
+        .collect();
+    let missing: BTreeSet<String> = want
+        .images
+        .iter()
+        .filter(|i| !live.contains(&(i.name.clone(), i.digest.clone())))
+        .map(|i| i.name.clone())
+        .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let index_path = staged.node_index.get(node_name).ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node_name}")))?;
-    let index_bytes = std::fs::read(index_path).map_err(|e| RestoreError::Invalid(format!("reading {}: {e}", index_path.display())))?;
+    let index_path = staged
+        .node_index
+        .get(node_name)
+        .ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node_name}")))?;
+    let index_bytes = std::fs::read(index_path)
+        .map_err(|e| RestoreError::Invalid(format!("reading {}: {e}", index_path.display())))?;
     let manifests = oci::index_manifests(&index_bytes).map_err(RestoreError::Invalid)?;
-    let chosen: Vec<oci::Descriptor> = manifests.into_iter().filter(|m| m.annotations.get("io.containerd.image.name").is_some_and(|n| missing.contains(n))).collect();
+    let chosen: Vec<oci::Descriptor> = manifests
+        .into_iter()
+        .filter(|m| {
+            m.annotations
+                .get("io.containerd.image.name")
+                .is_some_and(|n| missing.contains(n))
+        })
+        .collect();
     // Every blob the chosen images need for this platform, as far as the bundle has them.
     let mut blobs = BTreeSet::new();
-    let mut queue: Vec<(String, String)> = chosen.iter().map(|m| (m.digest.clone(), m.media_type.clone())).collect();
+    let mut queue: Vec<(String, String)> = chosen
+        .iter()
+        .map(|m| (m.digest.clone(), m.media_type.clone()))
+        .collect();
     while let Some((digest, media_type)) = queue.pop() {
         let hex = digest.trim_start_matches("sha256:").to_owned();
         let path = staged.blobs.join(&hex);
         let Ok(bytes) = std::fs::read(&path) else { continue };
         blobs.insert(hex);
-        let children = oci::children(&bytes, &media_type, platform).map_err(|e| RestoreError::Invalid(format!("{digest}: {e}")))?;
+        let children = oci::children(&bytes, &media_type, platform)
+            .map_err(|e| RestoreError::Invalid(format!("{digest}: {e}")))?;
         queue.extend(children.documents);
         for b in children.blobs {
             let hex = b.digest.trim_start_matches("sha256:").to_owned();
@@ -61,12 +91,20 @@ pub async fn restore_node(rt: &Runtime, node_name: &str, platform: &str, want: &
     };
     let first = import(true);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    match rt.run_with_stdin(node_name, &first, archive(index.clone(), blobs.clone(), staged.blobs.clone())).await {
+    match rt
+        .run_with_stdin(
+            node_name,
+            &first,
+            archive(index.clone(), blobs.clone(), staged.blobs.clone()),
+        )
+        .await
+    {
         Ok(_) => {}
         Err(ClusterError::Exec(e)) if e.stderr.contains("content digest") => {
             let second = import(false);
             let second: Vec<&str> = second.iter().map(String::as_str).collect();
-            rt.run_with_stdin(node_name, &second, archive(index, blobs, staged.blobs.clone())).await?;
+            rt.run_with_stdin(node_name, &second, archive(index, blobs, staged.blobs.clone()))
+                .await?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -80,4 +118,3 @@ fn append_bytes<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[
     h.set_entry_type(tar::EntryType::Regular);
     b.append_data(&mut h, name, data)
 }
-

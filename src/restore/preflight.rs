@@ -18,10 +18,18 @@ pub struct Check {
 
 impl Check {
     pub fn pass(name: &'static str, message: impl Into<String>) -> Self {
-        Self { name, ok: true, message: message.into() }
+        Self {
+            name,
+            ok: true,
+            message: message.into(),
+        }
     }
     pub fn fail(name: &'static str, message: impl Into<String>) -> Self {
-        Self { name, ok: false, message: message.into() }
+        Self {
+            name,
+            ok: false,
+            message: message.into(),
+        }
     }
 }
 
@@ -41,7 +49,10 @@ pub struct Live {
 }
 
 pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
-    let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane && n.state == "running").collect();
+    let cps: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane && n.state == "running")
+        .collect();
     let first = cps.first().map(|n| n.name.clone());
     let k8s_version = match &first {
         Some(n) => node::k8s_version(rt, n).await.map_err(|e| e.to_string()),
@@ -64,7 +75,10 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     for n in &cps {
         let health = node::etcd_health(rt, &n.name).await.map_err(|e| e.to_string());
         if health.is_ok() {
-            restore_tools.push((n.name.clone(), node::etcd_restore_tool(rt, &n.name).await.map_err(|e| e.to_string())));
+            restore_tools.push((
+                n.name.clone(),
+                node::etcd_restore_tool(rt, &n.name).await.map_err(|e| e.to_string()),
+            ));
         }
         etcd.push((n.name.clone(), health));
     }
@@ -72,7 +86,15 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
         Some(n) => node::free_bytes(rt, n).await.map_err(|e| e.to_string()),
         None => Err("no running control-plane node".into()),
     };
-    Live { nodes, k8s_version, platform, addons, etcd, free, restore_tools }
+    Live {
+        nodes,
+        k8s_version,
+        platform,
+        addons,
+        etcd,
+        free,
+        restore_tools,
+    }
 }
 
 /// Whether every control plane's etcd container can restore a snapshot.
@@ -105,32 +127,67 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
     let mut checks = Vec::new();
 
     // Cluster running: every node up, etcd healthy on every control plane.
-    let down: Vec<String> = live.nodes.iter().filter(|n| n.state != "running").map(|n| format!("node {} is {}", n.name, n.state)).collect();
-    let sick: Vec<String> = live.etcd.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("etcd on {n} is not reachable: {}", first_line(e)))).collect();
+    let down: Vec<String> = live
+        .nodes
+        .iter()
+        .filter(|n| n.state != "running")
+        .map(|n| format!("node {} is {}", n.name, n.state))
+        .collect();
+    let sick: Vec<String> = live
+        .etcd
+        .iter()
+        .filter_map(|(n, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("etcd on {n} is not reachable: {}", first_line(e)))
+        })
+        .collect();
     if live.nodes.is_empty() {
         checks.push(Check::fail("cluster running", "cluster not running: it has no nodes"));
     } else if down.is_empty() && sick.is_empty() && !live.etcd.is_empty() {
-        checks.push(Check::pass("cluster running", format!("{} nodes running, etcd healthy", live.nodes.len())));
+        checks.push(Check::pass(
+            "cluster running",
+            format!("{} nodes running, etcd healthy", live.nodes.len()),
+        ));
     } else {
         let mut why = down;
         why.extend(sick);
         if live.etcd.is_empty() {
             why.push("no running control-plane node".into());
         }
-        checks.push(Check::fail("cluster running", format!("cluster not running: {}", why.join("; "))));
+        checks.push(Check::fail(
+            "cluster running",
+            format!("cluster not running: {}", why.join("; ")),
+        ));
     }
 
     // Disk space on the container root.
     checks.push(match &live.free {
         Ok(free) if *free >= min_free => Check::pass("disk space", format!("{} free", human_bytes(*free))),
-        Ok(free) => Check::fail("disk space", format!("not enough disk space: {} free on the cluster's container root, {} required (--min-free-space)", human_bytes(*free), human_bytes(min_free))),
-        Err(e) => Check::fail("disk space", format!("cannot measure free disk space: {}", first_line(e))),
+        Ok(free) => Check::fail(
+            "disk space",
+            format!(
+                "not enough disk space: {} free on the cluster's container root, {} required (--min-free-space)",
+                human_bytes(*free),
+                human_bytes(min_free)
+            ),
+        ),
+        Err(e) => Check::fail(
+            "disk space",
+            format!("cannot measure free disk space: {}", first_line(e)),
+        ),
     });
 
     checks.push(match &live.k8s_version {
         Ok(v) if *v == meta.k8s_version => Check::pass("k8s version", v.clone()),
-        Ok(v) => Check::fail("k8s version", format!("k8s version mismatch: snapshot={}, live={v}", meta.k8s_version)),
-        Err(e) => Check::fail("k8s version", format!("cannot read the live k8s version: {}", first_line(e))),
+        Ok(v) => Check::fail(
+            "k8s version",
+            format!("k8s version mismatch: snapshot={}, live={v}", meta.k8s_version),
+        ),
+        Err(e) => Check::fail(
+            "k8s version",
+            format!("cannot read the live k8s version: {}", first_line(e)),
+        ),
     });
 
     checks.push(topology(meta, &live.nodes));
@@ -145,17 +202,33 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
                 .into_iter()
                 .filter_map(|a| {
                     let (s, l) = (meta.addons.get(a), addons.get(a));
-                    (s != l).then(|| format!("addon version mismatch: {a} snapshot={}, live={}", s.map_or("absent", String::as_str), l.map_or("absent", String::as_str)))
+                    (s != l).then(|| {
+                        format!(
+                            "addon version mismatch: {a} snapshot={}, live={}",
+                            s.map_or("absent", String::as_str),
+                            l.map_or("absent", String::as_str)
+                        )
+                    })
                 })
                 .collect();
-            if diffs.is_empty() { Check::pass("addons", meta.addons_summary()) } else { Check::fail("addons", diffs.join("; ")) }
+            if diffs.is_empty() {
+                Check::pass("addons", meta.addons_summary())
+            } else {
+                Check::fail("addons", diffs.join("; "))
+            }
         }
-        Err(e) => Check::fail("addons", format!("cannot detect live addon versions: {}", first_line(e))),
+        Err(e) => Check::fail(
+            "addons",
+            format!("cannot detect live addon versions: {}", first_line(e)),
+        ),
     });
 
     checks.push(match &live.platform {
         Ok(p) if *p == meta.platform => Check::pass("platform", p.clone()),
-        Ok(p) => Check::fail("platform", format!("platform mismatch: snapshot={}, live={p}", meta.platform)),
+        Ok(p) => Check::fail(
+            "platform",
+            format!("platform mismatch: snapshot={}, live={p}", meta.platform),
+        ),
         Err(e) => Check::fail("platform", format!("cannot read the live platform: {}", first_line(e))),
     });
     checks
@@ -163,18 +236,39 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
 
 /// When no metadata can be read at all, the compatibility checks cannot run: say so.
 pub fn compat_unavailable() -> Vec<Check> {
-    vec![Check::fail("schema version", "no readable metadata: compatibility cannot be checked")]
+    vec![Check::fail(
+        "schema version",
+        "no readable metadata: compatibility cannot be checked",
+    )]
 }
 
 fn topology(meta: &Metadata, nodes: &[Node]) -> Check {
     let kubelet = crate::cluster::kubelet_nodes(nodes);
-    let snap: Vec<&crate::bundle::metadata::NodeInfo> = meta.topology.nodes.iter().filter(|n| n.role == "control-plane" || n.role == "worker").collect();
+    let snap: Vec<&crate::bundle::metadata::NodeInfo> = meta
+        .topology
+        .nodes
+        .iter()
+        .filter(|n| n.role == "control-plane" || n.role == "worker")
+        .collect();
     if kubelet.len() != snap.len() {
-        return Check::fail("topology", format!("topology mismatch: snapshot={} nodes, live={} nodes", snap.len(), kubelet.len()));
+        return Check::fail(
+            "topology",
+            format!(
+                "topology mismatch: snapshot={} nodes, live={} nodes",
+                snap.len(),
+                kubelet.len()
+            ),
+        );
     }
     let cps = kubelet.iter().filter(|n| n.role == Role::ControlPlane).count();
     if cps != meta.topology.control_planes {
-        return Check::fail("topology", format!("topology mismatch: snapshot={} control planes, live={cps} control planes", meta.topology.control_planes));
+        return Check::fail(
+            "topology",
+            format!(
+                "topology mismatch: snapshot={} control planes, live={cps} control planes",
+                meta.topology.control_planes
+            ),
+        );
     }
     // etcd member names and PV node affinity are node names: they must match one for one.
     let mut live: Vec<(String, &str)> = kubelet.iter().map(|n| (n.name.clone(), n.role.as_str())).collect();
@@ -182,8 +276,20 @@ fn topology(meta: &Metadata, nodes: &[Node]) -> Check {
     live.sort();
     want.sort();
     if live != want {
-        let show = |v: &[(String, &str)]| v.iter().map(|(n, r)| format!("{n} ({r})")).collect::<Vec<_>>().join(", ");
-        return Check::fail("topology", format!("topology mismatch: snapshot nodes {}, live nodes {}", show(&want), show(&live)));
+        let show = |v: &[(String, &str)]| {
+            v.iter()
+                .map(|(n, r)| format!("{n} ({r})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Check::fail(
+            "topology",
+            format!(
+                "topology mismatch: snapshot nodes {}, live nodes {}",
+                show(&want),
+                show(&live)
+            ),
+        );
     }
     Check::pass("topology", meta.topology_summary())
 }

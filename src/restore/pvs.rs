@@ -9,7 +9,11 @@ use crate::cluster::Runtime;
 
 use super::RestoreError;
 
-pub async fn restore_node(rt: &Runtime, node: &str, staged: &BTreeMap<(String, String), PathBuf>) -> Result<usize, RestoreError> {
+pub async fn restore_node(
+    rt: &Runtime,
+    node: &str,
+    staged: &BTreeMap<(String, String), PathBuf>,
+) -> Result<usize, RestoreError> {
     let mut restored = 0;
     for root in PV_ROOTS {
         let key = (node.to_owned(), root.to_string());
@@ -19,8 +23,12 @@ pub async fn restore_node(rt: &Runtime, node: &str, staged: &BTreeMap<(String, S
         }
         rt.run(node, &["rm", "-rf", root]).await?;
         if let Some(tar) = tar {
-            let parent = root.rsplit_once('/').map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
-            let file = tokio::fs::File::open(tar).await.map_err(|e| RestoreError::Invalid(format!("opening staged {}: {e}", tar.display())))?;
+            let parent = root
+                .rsplit_once('/')
+                .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+            let file = tokio::fs::File::open(tar)
+                .await
+                .map_err(|e| RestoreError::Invalid(format!("opening staged {}: {e}", tar.display())))?;
             rt.copy_in(node, parent, file).await?;
             restored += 1;
         }

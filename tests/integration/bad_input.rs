@@ -33,8 +33,16 @@ fn malformed_sizes_and_durations() {
 fn unknown_cluster_names_the_existing_ones() {
     let store = Store::new();
     let run = store.run(&["create", "no-such-cluster-xyz"]).fails();
-    assert!(run.stderr.contains("kind cluster \"no-such-cluster-xyz\" not found"), "{}", run.stderr);
-    assert!(run.stderr.contains("existing clusters:") || run.stderr.contains("there are no kind clusters"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("kind cluster \"no-such-cluster-xyz\" not found"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("existing clusters:") || run.stderr.contains("there are no kind clusters"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Stand-ins for two clusters' nodes: labelled containers are all kind's discovery looks at.
@@ -47,13 +55,32 @@ impl Drop for FakeNode {
 
 #[test]
 fn two_clusters_and_no_name_is_ambiguous() {
-    let image = String::from_utf8(Command::new(repo().join("tests/fixtures/node/build")).output().unwrap().stdout).unwrap();
+    let image = String::from_utf8(
+        Command::new(repo().join("tests/fixtures/node/build"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let (a, b) = (unique("amb-a"), unique("amb-b"));
     let mut nodes = Vec::new();
     for c in [&a, &b] {
         let node = format!("{c}-control-plane");
         let ok = Command::new("docker")
-            .args(["run", "-d", "--name", &node, "--label", &format!("io.x-k8s.kind.cluster={c}"), "--label", "io.x-k8s.kind.role=control-plane", "--entrypoint", "/bin/sleep", image.trim(), "300"])
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &node,
+                "--label",
+                &format!("io.x-k8s.kind.cluster={c}"),
+                "--label",
+                "io.x-k8s.kind.role=control-plane",
+                "--entrypoint",
+                "/bin/sleep",
+                image.trim(),
+                "300",
+            ])
             .output()
             .unwrap();
         assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));

@@ -14,12 +14,19 @@ fn complete(store: &Store, words: &[&str], via_link: Option<&std::path::Path>) -
             c
         }
     };
-    cmd.args(words).env("KUBECTL_SNAPSHOT_DIR", store.root()).env("KIND_CLUSTER_NAME", "comp").env("KUBECTL_SNAPSHOT_CONFIG", store.root().join("none.toml"));
+    cmd.args(words)
+        .env("KUBECTL_SNAPSHOT_DIR", store.root())
+        .env("KIND_CLUSTER_NAME", "comp")
+        .env("KUBECTL_SNAPSHOT_CONFIG", store.root().join("none.toml"));
     let out = run_timeout(cmd, std::time::Duration::from_secs(30));
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    assert_eq!(lines.pop().as_deref(), Some(":4"), "the directive line ends the answer: {text}");
+    assert_eq!(
+        lines.pop().as_deref(),
+        Some(":4"),
+        "the directive line ends the answer: {text}"
+    );
     lines
 }
 
@@ -33,7 +40,10 @@ fn kubectl_plugin_completion() {
     }
     assert!(complete(&store, &[""], None).iter().any(|c| c == "restore"));
     assert_eq!(complete(&store, &["re"], None), ["restore", "resume", "remote"]);
-    assert_eq!(complete(&store, &["restore", "b"], None), ["baseline", "before-upgrade"]);
+    assert_eq!(
+        complete(&store, &["restore", "b"], None),
+        ["baseline", "before-upgrade"]
+    );
     assert_eq!(complete(&store, &["show", "comp", "bef"], None), ["before-upgrade"]);
     assert_eq!(complete(&store, &["list", "-o", ""], None), ["json", "yaml"]);
     assert!(complete(&store, &["prune", "--k"], None).contains(&"--keep-last".to_string()));
@@ -52,7 +62,14 @@ fn shell_scripts_and_man_page() {
         assert!(r.stdout.contains("kubectl-snapshot") && r.stdout.len() > 500, "{shell}");
     }
     let helper = store.run(&["completion", "kubectl"]).ok().stdout;
-    assert!(helper.starts_with("#!/usr/bin/env sh") && helper.contains("kubectl-snapshot __complete \"$@\""), "{helper}");
+    assert!(
+        helper.starts_with("#!/usr/bin/env sh") && helper.contains("kubectl-snapshot __complete \"$@\""),
+        "{helper}"
+    );
     let man = store.run(&["man"]).ok().stdout;
-    assert!(man.contains(".TH kubectl-snapshot 1") && man.contains("restore"), "{}", &man[..man.len().min(300)]);
+    assert!(
+        man.contains(".TH kubectl-snapshot 1") && man.contains("restore"),
+        "{}",
+        &man[..man.len().min(300)]
+    );
 }

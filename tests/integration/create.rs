@@ -28,34 +28,67 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
 
     // etcd: the key written before the snapshot is in it.
     let db = bundle_entry(&bundle, "etcd/snapshot.db").expect("etcd snapshot in bundle");
-    assert!(contains(&db, marker.as_bytes()), "the etcd snapshot lacks the key written before create");
-    assert_eq!(result["metadata"]["etcd"]["digest"], format!("sha256:{}", sha256_hex(&db)));
+    assert!(
+        contains(&db, marker.as_bytes()),
+        "the etcd snapshot lacks the key written before create"
+    );
+    assert_eq!(
+        result["metadata"]["etcd"]["digest"],
+        format!("sha256:{}", sha256_hex(&db))
+    );
 
     // PVs: every node's files, byte for byte.
     for node in cluster.nodes() {
-        let dir = cluster.sh(&node, "ls -d /var/local-path-provisioner/*/ | head -n1").trim().trim_end_matches('/').to_owned();
+        let dir = cluster
+            .sh(&node, "ls -d /var/local-path-provisioner/*/ | head -n1")
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
         let on_node = cluster.sh(&node, &format!("cat {dir}/hello.txt"));
-        let in_bundle = bundle_entry(&bundle, &format!("pvs/{node}{dir}/hello.txt")).unwrap_or_else(|| panic!("PV file of {node} missing"));
+        let in_bundle = bundle_entry(&bundle, &format!("pvs/{node}{dir}/hello.txt"))
+            .unwrap_or_else(|| panic!("PV file of {node} missing"));
         assert_eq!(in_bundle, on_node.as_bytes());
         let random = bundle_entry(&bundle, &format!("pvs/{node}{dir}/sub/random.bin")).expect("binary PV file");
         let on_node_sum = cluster.sh(&node, &format!("sha256sum {dir}/sub/random.bin"));
-        assert!(on_node_sum.starts_with(&sha256_hex(&random)), "PV binary file differs on {node}");
+        assert!(
+            on_node_sum.starts_with(&sha256_hex(&random)),
+            "PV binary file differs on {node}"
+        );
     }
 
     // Images: each node's list is recorded, each node's index is in the bundle, blobs hash to their names.
     let names = bundle_names(&bundle);
     for node in cluster.nodes() {
-        assert!(names.contains(&format!("images/nodes/{node}/index.json")), "no image index for {node}");
+        assert!(
+            names.contains(&format!("images/nodes/{node}/index.json")),
+            "no image index for {node}"
+        );
         let imgs = &result["metadata"]["images"]["nodes"][&node]["images"];
-        let refs: Vec<&str> = imgs.as_array().expect("images").iter().map(|i| i["name"].as_str().unwrap()).collect();
+        let refs: Vec<&str> = imgs
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
         assert!(refs.contains(&"registry.k8s.io/pause:3.10"), "{node}: {refs:?}");
-        assert!(refs.contains(&"docker.io/kindest/local-path-provisioner:v20250214-acbabc1a"), "{node}: {refs:?}");
+        assert!(
+            refs.contains(&"docker.io/kindest/local-path-provisioner:v20250214-acbabc1a"),
+            "{node}: {refs:?}"
+        );
     }
     for blob in names.iter().filter(|n| n.starts_with("images/blobs/sha256/")) {
         let data = bundle_entry(&bundle, blob).unwrap();
-        assert_eq!(sha256_hex(&data), blob.rsplit('/').next().unwrap(), "blob content does not match its digest");
+        assert_eq!(
+            sha256_hex(&data),
+            blob.rsplit('/').next().unwrap(),
+            "blob content does not match its digest"
+        );
     }
-    assert_eq!(names.last().map(String::as_str), Some("metadata.json"), "metadata is the last entry");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("metadata.json"),
+        "metadata is the last entry"
+    );
 
     // Metadata.
     let m = &result["metadata"];
@@ -63,9 +96,25 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
     assert_eq!(m["k8sVersion"], "v1.33.1");
     assert_eq!(m["cluster"], cluster.name.as_str());
     assert_eq!(m["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
-    assert!(m["nodeImage"].as_str().unwrap().starts_with("kubectl-snapshot-fixture/node:"));
-    let phases: Vec<&str> = result["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for p in ["etcd snapshot", "quiescing nodes", "exporting images", "copying volumes", "resuming cluster"] {
+    assert!(
+        m["nodeImage"]
+            .as_str()
+            .unwrap()
+            .starts_with("kubectl-snapshot-fixture/node:")
+    );
+    let phases: Vec<&str> = result["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "etcd snapshot",
+        "quiescing nodes",
+        "exporting images",
+        "copying volumes",
+        "resuming cluster",
+    ] {
         assert!(phases.contains(&p), "phase {p} missing: {phases:?}");
     }
 
@@ -74,7 +123,10 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
     let after: Vec<String> = cluster.nodes().iter().map(|n| cluster.ip(n)).collect();
     assert_eq!(ips, after, "node IPs changed");
     let leftovers = cluster.sh(&cluster.cp(1), "ls /var/lib/etcd");
-    assert!(!leftovers.contains("kubectl-snapshot"), "etcd snapshot left in the node: {leftovers}");
+    assert!(
+        !leftovers.contains("kubectl-snapshot"),
+        "etcd snapshot left in the node: {leftovers}"
+    );
     result
 }
 
@@ -97,7 +149,11 @@ fn one_control_plane() {
     let again = store.run(&["create", &cluster.name, "--name", "base"]).fails();
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert_eq!(std::fs::read(store.bundle(&cluster.name, "base")).unwrap(), before);
-    assert!(!store.files(&cluster.name).iter().any(|f| f.starts_with('.')), "staging file left: {:?}", store.files(&cluster.name));
+    assert!(
+        !store.files(&cluster.name).iter().any(|f| f.starts_with('.')),
+        "staging file left: {:?}",
+        store.files(&cluster.name)
+    );
     cluster.assert_running();
 }
 
@@ -109,7 +165,10 @@ fn control_plane_and_worker() {
     assert_eq!(result["metadata"]["topology"]["workers"], 1);
     // Images that only the worker holds are captured from the worker.
     let worker_imgs = result["metadata"]["images"]["nodes"][&cluster.worker(1)]["images"].to_string();
-    assert!(worker_imgs.contains("docker.io/library/fixture-worker-app:1.0"), "{worker_imgs}");
+    assert!(
+        worker_imgs.contains("docker.io/library/fixture-worker-app:1.0"),
+        "{worker_imgs}"
+    );
     let cp_imgs = result["metadata"]["images"]["nodes"][&cluster.cp(1)]["images"].to_string();
     assert!(!cp_imgs.contains("fixture-worker-app"));
 
@@ -120,7 +179,10 @@ fn control_plane_and_worker() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let name = v["name"].as_str().unwrap();
-    assert!(name.len() == 20 && name.starts_with("snap-") && name[5..13].bytes().all(|b| b.is_ascii_digit()), "{name}");
+    assert!(
+        name.len() == 20 && name.starts_with("snap-") && name[5..13].bytes().all(|b| b.is_ascii_digit()),
+        "{name}"
+    );
     cluster.assert_running();
 }
 

@@ -22,14 +22,29 @@ fn assert_nothing_left(store: &Store, cluster: &str) {
 fn failed_image_read_leaves_cluster_running() {
     let cluster = Cluster::up("fail", 1, 1);
     let store = Store::new();
-    wrap_ctr_content(&cluster, &cluster.worker(1), "echo \"boom: injected export failure\" >&2; exit 3");
+    wrap_ctr_content(
+        &cluster,
+        &cluster.worker(1),
+        "echo \"boom: injected export failure\" >&2; exit 3",
+    );
     let run = store.run(&["create", &cluster.name, "broken"]).fails();
     assert_eq!(run.code, Some(1));
     // The error names the phase, the command, the node and shows the command's output, once.
-    for want in ["exporting images", "ctr --namespace=k8s.io content get", &cluster.worker(1), "exit code 3", "boom: injected export failure"] {
+    for want in [
+        "exporting images",
+        "ctr --namespace=k8s.io content get",
+        &cluster.worker(1),
+        "exit code 3",
+        "boom: injected export failure",
+    ] {
         assert!(run.stderr.contains(want), "stderr lacks {want:?}:\n{}", run.stderr);
     }
-    assert_eq!(run.stderr.matches("boom: injected export failure").count(), 1, "error printed more than once:\n{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("boom: injected export failure").count(),
+        1,
+        "error printed more than once:\n{}",
+        run.stderr
+    );
     assert_nothing_left(&store, &cluster.name);
     cluster.assert_running();
 }
@@ -39,11 +54,19 @@ fn interrupt(signal: &str, code: i32) {
     let store = Store::new();
     wrap_ctr_content(&cluster, &cluster.cp(1), "sleep 60");
     let mut cmd = store.command(&["create", &cluster.name, "interrupted"]);
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait until the cluster is quiesced (kubelet stopped), i.e. mid-create.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = Command::new("docker").args(["exec", &cluster.cp(1), "systemctl", "is-active", "kubelet"]).output().unwrap();
+        let out = Command::new("docker")
+            .args(["exec", &cluster.cp(1), "systemctl", "is-active", "kubelet"])
+            .output()
+            .unwrap();
         if String::from_utf8_lossy(&out.stdout).trim() == "inactive" {
             break;
         }
@@ -51,12 +74,18 @@ fn interrupt(signal: &str, code: i32) {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx.recv_timeout(Duration::from_secs(90)).expect("create did not exit after the signal").unwrap();
+    let out = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("create did not exit after the signal")
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{stderr}");
     assert!(stderr.contains(&format!("interrupted by SIG{signal}")), "{stderr}");

@@ -17,7 +17,8 @@ const PLATFORMS: &[(&str, &str, &str)] = &[
 ];
 
 fn yaml(path: &Path) -> serde_yaml_ng::Value {
-    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn s<'a>(v: &'a serde_yaml_ng::Value, key: &str) -> &'a str {
@@ -32,27 +33,48 @@ fn validate(m: &serde_yaml_ng::Value) {
     assert!(name == "snapshot" && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     let spec = &m["spec"];
     let version = s(spec, "version");
-    let parts: Vec<&str> = version.strip_prefix('v').expect("version starts with v").split('.').collect();
-    assert!(parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()), "not semver: {version}");
-    assert!(!s(spec, "shortDescription").contains('\n'), "shortDescription is one line");
+    let parts: Vec<&str> = version
+        .strip_prefix('v')
+        .expect("version starts with v")
+        .split('.')
+        .collect();
+    assert!(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        "not semver: {version}"
+    );
+    assert!(
+        !s(spec, "shortDescription").contains('\n'),
+        "shortDescription is one line"
+    );
     assert!(s(spec, "description").len() > 50);
     let platforms = spec["platforms"].as_sequence().expect("platforms");
     let mut seen = Vec::new();
     for p in platforms {
         let labels = &p["selector"]["matchLabels"];
         let pair = (s(labels, "os").to_owned(), s(labels, "arch").to_owned());
-        assert!(PLATFORMS.iter().any(|(o, a, _)| (*o, *a) == (pair.0.as_str(), pair.1.as_str())), "unexpected platform {pair:?}");
+        assert!(
+            PLATFORMS
+                .iter()
+                .any(|(o, a, _)| (*o, *a) == (pair.0.as_str(), pair.1.as_str())),
+            "unexpected platform {pair:?}"
+        );
         assert!(!seen.contains(&pair), "overlapping selectors for {pair:?}");
         seen.push(pair.clone());
         let uri = s(p, "uri");
         let sha = s(p, "sha256");
-        assert!(sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{uri}: bad sha256");
+        assert!(
+            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{uri}: bad sha256"
+        );
         let bin = s(p, "bin");
         if pair.0 == "windows" {
             assert!(uri.ends_with(".zip") && bin.ends_with(".exe"), "{uri}");
         } else {
             assert!(uri.ends_with(".tar.gz") && bin == "kubectl-snapshot", "{uri}");
-            assert!(p["files"].as_sequence().is_some_and(|f| !f.is_empty()), "{uri}: tarballs have a top-level directory, so need files:");
+            assert!(
+                p["files"].as_sequence().is_some_and(|f| !f.is_empty()),
+                "{uri}: tarballs have a top-level directory, so need files:"
+            );
         }
     }
     assert_eq!(seen.len(), PLATFORMS.len(), "every platform is in the manifest");
@@ -82,11 +104,18 @@ fn files_under(dir: &Path, base: &Path, out: &mut Vec<String>) {
 fn krew_install(platform: &serde_yaml_ng::Value, archive: &Path) -> tempfile::TempDir {
     let extracted = tempfile::tempdir().unwrap();
     if archive.extension().is_some_and(|e| e == "zip") {
-        let ok = Command::new("python3").args(["-m", "zipfile", "-e"]).arg(archive).arg(extracted.path()).status().unwrap();
+        let ok = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(archive)
+            .arg(extracted.path())
+            .status()
+            .unwrap();
         assert!(ok.success());
     } else {
         let f = std::fs::File::open(archive).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(extracted.path()).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(f))
+            .unpack(extracted.path())
+            .unwrap();
     }
     let install = tempfile::tempdir().unwrap();
     let mut all = Vec::new();
@@ -103,7 +132,11 @@ fn krew_install(platform: &serde_yaml_ng::Value, archive: &Path) -> tempfile::Te
             for rule in files {
                 let (from, to) = (s(rule, "from"), s(rule, "to"));
                 let matched: Vec<&String> = all.iter().filter(|f| glob(from, f)).collect();
-                assert!(!matched.is_empty(), "files: {from} matches nothing in {}", archive.display());
+                assert!(
+                    !matched.is_empty(),
+                    "files: {from} matches nothing in {}",
+                    archive.display()
+                );
                 for m in matched {
                     let dest = install.path().join(to).join(Path::new(m).file_name().unwrap());
                     std::fs::rename(extracted.path().join(m), dest).unwrap();
@@ -112,9 +145,18 @@ fn krew_install(platform: &serde_yaml_ng::Value, archive: &Path) -> tempfile::Te
         }
     }
     let bin = install.path().join(s(platform, "bin"));
-    assert!(bin.is_file(), "bin {} missing after install of {}", s(platform, "bin"), archive.display());
+    assert!(
+        bin.is_file(),
+        "bin {} missing after install of {}",
+        s(platform, "bin"),
+        archive.display()
+    );
     // krew-index CI: a license file named exactly like this must be installed.
-    assert!(install.path().join("LICENSE").is_file(), "no LICENSE installed from {}", archive.display());
+    assert!(
+        install.path().join("LICENSE").is_file(),
+        "no LICENSE installed from {}",
+        archive.display()
+    );
     install
 }
 
@@ -130,11 +172,27 @@ fn manifest_schema_and_archive_layouts() {
         _ => BIN.to_owned(),
     };
     for (_, _, target) in PLATFORMS {
-        let out = Command::new(root.join("krew/package")).args([*target, bin.as_str()]).arg(dist.path()).output().unwrap();
-        assert!(out.status.success(), "krew/package {target}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(root.join("krew/package"))
+            .args([*target, bin.as_str()])
+            .arg(dist.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "krew/package {target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = Command::new(root.join("krew/render")).args(["v0.1.0"]).arg(dist.path()).output().unwrap();
-    assert!(out.status.success(), "krew/render: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(root.join("krew/render"))
+        .args(["v0.1.0"])
+        .arg(dist.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "krew/render: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rendered: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
     validate(&rendered);
     // The committed manifest is the template rendered: the same but for its placeholder digests.
@@ -156,16 +214,27 @@ fn manifest_schema_and_archive_layouts() {
         assert!(sidecar.starts_with(&sha));
         let install = krew_install(p, &archive);
         let labels = &p["selector"]["matchLabels"];
-        if (s(labels, "os"), s(labels, "arch")) == ("linux", if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" }) {
-            let v = Command::new(install.path().join("kubectl-snapshot")).arg("--version").output().unwrap();
-            assert!(String::from_utf8_lossy(&v.stdout).starts_with("kubectl-snapshot "), "installed binary does not run");
+        if (s(labels, "os"), s(labels, "arch"))
+            == ("linux", if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" })
+        {
+            let v = Command::new(install.path().join("kubectl-snapshot"))
+                .arg("--version")
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&v.stdout).starts_with("kubectl-snapshot "),
+                "installed binary does not run"
+            );
         }
     }
 }
 
 #[test]
 fn globs_match_like_krew() {
-    assert!(glob("kubectl-snapshot-*/kubectl-snapshot", "kubectl-snapshot-x86_64-apple-darwin/kubectl-snapshot"));
+    assert!(glob(
+        "kubectl-snapshot-*/kubectl-snapshot",
+        "kubectl-snapshot-x86_64-apple-darwin/kubectl-snapshot"
+    ));
     assert!(!glob("kubectl-snapshot-*/kubectl-snapshot", "kubectl-snapshot"));
     assert!(!glob("kubectl-snapshot-*/LICENSE", "other/LICENSE"));
 }

@@ -1,10 +1,10 @@
 //! Integration tests: the built `kubectl-snapshot` binary against fixture kind clusters
 //! (tests/fixtures/cluster) on the local Docker Engine. Run everything with `tests/run`.
 
-mod util;
 /// Debian's docker-registry and TLS material, shared with the backends' tests.
 #[path = "../../backends/tests/registry/distribution.rs"]
 mod distribution;
+mod util;
 
 mod bad_input;
 mod completion;

@@ -23,35 +23,75 @@ fn create_keeps_pulled_images_with_discarded_layers_by_reference() {
     let store = Store::new();
     // The fixture state is what a CRI pull leaves: the image is listed, its layer blob is gone.
     let node = cluster.cp(1);
-    assert!(cluster.sh(&node, "ctr --namespace=k8s.io images ls -q").contains(PULLED));
+    assert!(
+        cluster
+            .sh(&node, "ctr --namespace=k8s.io images ls -q")
+            .contains(PULLED)
+    );
 
     let run = store.run(&["create", &cluster.name, "all", "--json"]).ok();
-    assert!(run.stderr.contains(&format!("image {PULLED} kept by reference")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("image {PULLED} kept by reference")),
+        "{}",
+        run.stderr
+    );
     let v = run.json();
     assert_eq!(v["metadata"]["images"]["mode"], "all");
     for n in cluster.nodes() {
-        let by_ref = v["metadata"]["images"]["nodes"][&n]["byReference"].as_array().unwrap_or_else(|| panic!("no byReference for {n}: {v}"));
+        let by_ref = v["metadata"]["images"]["nodes"][&n]["byReference"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no byReference for {n}: {v}"));
         assert!(by_ref.iter().any(|r| r["name"] == PULLED), "{n}: {by_ref:?}");
         let bundled = v["metadata"]["images"]["nodes"][&n]["images"].as_array().unwrap();
-        assert!(bundled.iter().any(|r| r["name"] == "registry.k8s.io/pause:3.10"), "complete images are still bundled: {bundled:?}");
+        assert!(
+            bundled.iter().any(|r| r["name"] == "registry.k8s.io/pause:3.10"),
+            "complete images are still bundled: {bundled:?}"
+        );
         assert!(!bundled.iter().any(|r| r["name"] == PULLED));
     }
     let show = store.run(&["show", &cluster.name, "all"]).ok();
-    assert!(show.stdout.contains("Images By Reference") && show.stdout.contains(PULLED), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("Images By Reference") && show.stdout.contains(PULLED),
+        "{}",
+        show.stdout
+    );
 
     // local: nothing fetched, same outcome; none: no images at all, and a smaller bundle.
-    let local = store.run(&["create", &cluster.name, "local", "--images", "local", "--json"]).ok().json();
+    let local = store
+        .run(&["create", &cluster.name, "local", "--images", "local", "--json"])
+        .ok()
+        .json();
     assert_eq!(local["metadata"]["images"]["mode"], "local");
-    assert!(local["metadata"]["images"]["nodes"][&node]["byReference"].as_array().unwrap().iter().any(|r| r["name"] == PULLED));
-    let none = store.run(&["create", &cluster.name, "none", "--images", "none", "--json"]).ok().json();
+    assert!(
+        local["metadata"]["images"]["nodes"][&node]["byReference"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == PULLED)
+    );
+    let none = store
+        .run(&["create", &cluster.name, "none", "--images", "none", "--json"])
+        .ok()
+        .json();
     assert_eq!(none["metadata"]["images"]["blobs"], 0);
     assert!(none["metadata"]["images"]["nodes"].as_object().unwrap().is_empty());
-    assert!(bundle_names(&store.bundle(&cluster.name, "none")).iter().all(|n| !n.starts_with("images/")));
+    assert!(
+        bundle_names(&store.bundle(&cluster.name, "none"))
+            .iter()
+            .all(|n| !n.starts_with("images/"))
+    );
 
     // The snapshot restores; the image kept by reference is left to the kubelet, the others are re-imported.
-    cluster.sh(&node, "ctr --namespace=k8s.io images rm registry.k8s.io/pause:3.10 >/dev/null");
+    cluster.sh(
+        &node,
+        "ctr --namespace=k8s.io images rm registry.k8s.io/pause:3.10 >/dev/null",
+    );
     store.run(&["restore", &cluster.name, "all"]).ok();
-    assert!(cluster.sh(&node, "ctr --namespace=k8s.io images ls -q").contains("registry.k8s.io/pause:3.10"));
+    assert!(
+        cluster
+            .sh(&node, "ctr --namespace=k8s.io images ls -q")
+            .contains("registry.k8s.io/pause:3.10")
+    );
     cluster.assert_running();
 }
 
@@ -60,7 +100,10 @@ fn ha_restore_and_resume_leave_the_load_balancer_alone() {
     let cluster = Cluster::up("halb", 2, 1);
     let store = Store::new();
     let lb = cluster.lb();
-    assert_eq!(cluster.inspect(&lb, "{{index .Config.Labels \"io.x-k8s.kind.role\"}}"), "external-load-balancer");
+    assert_eq!(
+        cluster.inspect(&lb, "{{index .Config.Labels \"io.x-k8s.kind.role\"}}"),
+        "external-load-balancer"
+    );
     let started = cluster.inspect(&lb, "{{.State.StartedAt}}");
 
     cluster.etcdctl(&cluster.cp(1), &["put", KEY, "before"]);
@@ -75,7 +118,11 @@ fn ha_restore_and_resume_leave_the_load_balancer_alone() {
     }
     store.run(&["resume", &cluster.name]).ok();
     assert_eq!(cluster.inspect(&lb, "{{.State.Status}}"), "running");
-    assert_eq!(cluster.inspect(&lb, "{{.State.StartedAt}}"), started, "the load balancer was restarted");
+    assert_eq!(
+        cluster.inspect(&lb, "{{.State.StartedAt}}"),
+        started,
+        "the load balancer was restarted"
+    );
     cluster.assert_running();
 }
 
@@ -89,23 +136,46 @@ fn addon_versions_come_from_image_ids_and_a_changed_addon_is_refused() {
     assert!(ps.contains("\"image\": \"sha256:"), "{ps}");
 
     let v = store.run(&["create", &cluster.name, "snap", "--json"]).ok().json();
-    assert_eq!(v["metadata"]["addons"]["kindnetd"], "v20250512-df8de77b", "{}", v["metadata"]["addons"]);
+    assert_eq!(
+        v["metadata"]["addons"]["kindnetd"], "v20250512-df8de77b",
+        "{}",
+        v["metadata"]["addons"]
+    );
     assert_eq!(v["metadata"]["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
-    assert!(v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"), "etcd image named: {}", v["metadata"]["etcd"]);
+    assert!(
+        v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"),
+        "etcd image named: {}",
+        v["metadata"]["etcd"]
+    );
 
     // Upgrade kindnet: restore must refuse, naming both versions.
     let repo = "docker.io/kindest/kindnetd";
-    cluster.upgrade_addon(&node, "kindnet.yaml", "kindnet", &format!("{repo}:v20250512-df8de77b"), &format!("{repo}:v20260101-upgraded"));
+    cluster.upgrade_addon(
+        &node,
+        "kindnet.yaml",
+        "kindnet",
+        &format!("{repo}:v20250512-df8de77b"),
+        &format!("{repo}:v20260101-upgraded"),
+    );
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(3), "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("addon version mismatch: kindnetd snapshot=v20250512-df8de77b, live=v20260101-upgraded"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("addon version mismatch: kindnetd snapshot=v20250512-df8de77b, live=v20260101-upgraded"),
+        "{}",
+        run.stderr
+    );
 }
 
 fn restore_on_layout(layout: &str) {
     let cluster = Cluster::up_with(&format!("etcd-{}", layout.replace('.', "")), 1, 0, &["--etcd", layout]);
     let store = Store::new();
     let manifest = cluster.sh(&cluster.cp(1), "cat /etc/kubernetes/manifests/etcd.yaml");
-    let image = if layout == "official" { "gcr.io/etcd-development/etcd:v" } else { "registry.k8s.io/etcd:3.5." };
+    let image = if layout == "official" {
+        "gcr.io/etcd-development/etcd:v"
+    } else {
+        "registry.k8s.io/etcd:3.5."
+    };
     assert!(manifest.contains(&format!("image: {image}")), "{manifest}");
 
     cluster.etcdctl(&cluster.cp(1), &["put", KEY, "before"]);
@@ -117,13 +187,30 @@ fn restore_on_layout(layout: &str) {
     let before = revision(&cluster);
 
     let v = store.run(&["restore", &cluster.name, "snap", "--json"]).ok().json();
-    let tool = v["preflight"].as_array().unwrap().iter().find(|c| c["name"] == "etcd restore tool").cloned().expect("restore tool check");
+    let tool = v["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "etcd restore tool")
+        .cloned()
+        .expect("restore tool check");
     let want = if layout == "official" { "etcdutl" } else { "etcdctl" };
     assert_eq!(tool["message"], want, "{tool}");
-    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", KEY, "--print-value-only"]).trim(), "before");
+    assert_eq!(
+        cluster
+            .etcdctl(&cluster.cp(1), &["get", KEY, "--print-value-only"])
+            .trim(),
+        "before"
+    );
     let after = revision(&cluster);
-    assert!(after > before, "the revision went back from {before} to {after}: watchers would miss the rollback");
-    assert!(v["etcdRevisionBump"].as_u64().is_some_and(|b| b >= 1_000_000_000), "{v}");
+    assert!(
+        after > before,
+        "the revision went back from {before} to {after}: watchers would miss the rollback"
+    );
+    assert!(
+        v["etcdRevisionBump"].as_u64().is_some_and(|b| b >= 1_000_000_000),
+        "{v}"
+    );
     cluster.assert_running();
 }
 

@@ -19,15 +19,27 @@ struct S3 {
 fn s3s_fs() -> String {
     let home = std::env::var("HOME").unwrap_or_default();
     for p in ["s3s-fs".to_owned(), format!("{home}/.cargo/bin/s3s-fs")] {
-        if Command::new(&p).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(&p)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return p;
         }
     }
-    panic!("the S3 test server s3s-fs is not installed: run tests/run (it installs it with `cargo install --locked s3s-fs@0.14.1 --features binary`)");
+    panic!(
+        "the S3 test server s3s-fs is not installed: run tests/run (it installs it with `cargo install --locked s3s-fs@0.14.1 --features binary`)"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -42,13 +54,26 @@ impl S3 {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("snaps")).unwrap();
-        let mut s = S3 { child: None, port: free_port(), dir };
+        let mut s = S3 {
+            child: None,
+            port: free_port(),
+            dir,
+        };
         s.spawn();
         s
     }
     fn spawn(&mut self) {
         let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--access-key", AK, "--secret-key", SECRET])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                AK,
+                "--secret-key",
+                SECRET,
+            ])
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,11 +90,29 @@ impl S3 {
     }
     /// `--remote` and S3 flags for this server (credentials come from the environment, see [`env`]).
     fn args(&self) -> Vec<String> {
-        vec!["--remote".into(), "s3://snaps/team".into(), "--s3-endpoint".into(), format!("127.0.0.1:{}", self.port), "--s3-insecure".into()]
+        vec![
+            "--remote".into(),
+            "s3://snaps/team".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--s3-insecure".into(),
+        ]
     }
     fn bytes_stored(&self) -> u64 {
         fn walk(p: &std::path::Path) -> u64 {
-            std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum()).unwrap_or(0)
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                walk(&e.path())
+                            } else {
+                                e.metadata().map(|m| m.len()).unwrap_or(0)
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
         }
         walk(self.dir.path())
     }
@@ -84,19 +127,31 @@ impl Drop for S3 {
 const ENV: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", SECRET)];
 
 fn with(args: &[&str], extra: &[String]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect()
+    args.iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
 }
 
 fn run(store: &Store, args: Vec<String>, env: &[(&str, &str)]) -> Run {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = store.run_env(&a, env);
-    assert!(!r.stdout.contains(SECRET) && !r.stderr.contains(SECRET), "the secret appeared in the output of {a:?}");
+    assert!(
+        !r.stdout.contains(SECRET) && !r.stderr.contains(SECRET),
+        "the secret appeared in the output of {a:?}"
+    );
     r
 }
 
 fn remote_names(store: &Store, s3: &S3, cluster: &str, status: &str) -> Vec<String> {
     let r = run(store, with(&["list", cluster, "-o", "json"], &s3.args()), ENV).ok();
-    r.json().as_array().unwrap().iter().filter(|e| e["status"] == status).map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == status)
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -106,28 +161,49 @@ fn push_pull_and_restore_that_pulls_first() {
     let c = cluster.name.as_str();
     let store = Store::new();
     cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/remote", "at-snapshot"]);
-    let mut create = vec!["create".to_string(), c.into(), "shared".into(), "--push".into(), "s3://snaps/team".into()];
+    let mut create = vec![
+        "create".to_string(),
+        c.into(),
+        "shared".into(),
+        "--push".into(),
+        "s3://snaps/team".into(),
+    ];
     create.extend(s3.args()[2..].iter().cloned());
     run(&store, create, ENV).ok();
     assert_eq!(remote_names(&store, &s3, c, "ok"), ["shared"]);
-    let shown = run(&store, with(&["show", c, "shared", "-o", "json"], &s3.args()), ENV).ok().json();
+    let shown = run(&store, with(&["show", c, "shared", "-o", "json"], &s3.args()), ENV)
+        .ok()
+        .json();
     assert_eq!(shown["k8sVersion"], "v1.33.1");
-    let local_digest = std::fs::read_to_string(store.root().join(c).join("shared.tar.gz.sha256")).unwrap()[..64].to_owned();
+    let local_digest =
+        std::fs::read_to_string(store.root().join(c).join("shared.tar.gz.sha256")).unwrap()[..64].to_owned();
     assert_eq!(shown["archiveDigest"], format!("sha256:{local_digest}"));
     // The bucket layout is documented: <folder>/<cluster>/<snapshot>/{bundle.tar.gz,bundle.tar.gz.sha256,metadata.json}.
     let objects = s3.dir.path().join("snaps/team").join(c).join("shared");
     for f in ["bundle.tar.gz", "bundle.tar.gz.sha256", "metadata.json"] {
         assert!(objects.join(f).exists(), "{f} not in the bucket");
     }
-    assert_eq!(std::fs::read(objects.join("bundle.tar.gz")).unwrap(), std::fs::read(store.bundle(c, "shared")).unwrap());
+    assert_eq!(
+        std::fs::read(objects.join("bundle.tar.gz")).unwrap(),
+        std::fs::read(store.bundle(c, "shared")).unwrap()
+    );
 
     // A teammate without the snapshot: restore pulls it first (a fresh local store).
     let teammate = Store::new();
     cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/remote", "changed"]);
     let r = run(&teammate, with(&["restore", c, "shared", "--json"], &s3.args()), ENV).ok();
     assert_eq!(r.json()["ok"], true);
-    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", "/registry/test/remote", "--print-value-only"]).trim(), "at-snapshot");
-    assert_eq!(std::fs::read(teammate.bundle(c, "shared")).unwrap(), std::fs::read(store.bundle(c, "shared")).unwrap(), "pulled bundle differs");
+    assert_eq!(
+        cluster
+            .etcdctl(&cluster.cp(1), &["get", "/registry/test/remote", "--print-value-only"])
+            .trim(),
+        "at-snapshot"
+    );
+    assert_eq!(
+        std::fs::read(teammate.bundle(c, "shared")).unwrap(),
+        std::fs::read(store.bundle(c, "shared")).unwrap(),
+        "pulled bundle differs"
+    );
     cluster.assert_running();
 
     // The remote metadata is checked against the live cluster before anything is downloaded.
@@ -135,8 +211,17 @@ fn push_pull_and_restore_that_pulls_first() {
     cluster.sh(&cluster.cp(1), "echo v1.34.0 > /kind/version");
     let r = run(&third, with(&["restore", c, "shared"], &s3.args()), ENV);
     assert_eq!(r.code, Some(3), "{}", r.stderr);
-    assert!(r.stderr.contains("k8s version mismatch: snapshot=v1.33.1, live=v1.34.0"), "{}", r.stderr);
-    assert!(third.files(c).is_empty(), "downloaded despite the failed checks: {:?}", third.files(c));
+    assert!(
+        r.stderr
+            .contains("k8s version mismatch: snapshot=v1.33.1, live=v1.34.0"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        third.files(c).is_empty(),
+        "downloaded despite the failed checks: {:?}",
+        third.files(c)
+    );
     cluster.sh(&cluster.cp(1), "echo v1.33.1 > /kind/version");
 
     // A bundle tampered with in the bucket is refused on pull, and nothing is restored.
@@ -147,9 +232,22 @@ fn push_pull_and_restore_that_pulls_first() {
     cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/remote", "after-tamper"]);
     let r = run(&third, with(&["restore", c, "shared"], &s3.args()), ENV);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(r.stderr.contains("failed verification") && r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
-    assert!(third.files(c).is_empty(), "a tampered bundle was kept: {:?}", third.files(c));
-    assert_eq!(cluster.etcdctl(&cluster.cp(1), &["get", "/registry/test/remote", "--print-value-only"]).trim(), "after-tamper");
+    assert!(
+        r.stderr.contains("failed verification") && r.stderr.contains("sha256 mismatch"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        third.files(c).is_empty(),
+        "a tampered bundle was kept: {:?}",
+        third.files(c)
+    );
+    assert_eq!(
+        cluster
+            .etcdctl(&cluster.cp(1), &["get", "/registry/test/remote", "--print-value-only"])
+            .trim(),
+        "after-tamper"
+    );
 }
 
 #[test]
@@ -160,7 +258,12 @@ fn server_killed_mid_upload_then_repush() {
     let args: Vec<String> = with(&["push", "big", "huge"], &s3.args());
     let mut cmd = store.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
     cmd.envs(ENV.iter().copied()).args(["--s3-timeout", "5s"]);
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3.bytes_stored() < (20 << 20) {
         assert!(Instant::now() < deadline, "the upload never started");
@@ -171,18 +274,27 @@ fn server_killed_mid_upload_then_repush() {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx.recv_timeout(Duration::from_secs(120)).expect("push hung after the server died").unwrap();
+    let out = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("push hung after the server died")
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(0), "push succeeded against a dead server");
     assert!(stderr.contains(&format!("127.0.0.1:{}", s3.port)), "{stderr}");
     assert!(!stderr.contains(SECRET));
     s3.spawn();
-    assert!(remote_names(&store, &s3, "big", "ok").is_empty(), "a half-uploaded snapshot is listed ok");
+    assert!(
+        remote_names(&store, &s3, "big", "ok").is_empty(),
+        "a half-uploaded snapshot is listed ok"
+    );
     run(&store, with(&["push", "big", "huge"], &s3.args()), ENV).ok();
     assert_eq!(remote_names(&store, &s3, "big", "ok"), ["huge"]);
     let other = Store::new();
     run(&other, with(&["pull", "big", "huge"], &s3.args()), ENV).ok();
-    assert_eq!(std::fs::read(other.bundle("big", "huge")).unwrap(), std::fs::read(store.bundle("big", "huge")).unwrap());
+    assert_eq!(
+        std::fs::read(other.bundle("big", "huge")).unwrap(),
+        std::fs::read(store.bundle("big", "huge")).unwrap()
+    );
 }
 
 #[test]
@@ -191,14 +303,41 @@ fn wrong_credentials_and_unreachable_endpoints() {
     let store = Store::new();
     fake_snapshot(&store, "cred", "s", 1000, 1);
     // Wrong secret from the environment.
-    let r = run(&store, with(&["push", "cred", "s"], &s3.args()), &[("AWS_ACCESS_KEY_ID", AK), ("AWS_SECRET_ACCESS_KEY", "kst-wrong-secret-also-never-printed")]);
+    let r = run(
+        &store,
+        with(&["push", "cred", "s"], &s3.args()),
+        &[
+            ("AWS_ACCESS_KEY_ID", AK),
+            ("AWS_SECRET_ACCESS_KEY", "kst-wrong-secret-also-never-printed"),
+        ],
+    );
     assert_eq!(r.code, Some(1));
-    for w in [format!("127.0.0.1:{}", s3.port), "access denied".into(), "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into()] {
+    for w in [
+        format!("127.0.0.1:{}", s3.port),
+        "access denied".into(),
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
+    ] {
         assert!(r.stderr.contains(&w), "stderr lacks {w:?}:\n{}", r.stderr);
     }
     assert!(!r.stderr.contains("kst-wrong-secret-also-never-printed"));
     // Wrong secret from flags; --json output of a failing list too.
-    let r = run(&store, with(&["list", "cred", "-o", "json", "--s3-access-key", AK, "--s3-secret-key", "kst-flag-secret-never-printed"], &s3.args()), &[]);
+    let r = run(
+        &store,
+        with(
+            &[
+                "list",
+                "cred",
+                "-o",
+                "json",
+                "--s3-access-key",
+                AK,
+                "--s3-secret-key",
+                "kst-flag-secret-never-printed",
+            ],
+            &s3.args(),
+        ),
+        &[],
+    );
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("--s3-access-key/--s3-secret-key"), "{}", r.stderr);
     assert!(!r.stderr.contains("kst-flag-secret-never-printed") && !r.stdout.contains("kst-flag-secret-never-printed"));
@@ -206,20 +345,50 @@ fn wrong_credentials_and_unreachable_endpoints() {
     let aws = tempfile::tempdir().unwrap();
     let creds = aws.path().join("credentials");
     std::fs::write(&creds, format!("[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[team]\naws_access_key_id = {AK}\naws_secret_access_key = {SECRET}\n")).unwrap();
-    let creds_env = [("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()), ("AWS_CONFIG_FILE", "/nonexistent"), ("AWS_PROFILE", "team")];
+    let creds_env = [
+        ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_PROFILE", "team"),
+    ];
     run(&store, with(&["push", "cred", "s"], &s3.args()), &creds_env).ok();
     let r = run(&store, with(&["list", "cred"], &s3.args()), &creds_env[..2]);
     assert_eq!(r.code, Some(1), "the default profile's wrong keys were accepted");
     assert!(r.stderr.contains("profile \"default\""), "{}", r.stderr);
-    let r = run(&store, with(&["list", "cred", "--s3-profile", "missing"], &s3.args()), &creds_env[..2]);
-    assert!(r.stderr.contains("AWS profile \"missing\" has no static credentials"), "{}", r.stderr);
+    let r = run(
+        &store,
+        with(&["list", "cred", "--s3-profile", "missing"], &s3.args()),
+        &creds_env[..2],
+    );
+    assert!(
+        r.stderr.contains("AWS profile \"missing\" has no static credentials"),
+        "{}",
+        r.stderr
+    );
     // Nothing listens: the error names the endpoint and comes within the timeout.
     let dead = free_port();
     let started = Instant::now();
-    let r = run(&store, vec!["list".into(), "cred".into(), "--remote".into(), "s3://snaps".into(), "--s3-endpoint".into(), format!("127.0.0.1:{dead}"), "--s3-insecure".into(), "--s3-timeout".into(), "2s".into()], ENV);
+    let r = run(
+        &store,
+        vec![
+            "list".into(),
+            "cred".into(),
+            "--remote".into(),
+            "s3://snaps".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{dead}"),
+            "--s3-insecure".into(),
+            "--s3-timeout".into(),
+            "2s".into(),
+        ],
+        ENV,
+    );
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains(&format!("127.0.0.1:{dead}")), "{}", r.stderr);
-    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -230,25 +399,55 @@ fn tls_endpoint_with_a_test_ca() {
     let tls = crate::distribution::Tls::new();
     let tls_port = free_port();
     let mut proxy = Command::new("socat")
-        .arg(format!("OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}", tls.cert(), tls.key()))
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            tls.cert(),
+            tls.key()
+        ))
         .arg(format!("TCP:127.0.0.1:{}", s3.port))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("socat (installed by tests/run) terminates TLS in front of the S3 server");
     wait_port(tls_port);
-    let base = vec!["--remote".to_string(), "s3://snaps/tls".into(), "--s3-endpoint".into(), format!("127.0.0.1:{tls_port}"), "--s3-timeout".into(), "10s".into()];
+    let base = vec![
+        "--remote".to_string(),
+        "s3://snaps/tls".into(),
+        "--s3-endpoint".into(),
+        format!("127.0.0.1:{tls_port}"),
+        "--s3-timeout".into(),
+        "10s".into(),
+    ];
     let ca_path = tls.ca();
-    run(&store, with(&["push", "tls", "s", "--s3-endpoint-ca", &ca_path], &base), ENV).ok();
+    run(
+        &store,
+        with(&["push", "tls", "s", "--s3-endpoint-ca", &ca_path], &base),
+        ENV,
+    )
+    .ok();
     let r = run(&store, with(&["list", "tls"], &base), ENV);
     assert_eq!(r.code, Some(1), "an untrusted certificate was accepted");
-    assert!(r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("tls") || r.stderr.contains("TLS"), "{}", r.stderr);
-    let listed = run(&store, with(&["list", "tls", "-o", "json", "--s3-skip-ssl-verify"], &base), ENV).ok();
+    assert!(
+        r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("tls") || r.stderr.contains("TLS"),
+        "{}",
+        r.stderr
+    );
+    let listed = run(
+        &store,
+        with(&["list", "tls", "-o", "json", "--s3-skip-ssl-verify"], &base),
+        ENV,
+    )
+    .ok();
     assert_eq!(listed.json().as_array().unwrap().len(), 1);
     // The CA may also be given inline, base64-encoded (as k3s accepts it).
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(tls.ca()).unwrap());
-    run(&store, with(&["show", "tls", "s", "--s3-endpoint-ca", &b64], &base), ENV).ok();
+    run(
+        &store,
+        with(&["show", "tls", "s", "--s3-endpoint-ca", &b64], &base),
+        ENV,
+    )
+    .ok();
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
@@ -259,29 +458,103 @@ fn named_remotes_never_store_secrets_and_prune_stays_in_its_cluster() {
     let store = Store::new();
     let cfg = store.root().join("config.toml");
     let cfg_env = [("KUBECTL_SNAPSHOT_CONFIG", cfg.to_str().unwrap()), ENV[0], ENV[1]];
-    let r = run(&store, vec!["remote".into(), "add".into(), "team".into(), "s3://snaps/team".into(), "--s3-secret-key".into(), SECRET.into()], &cfg_env);
+    let r = run(
+        &store,
+        vec![
+            "remote".into(),
+            "add".into(),
+            "team".into(),
+            "s3://snaps/team".into(),
+            "--s3-secret-key".into(),
+            SECRET.into(),
+        ],
+        &cfg_env,
+    );
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("never stored"), "{}", r.stderr);
     assert!(!cfg.exists());
-    run(&store, vec!["remote".into(), "add".into(), "team".into(), "s3://snaps/team".into(), "--s3-endpoint".into(), format!("127.0.0.1:{}", s3.port), "--s3-insecure".into(), "--default".into()], &cfg_env).ok();
+    run(
+        &store,
+        vec![
+            "remote".into(),
+            "add".into(),
+            "team".into(),
+            "s3://snaps/team".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", s3.port),
+            "--s3-insecure".into(),
+            "--default".into(),
+        ],
+        &cfg_env,
+    )
+    .ok();
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(!text.contains(SECRET) && !text.contains(AK), "{text}");
-    let listed = run(&store, vec!["remote".into(), "list".into(), "-o".into(), "yaml".into()], &cfg_env).ok();
+    let listed = run(
+        &store,
+        vec!["remote".into(), "list".into(), "-o".into(), "yaml".into()],
+        &cfg_env,
+    )
+    .ok();
     assert!(listed.stdout.contains("s3://snaps/team"), "{}", listed.stdout);
 
     for (c, n, h) in [("a", "old", 30), ("a", "new", 1), ("b", "old", 30), ("b", "new", 1)] {
         fake_snapshot(&store, c, n, 2048, h);
         run(&store, vec!["push".into(), c.into(), n.into()], &cfg_env).ok(); // the default remote
     }
-    run(&store, vec!["prune".into(), "a".into(), "--remote".into(), "team".into(), "--keep-last".into(), "1".into(), "--yes".into()], &cfg_env).ok();
+    run(
+        &store,
+        vec![
+            "prune".into(),
+            "a".into(),
+            "--remote".into(),
+            "team".into(),
+            "--keep-last".into(),
+            "1".into(),
+            "--yes".into(),
+        ],
+        &cfg_env,
+    )
+    .ok();
     let names = |c: &str| -> Vec<String> {
-        let r = run(&store, vec!["list".into(), c.into(), "--remote".into(), "team".into(), "-o".into(), "json".into()], &cfg_env).ok();
-        r.json().as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+        let r = run(
+            &store,
+            vec![
+                "list".into(),
+                c.into(),
+                "--remote".into(),
+                "team".into(),
+                "-o".into(),
+                "json".into(),
+            ],
+            &cfg_env,
+        )
+        .ok();
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
     };
     assert_eq!(names("a"), ["new"]);
     assert_eq!(names("b"), ["new", "old"], "prune of cluster a touched cluster b");
-    assert!(!s3.dir.path().join("snaps/team/a/old/bundle.tar.gz").exists(), "the remote object is not gone");
-    run(&store, vec!["delete".into(), "b".into(), "old".into(), "--remote".into(), "team".into()], &cfg_env).ok();
+    assert!(
+        !s3.dir.path().join("snaps/team/a/old/bundle.tar.gz").exists(),
+        "the remote object is not gone"
+    );
+    run(
+        &store,
+        vec![
+            "delete".into(),
+            "b".into(),
+            "old".into(),
+            "--remote".into(),
+            "team".into(),
+        ],
+        &cfg_env,
+    )
+    .ok();
     assert_eq!(names("b"), ["new"]);
     run(&store, vec!["remote".into(), "remove".into(), "team".into()], &cfg_env).ok();
     let r = run(&store, vec!["push".into(), "a".into(), "new".into()], &cfg_env);

@@ -11,12 +11,19 @@ const DELETED: &str = "/registry/test/deleted-later";
 const IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 fn pv_dir(cluster: &Cluster, node: &str) -> String {
-    cluster.sh(node, "ls -d /var/local-path-provisioner/*/ | head -n1").trim().trim_end_matches('/').to_owned()
+    cluster
+        .sh(node, "ls -d /var/local-path-provisioner/*/ | head -n1")
+        .trim()
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// The value a member holds locally (serializable read against that node's own member).
 fn get(cluster: &Cluster, node: &str, key: &str) -> String {
-    cluster.etcdctl(node, &["get", key, "--consistency=s", "--print-value-only"]).trim().to_owned()
+    cluster
+        .etcdctl(node, &["get", key, "--consistency=s", "--print-value-only"])
+        .trim()
+        .to_owned()
 }
 
 fn images(cluster: &Cluster, node: &str) -> String {
@@ -30,7 +37,10 @@ fn snapshot_then_diverge(cluster: &Cluster, store: &Store) -> Vec<(String, Strin
     let mut pvs = Vec::new();
     for node in cluster.nodes() {
         let dir = pv_dir(cluster, &node);
-        let sums = cluster.sh(&node, &format!("cd {dir} && sha256sum hello.txt sub/random.bin && readlink link-to-hello"));
+        let sums = cluster.sh(
+            &node,
+            &format!("cd {dir} && sha256sum hello.txt sub/random.bin && readlink link-to-hello"),
+        );
         pvs.push((node, dir, sums));
     }
     store.run(&["create", &cluster.name, "snap"]).ok();
@@ -39,7 +49,12 @@ fn snapshot_then_diverge(cluster: &Cluster, store: &Store) -> Vec<(String, Strin
     cluster.etcdctl(&cluster.cp(1), &["put", ADDED, "new"]);
     cluster.etcdctl(&cluster.cp(1), &["del", DELETED]);
     for (node, dir, _) in &pvs {
-        cluster.sh(node, &format!("echo overwritten > {dir}/hello.txt && echo later > {dir}/created-later && rm {dir}/sub/random.bin"));
+        cluster.sh(
+            node,
+            &format!(
+                "echo overwritten > {dir}/hello.txt && echo later > {dir}/created-later && rm {dir}/sub/random.bin"
+            ),
+        );
         cluster.sh(node, &format!("ctr --namespace=k8s.io images rm {IMAGE} >/dev/null"));
         assert!(!images(cluster, node).contains(IMAGE));
     }
@@ -48,14 +63,36 @@ fn snapshot_then_diverge(cluster: &Cluster, store: &Store) -> Vec<(String, Strin
 
 fn assert_restored(cluster: &Cluster, pvs: &[(String, String, String)]) {
     for cp in cluster.nodes().iter().filter(|n| n.contains("control-plane")) {
-        assert_eq!(get(cluster, cp, KEEP), "at-snapshot", "key changed after the snapshot, on {cp}");
-        assert_eq!(get(cluster, cp, ADDED), "", "key added after the snapshot is still there on {cp}");
-        assert_eq!(get(cluster, cp, DELETED), "was-there", "key deleted after the snapshot is not back on {cp}");
+        assert_eq!(
+            get(cluster, cp, KEEP),
+            "at-snapshot",
+            "key changed after the snapshot, on {cp}"
+        );
+        assert_eq!(
+            get(cluster, cp, ADDED),
+            "",
+            "key added after the snapshot is still there on {cp}"
+        );
+        assert_eq!(
+            get(cluster, cp, DELETED),
+            "was-there",
+            "key deleted after the snapshot is not back on {cp}"
+        );
     }
     for (node, dir, sums) in pvs {
-        let now = cluster.sh(node, &format!("cd {dir} && sha256sum hello.txt sub/random.bin && readlink link-to-hello"));
+        let now = cluster.sh(
+            node,
+            &format!("cd {dir} && sha256sum hello.txt sub/random.bin && readlink link-to-hello"),
+        );
         assert_eq!(&now, sums, "PV files of {node} differ from snapshot time");
-        assert_eq!(cluster.sh(node, &format!("ls {dir}")).split_whitespace().collect::<Vec<_>>(), ["hello.txt", "link-to-hello", "sub"], "{node}");
+        assert_eq!(
+            cluster
+                .sh(node, &format!("ls {dir}"))
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["hello.txt", "link-to-hello", "sub"],
+            "{node}"
+        );
         assert!(images(cluster, node).contains(IMAGE), "{IMAGE} is not back on {node}");
     }
     cluster.assert_running();
@@ -68,16 +105,29 @@ fn restore_topology(prefix: &str, cps: u32, workers: u32) {
     let run = store.run(&["restore", &cluster.name, "snap", "--json"]).ok();
     let v = run.json();
     assert_eq!(v["ok"], true);
-    assert!(v["preflight"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{}", v["preflight"]);
+    assert!(
+        v["preflight"].as_array().unwrap().iter().all(|c| c["ok"] == true),
+        "{}",
+        v["preflight"]
+    );
     for i in 1..=cps {
-        let old = v["previousEtcdData"][&cluster.cp(i)].as_str().unwrap_or_else(|| panic!("no old data for {}", cluster.cp(i)));
-        assert!(cluster.sh(&cluster.cp(i), &format!("ls {old}")).contains("member"), "old etcd data not kept in {old}");
+        let old = v["previousEtcdData"][&cluster.cp(i)]
+            .as_str()
+            .unwrap_or_else(|| panic!("no old data for {}", cluster.cp(i)));
+        assert!(
+            cluster.sh(&cluster.cp(i), &format!("ls {old}")).contains("member"),
+            "old etcd data not kept in {old}"
+        );
     }
     assert_restored(&cluster, &pvs);
     let members = cluster.etcdctl(&cluster.cp(1), &["member", "list"]);
     assert_eq!(members.lines().count(), cps as usize, "{members}");
     // Staging is gone from the store.
-    assert!(!store.files(&cluster.name).iter().any(|f| f.starts_with(".restore")), "{:?}", store.files(&cluster.name));
+    assert!(
+        !store.files(&cluster.name).iter().any(|f| f.starts_with(".restore")),
+        "{:?}",
+        store.files(&cluster.name)
+    );
 }
 
 #[test]
@@ -100,7 +150,13 @@ fn assert_refused(cluster: &Cluster, store: &Store, extra: &[&str], want: &[&str
     let mut args = vec!["restore", &cluster.name, "snap"];
     args.extend(extra);
     let run = store.run(&args);
-    assert_eq!(run.code, Some(3), "expected a pre-flight refusal:\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code,
+        Some(3),
+        "expected a pre-flight refusal:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
     assert!(run.stderr.contains("nothing was changed"), "{}", run.stderr);
     for w in want {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
@@ -116,7 +172,10 @@ fn assert_untouched(cluster: &Cluster) {
         let dir = pv_dir(cluster, &node);
         assert_eq!(cluster.sh(&node, &format!("cat {dir}/created-later")).trim(), "later");
         assert!(!images(cluster, &node).contains(IMAGE));
-        assert!(!cluster.sh(&node, "ls -a /var/lib/etcd").contains("kubectl-snapshot"), "restore files left in {node}");
+        assert!(
+            !cluster.sh(&node, "ls -a /var/lib/etcd").contains("kubectl-snapshot"),
+            "restore files left in {node}"
+        );
     }
 }
 
@@ -139,7 +198,12 @@ fn preflight_disk_space() {
     let cluster = Cluster::up("pfd", 1, 0);
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
-    assert_refused(&cluster, &store, &["--min-free-space", "100T"], &["not enough disk space", "100 TiB required"]);
+    assert_refused(
+        &cluster,
+        &store,
+        &["--min-free-space", "100T"],
+        &["not enough disk space", "100 TiB required"],
+    );
     assert_untouched(&cluster);
 }
 
@@ -149,9 +213,15 @@ fn preflight_cluster_running() {
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
     // etcd stopped the kubeadm way: its manifest moved out of the manifests directory.
-    cluster.sh(&cluster.cp(1), "mv /etc/kubernetes/manifests/etcd.yaml /etc/kubernetes/etcd.yaml.parked && sleep 2");
+    cluster.sh(
+        &cluster.cp(1),
+        "mv /etc/kubernetes/manifests/etcd.yaml /etc/kubernetes/etcd.yaml.parked && sleep 2",
+    );
     assert_refused(&cluster, &store, &[], &["cluster not running", "etcd on"]);
-    cluster.sh(&cluster.cp(1), "mv /etc/kubernetes/etcd.yaml.parked /etc/kubernetes/manifests/etcd.yaml");
+    cluster.sh(
+        &cluster.cp(1),
+        "mv /etc/kubernetes/etcd.yaml.parked /etc/kubernetes/manifests/etcd.yaml",
+    );
     cluster.assert_running();
     assert_untouched(&cluster);
 }
@@ -162,7 +232,12 @@ fn preflight_k8s_version() {
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
     cluster.sh(&cluster.cp(1), "echo v1.34.0 > /kind/version");
-    assert_refused(&cluster, &store, &[], &["k8s version mismatch: snapshot=v1.33.1, live=v1.34.0"]);
+    assert_refused(
+        &cluster,
+        &store,
+        &[],
+        &["k8s version mismatch: snapshot=v1.33.1, live=v1.34.0"],
+    );
     assert_untouched(&cluster);
 }
 
@@ -172,14 +247,38 @@ fn preflight_topology() {
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
     // A second node joins the cluster after the snapshot (a labelled node container is what kind sees).
-    let image = String::from_utf8(Command::new(repo().join("tests/fixtures/node/build")).output().unwrap().stdout).unwrap();
+    let image = String::from_utf8(
+        Command::new(repo().join("tests/fixtures/node/build"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let extra = format!("{}-worker", cluster.name);
     let ok = Command::new("docker")
-        .args(["run", "-d", "--name", &extra, "--label", &format!("io.x-k8s.kind.cluster={}", cluster.name), "--label", "io.x-k8s.kind.role=worker", "--entrypoint", "/bin/sleep", image.trim(), "600"])
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &extra,
+            "--label",
+            &format!("io.x-k8s.kind.cluster={}", cluster.name),
+            "--label",
+            "io.x-k8s.kind.role=worker",
+            "--entrypoint",
+            "/bin/sleep",
+            image.trim(),
+            "600",
+        ])
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert_refused(&cluster, &store, &[], &["topology mismatch: snapshot=1 nodes, live=2 nodes"]);
+    assert_refused(
+        &cluster,
+        &store,
+        &[],
+        &["topology mismatch: snapshot=1 nodes, live=2 nodes"],
+    );
     let _ = Command::new("docker").args(["rm", "-f", &extra]).output();
     assert_untouched(&cluster);
 }
@@ -190,13 +289,24 @@ fn preflight_addons() {
     let store = Store::new();
     snapshot_then_diverge(&cluster, &store);
     upgrade_addon(&cluster);
-    assert_refused(&cluster, &store, &[], &["addon version mismatch: local-path-provisioner snapshot=v20250214-acbabc1a, live=v9.9.9"]);
+    assert_refused(
+        &cluster,
+        &store,
+        &[],
+        &["addon version mismatch: local-path-provisioner snapshot=v20250214-acbabc1a, live=v9.9.9"],
+    );
     assert_untouched(&cluster);
 }
 
 fn upgrade_addon(cluster: &Cluster) {
     let repo = "docker.io/kindest/local-path-provisioner";
-    cluster.upgrade_addon(&cluster.cp(1), "local-path-provisioner.yaml", "local-path-provisioner", &format!("{repo}:v20250214-acbabc1a"), &format!("{repo}:v9.9.9"));
+    cluster.upgrade_addon(
+        &cluster.cp(1),
+        "local-path-provisioner.yaml",
+        "local-path-provisioner",
+        &format!("{repo}:v20250214-acbabc1a"),
+        &format!("{repo}:v9.9.9"),
+    );
 }
 
 #[test]
@@ -209,12 +319,20 @@ fn preflight_schema_and_platform() {
     rewrite_metadata(&dir, "snap", "future", |m| m["schemaVersion"] = 99.into());
     let run = store.run(&["restore", &cluster.name, "future"]);
     assert_eq!(run.code, Some(3), "{}", run.stderr);
-    assert!(run.stderr.contains("schema version 99 is not supported"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("schema version 99 is not supported"),
+        "{}",
+        run.stderr
+    );
     // A bundle taken on another architecture.
     rewrite_metadata(&dir, "snap", "arm", |m| m["platform"] = "linux/arm64".into());
     let run = store.run(&["restore", &cluster.name, "arm"]);
     assert_eq!(run.code, Some(3), "{}", run.stderr);
-    assert!(run.stderr.contains("platform mismatch: snapshot=linux/arm64"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("platform mismatch: snapshot=linux/arm64"),
+        "{}",
+        run.stderr
+    );
     assert_untouched(&cluster);
 }
 
@@ -227,12 +345,22 @@ fn preflight_reports_every_violation_at_once() {
     upgrade_addon(&cluster);
     let run = store.run(&["restore", &cluster.name, "snap", "--min-free-space", "100T", "--json"]);
     assert_eq!(run.code, Some(3), "{}", run.stderr);
-    for w in ["k8s version mismatch", "addon version mismatch", "not enough disk space"] {
+    for w in [
+        "k8s version mismatch",
+        "addon version mismatch",
+        "not enough disk space",
+    ] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }
     let v = run.json();
     assert_eq!(v["ok"], false);
-    let failed: Vec<&str> = v["preflight"].as_array().unwrap().iter().filter(|c| c["ok"] == false).map(|c| c["name"].as_str().unwrap()).collect();
+    let failed: Vec<&str> = v["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(failed, ["disk space", "k8s version", "addons"]);
     assert_untouched(&cluster);
 }
@@ -248,11 +376,20 @@ fn failed_mutation_step_prints_resume_hint_and_resume_works() {
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let hint = format!("run \"kubectl snapshot resume {}\" to restart", cluster.name);
-    for w in ["restore failed while restoring volumes", "rm exploded", "left quiesced", &hint] {
+    for w in [
+        "restore failed while restoring volumes",
+        "rm exploded",
+        "left quiesced",
+        &hint,
+    ] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }
     assert!(run.stderr.trim_end().ends_with(&hint), "{}", run.stderr);
-    assert_eq!(cluster.sh(&worker, "systemctl is-active kubelet || true").trim(), "inactive", "the cluster is left quiesced");
+    assert_eq!(
+        cluster.sh(&worker, "systemctl is-active kubelet || true").trim(),
+        "inactive",
+        "the cluster is left quiesced"
+    );
     store.run(&["resume", &cluster.name]).ok();
     cluster.assert_running();
     // etcd was restored before the failing step.
@@ -268,7 +405,11 @@ fn failed_image_import_changes_no_etcd_data_or_volume() {
     cluster.sh(&cp, "mv /usr/bin/ctr /usr/bin/ctr.real && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *\"images import\"*) echo \"import exploded\" >&2; exit 5 ;; esac' 'exec /usr/bin/ctr.real \"$@\"' > /usr/bin/ctr && chmod +x /usr/bin/ctr");
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    for w in ["restore failed while re-importing images", "import exploded", "was not quiesced"] {
+    for w in [
+        "restore failed while re-importing images",
+        "import exploded",
+        "was not quiesced",
+    ] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }
     assert_untouched(&cluster);
@@ -299,5 +440,9 @@ fn rewrite_metadata(dir: &std::path::Path, from: &str, to: &str, edit: impl Fn(&
     b.into_inner().unwrap().finish().unwrap().flush().unwrap();
     let bytes = std::fs::read(dir.join(format!("{to}.tar.gz"))).unwrap();
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    std::fs::write(dir.join(format!("{to}.tar.gz.sha256")), format!("{digest}  {to}.tar.gz\n")).unwrap();
+    std::fs::write(
+        dir.join(format!("{to}.tar.gz.sha256")),
+        format!("{digest}  {to}.tar.gz\n"),
+    )
+    .unwrap();
 }

@@ -7,16 +7,30 @@ fn copy_snapshot(store: &Store, cluster: &str, from: &str, to: &str, hours_ago: 
     let dir = store.root().join(cluster);
     std::fs::copy(dir.join(format!("{from}.tar.gz")), dir.join(format!("{to}.tar.gz"))).unwrap();
     let sidecar = std::fs::read_to_string(dir.join(format!("{from}.tar.gz.sha256"))).unwrap();
-    std::fs::write(dir.join(format!("{to}.tar.gz.sha256")), sidecar.replace(&format!("{from}.tar.gz"), &format!("{to}.tar.gz"))).unwrap();
-    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{from}.metadata.json"))).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{to}.tar.gz.sha256")),
+        sidecar.replace(&format!("{from}.tar.gz"), &format!("{to}.tar.gz")),
+    )
+    .unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{from}.metadata.json"))).unwrap()).unwrap();
     let created = jiff::Timestamp::now().as_second() - hours_ago * 3600;
     meta["created"] = serde_json::Value::String(jiff::Timestamp::from_second(created).unwrap().to_string());
     meta["name"] = serde_json::Value::String(to.into());
-    std::fs::write(dir.join(format!("{to}.metadata.json")), serde_json::to_vec(&meta).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{to}.metadata.json")),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
 }
 
 fn names(run: &Run) -> Vec<String> {
-    run.json().as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+    run.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
@@ -36,25 +50,61 @@ fn list_show_prune_delete() {
     std::fs::write(&flipped, bytes).unwrap();
     std::fs::remove_file(store.root().join(c).join("nosidecar.tar.gz.sha256")).unwrap();
     let listed = store.run(&["list", c, "-o", "json"]).ok().json();
-    let status = |n: &str| listed.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap()["status"].as_str().unwrap().to_owned();
+    let status = |n: &str| {
+        listed.as_array().unwrap().iter().find(|r| r["name"] == n).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(status("base"), "ok");
     assert_eq!(status("flipped"), "corrupt");
     assert_eq!(status("nosidecar"), "incomplete");
-    assert_eq!(names(&store.run(&["list", c, "-o", "json"])), ["base", "flipped", "nosidecar"], "newest first");
+    assert_eq!(
+        names(&store.run(&["list", c, "-o", "json"])),
+        ["base", "flipped", "nosidecar"],
+        "newest first"
+    );
     let table = store.run(&["list", c]).ok().stdout;
     let header = table.lines().next().unwrap();
-    assert!(header.split_whitespace().eq(["NAME", "AGE", "SIZE", "K8S", "ADDONS", "STATUS"]), "{header}");
-    assert!(table.contains("v1.33.1") && table.contains("corrupt") && table.contains("incomplete"), "{table}");
+    assert!(
+        header
+            .split_whitespace()
+            .eq(["NAME", "AGE", "SIZE", "K8S", "ADDONS", "STATUS"]),
+        "{header}"
+    );
+    assert!(
+        table.contains("v1.33.1") && table.contains("corrupt") && table.contains("incomplete"),
+        "{table}"
+    );
     let base_line = table.lines().find(|l| l.starts_with("base ")).unwrap();
-    assert!(base_line.contains("...") , "ADDONS is truncated at 50 characters: {base_line}");
-    assert!(!store.run(&["list", c, "--no-trunc"]).ok().stdout.lines().find(|l| l.starts_with("base ")).unwrap().contains("..."));
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&store.run(&["list", c, "-o", "yaml"]).ok().stdout).unwrap();
+    assert!(
+        base_line.contains("..."),
+        "ADDONS is truncated at 50 characters: {base_line}"
+    );
+    assert!(
+        !store
+            .run(&["list", c, "--no-trunc"])
+            .ok()
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("base "))
+            .unwrap()
+            .contains("...")
+    );
+    let yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&store.run(&["list", c, "-o", "yaml"]).ok().stdout).unwrap();
     assert_eq!(yaml.as_sequence().unwrap().len(), 3);
 
     // show
     let shown = store.run(&["show", c, "base"]).ok().stdout;
     let digest = std::fs::read_to_string(store.root().join(c).join("base.tar.gz.sha256")).unwrap()[..64].to_owned();
-    for want in ["Name:           base", "K8s Version:    v1.33.1", "Topology:       1 control-plane, 0 workers", "local-path-provisioner:", &format!("Archive Digest: sha256:{digest} (from sidecar)")] {
+    for want in [
+        "Name:           base",
+        "K8s Version:    v1.33.1",
+        "Topology:       1 control-plane, 0 workers",
+        "local-path-provisioner:",
+        &format!("Archive Digest: sha256:{digest} (from sidecar)"),
+    ] {
         assert!(shown.contains(want), "show lacks {want:?}:\n{shown}");
     }
     let mut cmd = store.command(&["show", "base", "-o", "json"]);
@@ -76,32 +126,66 @@ fn list_show_prune_delete() {
         let mut a = vec!["prune", c, "--dry-run"];
         a.extend(args);
         let out = store.run(&a).ok().stdout;
-        out.lines().filter(|l| l.trim_start().starts_with("DELETE")).map(|l| l.split_whitespace().nth(1).unwrap().to_owned()).collect()
+        out.lines()
+            .filter(|l| l.trim_start().starts_with("DELETE"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+            .collect()
     };
     assert_eq!(plan(&["--keep-last", "3"]), ["h200"]);
     assert_eq!(plan(&["--older-than", "50h"]), ["h100", "h200"]);
     assert_eq!(plan(&["--older-than", "7d"]), ["h200"]);
     assert_eq!(plan(&["--max-size", &format!("{}", size * 3)]), ["h200"]);
-    assert_eq!(plan(&["--keep-last", "3", "--older-than", "5h"]), ["h10", "h100", "h200"]);
-    assert_eq!(plan(&["--keep-last", "0", "--older-than", "1000h"]), Vec::<String>::new());
+    assert_eq!(
+        plan(&["--keep-last", "3", "--older-than", "5h"]),
+        ["h10", "h100", "h200"]
+    );
+    assert_eq!(
+        plan(&["--keep-last", "0", "--older-than", "1000h"]),
+        Vec::<String>::new()
+    );
     let planned = store.run(&["prune", c, "--dry-run", "--keep-last", "2"]).ok().stdout;
-    assert!(planned.contains("Prune plan for cluster") && planned.contains("KEEP") && planned.contains("Total to delete:"), "{planned}");
+    assert!(
+        planned.contains("Prune plan for cluster") && planned.contains("KEEP") && planned.contains("Total to delete:"),
+        "{planned}"
+    );
 
     let refused = store.run(&["prune", c, "--keep-last", "1"]).fails();
     assert!(refused.stderr.contains("stdin is not a terminal"), "{}", refused.stderr);
-    assert_eq!(store.run(&["list", c, "-o", "json"]).ok().json().as_array().unwrap().len(), 4, "a refused prune deletes nothing");
+    assert_eq!(
+        store
+            .run(&["list", c, "-o", "json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "a refused prune deletes nothing"
+    );
 
     store.run(&["prune", c, "--older-than", "50h", "--yes"]).ok();
     assert_eq!(names(&store.run(&["list", c, "-o", "json"])), ["base", "h10"]);
-    assert!(!store.root().join(c).join("h200.tar.gz.sha256").exists(), "sidecar deleted too");
+    assert!(
+        !store.root().join(c).join("h200.tar.gz.sha256").exists(),
+        "sidecar deleted too"
+    );
 
     let none = store.run(&["prune", c]).fails();
     assert_eq!(none.code, Some(2));
-    assert!(none.stderr.contains("at least one policy flag is required (--keep-last, --older-than, --max-size)"), "{}", none.stderr);
+    assert!(
+        none.stderr
+            .contains("at least one policy flag is required (--keep-last, --older-than, --max-size)"),
+        "{}",
+        none.stderr
+    );
 
     // delete: unknown names delete nothing; known ones go with their files
     let bad = store.run(&["delete", c, "h10", "nope"]).fails();
-    assert!(bad.stderr.contains("nope") && bad.stderr.contains("nothing was deleted"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("nope") && bad.stderr.contains("nothing was deleted"),
+        "{}",
+        bad.stderr
+    );
     assert!(store.bundle(c, "h10").exists());
     store.run(&["delete", c, "h10", "base"]).ok();
     assert!(store.files(c).is_empty(), "left: {:?}", store.files(c));

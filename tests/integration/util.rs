@@ -17,7 +17,11 @@ pub fn repo() -> PathBuf {
 /// Runs a command with a deadline; panics (with its output) if it does not finish.
 pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let desc = format!("{cmd:?}");
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -34,8 +38,15 @@ pub fn run_timeout(mut cmd: Command, timeout: Duration) -> Output {
 }
 
 fn check_docker() {
-    let ok = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "the Docker Engine is not reachable: start it (e.g. `service docker start`) and run the suite with tests/run");
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "the Docker Engine is not reachable: start it (e.g. `service docker start`) and run the suite with tests/run"
+    );
 }
 
 /// A fixture kind cluster, removed when dropped.
@@ -46,7 +57,11 @@ pub struct Cluster {
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 pub fn unique(prefix: &str) -> String {
-    format!("kst-{prefix}-{}-{}", std::process::id() % 100_000, SEQ.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "kst-{prefix}-{}-{}",
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 impl Cluster {
@@ -58,20 +73,39 @@ impl Cluster {
         check_docker();
         let name = unique(prefix);
         let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
-        cmd.args(["up", &name, "--control-planes", &control_planes.to_string(), "--workers", &workers.to_string()]);
+        cmd.args([
+            "up",
+            &name,
+            "--control-planes",
+            &control_planes.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ]);
         cmd.args(extra);
         let cluster = Cluster { name };
         let out = run_timeout(cmd, Duration::from_secs(300));
-        assert!(out.status.success(), "fixture cluster up failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "fixture cluster up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         cluster
     }
 
     pub fn cp(&self, n: u32) -> String {
-        if n <= 1 { format!("{}-control-plane", self.name) } else { format!("{}-control-plane{n}", self.name) }
+        if n <= 1 {
+            format!("{}-control-plane", self.name)
+        } else {
+            format!("{}-control-plane{n}", self.name)
+        }
     }
 
     pub fn worker(&self, n: u32) -> String {
-        if n <= 1 { format!("{}-worker", self.name) } else { format!("{}-worker{n}", self.name) }
+        if n <= 1 {
+            format!("{}-worker", self.name)
+        } else {
+            format!("{}-worker{n}", self.name)
+        }
     }
 
     /// The nodes that run a kubelet (every container of the cluster but kind's external load balancer).
@@ -82,10 +116,20 @@ impl Cluster {
     /// Every container of the cluster, the load balancer included.
     pub fn containers(&self) -> Vec<String> {
         let out = Command::new("docker")
-            .args(["ps", "-a", "--filter", &format!("label=io.x-k8s.kind.cluster={}", self.name), "--format", "{{.Names}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=io.x-k8s.kind.cluster={}", self.name),
+                "--format",
+                "{{.Names}}",
+            ])
             .output()
             .expect("docker ps");
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
         v.sort();
         v
     }
@@ -113,12 +157,18 @@ impl Cluster {
             assert!(Instant::now() < deadline, "{pod} was not restarted with {new}");
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(self.sh(node, "crictl images -o json").contains(new), "the CRI does not list {new}");
+        assert!(
+            self.sh(node, "crictl images -o json").contains(new),
+            "the CRI does not list {new}"
+        );
     }
 
     /// `docker inspect -f FORMAT CONTAINER`.
     pub fn inspect(&self, container: &str, format: &str) -> String {
-        let out = Command::new("docker").args(["inspect", "-f", format, container]).output().expect("docker inspect");
+        let out = Command::new("docker")
+            .args(["inspect", "-f", format, container])
+            .output()
+            .expect("docker inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -127,7 +177,11 @@ impl Cluster {
         let mut cmd = Command::new("docker");
         cmd.args(["exec", node, "sh", "-c", script]);
         let out = run_timeout(cmd, Duration::from_secs(60));
-        assert!(out.status.success(), "`{script}` on {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "`{script}` on {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -135,13 +189,22 @@ impl Cluster {
         let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
         cmd.args(["etcdctl", &self.name, node, "--"]).args(args);
         let out = run_timeout(cmd, Duration::from_secs(60));
-        assert!(out.status.success(), "etcdctl {args:?} on {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} on {node} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn ip(&self, node: &str) -> String {
         let out = Command::new("docker")
-            .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", node])
+            .args([
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                node,
+            ])
             .output()
             .expect("docker inspect");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -150,9 +213,20 @@ impl Cluster {
     /// Every node container running, kubelet active, every static pod running, etcd healthy.
     pub fn assert_running(&self) {
         for node in self.nodes() {
-            let state = Command::new("docker").args(["inspect", "-f", "{{.State.Status}}", &node]).output().expect("inspect");
-            assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "running", "{node} is not running");
-            assert_eq!(self.sh(&node, "systemctl is-active kubelet").trim(), "active", "kubelet on {node}");
+            let state = Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Status}}", &node])
+                .output()
+                .expect("inspect");
+            assert_eq!(
+                String::from_utf8_lossy(&state.stdout).trim(),
+                "running",
+                "{node} is not running"
+            );
+            assert_eq!(
+                self.sh(&node, "systemctl is-active kubelet").trim(),
+                "active",
+                "kubelet on {node}"
+            );
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let ok = self.sh(&node, r#"[ "$(crictl ps -q | wc -l)" -eq "$(ls /etc/kubernetes/manifests | wc -l)" ] && echo yes || echo no"#);
@@ -178,7 +252,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new(repo().join("tests/fixtures/cluster")).args(["down", &self.name]).output();
+        let _ = Command::new(repo().join("tests/fixtures/cluster"))
+            .args(["down", &self.name])
+            .output();
     }
 }
 
@@ -195,7 +271,13 @@ pub struct Run {
 
 impl Run {
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "command failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
     pub fn fails(self) -> Self {
@@ -209,7 +291,9 @@ impl Run {
 
 impl Store {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -218,7 +302,10 @@ impl Store {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).env("KUBECTL_SNAPSHOT_DIR", self.dir.path()).env_remove("KIND_CLUSTER_NAME").env("NO_COLOR", "1");
+        cmd.args(args)
+            .env("KUBECTL_SNAPSHOT_DIR", self.dir.path())
+            .env_remove("KIND_CLUSTER_NAME")
+            .env("NO_COLOR", "1");
         cmd
     }
 
@@ -244,16 +331,29 @@ impl Store {
         use std::io::Write;
         let mut cmd = self.command(args);
         cmd.envs(env.iter().copied());
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         let out = child.wait_with_output().expect("wait");
-        Run { code: out.status.code(), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 
     /// Every file under the cluster's store directory, hidden ones included.
     pub fn files(&self, cluster: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir.path().join(cluster))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -283,7 +383,10 @@ pub fn bundle_entry(bundle: &Path, entry: &str) -> Option<Vec<u8>> {
 pub fn bundle_names(bundle: &Path) -> Vec<String> {
     let f = std::fs::File::open(bundle).expect("open bundle");
     let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
-    ar.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned()).collect()
+    ar.entries()
+        .expect("entries")
+        .map(|e| e.expect("entry").path().expect("path").to_string_lossy().into_owned())
+        .collect()
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -300,7 +403,11 @@ pub fn fake_snapshot(store: &Store, cluster: &str, name: &str, size: usize, hour
     }
     std::fs::write(dir.join(format!("{name}.tar.gz")), &data).unwrap();
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
-    std::fs::write(dir.join(format!("{name}.tar.gz.sha256")), format!("{digest}  {name}.tar.gz\n")).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.tar.gz.sha256")),
+        format!("{digest}  {name}.tar.gz\n"),
+    )
+    .unwrap();
     let created = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - hours_ago * 3600).unwrap();
     let meta = serde_json::json!({
         "schemaVersion": 1, "name": name, "cluster": cluster, "created": created.to_string(), "toolVersion": "test",
@@ -310,5 +417,9 @@ pub fn fake_snapshot(store: &Store, cluster: &str, name: &str, size: usize, hour
         "images": {"digest": "sha256:0", "size": 0, "blobs": 0, "nodes": {}},
         "pvs": {"digest": "sha256:0", "size": 0, "files": 0, "nodes": {}}
     });
-    std::fs::write(dir.join(format!("{name}.metadata.json")), serde_json::to_vec(&meta).unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.metadata.json")),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
 }

@@ -62,8 +62,19 @@ impl Front {
     }
 
     fn with(upstream: u16, page: usize, looping: bool) -> Front {
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        let state = Arc::new(State { upstream, page, looping, failing_uploads: AtomicUsize::new(0), body_limit: AtomicUsize::new(0), client, log: Mutex::default() });
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let state = Arc::new(State {
+            upstream,
+            page,
+            looping,
+            failing_uploads: AtomicUsize::new(0),
+            body_limit: AtomicUsize::new(0),
+            client,
+            log: Mutex::default(),
+        });
         let s = Arc::clone(&state);
         let server = Server::start(move |req| {
             let s = Arc::clone(&s);
@@ -93,35 +104,82 @@ impl Front {
 
 async fn handle(s: &State, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().to_string();
-    let target = req.uri().path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned());
-    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.split(' ').next()).map(str::to_owned);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(' ').next())
+        .map(str::to_owned);
     let path = req.uri().path().to_owned();
-    let tags_of = path.strip_prefix("/v2/").and_then(|p| p.strip_suffix("/tags/list")).map(str::to_owned);
+    let tags_of = path
+        .strip_prefix("/v2/")
+        .and_then(|p| p.strip_suffix("/tags/list"))
+        .map(str::to_owned);
     let upload = req.method() == hyper::Method::PUT && path.contains("/blobs/uploads/");
-    let fail = upload && s.failing_uploads.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let fail = upload
+        && s.failing_uploads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
     let limit = s.body_limit.load(Ordering::SeqCst);
-    let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
     let resp = match tags_of {
         _ if limit > 0 && declared > limit => {
             let body = "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 Request Entity Too Large</h1></center></body></html>";
-            Response::builder().status(StatusCode::PAYLOAD_TOO_LARGE).header("content-type", "text/html").body(full(body)).unwrap()
+            Response::builder()
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .header("content-type", "text/html")
+                .body(full(body))
+                .unwrap()
         }
         _ if fail => {
             let _ = req.into_body().collect().await;
             let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"storage unavailable"}]}"#;
-            Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).header("content-type", "application/json").body(full(body)).unwrap()
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .header("content-type", "application/json")
+                .body(full(body))
+                .unwrap()
         }
         Some(name) if req.method() == hyper::Method::GET => tags_page(s, req, &name).await,
         _ => forward(s, req).await,
     };
-    s.log.lock().unwrap().push(Logged { method, target, auth, status: resp.status().as_u16() });
+    s.log.lock().unwrap().push(Logged {
+        method,
+        target,
+        auth,
+        status: resp.status().as_u16(),
+    });
     resp
 }
 
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
 
-fn upstream_request(s: &State, method: hyper::Method, target: &str, headers: &hyper::HeaderMap) -> reqwest::RequestBuilder {
-    let mut rb = s.client.request(method, format!("http://127.0.0.1:{}{target}", s.upstream));
+fn upstream_request(
+    s: &State,
+    method: hyper::Method,
+    target: &str,
+    headers: &hyper::HeaderMap,
+) -> reqwest::RequestBuilder {
+    let mut rb = s
+        .client
+        .request(method, format!("http://127.0.0.1:{}{target}", s.upstream));
     for (k, v) in headers {
         if !HOP_BY_HOP.contains(&k.as_str()) {
             rb = rb.header(k, v);
@@ -137,16 +195,25 @@ async fn relay(up: reqwest::Response) -> Response<Body> {
             out = out.header(k, v);
         }
     }
-    let stream = up.bytes_stream().map_ok(Frame::data).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+    let stream = up
+        .bytes_stream()
+        .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
     out.body(BodyExt::boxed(StreamBody::new(stream))).unwrap()
 }
 
 fn bad_gateway(e: reqwest::Error) -> Response<Body> {
-    Response::builder().status(StatusCode::BAD_GATEWAY).body(full(format!("front: {e}"))).unwrap()
+    Response::builder()
+        .status(StatusCode::BAD_GATEWAY)
+        .body(full(format!("front: {e}")))
+        .unwrap()
 }
 
 async fn forward(s: &State, req: Request<Incoming>) -> Response<Body> {
-    let target = req.uri().path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
     let mut rb = upstream_request(s, req.method().clone(), &target, req.headers());
     if hyper::body::Body::size_hint(req.body()).exact() != Some(0) {
         rb = rb.body(reqwest::Body::wrap_stream(req.into_body().into_data_stream()));
@@ -158,9 +225,14 @@ async fn forward(s: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn tags_page(s: &State, req: Request<Incoming>, name: &str) -> Response<Body> {
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let query: Vec<(String, String)> = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
     let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
-    let up = match upstream_request(s, hyper::Method::GET, &format!("/v2/{name}/tags/list"), req.headers()).send().await {
+    let up = match upstream_request(s, hyper::Method::GET, &format!("/v2/{name}/tags/list"), req.headers())
+        .send()
+        .await
+    {
         Ok(up) => up,
         Err(e) => return bad_gateway(e),
     };
@@ -168,10 +240,18 @@ async fn tags_page(s: &State, req: Request<Incoming>, name: &str) -> Response<Bo
         return relay(up).await;
     }
     let body: serde_json::Value = up.json().await.unwrap_or_default();
-    let mut tags: Vec<String> = body["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+    let mut tags: Vec<String> = body["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
     tags.sort();
     let last = get("last");
-    let after: Vec<String> = tags.into_iter().filter(|t| last.as_ref().is_none_or(|l| t > l)).collect();
+    let after: Vec<String> = tags
+        .into_iter()
+        .filter(|t| last.as_ref().is_none_or(|l| t > l))
+        .collect();
     let n = get("n").and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
     let shown = &after[..after.len().min(n).min(s.page)];
     let mut out = Response::builder().header("content-type", "application/json");
@@ -181,5 +261,6 @@ async fn tags_page(s: &State, req: Request<Incoming>, name: &str) -> Response<Bo
         let t = shown.last().map_or("", String::as_str);
         out = out.header("link", format!("</v2/{name}/tags/list?n={n}&last={t}>; rel=\"next\""));
     }
-    out.body(full(serde_json::json!({"name": name, "tags": shown}).to_string())).unwrap()
+    out.body(full(serde_json::json!({"name": name, "tags": shown}).to_string()))
+        .unwrap()
 }

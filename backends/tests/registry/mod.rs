@@ -26,7 +26,9 @@ pub const PASS: &str = "registry-password-do-not-print";
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into()).map_err(|e: Infallible| match e {}).boxed()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 /// An HTTP/1.1 server on a free loopback port, on its own thread and runtime (so it keeps serving while a test
@@ -48,7 +50,10 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
@@ -67,7 +72,11 @@ impl Server {
                 }
             });
         });
-        Server { port, stop: Some(stop), thread: Some(thread) }
+        Server {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -84,9 +93,17 @@ impl Drop for Server {
 
 /// The registry's auth in the backends' tests: htpasswd with [`USER`] and [`PASS`], or tokens from `issuer`.
 pub fn htpasswd() -> distribution::Auth<'static> {
-    distribution::Auth::Htpasswd { user: USER, password: PASS }
+    distribution::Auth::Htpasswd {
+        user: USER,
+        password: PASS,
+    }
 }
 
 pub fn tokens(issuer: &token::TokenIssuer) -> distribution::Auth<'static> {
-    distribution::Auth::Token { realm: issuer.realm(), service: token::SERVICE, issuer: token::ISSUER, ca: issuer.ca_pem() }
+    distribution::Auth::Token {
+        realm: issuer.realm(),
+        service: token::SERVICE,
+        issuer: token::ISSUER,
+        ca: issuer.ca_pem(),
+    }
 }

@@ -49,7 +49,10 @@ impl TokenIssuer {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let cert_key = KeyPair::try_from(pkcs8.as_ref()).unwrap();
-        let leaf = CertificateParams::new(Vec::<String>::new()).unwrap().signed_by(&cert_key, &ca).unwrap();
+        let leaf = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&cert_key, &ca)
+            .unwrap();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
         let state = Arc::new(State {
             key,
@@ -97,12 +100,26 @@ fn issue(s: &State, req: &Request<hyper::body::Incoming>) -> Response<Body> {
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| STANDARD.decode(b).ok())
         .is_some_and(|b| b == format!("{}:{}", s.user, s.pass).as_bytes());
-    let scopes: Vec<&str> = params.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()).collect();
-    s.asked.lock().unwrap().extend(scopes.iter().map(|sc| (sc.to_string(), credentials_ok)));
+    let scopes: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    s.asked
+        .lock()
+        .unwrap()
+        .extend(scopes.iter().map(|sc| (sc.to_string(), credentials_ok)));
     if !credentials_ok {
-        return Response::builder().status(StatusCode::UNAUTHORIZED).body(full(r#"{"details":"incorrect username or password"}"#)).unwrap();
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .body(full(r#"{"details":"incorrect username or password"}"#))
+            .unwrap();
     }
-    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let service = params
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
     let refused = s.refused.lock().unwrap().clone();
     // scope = TYPE:NAME:ACTIONS (a repository name holds no ':').
     let access: Vec<serde_json::Value> = scopes
@@ -114,15 +131,25 @@ fn issue(s: &State, req: &Request<hyper::body::Incoming>) -> Response<Body> {
             Some(serde_json::json!({"type": kind, "name": name, "actions": granted}))
         })
         .collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [STANDARD.encode(&s.leaf_der)]});
     let claims = serde_json::json!({
         "iss": ISSUER, "sub": s.user, "aud": service, "exp": now + 300, "nbf": now - 10, "iat": now,
         "jti": format!("{now}-{}", s.asked.lock().unwrap().len()), "access": access,
     });
-    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
     let signature = s.key.sign(&SystemRandom::new(), signing_input.as_bytes()).unwrap();
     let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
     let body = serde_json::json!({"token": token, "access_token": token, "expires_in": 300});
-    Response::builder().header("content-type", "application/json").body(full(body.to_string())).unwrap()
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
 }
