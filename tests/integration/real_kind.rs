@@ -1,6 +1,7 @@
 //! What breaks on a real kind node and not on a lenient fixture (issue: real kind clusters). Each test fails
 //! on the plugin as it was before the matching fix:
-//! - a pulled image whose layers containerd discarded (kind's `discard_unpacked_layers = true`);
+//! - a pulled image whose layers containerd discarded (kind's `discard_unpacked_layers = true`): kept by
+//!   reference when its registry is unreachable, fetched into the bundle when kind's local registry serves it;
 //! - HA restore and resume with kind's external load balancer present (no systemd, kubelet or crictl in it);
 //! - addon versions read from image IDs (`crictl ps` reports IDs; names come from `crictl images`);
 //! - restore with each etcd image layout (k8s-3.5: no etcdutl; official: no shell);
@@ -92,6 +93,65 @@ fn create_keeps_pulled_images_with_discarded_layers_by_reference() {
             .sh(&node, "ctr --namespace=k8s.io images ls -q")
             .contains("registry.k8s.io/pause:3.10")
     );
+    cluster.assert_running();
+}
+
+/// Whether containerd has every blob of `image` in the node's k8s.io namespace (`ctr images check`).
+fn complete(cluster: &Cluster, node: &str, image: &str) -> bool {
+    let out = cluster.sh(node, "ctr --namespace=k8s.io images check");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{image} ")))
+        .unwrap_or_else(|| panic!("{image} not in the node:\n{out}"));
+    line.contains(" complete ")
+}
+
+#[test]
+fn create_fetches_discarded_layers_from_the_kind_local_registry_so_the_bundle_restores_offline() {
+    // kind's local-registry setup: a registry on the kind network, containerd's hosts.toml in each node.
+    let cluster = Cluster::up_with("fetch", 1, 1, &["--registry"]);
+    let store = Store::new();
+    for n in cluster.nodes() {
+        assert!(
+            !complete(&cluster, &n, PULLED),
+            "{n}: the fixture should have discarded the layers"
+        );
+    }
+
+    let run = store.run(&["create", &cluster.name, "snap", "--json"]).ok();
+    assert!(!run.stderr.contains("kept by reference"), "{}", run.stderr);
+    let v = run.json();
+    for n in cluster.nodes() {
+        let node = &v["metadata"]["images"]["nodes"][&n];
+        assert!(
+            node.get("byReference").is_none_or(|r| r.as_array().unwrap().is_empty()),
+            "{n}: {node}"
+        );
+        assert!(
+            node["images"].as_array().unwrap().iter().any(|r| r["name"] == PULLED),
+            "{n}: {PULLED} bundled: {node}"
+        );
+    }
+
+    // Offline: the registry is gone and the image is removed from a node; restore brings it back whole.
+    let out = std::process::Command::new("docker")
+        .args(["rm", "-f", &format!("{}-registry", cluster.name)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let worker = cluster.worker(1);
+    cluster.sh(
+        &worker,
+        &format!("ctr --namespace=k8s.io images rm --sync {PULLED} >/dev/null"),
+    );
+    let restored = store.run(&["restore", &cluster.name, "snap", "--json"]).ok().json();
+    assert!(
+        restored["importedImages"][&worker]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i == PULLED)),
+        "{restored}"
+    );
+    assert!(complete(&cluster, &worker, PULLED), "the restored image lacks blobs");
     cluster.assert_running();
 }
 
