@@ -40,7 +40,7 @@ pub enum Command {
     Create(cmd::create::Args),
     /// Put a cluster back to a snapshot (after pre-flight checks; a hard overwrite).
     Restore(cmd::restore::Args),
-    /// Restart a cluster left quiesced by a failed restore or a killed create.
+    /// Bring a cluster back after an interrupted operation (or, with --rollback, undo the last restore).
     Resume(cmd::resume::Args),
     /// List a cluster's snapshots, newest first, with their integrity status.
     #[command(visible_alias = "ls")]
@@ -72,7 +72,7 @@ pub enum Output {
     Yaml,
 }
 
-/// Exit codes (documented in docs/exit-codes.md).
+/// Exit codes (documented in docs/commands.md, "Exit codes", and the README).
 pub mod exit {
     /// Any failure not listed below.
     pub const FAILURE: u8 = 1;
@@ -94,6 +94,9 @@ pub mod exit {
             }
             if let Some(crate::restore::RestoreError::Preflight(_)) = cause.downcast_ref() {
                 return PREFLIGHT;
+            }
+            if let Some(crate::restore::RestoreError::Interrupted { signal, .. }) = cause.downcast_ref() {
+                return if *signal == "SIGTERM" { SIGTERM } else { SIGINT };
             }
         }
         FAILURE

@@ -1,5 +1,5 @@
 //! kubectl-snapshot: snapshot and restore kind clusters. Parse → resolve → run; errors are printed once,
-//! here, with their causes. Exit codes: see `cli::exit` and docs/exit-codes.md.
+//! here, with their causes. Exit codes: see `cli::exit` and docs/commands.md ("Exit codes").
 
 mod bundle;
 mod capture;

@@ -1,4 +1,14 @@
-//! Small shared helpers: sizes, durations, ages, nonces, signals.
+//! Small shared helpers: sizes, durations, ages, nonces, signals, stdout.
+
+/// `println!` that returns the write error instead of panicking: a closed stdout (`kubectl snapshot list |
+/// head`) ends the command quietly (main treats a broken pipe as success) instead of with a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+pub(crate) use out;
 
 use std::time::Duration;
 
@@ -39,6 +49,103 @@ pub async fn interrupted() -> &'static str {
     #[cfg(not(unix))]
     {
         ctrl_c().await
+    }
+}
+
+/// SIGINT and SIGTERM caught for the whole of an operation that must not die between two steps (restore):
+/// the first one is remembered, and the operation asks [`Signals::pending`] where it can stop safely.
+pub struct Signals {
+    got: std::sync::Arc<std::sync::OnceLock<&'static str>>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Signals {
+    /// Installs the handlers now (from here on a signal no longer kills the process).
+    pub fn install() -> Self {
+        let got = std::sync::Arc::new(std::sync::OnceLock::new());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, counted) = (got.clone(), count.clone());
+        #[cfg(unix)]
+        let task = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let int = signal(SignalKind::interrupt());
+            let term = signal(SignalKind::terminate());
+            tokio::spawn(async move {
+                let (Ok(mut int), Ok(mut term)) = (int, term) else {
+                    return;
+                };
+                loop {
+                    let s = tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if seen.set(s).is_ok() {
+                        eprintln!("{s} received: finishing the step in progress safely...");
+                    }
+                }
+            })
+        };
+        #[cfg(not(unix))]
+        let task = tokio::spawn(async move {
+            if let Ok(()) = tokio::signal::ctrl_c().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = seen.set("SIGINT");
+            }
+        });
+        Self { got, count, task }
+    }
+
+    /// How many signals arrived so far.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once more than `seen` signals have arrived (a second Ctrl-C, say).
+    pub async fn wait_beyond(&self, seen: usize) {
+        while self.count() <= seen {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pending(&self) -> Option<&'static str> {
+        self.got.get().copied()
+    }
+
+    /// Resolves once a signal has arrived.
+    pub async fn wait(&self) -> &'static str {
+        loop {
+            if let Some(s) = self.pending() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The environment variable naming a phase to stop at: tests use it to signal or kill an operation at a
+/// known point. Unset (the default) it does nothing.
+pub const PAUSE_AT_ENV: &str = "KUBECTL_SNAPSHOT_PAUSE_AT";
+
+/// Stops at `phase` when [`PAUSE_AT_ENV`] names it: prints where it stopped, then waits for a signal (for an
+/// operation that watches [`Signals`]) or forever (for one cancelled by a signal).
+pub async fn pause_point(phase: &str, signals: Option<&Signals>) {
+    if std::env::var(PAUSE_AT_ENV).ok().as_deref() != Some(phase) {
+        return;
+    }
+    eprintln!("paused at {phase} ({PAUSE_AT_ENV})");
+    match signals {
+        Some(s) => {
+            s.wait().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 
@@ -94,12 +201,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-/// Parses a duration made of `<n>w|d|h|m|s` parts: `168h`, `7d`, `30m`, `1h30m`.
+/// Parses a duration made of `<n>w|d|h|m|s` parts: `168h`, `7d`, `30m`, `1h30m`; a bare `0` is zero (off).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || format!("invalid duration {s:?}: use units s, m, h, d or w, e.g. 168h, 7d or 1h30m");
     if t.is_empty() {
         return Err(bad());
+    }
+    if t == "0" {
+        return Ok(Duration::ZERO); // 0 means off, and needs no unit
     }
     let mut total: u64 = 0;
     let mut num = String::new();
@@ -163,6 +273,7 @@ mod tests {
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "7", "h", "7x", "-1h", "1.5h", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }

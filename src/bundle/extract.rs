@@ -36,6 +36,8 @@ pub struct Staged {
     pub node_index: BTreeMap<String, PathBuf>,
     /// (node, PV root inside the node) → tar of the root's entries, named `<basename>/...`.
     pub pvs: BTreeMap<(String, String), PathBuf>,
+    /// (node, PV root) → how many regular files its tar holds (checked again once extracted in the node).
+    pub pv_files: BTreeMap<(String, String), usize>,
 }
 
 #[derive(Debug, Default)]
@@ -127,7 +129,34 @@ struct Pass {
     roots: BTreeMap<(String, String), PvRoot>,
     uncompressed: u64,
     budget: u64,
+    limits: Option<Limits>,
+    pv_bytes: u64,
+    blob_bytes: u64,
 }
+
+/// The sizes a snapshot's metadata declares, enforced as hard limits while its bundle is read: a bundle that
+/// holds more than it declares (a decompression bomb) is refused as soon as it does, and staging stops.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub etcd: u64,
+    pub pvs: u64,
+    pub images: u64,
+}
+
+impl Limits {
+    pub fn declared(m: &Metadata) -> Self {
+        Self {
+            etcd: m.etcd.size,
+            pvs: m.pvs.size,
+            images: m.images.size,
+        }
+    }
+}
+
+/// The longest name of one path component a node's filesystem takes (NAME_MAX on ext4, xfs, overlayfs).
+const NAME_MAX: usize = 255;
+/// The longest in-node path accepted: PATH_MAX (4096) less room for the volume root and staging prefix.
+const PATH_MAX: usize = 3800;
 
 impl Pass {
     /// Where to write, unless staging stopped (or was never asked for).
@@ -161,6 +190,42 @@ impl Pass {
         if size > MAX_ENTRY {
             self.problem(format!("entry {joined:?} claims an absurd size ({size} bytes)"));
             return Ok(());
+        }
+        if let Some(long) = parts.iter().find(|c| c.len() > NAME_MAX) {
+            let head: String = long.chars().take(40).collect();
+            self.problem(format!(
+                "entry name {head:?}… is {} bytes long: a node's filesystem takes at most {NAME_MAX}",
+                long.len()
+            ));
+            return Ok(());
+        }
+        if joined.len() > PATH_MAX {
+            self.problem(format!(
+                "entry path of {} bytes: longer than a node can create ({PATH_MAX})",
+                joined.len()
+            ));
+            return Ok(());
+        }
+        if let Some(l) = self.limits {
+            let (what, used, limit) = match parts.first().map(String::as_str) {
+                Some(PVS_DIR) => {
+                    self.pv_bytes += size;
+                    ("volume data", self.pv_bytes, l.pvs)
+                }
+                Some("images") if parts.get(1).map(String::as_str) == Some("blobs") => {
+                    self.blob_bytes += size;
+                    ("image data", self.blob_bytes, l.images)
+                }
+                _ if joined == ETCD_ENTRY => ("etcd data", size, l.etcd),
+                _ => ("", 0, 0),
+            };
+            if used > limit {
+                self.problem(format!(
+                    "the bundle holds more {what} than its metadata declares ({limit} bytes): refused, nothing more was staged"
+                ));
+                self.writing = false;
+                return Err(io::Error::other("a declared size was exceeded"));
+            }
         }
         self.uncompressed += size;
         if self.writing && self.uncompressed > self.budget {
@@ -408,7 +473,13 @@ fn copy_hashed(src: &mut impl Read, h: &mut Sha256, mut out: Option<&mut File>) 
 
 /// Reads `bundle` once: integrity against `sidecar`, safety and consistency of every entry, and — with
 /// `stage` — staging into that (new, empty) directory, using at most `budget` bytes.
-pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64) -> (Inspection, Option<Staged>) {
+pub fn inspect(
+    bundle: &Path,
+    sidecar: &Path,
+    stage: Option<&Path>,
+    budget: u64,
+    limits: Option<Limits>,
+) -> (Inspection, Option<Staged>) {
     let mut insp = Inspection::default();
     let expected = match fs::read_to_string(sidecar) {
         Ok(t) => match reader::parse_sidecar(&t) {
@@ -433,6 +504,7 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
         blobs: dir.join("blobs"),
         node_index: BTreeMap::new(),
         pvs: BTreeMap::new(),
+        pv_files: BTreeMap::new(),
     });
     if let Some(s) = &staged
         && let Err(e) = fs::create_dir_all(&s.blobs)
@@ -465,6 +537,9 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
         roots: BTreeMap::new(),
         uncompressed: 0,
         budget,
+        limits,
+        pv_bytes: 0,
+        blob_bytes: 0,
     };
     let read: io::Result<()> = (|| {
         let mut archive = tar::Archive::new(MultiGzDecoder::new(&mut hashing));
@@ -494,6 +569,7 @@ pub fn inspect(bundle: &Path, sidecar: &Path, stage: Option<&Path>, budget: u64)
             }
             if let (Some(s), Some(path)) = (staged.as_mut(), root.path) {
                 s.pvs.insert(key.clone(), path);
+                s.pv_files.insert(key.clone(), root.files.len());
             }
         }
     }

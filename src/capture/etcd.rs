@@ -7,20 +7,22 @@ use crate::cluster::{Runtime, node};
 
 use super::CaptureError;
 
+/// Where the snapshot file is written in the node (the journal lists it, so that a killed create's copy is
+/// removed by the next command).
+pub fn copy_path(id: &str) -> String {
+    format!("/var/lib/etcd/kubectl-snapshot-{id}.db")
+}
+
 pub async fn capture(
     rt: &Runtime,
     node_name: &str,
     etcd_image: &str,
+    path: &str,
     sink: &BundleSink,
 ) -> Result<EtcdInfo, CaptureError> {
-    let id = node::etcd_container(rt, node_name).await?;
-    let file = format!("kubectl-snapshot-{}.db", crate::util::nonce());
-    let path = format!("/var/lib/etcd/{file}");
-    let mut argv: Vec<String> = vec!["crictl".into(), "exec".into(), id, "etcdctl".into()];
-    argv.extend(node::etcdctl_tls());
-    argv.extend(["snapshot".into(), "save".into(), path.clone()]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let saved = rt.run(node_name, &argv).await;
+    let file = path.rsplit('/').next().unwrap_or(path).to_owned();
+    let path = path.to_owned();
+    let saved = node::etcd_snapshot_save(rt, node_name, &path).await;
     let result = match saved {
         Ok(_) => {
             let want = file.clone();
@@ -35,7 +37,7 @@ pub async fn capture(
         Err(e) => Err(e.into()),
     };
     // The snapshot is a copy of every Secret: never leave it behind in the node.
-    let _ = rt.run(node_name, &["rm", "-f", &path]).await;
+    let _ = node::remove_all(rt, node_name, &[&path]).await;
     let summary = result?;
     let entry = summary
         .entries

@@ -1,12 +1,14 @@
 //! `create`: what is captured, in which order, and the guarantee that a quiesced cluster is resumed on every
-//! exit path (success, error, SIGINT, SIGTERM).
+//! exit path (success, error, SIGINT, SIGTERM) — and, after a SIGKILL, by `resume`, from the journals.
 //!
-//! 1. inspect: nodes (all running), Kubernetes version, platform, addons, images
+//! 1. inspect: nodes (all running), Kubernetes version, platform, addons; the cluster's lock is taken
 //! 2. etcd: hot snapshot on the bootstrap control plane (the cluster is still serving)
-//! 3. quiesce: kubelet, then containers, stopped node by node: workers first, control planes last
-//! 4. images and 5. PVs per node, streamed into the bundle
-//! 6. metadata last, archive finished, sidecar and metadata copy published, archive linked in
-//! 7. resume: control planes first, then workers; wait for etcd to run again
+//! 3. images, per node, while the cluster runs (content-addressed blobs: nothing to quiesce for)
+//! 4. quiesce by freezing (`docker pause`, workers first, control planes last): no process restarts, no pod
+//!    notices beyond the pause; where freezing fails, kubelet and containers are stopped instead, and said so
+//! 5. PVs per node, read through the archive API (it reads a frozen container's files)
+//! 6. resume: thawed in the reverse order (or kubelet started again, control planes first)
+//! 7. metadata last, archive finished, sidecar and metadata copy published, archive linked in
 
 mod addons;
 mod etcd;
@@ -22,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
+use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
 use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 
@@ -35,6 +38,8 @@ pub enum CaptureError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Store(#[from] backends::Error),
+    #[error(transparent)]
+    Lock(#[from] Box<journal::LockError>),
     #[error("{0}")]
     Invalid(String),
     #[error("{phase}: {inner}")]
@@ -45,7 +50,7 @@ pub enum CaptureError {
     #[error("interrupted by {0}; the cluster was resumed and no snapshot was written")]
     Interrupted(&'static str),
     #[error(
-        "the snapshot was written, but resuming the cluster failed: {0}\nhint: start kubelet on each node again: docker exec <node> systemctl start kubelet"
+        "resuming the cluster failed: {0}\nhint: run `kubectl snapshot resume CLUSTER`: it thaws frozen nodes and starts kubelet again"
     )]
     Resume(String),
 }
@@ -77,12 +82,26 @@ fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result
 }
 
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
+    // 1. inspect
+    let nodes = rt.nodes(&req.cluster).await?;
+    let lock = journal::begin(rt, &req.cluster, &nodes, "create")
+        .await
+        .map_err(Box::new)?;
+    let result = create_locked(rt, &req, nodes, progress, &lock.holder).await;
+    lock.release().await;
+    result
+}
+
+async fn create_locked(
+    rt: &Runtime,
+    req: &Request,
+    nodes: Vec<Node>,
+    progress: &Progress,
+    holder: &journal::Holder,
+) -> Result<Outcome, CaptureError> {
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
     let mut phases = Vec::new();
-
-    // 1. inspect
     let p = progress.phase("inspecting cluster");
-    let nodes = rt.nodes(&req.cluster).await?;
     if let Some(n) = nodes.iter().find(|n| n.state != "running") {
         return Err(ClusterError::NodeNotRunning {
             node: n.name.clone(),
@@ -125,32 +144,35 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
 
     let staged = StagedFile(req.store.staging_path(&cluster_name, &req.name));
     let sink = BundleSink::create(&staged.0, req.writer)?;
-    let quiesced: Arc<Mutex<Vec<String>>> = Arc::default();
+    let quiesced: Arc<Mutex<Quiesced>> = Arc::default();
+    let copy = etcd::copy_path(&holder.id);
+    let mut journal = Journal {
+        op: Op::Create,
+        phase: Phase::Preparing,
+        holder: holder.clone(),
+        cluster: req.cluster.clone(),
+        snapshot: req.name.to_string(),
+        quiesce: None,
+        switches: Vec::new(),
+        leftovers: vec![copy.clone()],
+    };
+    let mut warnings = Vec::new();
 
     let work = async {
-        // 2. etcd, hot
+        // 2. etcd, hot (the journal names the copy the node holds meanwhile)
         let p = progress.phase("etcd snapshot");
+        phase("etcd snapshot", journal.write(rt, &bootstrap.name).await)?;
         let etcd = phase(
             "etcd snapshot",
-            etcd::capture(rt, &bootstrap.name, &etcd_image, &sink).await,
+            etcd::capture(rt, &bootstrap.name, &etcd_image, &copy, &sink).await,
         )?;
         phases.push(p.finish());
 
-        // 3. quiesce, workers first, the bootstrap control plane last
-        let p = progress.phase("quiescing nodes");
-        let order: Vec<&Node> = workers.iter().chain(cps.iter().rev()).copied().collect();
-        for n in &order {
-            quiesced.lock().expect("quiesced list").push(n.name.clone());
-            phase("quiescing nodes", node::quiesce(rt, &n.name).await)?;
-        }
-        phases.push(p.finish());
-
-        // 4. images, per node, blobs shared
+        // 3. images, per node, blobs shared
         let p = progress.phase("exporting images");
         let mut per_node = BTreeMap::new();
         let mut blob_bytes = 0;
         let mut bundled = std::collections::HashSet::new();
-        let mut warnings = Vec::new();
         for n in kubelet_nodes(&nodes)
             .into_iter()
             .filter(|_| req.images != ImagesMode::None)
@@ -177,6 +199,33 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         lines.sort();
         let images_digest = format!("sha256:{}", hex::encode(Sha256::digest(lines.concat().as_bytes())));
         phases.push(p.finish());
+        crate::util::pause_point("create:images", None).await;
+
+        // 4. quiesce: frozen, workers first, the bootstrap control plane last
+        let p = progress.phase("quiescing nodes");
+        let order: Vec<&Node> = workers.iter().chain(cps.iter().rev()).copied().collect();
+        journal.phase = Phase::Quiesced;
+        journal.quiesce = Some(Quiesce::Pause);
+        for n in &order {
+            phase("quiescing nodes", journal.write(rt, &n.name).await)?;
+        }
+        if let Err(e) = freeze(rt, &order, &quiesced).await {
+            // A runtime that cannot freeze (rootless Podman on cgroup v1): stop instead, and say so.
+            thaw(rt, &nodes, &quiesced)
+                .await
+                .map_err(|t| CaptureError::Resume(format!("{e}; then {t}")))?;
+            warnings.push(format!(
+                "could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart"
+            ));
+            journal.quiesce = Some(Quiesce::Stop);
+            for n in &order {
+                phase("quiescing nodes", journal.write(rt, &n.name).await)?;
+                quiesced.lock().expect("quiesced list").stopped.push(n.name.clone());
+                phase("quiescing nodes", node::quiesce(rt, &n.name).await)?;
+            }
+        }
+        phases.push(p.finish());
+        crate::util::pause_point("create:quiesced", None).await;
 
         // 5. PVs
         let p = progress.phase("copying volumes");
@@ -198,7 +247,12 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         }
         phases.push(p.finish());
 
-        // 6. metadata, last entry
+        // 6. resume as soon as the volumes are read
+        let p = progress.phase("resuming cluster");
+        thaw(rt, &nodes, &quiesced).await?;
+        phases.push(p.finish());
+
+        // 7. metadata, last entry
         let p = progress.phase("writing bundle");
         let metadata = Metadata {
             schema_version: SCHEMA_VERSION,
@@ -244,7 +298,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
         let (sha256, size) = sink.finish().await?;
         phases.push(p.finish());
-        Ok::<_, CaptureError>((metadata, json, sha256, size, warnings))
+        Ok::<_, CaptureError>((metadata, json, sha256, size))
     };
 
     let result = tokio::select! {
@@ -255,13 +309,16 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         eprintln!("interrupted: resuming the cluster...");
     }
 
-    // 7. resume, whatever happened above
-    let p = progress.phase("resuming cluster");
-    let to_resume = quiesced.lock().expect("quiesced list").clone();
-    let resumed = resume(rt, &nodes, &to_resume).await;
-    phases.push(p.finish());
+    // Resumed whatever happened above; then nothing is left in the nodes.
+    let resumed = thaw(rt, &nodes, &quiesced).await;
+    if resumed.is_ok() {
+        let _ = node::remove_all(rt, &bootstrap.name, &[&copy]).await;
+        for n in kubelet_nodes(&nodes) {
+            let _ = Journal::remove(rt, &n.name).await;
+        }
+    }
 
-    let (metadata, json, sha256, size, warnings) = result?;
+    let (metadata, json, sha256, size) = result?;
     let file_name = req
         .store
         .paths(&cluster_name, &req.name)
@@ -315,6 +372,51 @@ pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CaptureError::Resume(errors.join("; ")))
+    }
+}
+
+/// The nodes quiesced so far, and how.
+#[derive(Default)]
+struct Quiesced {
+    frozen: Vec<String>,
+    stopped: Vec<String>,
+}
+
+/// Pauses each node in `order`, recording each before it is paused.
+async fn freeze(rt: &Runtime, order: &[&Node], quiesced: &Mutex<Quiesced>) -> Result<(), ClusterError> {
+    for n in order {
+        quiesced.lock().expect("quiesced list").frozen.push(n.name.clone());
+        rt.pause(&n.name).await?;
+    }
+    Ok(())
+}
+
+/// Thaws the frozen nodes in the reverse order and starts the stopped ones again; idempotent (each node is
+/// taken off the list once resumed).
+async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>) -> Result<(), CaptureError> {
+    let (frozen, stopped) = {
+        let mut q = quiesced.lock().expect("quiesced list");
+        (std::mem::take(&mut q.frozen), std::mem::take(&mut q.stopped))
+    };
+    let mut errors = Vec::new();
+    for n in frozen.iter().rev() {
+        match rt.pause_state(n).await {
+            Ok(true) => {
+                if let Err(e) = rt.unpause(n).await {
+                    errors.push(format!("{n}: {e}"));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => errors.push(format!("{n}: {e}")),
+        }
+    }
+    if let Err(e) = resume(rt, nodes, &stopped).await {
+        errors.push(e.to_string());
     }
     if errors.is_empty() {
         Ok(())

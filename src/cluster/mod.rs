@@ -3,6 +3,7 @@
 //! through the archive API. What is done with the nodes lives in `capture` (and `restore`); nothing outside
 //! this module talks to bollard.
 
+pub mod journal;
 pub mod node;
 mod resolve;
 
@@ -168,15 +169,19 @@ pub struct Runtime {
 
 impl Runtime {
     /// Connects as kind would: `KIND_EXPERIMENTAL_PROVIDER` (docker, podman) picks the runtime, `DOCKER_HOST`
-    /// the socket. Without a provider set, Docker is tried first and then Podman's socket, like kind.
+    /// the socket. An explicit choice (either variable) means that daemon and no other: unreachable, it is an
+    /// error naming it. With neither set, Docker's default socket is tried first and then Podman's, like kind.
+    /// The provider recorded is what the daemon says it is.
     pub async fn connect() -> Result<Self, ClusterError> {
         let explicit = std::env::var("KIND_EXPERIMENTAL_PROVIDER")
             .ok()
             .filter(|s| !s.is_empty());
+        let host_set = std::env::var_os("DOCKER_HOST").is_some_and(|h| !h.is_empty());
         match explicit.as_deref() {
             Some("docker") => Self::connect_as("docker").await,
             Some("podman") => Self::connect_as("podman").await,
             Some(other) => Err(ClusterError::UnsupportedProvider(other.to_owned())),
+            None if host_set => Self::connect_as("docker").await,
             None => match Self::connect_as("docker").await {
                 Ok(rt) => Ok(rt),
                 Err(docker_err) => Self::connect_as("podman").await.map_err(|_| docker_err),
@@ -185,13 +190,17 @@ impl Runtime {
     }
 
     async fn connect_as(provider: &str) -> Result<Self, ClusterError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into());
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("DOCKER_HOST={h}"))
+            .unwrap_or_else(|| "the default socket".into());
         let err = |cause| ClusterError::Connect {
             provider: provider.to_owned(),
             host: host.clone(),
             cause,
         };
-        let docker = if provider == "podman" {
+        let docker = if provider == "podman" && std::env::var_os("DOCKER_HOST").is_none() {
             #[cfg(unix)]
             {
                 Docker::connect_with_podman_defaults().map_err(err)?
@@ -205,9 +214,16 @@ impl Runtime {
         };
         let docker = docker.negotiate_version().await.map_err(err)?;
         docker.ping().await.map_err(err)?;
+        // What answered: Podman's Docker-compatible API names itself in its components.
+        let podman = docker.version().await.ok().is_some_and(|v| {
+            v.components
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.name.to_ascii_lowercase().contains("podman"))
+        });
         Ok(Self {
             docker,
-            provider: provider.to_owned(),
+            provider: if podman { "podman" } else { "docker" }.to_owned(),
         })
     }
 
@@ -429,6 +445,32 @@ feeding standard input: {e}"
             ))
             .into()),
         }
+    }
+
+    /// Freezes every process of a node (the cgroup freezer: `docker pause`). The archive API still reads
+    /// its files; exec does not run until [`Runtime::unpause`].
+    pub async fn pause(&self, node: &str) -> Result<(), ClusterError> {
+        self.docker
+            .pause_container(node)
+            .await
+            .map_err(Self::rt_err(format!("pausing node {node}")))
+    }
+
+    /// Whether a node is paused.
+    pub async fn pause_state(&self, node: &str) -> Result<bool, ClusterError> {
+        let info = self
+            .docker
+            .inspect_container(node, None)
+            .await
+            .map_err(Self::rt_err(format!("inspecting node {node}")))?;
+        Ok(info.state.and_then(|s| s.paused).unwrap_or(false))
+    }
+
+    pub async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
+        self.docker
+            .unpause_container(node)
+            .await
+            .map_err(Self::rt_err(format!("unpausing node {node}")))
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).

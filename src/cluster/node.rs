@@ -359,7 +359,29 @@ pub async fn content_fetch(
 }
 
 /// Argv importing an OCI archive from stdin the way kind loads images (kind nodeutils.LoadImageArchive).
-pub fn import_argv(snapshotter: &str, all_platforms: bool) -> Vec<String> {
+/// Imports an OCI archive into the k8s.io namespace (what `kind load` does). `archive` makes the stream for
+/// each attempt: first with `--all-platforms`; when containerd then misses a blob of another platform (a
+/// snapshot holds only the node's platform), again for the node's platform only.
+pub async fn import_images<F, R>(rt: &Runtime, node: &str, snapshotter: &str, archive: F) -> Result<(), ClusterError>
+where
+    F: Fn() -> R,
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let first = import_argv(snapshotter, true);
+    let first: Vec<&str> = first.iter().map(String::as_str).collect();
+    match rt.run_with_stdin(node, &first, archive()).await {
+        Ok(_) => Ok(()),
+        // containerd's import: "content digest sha256:…: not found" for a platform's blobs not in the archive.
+        Err(ClusterError::Exec(e)) if e.stderr.contains("content digest") => {
+            let second = import_argv(snapshotter, false);
+            let second: Vec<&str> = second.iter().map(String::as_str).collect();
+            rt.run_with_stdin(node, &second, archive()).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn import_argv(snapshotter: &str, all_platforms: bool) -> Vec<String> {
     let mut argv = argv_of(&["ctr", "--namespace=k8s.io", "images", "import"]);
     if all_platforms {
         argv.push("--all-platforms".into());
@@ -386,6 +408,12 @@ async fn etcd_exec(rt: &Runtime, node: &str, id: &str, args: &[String]) -> Resul
     let mut argv = vec!["crictl", "exec", id];
     argv.extend(args.iter().map(String::as_str));
     rt.run(node, &argv).await
+}
+
+/// `etcdctl snapshot save PATH` inside the node's etcd container: a consistent snapshot taken while etcd
+/// serves. PATH must be under /var/lib/etcd, the one directory the container shares with the node.
+pub async fn etcd_snapshot_save(rt: &Runtime, node: &str, path: &str) -> Result<(), ClusterError> {
+    etcdctl(rt, node, &["snapshot", "save", path]).await.map(|_| ())
 }
 
 /// `etcdctl` with TLS, inside the node's etcd container.
@@ -602,6 +630,147 @@ fn parse_manifest_flags(manifest: &str) -> HashMap<String, String> {
             Some((k.to_owned(), v.trim().trim_matches('"').to_owned()))
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// files and directories: POSIX tools every kind node has (coreutils in kindest/node), and the archive API
+// where the node may be paused (it reads and writes a paused container's filesystem; exec cannot).
+
+/// Where kubectl-snapshot keeps its lock and journal in a node: on the node's /var volume, which survives a
+/// restart of the node container.
+pub const STATE_DIR: &str = "/var/lib/kubectl-snapshot";
+
+/// Reads a small file through the archive API, whatever the node's state (paused included). `None` if absent.
+pub async fn read_small_file(
+    rt: &Runtime,
+    node: &str,
+    path: &str,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ClusterError> {
+    if !rt.path_exists(node, path).await? {
+        return Ok(None);
+    }
+    let mut tar = Vec::new();
+    let read = tokio::io::AsyncReadExt::read_to_end(
+        &mut tokio::io::AsyncReadExt::take(rt.copy_out(node, path), (max + 64 * 1024) as u64),
+        &mut tar,
+    )
+    .await;
+    let fail = |why: String| -> ClusterError {
+        ExecError {
+            node: node.into(),
+            command: vec![format!("(archive API) read {path}")],
+            code: None,
+            stdout: String::new(),
+            stderr: why,
+        }
+        .into()
+    };
+    if let Err(e) = read {
+        // Removed between the check and the copy: absent.
+        return if rt.path_exists(node, path).await? {
+            Err(fail(e.to_string()))
+        } else {
+            Ok(None)
+        };
+    }
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let entries = archive.entries().map_err(|e| fail(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| fail(e.to_string()))?;
+        if entry.header().entry_type().is_file() {
+            if entry.size() > max as u64 {
+                return Err(fail(format!("{path} is larger than {max} bytes")));
+            }
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut out).map_err(|e| fail(e.to_string()))?;
+            return Ok(Some(out));
+        }
+    }
+    Err(fail(format!("{path} is not a regular file")))
+}
+
+/// Writes a file in a running node atomically: written beside it, then renamed over it.
+pub async fn write_file(rt: &Runtime, node: &str, path: &str, bytes: Vec<u8>) -> Result<(), ClusterError> {
+    let dir = path
+        .rsplit_once('/')
+        .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
+    let tmp = format!("{path}.tmp-{}", crate::util::nonce());
+    let script = r#"mkdir -p "$1" && cat > "$2" && mv -f "$2" "$3""#;
+    rt.run_with_stdin(
+        node,
+        &["sh", "-c", script, "sh", dir, &tmp, path],
+        std::io::Cursor::new(bytes),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Replaces a file through the archive API: works while the node is paused, but is not atomic (readers must
+/// tolerate a missing or partial file for a moment).
+pub async fn put_file(rt: &Runtime, node: &str, dir: &str, name: &str, bytes: Vec<u8>) -> Result<(), ClusterError> {
+    let name = name.to_owned();
+    let stream = crate::restore::tar_stream(move |b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &name, bytes.as_slice())
+    });
+    rt.copy_in(node, dir, stream).await
+}
+
+/// `mkdir` that fails if the directory exists (atomic: the lock primitive). Parents are created first.
+/// Returns whether this call created it.
+pub async fn mkdir_exclusive(rt: &Runtime, node: &str, path: &str) -> Result<bool, ClusterError> {
+    if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
+        rt.run(node, &["mkdir", "-p", parent]).await?;
+    }
+    let argv = ["mkdir", path];
+    let out = rt.exec(node, &argv).await?;
+    if out.code == 0 {
+        return Ok(true);
+    }
+    if rt.path_exists(node, path).await? {
+        return Ok(false);
+    }
+    Err(ExecError {
+        node: node.into(),
+        command: argv_of(&argv),
+        code: Some(out.code),
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+    .into())
+}
+
+/// Renames `from` to `to` (one `rename(2)`: both on the same filesystem). `-T`: never moves `from` *into* an
+/// existing directory `to` (coreutils and busybox both refuse or replace only an empty one).
+pub async fn rename(rt: &Runtime, node: &str, from: &str, to: &str) -> Result<(), ClusterError> {
+    rt.run(node, &["mv", "-T", from, to]).await.map(|_| ())
+}
+
+/// `mkdir -p`.
+pub async fn mkdir_p(rt: &Runtime, node: &str, path: &str) -> Result<(), ClusterError> {
+    rt.run(node, &["mkdir", "-p", path]).await.map(|_| ())
+}
+
+/// `rm -rf` of each path (absent paths are fine).
+pub async fn remove_all(rt: &Runtime, node: &str, paths: &[&str]) -> Result<(), ClusterError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut argv = vec!["rm", "-rf", "--"];
+    argv.extend_from_slice(paths);
+    rt.run(node, &argv).await.map(|_| ())
+}
+
+/// Regular files under `path` (a name with a newline counts more than once, never less).
+pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, ClusterError> {
+    let argv = ["sh", "-c", r#"find "$1" -type f | wc -l"#, "sh", path];
+    let out = rt.run(node, &argv).await?;
+    out.trim().parse().map_err(|e| unreadable(node, &argv, &out, e))
 }
 
 #[cfg(test)]

@@ -106,9 +106,9 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             metadata: &out.metadata,
             warnings: &out.warnings,
         };
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        crate::util::out!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!(
+        crate::util::out!(
             "Created snapshot {:?} (size: {}, k8s: {}) at {}",
             name.as_str(),
             human_bytes(out.size),

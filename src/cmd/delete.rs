@@ -49,8 +49,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     for n in &names {
         delete_snapshot(ctx, &cluster, n, remote.as_deref()).await?;
         match &remote {
-            Some(r) => println!("Deleted snapshot {:?} from {}", n.as_str(), r.describe()),
-            None => println!("Deleted snapshot {:?}", n.as_str()),
+            Some(r) => crate::util::out!("Deleted snapshot {:?} from {}", n.as_str(), r.describe()),
+            None => crate::util::out!("Deleted snapshot {:?}", n.as_str()),
         }
     }
     Ok(())

@@ -165,8 +165,9 @@ pub fn cluster_and_snapshot<'a>(args: &'a [String], command: &str) -> Result<(Op
     }
 }
 
+/// A snapshot name from the command line: an invalid one is a usage error (exit 2).
 pub fn snapshot_name(s: &str) -> Result<SnapshotName> {
-    Ok(SnapshotName::new(s)?)
+    SnapshotName::new(s).map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// Prints `value` as JSON or YAML on stdout.

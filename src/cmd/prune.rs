@@ -134,7 +134,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         human_bytes(del_bytes),
         if del_count == 1 { "" } else { "s" }
     ));
-    print!("{out}");
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     std::io::stdout().flush()?;
     if del_count == 0 || args.dry_run {
         return Ok(());
@@ -154,7 +154,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     for (info, why) in infos.iter().zip(&reasons) {
         if !why.is_empty() {
             delete_snapshot(ctx, &cluster, &info.name, remote.as_deref()).await?;
-            println!("Deleted snapshot {:?}", info.name.as_str());
+            crate::util::out!("Deleted snapshot {:?}", info.name.as_str());
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
     let local = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
-    println!(
+    crate::util::out!(
         "Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified)",
         name.as_str(),
         cluster.as_str(),

@@ -20,7 +20,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
     push_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
-    println!(
+    crate::util::out!(
         "Pushed snapshot {:?} of cluster {:?} to {}",
         name.as_str(),
         cluster.as_str(),

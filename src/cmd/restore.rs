@@ -1,7 +1,7 @@
 //! `kubectl snapshot restore [CLUSTER] SNAPSHOT [--json] [--min-free-space SIZE]`
 //!
-//! A hard overwrite by design: no --yes, no automatic rollback. Nothing changes unless every pre-flight check
-//! passes.
+//! A hard overwrite by design (no --yes), and all-or-nothing: nothing changes unless every pre-flight check
+//! passes, and etcd and volumes end up both from the snapshot or both as they were.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -73,7 +73,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
                     outcome: None,
                     error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()),
                 };
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                crate::util::out!("{}", serde_json::to_string_pretty(&out)?);
             }
             return Err(RestoreError::Preflight(checks).into());
         }
@@ -112,21 +112,27 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             outcome,
             error,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::util::out!("{}", serde_json::to_string_pretty(&out)?);
     }
     let outcome = result?;
     if !args.json {
-        println!(
+        crate::util::out!(
             "Restored snapshot {:?} onto cluster {:?} in {:.1}s",
             name.as_str(),
             cluster,
             started.elapsed().as_secs_f64()
         );
         for (node, dir) in &outcome.previous_etcd_data {
-            println!("  previous etcd data of {node} kept in {dir}");
+            crate::util::out!("  previous etcd data of {node} kept in {dir}");
+        }
+        for (node, dirs) in &outcome.previous_volumes {
+            crate::util::out!("  previous volumes of {node} kept in {}", dirs.join(", "));
+        }
+        if !outcome.previous_etcd_data.is_empty() {
+            crate::util::out!("  to put the previous data back: kubectl snapshot resume {cluster} --rollback");
         }
         for (node, imgs) in &outcome.imported_images {
-            println!(
+            crate::util::out!(
                 "  re-imported {} image{} on {node}",
                 imgs.len(),
                 if imgs.len() == 1 { "" } else { "s" }

@@ -1,34 +1,35 @@
-//! `kubectl snapshot resume [CLUSTER]`: starts kubelet again on every node of a cluster left quiesced (by a
-//! failed restore, or a create that was killed), control planes first, and waits for etcd.
+//! `kubectl snapshot resume [CLUSTER] [--rollback]`: brings a cluster back after an interrupted or failed
+//! operation, from the journal each node keeps: thaws nodes a killed `create` left frozen, completes a restore
+//! that had committed (or removes what an uncommitted one staged), and starts kubelet everywhere, control
+//! planes first. `--rollback` puts back the etcd data and volumes from before the last restore.
 
 use anyhow::Result;
 
 use super::Ctx;
-use crate::capture;
+use crate::restore::recover;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Cluster to resume (default: KIND_CLUSTER_NAME, else the only kind cluster).
     pub cluster: Option<String>,
+    /// Undo the last restore instead: the previous etcd data and volumes (kept aside by it) go back.
+    #[arg(long)]
+    pub rollback: bool,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
-    let nodes = rt.nodes(&cluster).await?;
-    if let Some(n) = nodes.iter().find(|n| n.state != "running") {
-        anyhow::bail!(
-            "node {} is {}; start it first (docker start {})",
-            n.name,
-            n.state,
-            n.name
-        );
+    let report = recover::resume(&rt, &cluster, args.rollback).await?;
+    if args.json {
+        crate::util::out!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
     }
-    // kind's external load balancer runs no kubelet: it is left alone.
-    let all: Vec<String> = crate::cluster::kubelet_nodes(&nodes)
-        .into_iter()
-        .map(|n| n.name.clone())
-        .collect();
-    capture::resume(&rt, &nodes, &all).await?;
-    println!("Resumed cluster {cluster:?} ({} nodes)", nodes.len());
+    for a in &report.actions {
+        crate::util::out!("  {a}");
+    }
+    crate::util::out!("Resumed cluster {cluster:?}");
     Ok(())
 }

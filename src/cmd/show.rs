@@ -135,6 +135,6 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         out.push_str("Images By Reference (not in the bundle; pulled by the kubelet after a restore):\n");
         out.extend(by_ref);
     }
-    print!("{out}");
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! HA-safe etcd restore, per control plane: the snapshot is copied into /var/lib/etcd (the directory the etcd
 //! container shares with the node), restored with a tool of the etcd container itself (found in pre-flight:
 //! etcdutl, a 3.5 etcdctl, or a bundled `etcdctl-3.5.x`) into a new directory while etcd still runs, and — once
-//! the cluster is quiesced — swapped in by rename, the old data kept aside. Every member gets the same
-//! `--initial-cluster` and one fresh `--initial-cluster-token`.
+//! the cluster is quiesced — switched in by rename, the old data kept aside (see `cluster::journal`). The
+//! restore tool can only write inside /var/lib/etcd (the one directory the etcd container shares with the
+//! node), so the restored directory is then moved out beside it, where the switch expects it. Every member
+//! gets the same `--initial-cluster` and one fresh `--initial-cluster-token`.
 //!
 //! The restored revision is bumped past every revision the live cluster may have handed out since the
 //! snapshot (`--bump-revision` with `--mark-compacted`, etcd ≥ 3.5.10), so watchers outside the cluster —
@@ -16,7 +18,22 @@ use crate::cluster::node::{self, RestoreArgs, RestoreTool};
 
 use super::{RestoreError, tar_stream};
 
-pub const STAGED_DB: &str = "kubectl-snapshot-restore.db";
+pub const LIVE: &str = "/var/lib/etcd";
+
+/// Where the snapshot file is copied for the restore tool.
+pub fn staged_db(id: &str) -> String {
+    format!("{LIVE}/kubectl-snapshot-restore-{id}.db")
+}
+
+/// Where the restore tool writes (inside the directory the etcd container shares with the node).
+pub fn side_dir(id: &str) -> String {
+    format!("{LIVE}/.kubectl-snapshot-restored-{id}")
+}
+
+/// Where the restored data waits for the switch: beside /var/lib/etcd, on the same filesystem.
+pub fn staged_dir(id: &str) -> String {
+    format!("{LIVE}.kubectl-snapshot-new-{id}")
+}
 
 /// Revisions added on top of the live revision: room for every write between measuring it and quiescing.
 /// The value Kubernetes' etcd restore guidance uses (1,000,000,000); revisions are int64, so even thousands
@@ -55,13 +72,14 @@ pub struct Plan<'a> {
     pub db: &'a Path,
     pub initial_cluster: &'a str,
     pub token: &'a str,
-    pub side_dir: &'a str,
+    /// The operation's id: names the staged files.
+    pub id: &'a str,
     /// The highest revision the live cluster reported before the restore.
     pub live_revision: i64,
 }
 
-/// Copies the snapshot in and restores it into the side directory (inside /var/lib/etcd) while etcd runs.
-/// Returns the revision bump applied (`None` where the tool cannot bump).
+/// Copies the snapshot in, restores it into the side directory (inside /var/lib/etcd) while etcd runs, and
+/// moves the result to [`staged_dir`]. Returns the revision bump applied (`None` where the tool cannot bump).
 pub async fn prepare(
     rt: &Runtime,
     m: &Member,
@@ -69,16 +87,17 @@ pub async fn prepare(
     plan: &Plan<'_>,
 ) -> Result<Option<u64>, RestoreError> {
     let db = plan.db.to_owned();
+    let staged = staged_db(plan.id);
+    let name = staged.rsplit('/').next().unwrap_or_default().to_owned();
     let stream = tar_stream(move |b| {
         let mut f = std::fs::File::open(&db)?;
         let mut h = tar::Header::new_gnu();
         h.set_size(f.metadata()?.len());
         h.set_mode(0o600);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, STAGED_DB, &mut f)
+        b.append_data(&mut h, &name, &mut f)
     });
-    rt.copy_in(&m.node, "/var/lib/etcd", stream).await?;
-    let staged = format!("/var/lib/etcd/{STAGED_DB}");
+    rt.copy_in(&m.node, LIVE, stream).await?;
     let bump = if tool.bump_revision {
         let snapshot_revision = node::etcd_snapshot_revision(rt, &m.node, tool, &staged).await?;
         Some(((plan.live_revision - snapshot_revision).max(0) + REVISION_MARGIN) as u64)
@@ -87,7 +106,7 @@ pub async fn prepare(
     };
     let args = RestoreArgs {
         snapshot: &staged,
-        data_dir: plan.side_dir,
+        data_dir: &side_dir(plan.id),
         name: &m.name,
         initial_cluster: plan.initial_cluster,
         token: plan.token,
@@ -95,27 +114,7 @@ pub async fn prepare(
         bump_revision: bump,
     };
     node::etcd_restore(rt, &m.node, tool, &args).await?;
+    node::remove_all(rt, &m.node, &[&staged]).await?;
+    node::rename(rt, &m.node, &side_dir(plan.id), &staged_dir(plan.id)).await?;
     Ok(bump)
-}
-
-/// Swaps the restored directory in (all renames within the /var volume) and keeps the old data as `old_dir`.
-pub async fn swap(rt: &Runtime, node_name: &str, side_dir: &str, old_dir: &str) -> Result<(), RestoreError> {
-    let script = format!(
-        "set -e; mv '{side_dir}' /var/lib/etcd.kubectl-snapshot-new; mv /var/lib/etcd '{old_dir}'; \
-         mv /var/lib/etcd.kubectl-snapshot-new /var/lib/etcd; rm -f '{old_dir}/{STAGED_DB}'"
-    );
-    rt.run(node_name, &["sh", "-c", &script])
-        .await
-        .map(|_| ())
-        .map_err(Into::into)
-}
-
-/// Removes what [`prepare`] left behind (when restore stops before the swap).
-pub async fn discard(rt: &Runtime, node_name: &str, side_dir: &str) {
-    let _ = rt
-        .run(
-            node_name,
-            &["rm", "-rf", side_dir, &format!("/var/lib/etcd/{STAGED_DB}")],
-        )
-        .await;
 }

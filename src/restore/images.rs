@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::bundle::extract::Staged;
 use crate::bundle::metadata::NodeImages;
+use crate::cluster::Runtime;
 use crate::cluster::node;
-use crate::cluster::{ClusterError, Runtime};
 use crate::oci;
 
 use super::{RestoreError, tar_stream};
@@ -78,8 +78,8 @@ pub async fn restore_node(
     }))
     .map_err(|e| RestoreError::Invalid(e.to_string()))?;
     let snap = node::containerd_config(rt, node_name).await?.snapshotter;
-    let import = |all_platforms: bool| node::import_argv(&snap, all_platforms);
-    let archive = |index: Vec<u8>, blobs: BTreeSet<String>, dir: std::path::PathBuf| {
+    let archive = || {
+        let (index, blobs, dir) = (index.clone(), blobs.clone(), staged.blobs.clone());
         tar_stream(move |b| {
             append_bytes(b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
             append_bytes(b, "index.json", &index)?;
@@ -89,25 +89,7 @@ pub async fn restore_node(
             Ok(())
         })
     };
-    let first = import(true);
-    let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    match rt
-        .run_with_stdin(
-            node_name,
-            &first,
-            archive(index.clone(), blobs.clone(), staged.blobs.clone()),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(ClusterError::Exec(e)) if e.stderr.contains("content digest") => {
-            let second = import(false);
-            let second: Vec<&str> = second.iter().map(String::as_str).collect();
-            rt.run_with_stdin(node_name, &second, archive(index, blobs, staged.blobs.clone()))
-                .await?;
-        }
-        Err(e) => return Err(e.into()),
-    }
+    node::import_images(rt, node_name, &snap, archive).await?;
     Ok(missing.into_iter().collect())
 }
 

@@ -1,20 +1,23 @@
-//! `restore`: a hard overwrite of a running cluster with a snapshot, only after the pre-flight gauntlet passed.
+//! `restore`: a hard overwrite of a running cluster with a snapshot, only after the pre-flight gauntlet passed,
+//! and all-or-nothing: etcd and the volumes end up both from the snapshot or both as they were.
 //!
-//! 1. pre-flight (no mutation): the bundle is read once — integrity against the sidecar, every entry validated,
-//!    what restore needs staged on the host — and the live cluster is checked against the snapshot's metadata
-//!    (running, disk space, Kubernetes version, topology, addons, platform). All violations are reported at once.
-//! 2. while the cluster still runs, in parallel: etcd restored into a side directory on every control plane,
-//!    and images the nodes lack re-imported (what `kind load` does: harmless to a running cluster)
-//! 3. quiesce, 4. etcd data swapped in by rename (old data kept aside), 5. PVs replaced,
+//! 1. pre-flight (no mutation), under the cluster's lock: the bundle is read once — integrity against the
+//!    sidecar, every entry validated, what restore needs staged on the host — and the live cluster is checked
+//!    against the snapshot's metadata. All violations are reported at once.
+//! 2. a journal in every node records each rename to come; then, while the cluster still runs: etcd restored
+//!    beside /var/lib/etcd on every control plane, each PV root extracted beside itself and checked, missing
+//!    images imported. A failure or a signal here removes what was staged: nothing live changed.
+//! 3. commit (the journals say so; the lock node's last), 4. quiesce, 5. switch: per path, the live data is
+//!    renamed aside and the staged data renamed in. A failure rolls every node back; SIGINT/SIGTERM from the
+//!    commit on let the restore complete. A SIGKILL leaves the journals: `resume` completes a committed restore
+//!    and undoes an uncommitted one; `resume --rollback` puts the previous data back after a completed one.
 //! 6. resume, then wait until every member is healthy and all agree on the membership.
-//!
-//! No auto-rollback: if a step after quiescing fails, the cluster stays quiesced and the error says how to
-//! resume it.
 
 mod etcd;
 mod images;
 pub mod preflight;
 mod pvs;
+pub mod recover;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -26,8 +29,10 @@ use tokio::io::AsyncRead;
 use crate::bundle::Metadata;
 use crate::bundle::extract::{self, Staged};
 use crate::capture;
+use crate::cluster::journal::{self, Holder, Journal, LockError, Op, Phase, Quiesce, Switch};
 use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
+use crate::util::Signals;
 
 pub use preflight::Check;
 
@@ -36,6 +41,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
     Store(#[from] backends::Error),
     #[error(transparent)]
     Capture(#[from] crate::capture::CaptureError),
@@ -43,22 +50,37 @@ pub enum RestoreError {
     Invalid(String),
     #[error("pre-flight failed; nothing was changed:\n{}", list(.0))]
     Preflight(Vec<Check>),
+    #[error("interrupted by {signal}: {state}")]
+    Interrupted { signal: &'static str, state: String },
     #[error(
-        "restore failed while {step}: {inner}\nthe cluster was not quiesced; its etcd data and volumes are unchanged"
+        "restore failed while {step}: {inner}\nnothing was changed: the cluster kept running with its etcd data and volumes, and what was staged was removed"
     )]
     BeforeMutation {
         step: &'static str,
         inner: Box<RestoreError>,
     },
     #[error(
-        "restore failed while {step}: {inner}\nthe cluster is left quiesced{kept}; there is no automatic rollback\nrun \"kubectl snapshot resume {cluster}\" to restart"
+        "restore failed while {step}: {inner}\nrolled back: etcd data and volumes are as they were before the restore, and the cluster was restarted"
+    )]
+    RolledBack {
+        step: &'static str,
+        inner: Box<RestoreError>,
+    },
+    #[error(
+        "restore failed while {step}: {inner}\nrolling back failed too: {rollback}\nthe cluster is left quiesced; the journal in each node ({}) records every path\nrun \"kubectl snapshot resume {cluster}\" to complete the restore, or \"kubectl snapshot resume {cluster} --rollback\" to put the previous data back",
+        nodes.join(", ")
     )]
     Mutation {
         step: &'static str,
         cluster: String,
-        kept: String,
         inner: Box<RestoreError>,
+        rollback: String,
+        nodes: Vec<String>,
     },
+    #[error(
+        "etcd data and volumes were switched to the snapshot, but the cluster did not come back: {inner}\nrun \"kubectl snapshot resume {cluster}\" to retry, or \"kubectl snapshot resume {cluster} --rollback\" to put the previous data back"
+    )]
+    Unhealthy { cluster: String, inner: Box<RestoreError> },
 }
 
 fn list(checks: &[Check]) -> String {
@@ -84,6 +106,8 @@ pub struct Outcome {
     pub phases: Vec<PhaseRecord>,
     /// Control plane → where its previous etcd data was kept.
     pub previous_etcd_data: BTreeMap<String, String>,
+    /// Node → where its previous volume roots were kept.
+    pub previous_volumes: BTreeMap<String, Vec<String>>,
     /// Node → images that were missing and re-imported.
     pub imported_images: BTreeMap<String, Vec<String>>,
     pub restored_volumes: usize,
@@ -122,21 +146,10 @@ impl Drop for StagingDir {
     }
 }
 
+/// Free bytes for an unprivileged user on the filesystem holding `path` (statvfs); 0 when it cannot be read,
+/// so that staging refuses rather than fills a disk.
 fn host_free(path: &std::path::Path) -> u64 {
-    // statvfs without unsafe code: ask df, which every supported host has.
-    std::process::Command::new("df")
-        .args(["-Pk"])
-        .arg(path)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .nth(1)
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(u64::MAX, |kb| kb * 1024)
+    rustix::fs::statvfs(path).map_or(0, |v| v.f_bavail.saturating_mul(v.f_frsize))
 }
 
 pub async fn restore(
@@ -145,13 +158,33 @@ pub async fn restore(
     progress: &Progress,
     checks_out: &mut Vec<Check>,
 ) -> Result<Outcome, RestoreError> {
+    // From here on SIGINT and SIGTERM no longer kill the process: each step finishes or is undone.
+    let signals = Signals::install();
     let cluster_name = ClusterName::new(&req.cluster)?;
     let snap = req.store.get(&cluster_name, &req.name)?;
+    let nodes = rt.nodes(&req.cluster).await?;
+    let lock = journal::begin(rt, &req.cluster, &nodes, "restore").await?;
+    let result = restore_locked(rt, &req, snap, nodes, progress, checks_out, &signals, &lock.holder).await;
+    lock.release().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_locked(
+    rt: &Runtime,
+    req: &Request,
+    snap: backends::LocalSnapshot,
+    nodes: Vec<Node>,
+    progress: &Progress,
+    checks_out: &mut Vec<Check>,
+    signals: &Signals,
+    holder: &Holder,
+) -> Result<Outcome, RestoreError> {
+    let cluster_name = ClusterName::new(&req.cluster)?;
     let mut phases = Vec::new();
 
     // 1. pre-flight
     let p = progress.phase("pre-flight checks");
-    let nodes = rt.nodes(&req.cluster).await?;
     // The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side. Staging is
     // written during the pass and removed again if any check fails.
     let stage_root = req
@@ -161,12 +194,24 @@ pub async fn restore(
     let staging = StagingDir(stage_root.clone());
     let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
     let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
-    let pass = tokio::task::spawn_blocking(move || extract::inspect(&bundle, &sidecar, Some(&stage_root), budget));
-    let (live, pass) = tokio::join!(preflight::gather(rt, nodes.clone()), pass);
-    let (insp, staged) = pass.map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
     let copy = std::fs::read(&snap.paths.metadata)
         .ok()
         .and_then(|b| Metadata::from_json(&b).ok());
+    // The sizes the snapshot declares bound what is read and staged. They come from the metadata copy beside
+    // the bundle, else from a first pass that reads the bundle's own metadata without staging anything.
+    let limits = copy.as_ref().map(extract::Limits::declared);
+    let pass = tokio::task::spawn_blocking(move || {
+        let limits = limits.or_else(|| {
+            extract::inspect(&bundle, &sidecar, None, u64::MAX, None)
+                .0
+                .metadata
+                .as_ref()
+                .map(extract::Limits::declared)
+        });
+        extract::inspect(&bundle, &sidecar, Some(&stage_root), budget, limits)
+    });
+    let (live, pass) = tokio::join!(preflight::gather(rt, nodes.clone()), pass);
+    let (insp, staged) = pass.map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
     let mut checks = match &copy {
         Some(m) => preflight::compat(m, &live, req.min_free),
         None => Vec::new(),
@@ -222,43 +267,279 @@ pub async fn restore(
     if checks.iter().any(|c| !c.ok) {
         return Err(RestoreError::Preflight(checks));
     }
+    if let Some(signal) = signals.pending() {
+        return Err(RestoreError::Interrupted {
+            signal,
+            state: "nothing was changed".into(),
+        });
+    }
     let _ = &staging;
-    mutate(rt, &req, &meta, &staged, &live, progress, checks, phases).await
+    let job = Job {
+        rt,
+        req,
+        meta: &meta,
+        staged: &staged,
+        live: &live,
+        progress,
+        signals,
+        holder,
+    };
+    mutate(job, checks, phases).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn mutate(
-    rt: &Runtime,
-    req: &Request,
-    meta: &Metadata,
-    staged: &Staged,
-    live: &preflight::Live,
-    progress: &Progress,
-    checks: Vec<Check>,
-    mut phases: Vec<PhaseRecord>,
-) -> Result<Outcome, RestoreError> {
+/// What the mutation needs, gathered once pre-flight passed.
+struct Job<'a> {
+    rt: &'a Runtime,
+    req: &'a Request,
+    meta: &'a Metadata,
+    staged: &'a Staged,
+    live: &'a preflight::Live,
+    progress: &'a Progress,
+    signals: &'a Signals,
+    holder: &'a Holder,
+}
+
+async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) -> Result<Outcome, RestoreError> {
+    let Job {
+        rt,
+        req,
+        meta,
+        staged,
+        live,
+        progress,
+        signals,
+        holder,
+    } = job;
     let nodes = live.nodes.as_slice();
     let cluster = req.cluster.clone();
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
-    let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
+    let kubelet: Vec<&Node> = kubelet_nodes(nodes);
+    let id = holder.id.clone();
     let token = format!("kubectl-snapshot-{}", jiff::Timestamp::now().as_nanosecond());
-    let side = format!("/var/lib/etcd/.kubectl-snapshot-restored-{}", crate::util::nonce());
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-    let old_dir = format!("/var/lib/etcd.old-{stamp}");
+    let old_etcd = format!("{}.old-{stamp}", etcd::LIVE);
     let before = |step, e: RestoreError| RestoreError::BeforeMutation {
         step,
         inner: Box::new(e),
     };
 
-    // 2. while the cluster still runs, in parallel: etcd restored into a side directory on every control
-    //    plane, and missing images imported on every node (adding an image is what `kind load` does)
-    let p = progress.phase("preparing etcd, importing images");
+    // 2. plan every rename, and record it in each node's journal before anything is staged
+    let p = progress.phase("preparing etcd, volumes and images");
+    let mut journals: BTreeMap<String, Journal> = BTreeMap::new();
+    for n in &kubelet {
+        let mut switches = Vec::new();
+        let mut leftovers = Vec::new();
+        if n.role == Role::ControlPlane {
+            switches.push(Switch {
+                live: etcd::LIVE.into(),
+                staged: Some(etcd::staged_dir(&id)),
+                aside: old_etcd.clone(),
+                had_live: true,
+            });
+            leftovers.extend([etcd::side_dir(&id), etcd::staged_db(&id)]);
+        }
+        let pv = pvs::plan(rt, &n.name, &staged.pvs, &id, &stamp)
+            .await
+            .map_err(|e| before("planning the volume switch", e))?;
+        leftovers.extend(pv.iter().map(|s| pvs::stage_dir(&s.live, &id)));
+        switches.extend(pv);
+        journals.insert(
+            n.name.clone(),
+            Journal {
+                op: Op::Restore,
+                phase: Phase::Preparing,
+                holder: holder.clone(),
+                cluster: cluster.clone(),
+                snapshot: req.name.to_string(),
+                quiesce: Some(Quiesce::Stop),
+                switches,
+                leftovers,
+            },
+        );
+    }
+    for (n, j) in &journals {
+        if let Err(e) = j.write(rt, n).await {
+            recover::discard(rt, nodes, &journals).await;
+            return Err(before("writing the journal", e.into()));
+        }
+    }
+    crate::util::pause_point("restore:prepare", Some(signals)).await;
+
+    // While the cluster still runs, in parallel: etcd restored beside /var/lib/etcd on every control plane,
+    // every PV root extracted beside itself and checked, missing images imported (what `kind load` does).
+    let staged_out = if signals.pending().is_some() {
+        None
+    } else {
+        tokio::select! {
+            r = stage(rt, meta, staged, live, &cps, &kubelet, &journals, &token, &id) => Some(r),
+            _ = signals.wait() => None,
+        }
+    };
+    let (etcd_revision_bump, imported, volumes) = match staged_out {
+        Some(Ok(v)) if signals.pending().is_none() => v,
+        Some(Err((step, e))) => {
+            recover::discard(rt, nodes, &journals).await;
+            return Err(before(step, e));
+        }
+        _ => {
+            recover::discard(rt, nodes, &journals).await;
+            return Err(RestoreError::Interrupted {
+                signal: signals.pending().unwrap_or("SIGINT"),
+                state: "nothing was changed: the data staged so far was removed and the cluster kept running".into(),
+            });
+        }
+    };
+    phases.push(p.finish());
+
+    // Commit: every node's journal says so, the lock node's last. From the lock node's commit on, the restore
+    // is completed (by this process, or by `resume` after a kill); before it, it is undone.
+    let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
+    let order: Vec<String> = journals
+        .keys()
+        .filter(|n| **n != lock_at)
+        .chain(journals.keys().filter(|n| **n == lock_at))
+        .cloned()
+        .collect();
+    for n in &order {
+        let j = journals.get_mut(n).expect("journal");
+        j.phase = Phase::Committed;
+        // The lock node is written last: until it says committed, undoing is always right.
+        if let Err(e) = j.write(rt, n).await {
+            recover::discard(rt, nodes, &journals).await;
+            return Err(before("committing the journal", e.into()));
+        }
+    }
+    crate::util::pause_point("restore:committed", Some(signals)).await;
+
+    // 3. quiesce, 4. switch by renames, 5. resume: whatever arrives now, this completes or rolls back.
+    let p = progress.phase("quiescing nodes");
+    let mut failed = None;
+    for n in kubelet
+        .iter()
+        .filter(|n| n.role == Role::Worker)
+        .chain(cps.iter().rev())
+    {
+        if let Err(e) = node::quiesce(rt, &n.name).await {
+            failed = Some(("quiescing nodes", RestoreError::from(e)));
+            break;
+        }
+    }
+    phases.push(p.finish());
+    if failed.is_none() {
+        crate::util::pause_point("restore:quiesced", Some(signals)).await;
+        let p = progress.phase("switching etcd data and volumes");
+        let switched = futures_util::future::join_all(
+            journals
+                .iter()
+                .map(|(n, j)| journal::apply(rt, n, &j.switches, journal::forward)),
+        )
+        .await;
+        if let Some(e) = switched.into_iter().find_map(Result::err) {
+            failed = Some(("switching etcd data and volumes", e.into()));
+        }
+        phases.push(p.finish());
+    }
+    if let Some((step, e)) = failed {
+        let names: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
+        return Err(match recover::undo(rt, nodes, &journals).await {
+            Ok(()) => RestoreError::RolledBack {
+                step,
+                inner: Box::new(e),
+            },
+            Err(rb) => RestoreError::Mutation {
+                step,
+                cluster: cluster.clone(),
+                inner: Box::new(e),
+                rollback: rb.to_string(),
+                nodes: names,
+            },
+        });
+    }
+    crate::util::pause_point("restore:switched", Some(signals)).await;
+
+    let p = progress.phase("resuming cluster");
+    let all: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
+    // A signal that already arrived lets the restore complete; only one more cuts the wait for etcd short.
+    let seen = signals.count();
+    let resumed = async {
+        capture::resume(rt, nodes, &all)
+            .await
+            .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+        tokio::select! {
+            r = wait_healthy(rt, &cps) => r,
+            _ = signals.wait_beyond(seen) => Err(RestoreError::Invalid("stopped waiting for etcd on a second signal".into())),
+        }
+    }
+    .await;
+    if let Err(e) = resumed {
+        return Err(RestoreError::Unhealthy {
+            cluster: cluster.clone(),
+            inner: Box::new(e),
+        });
+    }
+    phases.push(p.finish());
+
+    // Done: the journal stays (with where the old data is) for `resume --rollback`; staging is removed.
+    for (n, j) in journals.iter_mut() {
+        j.phase = Phase::Done;
+        let _ = j.write(rt, n).await;
+        let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
+        let _ = node::remove_all(rt, n, &left).await;
+    }
+    let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_etcd.clone())).collect();
+    let previous_volumes = journals
+        .iter()
+        .filter_map(|(n, j)| {
+            let kept: Vec<String> = j
+                .switches
+                .iter()
+                .filter(|s| s.had_live && s.live != etcd::LIVE)
+                .map(|s| s.aside.clone())
+                .collect();
+            (!kept.is_empty()).then(|| (n.clone(), kept))
+        })
+        .collect();
+    if let Some(signal) = signals.pending() {
+        return Err(RestoreError::Interrupted {
+            signal,
+            state: "it arrived after the restore had committed, so the restore was completed: etcd and volumes \
+                    are the snapshot's, the cluster is running"
+                .into(),
+        });
+    }
+    Ok(Outcome {
+        preflight: checks,
+        phases,
+        previous_etcd_data,
+        previous_volumes,
+        imported_images: imported,
+        restored_volumes: volumes,
+        etcd_revision_bump,
+    })
+}
+
+type Step = (&'static str, RestoreError);
+
+/// Everything staged while the cluster runs. Returns the revision bump, the images imported per node and
+/// the number of volumes staged.
+#[allow(clippy::too_many_arguments)]
+async fn stage(
+    rt: &Runtime,
+    meta: &Metadata,
+    staged: &Staged,
+    live: &preflight::Live,
+    cps: &[&Node],
+    kubelet: &[&Node],
+    journals: &BTreeMap<String, Journal>,
+    token: &str,
+    id: &str,
+) -> Result<(Option<u64>, BTreeMap<String, Vec<String>>, usize), Step> {
     let mut members = Vec::new();
-    for n in &cps {
+    for n in cps {
         members.push(
             etcd::member(rt, &n.name)
                 .await
-                .map_err(|e| before("reading etcd membership", e))?,
+                .map_err(|e| ("reading etcd membership", e))?,
         );
     }
     let initial_cluster = members
@@ -267,18 +548,18 @@ async fn mutate(
         .collect::<Vec<_>>()
         .join(",");
     let mut live_revision = 0;
-    for n in &cps {
+    for n in cps {
         live_revision = live_revision.max(
             node::etcd_revision(rt, &n.name)
                 .await
-                .map_err(|e| before("reading the live etcd revision", e.into()))?,
+                .map_err(|e| ("reading the live etcd revision", e.into()))?,
         );
     }
     let plan = etcd::Plan {
         db: &staged.etcd,
         initial_cluster: &initial_cluster,
-        token: &token,
-        side_dir: &side,
+        token,
+        id,
         live_revision,
     };
     let tools: BTreeMap<&str, &node::RestoreTool> = live
@@ -296,7 +577,11 @@ async fn mutate(
             etcd::prepare(rt, m, tool, plan).await
         }
     }));
-    let import = futures_util::future::join_all(kubelet_nodes(nodes).into_iter().map(|n| async move {
+    let volumes = futures_util::future::join_all(kubelet.iter().map(|n| async move {
+        let switches = journals.get(&n.name).map(|j| j.switches.as_slice()).unwrap_or_default();
+        pvs::stage(rt, &n.name, &staged.pvs, switches, &staged.pv_files).await
+    }));
+    let import = futures_util::future::join_all(kubelet.iter().map(|n| async move {
         match meta.images.nodes.get(&n.name) {
             Some(want) => images::restore_node(rt, &n.name, &meta.platform, want, staged)
                 .await
@@ -304,86 +589,23 @@ async fn mutate(
             None => Ok((n.name.clone(), Vec::new())),
         }
     }));
-    let (prepared, imported) = tokio::join!(prepare, import);
-    let etcd_revision_bump = prepared.iter().filter_map(|r| r.as_ref().ok().copied().flatten()).max();
-    let failed = prepared
-        .into_iter()
-        .find_map(Result::err)
-        .map(|e| ("preparing the etcd restore", e));
-    let failed = failed.or_else(|| {
-        imported
-            .iter()
-            .find_map(|r| r.as_ref().err())
-            .map(|e| ("re-importing images", RestoreError::Invalid(e.to_string())))
-    });
-    if let Some((step, e)) = failed {
-        for n in &cps {
-            etcd::discard(rt, &n.name, &side).await;
+    let (prepared, volumes, imported) = tokio::join!(prepare, volumes, import);
+    let mut bump = None;
+    for r in prepared {
+        bump = bump.max(r.map_err(|e| ("preparing the etcd restore", e))?);
+    }
+    let mut staged_volumes = 0;
+    for r in volumes {
+        staged_volumes += r.map_err(|e| ("staging volumes", e))?;
+    }
+    let mut images = BTreeMap::new();
+    for r in imported {
+        let (n, got) = r.map_err(|e| ("re-importing images", RestoreError::Invalid(e.to_string())))?;
+        if !got.is_empty() {
+            images.insert(n, got);
         }
-        return Err(before(step, e));
     }
-    let imported: BTreeMap<String, Vec<String>> = imported
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-    phases.push(p.finish());
-
-    let kept = format!(" (previous etcd data kept in {old_dir} on each control plane)");
-    let during = |step, e: RestoreError| RestoreError::Mutation {
-        step,
-        cluster: cluster.clone(),
-        kept: kept.clone(),
-        inner: Box::new(e),
-    };
-
-    // 3. quiesce
-    let p = progress.phase("quiescing nodes");
-    for n in workers.iter().chain(cps.iter().rev()) {
-        node::quiesce(rt, &n.name)
-            .await
-            .map_err(|e| during("quiescing nodes", e.into()))?;
-    }
-    phases.push(p.finish());
-
-    // 4. etcd swap
-    let p = progress.phase("swapping etcd data");
-    let swapped = futures_util::future::join_all(cps.iter().map(|n| etcd::swap(rt, &n.name, &side, &old_dir))).await;
-    if let Some(e) = swapped.into_iter().find_map(Result::err) {
-        return Err(during("swapping etcd data", e));
-    }
-    phases.push(p.finish());
-
-    // 5. PVs
-    let p = progress.phase("restoring volumes");
-    let mut restored_volumes = 0;
-    for n in cps.iter().chain(workers.iter()) {
-        restored_volumes += pvs::restore_node(rt, &n.name, &staged.pvs)
-            .await
-            .map_err(|e| during("restoring volumes", e))?;
-    }
-    phases.push(p.finish());
-
-    // 6. resume and wait for a healthy, agreeing etcd
-    let p = progress.phase("resuming cluster");
-    let all: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
-    capture::resume(rt, nodes, &all)
-        .await
-        .map_err(|e| during("resuming the cluster", RestoreError::Invalid(e.to_string())))?;
-    wait_healthy(rt, &cps)
-        .await
-        .map_err(|e| during("waiting for etcd", e))?;
-    phases.push(p.finish());
-
-    let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_dir.clone())).collect();
-    Ok(Outcome {
-        preflight: checks,
-        phases,
-        previous_etcd_data,
-        imported_images: imported,
-        restored_volumes,
-        etcd_revision_bump,
-    })
+    Ok((bump, images, staged_volumes))
 }
 
 /// Every member healthy, and every control plane seeing the same members, one per control plane.

@@ -1,8 +1,5 @@
 //! A create that fails or is interrupted leaves every node running and no bundle behind.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use crate::util::*;
 
 /// Replaces `ctr` in a node with a wrapper that runs `action` when reading image content (`ctr content
@@ -49,56 +46,37 @@ fn failed_image_read_leaves_cluster_running() {
     cluster.assert_running();
 }
 
-fn interrupt(signal: &str, code: i32) {
-    let cluster = Cluster::up("sig", 1, 0);
+/// A signal at a phase of create (reached through its pause point): exit 128+n, the cluster resumed, no
+/// bundle and nothing in the nodes left behind.
+fn interrupt(signal: &str, code: i32, phase: &str) {
+    let cluster = Cluster::up("sig", 1, 1);
     let store = Store::new();
-    wrap_ctr_content(&cluster, &cluster.cp(1), "sleep 60");
-    let mut cmd = store.command(&["create", &cluster.name, "interrupted"]);
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the cluster is quiesced (kubelet stopped), i.e. mid-create.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new("docker")
-            .args(["exec", &cluster.cp(1), "systemctl", "is-active", "kubelet"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).trim() == "inactive" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "create never quiesced the cluster");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = rx
-        .recv_timeout(Duration::from_secs(90))
-        .expect("create did not exit after the signal")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{stderr}");
-    assert!(stderr.contains(&format!("interrupted by SIG{signal}")), "{stderr}");
+    let run = store
+        .spawn_paused(&["create", &cluster.name, "interrupted"], phase)
+        .signal(signal);
+    assert_eq!(run.code, Some(code), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("interrupted by SIG{signal}")),
+        "{}",
+        run.stderr
+    );
     assert_nothing_left(&store, &cluster.name);
+    for n in cluster.nodes() {
+        let left = cluster.sh(
+            &n,
+            "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
+        );
+        assert_eq!(left.trim(), "", "{n}: left behind: {left}");
+    }
     cluster.assert_running();
 }
 
 #[test]
-fn sigint_mid_create_resumes_cluster() {
-    interrupt("INT", 130);
+fn sigint_while_images_are_read_leaves_nothing() {
+    interrupt("INT", 130, "create:images");
 }
 
 #[test]
-fn sigterm_mid_create_resumes_cluster() {
-    interrupt("TERM", 143);
+fn sigterm_while_frozen_thaws_the_cluster() {
+    interrupt("TERM", 143, "create:quiesced");
 }

@@ -172,6 +172,22 @@ fn hostile_bundles_are_refused() {
         )
     });
     corpus.push(("foreign-node", "nodes not in its metadata"));
+    // A decompression bomb: 64 MiB of zeros (a few KiB compressed) in a volume whose metadata declares a few
+    // KiB. Refused while reading, once past the declared size.
+    craft(&dir, "bomb", &base, |b| {
+        entry(b, &format!("{pv}/zeros"), Regular, None, &vec![0u8; 64 << 20], None)
+    });
+    corpus.push(("bomb", "more volume data than its metadata declares"));
+    // A name no node filesystem takes (Docker's archive API refused it only after the old volume was gone).
+    craft(&dir, "long-name", &base, |b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, format!("{pv}/{}", "n".repeat(5000)), &b"x"[..])
+            .unwrap();
+    });
+    corpus.push(("long-name", "a node's filesystem takes at most 255"));
     let whole = std::fs::read(&good).unwrap();
     std::fs::write(dir.join("truncated.tar.gz"), &whole[..whole.len() / 2]).unwrap();
     seal(&dir, "truncated");

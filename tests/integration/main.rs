@@ -8,6 +8,7 @@ mod util;
 
 mod bad_input;
 mod completion;
+mod crash;
 mod create;
 mod failures;
 mod hostile;

@@ -1,5 +1,6 @@
-//! `restore` on each topology, and the failure paths: pre-flight refusals change nothing; a failed mutation
-//! step leaves a quiesced cluster that `resume` brings back.
+//! `restore` on each topology, and the failure paths: pre-flight refusals change nothing; a failed staging
+//! step changes nothing; a failed switch is rolled back on every node, and where even that fails, `resume`
+//! finishes the job from the nodes' journals.
 
 use std::process::Command;
 
@@ -365,35 +366,81 @@ fn preflight_reports_every_violation_at_once() {
     assert_untouched(&cluster);
 }
 
+/// The state from before the restore: the snapshot's changes undone (the diverged values are live again).
+fn assert_diverged(cluster: &Cluster, pvs: &[(String, String, String)]) {
+    assert_eq!(
+        get(cluster, &cluster.cp(1), KEEP),
+        "changed-later",
+        "etcd is not the pre-restore data"
+    );
+    assert_eq!(get(cluster, &cluster.cp(1), ADDED), "new");
+    for (node, dir, _) in pvs {
+        assert_eq!(
+            cluster.sh(node, &format!("cat {dir}/hello.txt")).trim(),
+            "overwritten",
+            "{node}: volumes are not the pre-restore data"
+        );
+    }
+    cluster.assert_running();
+}
+
+/// Replaces `mv` on a node: its renames of volume roots fail when their count passes `test` (`-eq 2`: the
+/// second only; `-ge 2`: the second and every later one).
+fn break_pv_renames(cluster: &Cluster, node: &str, test: &str) {
+    cluster.sh(node, &format!("rm /bin/mv && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *local-path-provisioner*) c=$(cat /tmp/mv-count 2>/dev/null || echo 0); c=$((c+1)); echo $c > /tmp/mv-count; if [ $c {test} ]; then echo \"mv exploded\" >&2; exit 5; fi ;; esac' 'exec /bin/busybox mv \"$@\"' > /bin/mv && chmod +x /bin/mv"));
+}
+
 #[test]
-fn failed_mutation_step_prints_resume_hint_and_resume_works() {
+fn a_failed_switch_rolls_every_node_back() {
     let cluster = Cluster::up("rfail", 1, 1);
     let store = Store::new();
-    snapshot_then_diverge(&cluster, &store);
-    // The worker's volumes cannot be replaced: restore fails after quiescing, in "restoring volumes".
-    let worker = cluster.worker(1);
-    cluster.sh(&worker, "rm /bin/rm && printf '%s\\n' '#!/bin/sh' 'case \"$*\" in *local-path-provisioner*) echo \"rm exploded\" >&2; exit 5 ;; esac' 'exec /bin/busybox rm \"$@\"' > /bin/rm && chmod +x /bin/rm");
+    let pvs = snapshot_then_diverge(&cluster, &store);
+    // The worker's new volume root cannot be renamed in (its old one was already moved aside); by then the
+    // control plane's etcd data has been switched. Both must go back.
+    break_pv_renames(&cluster, &cluster.worker(1), "-eq 2");
     let run = store.run(&["restore", &cluster.name, "snap"]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
-    let hint = format!("run \"kubectl snapshot resume {}\" to restart", cluster.name);
     for w in [
-        "restore failed while restoring volumes",
-        "rm exploded",
-        "left quiesced",
-        &hint,
+        "restore failed while switching etcd data and volumes",
+        "mv exploded",
+        "rolled back: etcd data and volumes are as they were before the restore",
     ] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }
-    assert!(run.stderr.trim_end().ends_with(&hint), "{}", run.stderr);
-    assert_eq!(
-        cluster.sh(&worker, "systemctl is-active kubelet || true").trim(),
-        "inactive",
-        "the cluster is left quiesced"
+    assert_diverged(&cluster, &pvs);
+    // Nothing staged is left behind, and the next restore is not refused.
+    let left = cluster.sh(
+        &cluster.cp(1),
+        "ls -a /var /var/lib /var/lib/etcd | grep kubectl-snapshot || true",
     );
-    store.run(&["resume", &cluster.name]).ok();
-    cluster.assert_running();
-    // etcd was restored before the failing step.
-    assert_eq!(get(&cluster, &cluster.cp(1), KEEP), "at-snapshot");
+    assert_eq!(left.trim(), "kubectl-snapshot", "leftovers: {left}");
+}
+
+#[test]
+fn a_failed_rollback_leaves_journals_that_resume_rollback_completes() {
+    let cluster = Cluster::up("rfail2", 1, 1);
+    let store = Store::new();
+    let pvs = snapshot_then_diverge(&cluster, &store);
+    // Every volume-root rename after the first fails: the switch, then its rollback.
+    let worker = cluster.worker(1);
+    break_pv_renames(&cluster, &worker, "-ge 2");
+    let run = store.run(&["restore", &cluster.name, "snap"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let hint = format!("kubectl snapshot resume {} --rollback", cluster.name);
+    for w in ["rolling back failed too", "left quiesced", &hint] {
+        assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
+    }
+    // Any other command now says what to run.
+    let again = store.run(&["create", &cluster.name, "meanwhile"]);
+    assert!(
+        again.stderr.contains("has an unfinished restore") && again.stderr.contains("kubectl snapshot resume"),
+        "{}",
+        again.stderr
+    );
+    cluster.sh(&worker, "rm /bin/mv && ln -s busybox /bin/mv");
+    let resumed = store.run(&["resume", &cluster.name, "--rollback"]).ok();
+    assert!(resumed.stdout.contains("rolled back the restore"), "{}", resumed.stdout);
+    assert_diverged(&cluster, &pvs);
 }
 
 #[test]
@@ -408,7 +455,7 @@ fn failed_image_import_changes_no_etcd_data_or_volume() {
     for w in [
         "restore failed while re-importing images",
         "import exploded",
-        "was not quiesced",
+        "nothing was changed: the cluster kept running",
     ] {
         assert!(run.stderr.contains(w), "stderr lacks {w:?}:\n{}", run.stderr);
     }

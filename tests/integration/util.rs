@@ -423,3 +423,102 @@ pub fn fake_snapshot(store: &Store, cluster: &str, name: &str, size: usize, hour
     )
     .unwrap();
 }
+
+/// A command running in the background, stopped at a pause point (`KUBECTL_SNAPSHOT_PAUSE_AT`), so that a
+/// test can signal or kill it at a known phase. Its stderr is collected as it arrives.
+pub struct Spawned {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Store {
+    /// Starts `args` and returns once it printed `paused at <phase>` (panics after 3 minutes).
+    pub fn spawn_paused(&self, args: &[&str], phase: &str) -> Spawned {
+        use std::io::{BufRead, Read};
+        let mut cmd = self.command(args);
+        let mut child = cmd
+            .env("KUBECTL_SNAPSHOT_PAUSE_AT", phase)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (err, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let mut spawned = Spawned {
+            child,
+            stderr,
+            stdout: Some(stdout),
+        };
+        let want = format!("paused at {phase}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while !spawned.stderr().contains(&want) {
+            if let Ok(Some(status)) = spawned.child.try_wait() {
+                panic!("exited ({status}) before {phase}:\n{}", spawned.stderr());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = spawned.child.kill();
+                panic!("never reached {phase}:\n{}", spawned.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        spawned
+    }
+}
+
+impl Spawned {
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (INT, TERM, KILL) and waits for the exit (panics after 3 minutes).
+    pub fn signal(mut self, signal: &str) -> Run {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("no exit after SIG{signal}:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stdout = self.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(100)); // the last stderr lines
+        Run {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}

@@ -1,0 +1,247 @@
+//! Finishing or undoing what an operation left in the nodes, from their journals: what `restore` does when a
+//! step fails, and what `resume` does after a process was killed.
+//!
+//! | journal found                  | `resume`                                              | `resume --rollback`          |
+//! |--------------------------------|-------------------------------------------------------|------------------------------|
+//! | none                           | start kubelet on every node                           | refused: nothing to undo     |
+//! | create (any phase)             | thaw paused nodes / start kubelet, remove its leftovers | same                       |
+//! | restore, preparing             | remove the staged data (nothing live was changed)     | same                         |
+//! | restore, committed             | quiesce, complete every rename, restart               | quiesce, undo every rename, restart |
+//! | restore, done                  | start kubelet                                         | quiesce, undo every rename, restart |
+//! | restore, rolling-back          | quiesce, undo every rename, restart                   | same                         |
+//!
+//! The lock node's journal decides (it is written last on the way forward, first on the way back, and removed
+//! last).
+
+use std::collections::BTreeMap;
+
+use crate::capture;
+use crate::cluster::journal::{self, Journal, Lock, Op, Phase, Quiesce};
+use crate::cluster::{Node, Role, Runtime, kubelet_nodes, node};
+
+use super::{RestoreError, wait_healthy};
+
+/// The journals' nodes with the lock node last.
+fn lock_node_last<'a>(journals: &'a BTreeMap<String, Journal>, lock_at: &str) -> Vec<(&'a String, &'a Journal)> {
+    let mut v: Vec<_> = journals.iter().collect();
+    v.sort_by_key(|(n, _)| n.as_str() == lock_at);
+    v
+}
+
+/// Removes what an uncommitted restore staged, and its journals (the lock node's last). Best effort: a journal
+/// that could not be cleaned stays for `resume`.
+pub async fn discard(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Journal>) {
+    let _ = roll_back(rt, nodes, journals).await;
+}
+
+/// Undoes every node's switch and removes the journals, the lock node's last; first marks every journal
+/// rolling-back (the lock node's first), so that an interruption is only ever finished backwards.
+async fn roll_back(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Journal>) -> Result<(), RestoreError> {
+    let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
+    let order = lock_node_last(journals, &lock_at);
+    for (n, j) in order.iter().rev() {
+        if j.phase != Phase::Preparing && j.phase != Phase::RollingBack {
+            let mut j = (*j).clone();
+            j.phase = Phase::RollingBack;
+            j.write(rt, n).await?;
+        }
+    }
+    let mut errors = Vec::new();
+    for (n, j) in &order {
+        if let Err(e) = clean(rt, n, j, journal::backward).await {
+            errors.push(format!("{n}: {e}"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RestoreError::Invalid(errors.join("; ")));
+    }
+    for (n, _) in &order {
+        Journal::remove(rt, n).await?;
+    }
+    Ok(())
+}
+
+/// Applies `plan` to a node's switches and removes its leftovers.
+async fn clean(rt: &Runtime, node_name: &str, j: &Journal, plan: journal::Plan) -> Result<(), RestoreError> {
+    journal::apply(rt, node_name, &j.switches, plan).await?;
+    let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
+    node::remove_all(rt, node_name, &left).await?;
+    Ok(())
+}
+
+/// Undoes a committed restore on every node (already quiesced, or partly), then restarts the cluster.
+pub async fn undo(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Journal>) -> Result<(), RestoreError> {
+    roll_back(rt, nodes, journals).await?;
+    restart(rt, nodes).await
+}
+
+async fn restart(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
+    let all: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
+    capture::resume(rt, nodes, &all)
+        .await
+        .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
+    wait_healthy(rt, &cps).await
+}
+
+async fn quiesce_all(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
+    let kubelet = kubelet_nodes(nodes);
+    for n in kubelet
+        .iter()
+        .filter(|n| n.role == Role::Worker)
+        .chain(kubelet.iter().filter(|n| n.role == Role::ControlPlane).rev())
+    {
+        node::quiesce(rt, &n.name).await?;
+    }
+    Ok(())
+}
+
+/// What `resume` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub actions: Vec<String>,
+}
+
+/// `resume [--rollback]`: thaws paused nodes, then finishes or undoes what the journals record, and restarts
+/// the cluster.
+pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool) -> Result<Report, RestoreError> {
+    let mut report = Report::default();
+    let nodes = rt.nodes(cluster).await?;
+    let kubelet: Vec<&Node> = kubelet_nodes(&nodes);
+    if let Some(n) = kubelet.iter().find(|n| n.state != "running" && n.state != "paused") {
+        return Err(RestoreError::Invalid(format!(
+            "node {} is {}; start it first (docker start {})",
+            n.name, n.state, n.name
+        )));
+    }
+    let lock_at = journal::lock_node(&nodes)
+        .ok_or_else(|| RestoreError::Lock(journal::LockError::NoControlPlane(cluster.to_owned())))?
+        .name
+        .clone();
+    // A live holder (another create, restore or resume) is never interfered with, paused nodes or not.
+    if let Some(h) = journal::read_holder(rt, &lock_at).await?
+        && !h.is_dead()
+    {
+        return Err(journal::LockError::Held {
+            cluster: cluster.to_owned(),
+            node: lock_at,
+            holder: Box::new(h),
+        }
+        .into());
+    }
+    let mut journals = BTreeMap::new();
+    for n in &kubelet {
+        if let Some(j) = Journal::read(rt, &n.name).await? {
+            journals.insert(n.name.clone(), j);
+        }
+    }
+    // Thaw first (control planes first, as etcd needs its quorum): exec and the lock need running nodes.
+    let paused: Vec<&&Node> = kubelet
+        .iter()
+        .filter(|n| n.role == Role::ControlPlane)
+        .chain(kubelet.iter().filter(|n| n.role != Role::ControlPlane))
+        .filter(|n| n.state == "paused")
+        .collect();
+    for n in &paused {
+        rt.unpause(&n.name).await?;
+        report.actions.push(format!("thawed {}", n.name));
+    }
+    let nodes = rt.nodes(cluster).await?;
+    let lock = Lock::acquire(
+        rt,
+        cluster,
+        &lock_at,
+        if rollback { "resume --rollback" } else { "resume" },
+    )
+    .await?;
+    let result = resume_locked(rt, &nodes, &lock_at, journals, rollback, &mut report).await;
+    lock.release().await;
+    result.map(|()| report)
+}
+
+async fn resume_locked(
+    rt: &Runtime,
+    nodes: &[Node],
+    lock_at: &str,
+    journals: BTreeMap<String, Journal>,
+    rollback: bool,
+    report: &mut Report,
+) -> Result<(), RestoreError> {
+    let (creates, restores): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        journals.into_iter().partition(|(_, j)| j.op == Op::Create);
+    for (n, j) in &creates {
+        clean(rt, n, j, journal::backward).await?;
+        Journal::remove(rt, n).await?;
+        let how = match j.quiesce {
+            Some(Quiesce::Pause) => "it had frozen the node",
+            Some(Quiesce::Stop) => "it had stopped the node's kubelet",
+            None => "it had not quiesced the node",
+        };
+        report.actions.push(format!(
+            "{n}: cleaned up after an interrupted create ({how}; {})",
+            j.holder.describe()
+        ));
+    }
+    if rollback && restores.is_empty() {
+        return Err(RestoreError::Invalid(
+            "nothing to roll back: no node has a restore journal (a completed restore's journal is replaced by \
+             the next restore)"
+                .into(),
+        ));
+    }
+    let decides = restores
+        .get(lock_at)
+        .or_else(|| restores.values().find(|j| j.phase == Phase::RollingBack))
+        .map(|j| j.phase);
+    let snapshot = restores.values().next().map(|j| j.snapshot.clone()).unwrap_or_default();
+    match decides {
+        None if restores.is_empty() => {}
+        // Before the commit (or the lock node's journal already removed by a rollback): undo.
+        None | Some(Phase::Preparing) => {
+            roll_back(rt, nodes, &restores).await?;
+            report.actions.push(format!(
+                "removed what an interrupted restore of {snapshot:?} had staged or switched: etcd data and volumes are the ones from before it"
+            ));
+        }
+        Some(Phase::RollingBack) => {
+            quiesce_all(rt, nodes).await?;
+            undo(rt, nodes, &restores).await?;
+            report.actions.push(format!(
+                "rolled back the restore of {snapshot:?}: etcd data and volumes are the ones from before it"
+            ));
+            return Ok(());
+        }
+        Some(_) if rollback => {
+            quiesce_all(rt, nodes).await?;
+            undo(rt, nodes, &restores).await?;
+            report.actions.push(format!(
+                "rolled back the restore of {snapshot:?}: etcd data and volumes are the ones from before it"
+            ));
+            return Ok(());
+        }
+        Some(Phase::Committed) | Some(Phase::Quiesced) => {
+            quiesce_all(rt, nodes).await?;
+            for (n, j) in &restores {
+                journal::apply(rt, n, &j.switches, journal::forward).await?;
+            }
+            restart(rt, nodes).await?;
+            for (n, j) in &restores {
+                let mut j = j.clone();
+                j.phase = Phase::Done;
+                j.write(rt, n).await?;
+                let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
+                node::remove_all(rt, n, &left).await?;
+            }
+            report.actions.push(format!(
+                "completed the interrupted restore of {snapshot:?}: etcd data and volumes are the snapshot's"
+            ));
+            return Ok(());
+        }
+        Some(Phase::Done) => {}
+    }
+    restart(rt, nodes).await?;
+    report
+        .actions
+        .push(format!("started kubelet on {} node(s)", kubelet_nodes(nodes).len()));
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! Crash safety: a signal or a SIGKILL at each phase of create and restore, two operations at once. After
+//! each, etcd and the volumes come from the same point in time (after `resume` where the tool asks for it),
+//! nothing is left in the nodes, and the workloads were not restarted by a create.
+//! Phases are reached through the documented pause points (`KUBECTL_SNAPSHOT_PAUSE_AT`).
+
+use crate::util::*;
+
+const KEY: &str = "/registry/test/crash";
+
+/// `snap` (the snapshot's data) or `live` (what was there before the restore); panics on a mix.
+fn state(cluster: &Cluster) -> &'static str {
+    let etcd = cluster
+        .etcdctl(&cluster.cp(1), &["get", KEY, "--print-value-only"])
+        .trim()
+        .to_owned();
+    let mut pvs = Vec::new();
+    for n in cluster.nodes() {
+        let v = cluster.sh(&n, "cat /var/local-path-provisioner/*/crash.txt");
+        pvs.push(v.trim().to_owned());
+    }
+    let all = |want: &str| etcd == want && pvs.iter().all(|p| p == want);
+    if all("snap") {
+        "snap"
+    } else if all("live") {
+        "live"
+    } else {
+        panic!("etcd and volumes disagree: etcd={etcd:?}, volumes={pvs:?}")
+    }
+}
+
+fn set(cluster: &Cluster, value: &str) {
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, value]);
+    for n in cluster.nodes() {
+        cluster.sh(
+            &n,
+            &format!("for d in /var/local-path-provisioner/*/; do echo {value} > $d/crash.txt; done"),
+        );
+    }
+}
+
+/// Nothing of an operation stays in the nodes: no staged data, no etcd snapshot copy, no lock, no unfinished
+/// journal (a finished restore's journal stays for `resume --rollback`).
+fn assert_clean(cluster: &Cluster) {
+    for n in cluster.nodes() {
+        let left = cluster.sh(
+            &n,
+            "ls -a /var /opt /var/lib /var/lib/etcd 2>/dev/null | grep -e kubectl-snapshot-stage -e etcd.kubectl-snapshot-new \
+             -e kubectl-snapshot-restore -e 'kubectl-snapshot-.*\\.db' ; ls /var/lib/kubectl-snapshot 2>/dev/null | grep lock; \
+             grep -L '\"phase\": \"done\"' /var/lib/kubectl-snapshot/journal.json 2>/dev/null; true",
+        );
+        assert_eq!(left.trim(), "", "{n}: left behind:\n{left}");
+        assert_eq!(cluster.inspect(&n, "{{.State.Status}}"), "running", "{n}");
+    }
+}
+
+fn ready(prefix: &str) -> (Cluster, Store) {
+    let cluster = Cluster::up(prefix, 1, 1);
+    let store = Store::new();
+    set(&cluster, "snap");
+    store.run(&["create", &cluster.name, "snap"]).ok();
+    (cluster, store)
+}
+
+#[test]
+fn sigint_and_sigterm_during_restore_end_all_old_or_all_new() {
+    let (cluster, store) = ready("rsig");
+    // Before the commit: undone, nothing changed. From the commit on: completed.
+    for (phase, signal, code, want) in [
+        ("restore:prepare", "INT", 130, "live"),
+        ("restore:committed", "TERM", 143, "snap"),
+        ("restore:quiesced", "INT", 130, "snap"),
+        ("restore:switched", "TERM", 143, "snap"),
+    ] {
+        set(&cluster, "live");
+        let run = store
+            .spawn_paused(&["restore", &cluster.name, "snap"], phase)
+            .signal(signal);
+        assert_eq!(run.code, Some(code), "{phase}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("interrupted by SIG{signal}")),
+            "{phase}: {}",
+            run.stderr
+        );
+        assert_eq!(state(&cluster), want, "{phase}: {}", run.stderr);
+        assert_clean(&cluster);
+    }
+    cluster.assert_running();
+}
+
+#[test]
+fn sigkill_during_restore_then_resume_completes_or_undoes_it() {
+    let (cluster, store) = ready("rkill");
+    for (phase, want) in [
+        ("restore:prepare", "live"),
+        ("restore:committed", "snap"),
+        ("restore:quiesced", "snap"),
+        ("restore:switched", "snap"),
+    ] {
+        set(&cluster, "live");
+        let run = store
+            .spawn_paused(&["restore", &cluster.name, "snap"], phase)
+            .signal("KILL");
+        assert_eq!(run.code, None, "killed");
+        // The dead holder's lock is taken over; the unfinished restore is named, with what to run.
+        let refused = store.run(&["restore", &cluster.name, "snap"]);
+        assert_eq!(refused.code, Some(1), "{phase}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("has an unfinished restore")
+                && refused
+                    .stderr
+                    .contains(&format!("kubectl snapshot resume {}", cluster.name)),
+            "{phase}: {}",
+            refused.stderr
+        );
+        let resumed = store.run(&["resume", &cluster.name]).ok();
+        assert_eq!(state(&cluster), want, "{phase}: {}", resumed.stdout);
+        assert_clean(&cluster);
+        cluster.assert_running();
+    }
+    // The last restore completed: --rollback puts the data from before it back.
+    let rolled = store.run(&["resume", &cluster.name, "--rollback"]).ok();
+    assert!(rolled.stdout.contains("rolled back the restore"), "{}", rolled.stdout);
+    assert_eq!(state(&cluster), "live");
+    assert_clean(&cluster);
+    cluster.assert_running();
+}
+
+/// Container IDs the CRI reports on every node: a restarted pod gets new ones.
+fn containers(cluster: &Cluster) -> Vec<String> {
+    let mut ids: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .flat_map(|n| {
+            cluster
+                .sh(n, "crictl ps -q")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn create_freezes_instead_of_stopping_and_a_killed_create_is_thawed_by_resume() {
+    let cluster = Cluster::up("frz", 1, 1);
+    let store = Store::new();
+    let before = containers(&cluster);
+    assert!(!before.is_empty());
+
+    // While the volumes are read, every node is frozen, not stopped.
+    let paused = store.spawn_paused(&["create", &cluster.name, "one"], "create:quiesced");
+    for n in cluster.nodes() {
+        assert_eq!(cluster.inspect(&n, "{{.State.Paused}}"), "true", "{n}");
+    }
+    let run = paused.signal("INT");
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted by SIGINT"), "{}", run.stderr);
+    assert_clean(&cluster);
+    assert!(
+        store.files(&cluster.name).is_empty(),
+        "{:?}",
+        store.files(&cluster.name)
+    );
+
+    // SIGKILL while frozen: the nodes stay frozen; every command names it, resume thaws them.
+    let killed = store.spawn_paused(&["create", &cluster.name, "two"], "create:quiesced");
+    let pid = killed.pid();
+    killed.signal("KILL");
+    let refused = store.run(&["create", &cluster.name, "three"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    for w in [
+        "is paused by an interrupted `create`".to_string(),
+        format!("pid {pid}"),
+        format!("kubectl snapshot resume {}", cluster.name),
+    ] {
+        assert!(refused.stderr.contains(&w), "stderr lacks {w:?}:\n{}", refused.stderr);
+    }
+    let resumed = store.run(&["resume", &cluster.name]).ok();
+    assert!(resumed.stdout.contains("thawed"), "{}", resumed.stdout);
+    assert_clean(&cluster);
+
+    // A create that completes: no pod was restarted by any of this.
+    let done = store.run(&["create", &cluster.name, "four", "--json"]).ok().json();
+    assert!(
+        !done["warnings"].to_string().contains("could not freeze"),
+        "{}",
+        done["warnings"]
+    );
+    assert_eq!(containers(&cluster), before, "containers were restarted");
+    assert_clean(&cluster);
+    cluster.assert_running();
+}
+
+#[test]
+fn one_mutating_operation_at_a_time() {
+    let (cluster, store) = ready("lock");
+    set(&cluster, "live");
+    let holder = store.spawn_paused(&["restore", &cluster.name, "snap"], "restore:prepare");
+    let pid = holder.pid();
+    for args in [
+        vec!["create", cluster.name.as_str(), "meanwhile"],
+        vec!["restore", cluster.name.as_str(), "snap"],
+        vec!["resume", cluster.name.as_str()],
+    ] {
+        let run = store.run(&args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        let want = format!("is busy: `restore` (pid {pid} on host");
+        assert!(run.stderr.contains(&want), "{args:?}: {}", run.stderr);
+    }
+    let run = holder.signal("INT");
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert_eq!(state(&cluster), "live");
+    assert_clean(&cluster);
+    store.run(&["create", &cluster.name, "after"]).ok();
+}
+
+#[test]
+fn an_explicit_daemon_is_the_only_one_used() {
+    // A cluster of that name exists on the local daemon: it must not be reached through a fallback.
+    let cluster = Cluster::up("dsel", 1, 0);
+    let store = Store::new();
+    let dead = store.root().join("no-daemon.sock");
+    let host = format!("unix://{}", dead.display());
+    for (env, names) in [
+        (vec![("DOCKER_HOST", host.as_str())], vec!["docker", host.as_str()]),
+        (
+            vec![("KIND_EXPERIMENTAL_PROVIDER", "podman"), ("DOCKER_HOST", host.as_str())],
+            vec!["podman", host.as_str()],
+        ),
+    ] {
+        for args in [
+            vec!["create", cluster.name.as_str(), "x"],
+            vec!["resume", cluster.name.as_str()],
+        ] {
+            let run = store.run_env(&args, &env);
+            assert_eq!(run.code, Some(1), "{env:?} {args:?}: {}", run.stderr);
+            assert!(run.stderr.contains("cannot reach the"), "{env:?}: {}", run.stderr);
+            for n in &names {
+                assert!(
+                    run.stderr.contains(n),
+                    "{env:?}: the error does not name {n}: {}",
+                    run.stderr
+                );
+            }
+        }
+    }
+    assert!(store.files(&cluster.name).is_empty());
+    // The provider recorded is the daemon that answered.
+    let v = store.run(&["create", &cluster.name, "ok", "--json"]).ok().json();
+    assert_eq!(v["metadata"]["provider"], "docker");
+}
