@@ -47,9 +47,13 @@ pub struct S3Args {
     /// Access key (default: AWS_ACCESS_KEY_ID, then the AWS profile).
     #[arg(long, value_name = "KEY")]
     pub s3_access_key: Option<String>,
-    /// Secret key (default: AWS_SECRET_ACCESS_KEY, then the AWS profile). Prefer the environment: flags show in `ps`.
-    #[arg(long, value_name = "SECRET")]
+    /// Secret key (default: AWS_SECRET_ACCESS_KEY, then the AWS profile). Flags show in `ps`: prefer
+    /// --s3-secret-key-stdin, the environment or a profile.
+    #[arg(long, value_name = "SECRET", conflicts_with = "s3_secret_key_stdin")]
     pub s3_secret_key: Option<String>,
+    /// Read the secret key from standard input (with --s3-access-key), like --oci-password-stdin.
+    #[arg(long)]
+    pub s3_secret_key_stdin: bool,
     /// Session token (default: AWS_SESSION_TOKEN).
     #[arg(long, value_name = "TOKEN")]
     pub s3_session_token: Option<String>,
@@ -112,14 +116,23 @@ pub struct RemoteArgs {
     pub oci: OciArgs,
 }
 
+/// One line of standard input, without its line ending: a secret that never appears in `ps`.
+fn read_secret_line(what: &str) -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .with_context(|| format!("reading {what} from standard input"))?;
+    let line = line.trim_end_matches(['\n', '\r']).to_owned();
+    if line.is_empty() {
+        anyhow::bail!("{what} on standard input is empty");
+    }
+    Ok(line)
+}
+
 fn oci_options(rest: &str, cfg: Option<&RemoteConfig>, f: &OciArgs) -> Result<backends::oci::OciOptions> {
     let (registry, repository) = backends::oci::split_url(rest)?;
     let password = if f.oci_password_stdin {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .context("reading the registry password from standard input")?;
-        Some(Secret::new(line.trim_end_matches(['\n', '\r'])))
+        Some(Secret::new(read_secret_line("the registry password")?))
     } else {
         None
     };
@@ -244,7 +257,11 @@ fn s3_options(bucket: String, folder: String, cfg: Option<&RemoteConfig>, f: &S3
         o.lookup = l;
     }
     o.access_key = f.s3_access_key.clone();
-    o.secret_key = f.s3_secret_key.clone().map(Secret::new);
+    o.secret_key = if f.s3_secret_key_stdin {
+        Some(Secret::new(read_secret_line("the S3 secret key")?))
+    } else {
+        f.s3_secret_key.clone().map(Secret::new)
+    };
     o.session_token = f.s3_session_token.clone().map(Secret::new);
     Ok(o)
 }

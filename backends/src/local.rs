@@ -4,6 +4,11 @@
 //!
 //! A snapshot is visible once its `.tar.gz` exists; publishing writes metadata and sidecar first (each to a
 //! temporary name, then renamed) and links the finished archive in last, never over an existing one.
+//!
+//! Hardening: every file is created with O_EXCL (which never follows a symlink) at a random temporary name,
+//! 0600. An existing store or cluster directory with group or other permissions is tightened to 0700 if it is
+//! ours and refused if it belongs to another user. The partial files of a killed create or pull are removed
+//! by the next command on the cluster.
 
 use std::fs;
 use std::io::{self, Write};
@@ -60,12 +65,39 @@ impl LocalStore {
         }
     }
 
-    /// Creates the store and cluster directories (0700) if needed.
+    /// Creates the store and cluster directories (0700) if needed, and removes what killed runs left.
     pub fn ensure_cluster_dir(&self, cluster: &ClusterName) -> Result<PathBuf, Error> {
         let dir = self.cluster_dir(cluster);
         create_private_dir(&self.root)?;
         create_private_dir(&dir)?;
+        self.remove_leftovers(cluster);
         Ok(dir)
+    }
+
+    /// Removes partial bundles and restore staging directories whose process (named in their file name) no
+    /// longer runs on this host.
+    pub fn remove_leftovers(&self, cluster: &ClusterName) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        let Ok(rd) = fs::read_dir(self.cluster_dir(cluster)) else {
+            return removed;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = leftover_pid(&name) else { continue };
+            if pid_alive(pid) {
+                continue;
+            }
+            let p = entry.path();
+            let gone = match entry.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(&p).is_ok(),
+                Ok(_) => fs::remove_file(&p).is_ok(),
+                Err(_) => false,
+            };
+            if gone {
+                removed.push(p);
+            }
+        }
+        removed
     }
 
     /// Cluster directories present in the store.
@@ -143,14 +175,20 @@ impl LocalStore {
         }
     }
 
-    /// A temporary path in the cluster directory for a bundle being written. Hidden from [`Self::list`].
+    /// A temporary path in the cluster directory for a bundle being written: random, and naming this process
+    /// so that [`Self::remove_leftovers`] knows when it is abandoned. Hidden from [`Self::list`].
     pub fn staging_path(&self, cluster: &ClusterName, name: &SnapshotName) -> PathBuf {
-        let nonce = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        self.cluster_dir(cluster).join(format!(
+            ".{name}{BUNDLE_SUFFIX}.partial-{}-{}",
+            std::process::id(),
+            nonce()
+        ))
+    }
+
+    /// A private directory for a restore's staging, named like [`Self::staging_path`].
+    pub fn restore_staging_dir(&self, cluster: &ClusterName) -> PathBuf {
         self.cluster_dir(cluster)
-            .join(format!(".{name}{BUNDLE_SUFFIX}.partial-{}-{nonce}", std::process::id()))
+            .join(format!(".restore.partial-{}-{}", std::process::id(), nonce()))
     }
 
     /// Makes a finished bundle visible as `name`: metadata and sidecar first, then the archive itself,
@@ -207,13 +245,49 @@ impl LocalStore {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename (0600).
+/// The pid a leftover's name carries: `.<name>.tar.gz.partial-<pid>-<nonce>`, `.restore.partial-<pid>-<nonce>`.
+fn leftover_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.split_once(".partial-")?.1;
+    rest.split_once('-')?.0.parse().ok()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        match rustix::process::Pid::from_raw(pid as i32) {
+            Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
+            None => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// 16 random hex digits.
+pub fn nonce() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = (t as u64).to_le_bytes();
+    }
+    hex::encode(b)
+}
+
+/// Writes `bytes` to `path` through a new file at a random name in the same directory and a rename (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", nonce()));
     let res = (|| {
-        let mut f = open_private(&tmp)?;
+        let mut f = create_private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -225,30 +299,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-#[cfg(unix)]
-fn open_private(path: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn open_private(path: &Path) -> io::Result<fs::File> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
+/// Creates a new file, 0600, failing if anything exists at `path` — a symlink planted there included (O_EXCL
+/// never follows one).
+pub fn create_private_file(path: &Path) -> io::Result<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {
     match fs::create_dir(dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return check_private_dir(dir),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
@@ -259,6 +326,35 @@ fn create_private_dir(dir: &Path) -> Result<(), Error> {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(format!("setting permissions of {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// An existing directory: ours and private, made private if it is ours, refused if it is someone else's.
+fn check_private_dir(dir: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = fs::metadata(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        if !meta.is_dir() {
+            return Err(Error::Config(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(Error::Config(format!(
+                "{} belongs to uid {}, not to you (uid {me}): refusing to keep snapshots (they hold the \
+                 cluster's Secrets) in another user's directory; use --dir or KUBECTL_SNAPSHOT_DIR",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("making {} private (0700)", dir.display()), e))?;
+        }
     }
     Ok(())
 }
@@ -321,5 +417,29 @@ mod tests {
             }
         }
         assert_eq!(fs::read(store.paths(&c, &n).bundle).unwrap(), b"first");
+    }
+}
+
+#[cfg(test)]
+mod hardening {
+    use super::*;
+
+    #[test]
+    fn a_planted_symlink_is_never_followed_and_temp_names_are_random() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let planted = tmp.path().join("planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = create_private_file(&planted).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+
+        let store = LocalStore::new(tmp.path());
+        let (c, n) = (ClusterName::new("kind").unwrap(), SnapshotName::new("x").unwrap());
+        assert_ne!(store.staging_path(&c, &n), store.staging_path(&c, &n));
+        assert_eq!(leftover_pid(".x.tar.gz.partial-123-abcd"), Some(123));
+        assert_eq!(leftover_pid(".restore.partial-77-ff"), Some(77));
+        assert_eq!(leftover_pid("x.tar.gz"), None);
     }
 }

@@ -808,8 +808,8 @@ impl SnapshotStore for OciStore {
             .await
             .map_err(|e| self.err("downloading the bundle", e))?
             .stream;
-        let file = tokio::fs::File::create(dest)
-            .await
+        let file = crate::local::create_private_file(dest)
+            .map(tokio::fs::File::from_std)
             .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut size = 0u64;

@@ -390,8 +390,8 @@ impl SnapshotStore for ObjectSnapshotStore {
                 async move { store.get_range(&key, r).await }
             })
             .buffered(RANGES_IN_FLIGHT);
-        let file = tokio::fs::File::create(dest)
-            .await
+        let file = crate::local::create_private_file(dest)
+            .map(tokio::fs::File::from_std)
             .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Sha256::new();

@@ -258,6 +258,9 @@ fn endpoint_url(o: &S3Options) -> Result<(String, bool), Error> {
         .clone()
         .or_else(|| env("AWS_ENDPOINT_URL_S3"))
         .or_else(|| env("AWS_ENDPOINT_URL"));
+    if let Some(e) = &raw {
+        crate::url::refuse_credentials(e, "S3 endpoint")?;
+    }
     match raw {
         None => Ok((format!("{scheme}://s3.amazonaws.com"), true)),
         Some(e) if e.starts_with("http://") || e.starts_with("https://") => {

@@ -17,8 +17,25 @@ pub enum RemoteUrl {
     Oci(String),
 }
 
+/// Refuses a URL or host that carries credentials (`user:password@host`): they would be stored in the config
+/// file, shown in `ps`, logs and errors. The error shows the value with the credentials removed.
+pub fn refuse_credentials(value: &str, what: &str) -> Result<(), Error> {
+    let after_scheme = value.split_once("://").map_or(value, |(_, r)| r);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        let shown = value.replacen(&authority[..authority.len() - host.len()], "", 1);
+        return Err(Error::Config(format!(
+            "{what} {shown:?} had credentials before '@': they are never stored or printed; pass them with \
+             the credential flags (--s3-access-key with --s3-secret-key-stdin, --oci-username with \
+             --oci-password-stdin) or the environment"
+        )));
+    }
+    Ok(())
+}
+
 impl RemoteUrl {
     pub fn parse(s: &str) -> Result<Self, Error> {
+        refuse_credentials(s, "remote URL")?;
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, folder) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -79,6 +96,20 @@ pub fn open_dir(path: &std::path::Path) -> Result<crate::ObjectSnapshotStore, Er
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_urls_are_refused_without_being_echoed() {
+        for u in [
+            "oci://bob:hunter2@registry.lan/team",
+            "s3://key:hunter2@bucket/x",
+            "https://bob:hunter2@minio:9000",
+        ] {
+            let e = super::refuse_credentials(u, "remote URL").unwrap_err().to_string();
+            assert!(!e.contains("hunter2") && !e.contains("bob"), "{e}");
+        }
+        assert!(super::refuse_credentials("oci://registry.lan/team@sha256:abc", "remote URL").is_ok());
+        assert!(super::refuse_credentials("minio.lan:9000", "endpoint").is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -147,6 +147,8 @@ impl Info {
 
 /// All snapshots of a cluster, newest first.
 pub fn load_all(store: &LocalStore, cluster: &ClusterName) -> Result<Vec<Info>> {
+    // What a killed create or pull left behind goes now.
+    store.remove_leftovers(cluster);
     let mut infos: Vec<Info> = store.list(cluster)?.into_iter().map(Info::load).collect();
     infos.sort_by(|a, b| {
         b.created()

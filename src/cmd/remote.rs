@@ -77,6 +77,9 @@ pub async fn run(args: Args) -> Result<()> {
             }
             backends::SnapshotName::new(&a.name).map_err(|e| anyhow::anyhow!("remote name: {e}"))?;
             let url = RemoteUrl::parse(&a.url)?;
+            if let Some(e) = &a.s3_endpoint {
+                backends::url::refuse_credentials(e, "--s3-endpoint")?;
+            }
             let url = match url {
                 RemoteUrl::Dir(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
                 other => other.to_string(),
@@ -97,7 +100,7 @@ pub async fn run(args: Args) -> Result<()> {
                 config.default_remote = Some(a.name.clone());
             }
             let path = config.save()?;
-            println!(
+            crate::util::out!(
                 "Added remote {:?}{} ({})",
                 a.name,
                 if config.default_remote.as_deref() == Some(&a.name) {
@@ -141,7 +144,7 @@ pub async fn run(args: Args) -> Result<()> {
                 config.default_remote = None;
             }
             config.save()?;
-            println!("Removed remote {name:?}");
+            crate::util::out!("Removed remote {name:?}");
         }
     }
     Ok(())

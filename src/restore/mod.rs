@@ -187,10 +187,8 @@ async fn restore_locked(
     let p = progress.phase("pre-flight checks");
     // The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side. Staging is
     // written during the pass and removed again if any check fails.
-    let stage_root = req
-        .store
-        .cluster_dir(&cluster_name)
-        .join(format!(".restore-{}", crate::util::nonce()));
+    req.store.ensure_cluster_dir(&cluster_name)?;
+    let stage_root = req.store.restore_staging_dir(&cluster_name);
     let staging = StagingDir(stage_root.clone());
     let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
     let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());

@@ -10,6 +10,7 @@ fn invalid_snapshot_names_are_refused() {
     for bad in ["../etc", "a/b", ".hidden", "with space"] {
         let run = store.run(&["create", "some-cluster", bad]).fails();
         assert!(run.stderr.contains("invalid snapshot name"), "{bad}: {}", run.stderr);
+        assert_eq!(run.code, Some(2), "a usage error: {bad}");
     }
     let run = store.run(&["create", "c", "one", "--name", "two"]).fails();
     assert_eq!(run.code, Some(2));
@@ -91,4 +92,37 @@ fn two_clusters_and_no_name_is_ambiguous() {
     assert!(run.stderr.contains("several kind clusters found ("), "{}", run.stderr);
     assert!(run.stderr.contains(&a) && run.stderr.contains(&b), "{}", run.stderr);
     assert!(store.files(&a).is_empty() && store.files(&b).is_empty());
+}
+
+#[test]
+fn credentials_in_endpoint_urls_are_refused_and_never_stored_or_echoed() {
+    let store = Store::new();
+    let cfg = store.root().join("config.toml");
+    let env = [("KUBECTL_SNAPSHOT_CONFIG", cfg.to_str().unwrap())];
+    for args in [
+        vec!["remote", "add", "team", "oci://bob:hunter2@127.0.0.1:5000/team"],
+        vec![
+            "remote",
+            "add",
+            "team",
+            "s3://bucket/x",
+            "--s3-endpoint",
+            "bob:hunter2@127.0.0.1:9000",
+        ],
+        vec!["push", "c", "snap", "--remote", "oci://bob:hunter2@127.0.0.1:5000/team"],
+    ] {
+        let run = store.run_env(&args, &env);
+        assert_ne!(run.code, Some(0), "{args:?}");
+        assert!(
+            run.stderr.contains("had credentials before '@'"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("hunter2") && !run.stdout.contains("hunter2"),
+            "{args:?}: echoed"
+        );
+        let stored = std::fs::read_to_string(&cfg).unwrap_or_default();
+        assert!(!stored.contains("hunter2"), "stored: {stored}");
+    }
 }

@@ -295,6 +295,19 @@ fn server_killed_mid_upload_then_repush() {
         std::fs::read(other.bundle("big", "huge")).unwrap(),
         std::fs::read(store.bundle("big", "huge")).unwrap()
     );
+    // A pulled bundle holds the cluster's Secrets: private, like a created one.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(other.bundle("big", "huge"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "pulled bundle mode {mode:o}");
+    assert!(
+        other.files("big").iter().all(|f| !f.contains(".partial-")),
+        "{:?}",
+        other.files("big")
+    );
 }
 
 #[test]
@@ -559,4 +572,23 @@ fn named_remotes_never_store_secrets_and_prune_stays_in_its_cluster() {
     run(&store, vec!["remote".into(), "remove".into(), "team".into()], &cfg_env).ok();
     let r = run(&store, vec!["push".into(), "a".into(), "new".into()], &cfg_env);
     assert!(r.stderr.contains("no default remote"), "{}", r.stderr);
+}
+
+#[test]
+fn the_s3_secret_key_can_come_from_stdin() {
+    let s3 = S3::start();
+    let store = Store::new();
+    fake_snapshot(&store, "stdin", "one", 4096, 1);
+    // No secret in the environment or on the command line: only on standard input.
+    let args = with(
+        &["push", "stdin", "one", "--s3-access-key", AK, "--s3-secret-key-stdin"],
+        &s3.args(),
+    );
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let wrong = store.run_stdin(&a, &[], "not-the-secret\n");
+    assert_eq!(wrong.code, Some(1), "a wrong secret on stdin was accepted");
+    let ok = store.run_stdin(&a, &[], &format!("{SECRET}\n"));
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    assert!(!ok.stderr.contains(SECRET) && !ok.stdout.contains(SECRET));
+    assert_eq!(remote_names(&store, &s3, "stdin", "ok"), ["one"]);
 }

@@ -190,3 +190,52 @@ fn list_show_prune_delete() {
     store.run(&["delete", c, "h10", "base"]).ok();
     assert!(store.files(c).is_empty(), "left: {:?}", store.files(c));
 }
+
+#[test]
+fn the_store_is_private_and_cleans_up_after_killed_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::up("priv", 1, 0);
+    let store = Store::new();
+    let c = cluster.name.as_str();
+    let dir = store.root().join(c);
+    // A store and cluster directory someone made world-writable are tightened before use.
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [store.root(), dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // What a killed create (partial bundle) and a killed restore (staging) left, from a process that is gone,
+    // and a partial bundle of a process that still runs (this test).
+    let dead = 2_147_483_646; // above any pid_max (at most 2^22 on Linux)
+    std::fs::write(dir.join(format!(".gone.tar.gz.partial-{dead}-0123")), b"partial").unwrap();
+    std::fs::create_dir(dir.join(format!(".restore.partial-{dead}-0123"))).unwrap();
+    let alive = dir.join(format!(".busy.tar.gz.partial-{}-0123", std::process::id()));
+    std::fs::write(&alive, b"still being written").unwrap();
+
+    store.run(&["create", c, "snap"]).ok();
+    for d in [store.root(), dir.as_path()] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", d.display());
+    }
+    let files = store.files(c);
+    assert!(!files.iter().any(|f| f.contains(&dead.to_string())), "{files:?}");
+    assert!(alive.exists(), "a live process's partial file was removed");
+    let mode = std::fs::metadata(store.bundle(c, "snap")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A directory of another user is refused, not used.
+    let other = Store::new();
+    let theirs = other.root().join(c);
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("the tests run as root (tests/run)");
+    let run = other.run(&["create", c, "snap"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("belongs to uid 65534, not to you"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        std::fs::read_dir(&theirs).unwrap().next().is_none(),
+        "something was written there"
+    );
+}
