@@ -126,3 +126,46 @@ fn credentials_in_endpoint_urls_are_refused_and_never_stored_or_echoed() {
         assert!(!stored.contains("hunter2"), "stored: {stored}");
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_older_than_0_means_off() {
+    let store = Store::new();
+    for i in 0..4 {
+        fake_snapshot(&store, "c", &format!("s{i}"), 1024, i);
+    }
+    // `kubectl snapshot list c | head -0`: the reader is gone before anything is written.
+    for args in [
+        vec!["list", "c"],
+        vec!["list", "c", "-o", "json"],
+        vec!["show", "c", "s0"],
+        vec!["prune", "c", "--keep-last", "1", "--dry-run"],
+        vec!["delete", "c", "s3"],
+    ] {
+        let mut child = store
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // 0 turns the age policy off; with another policy the plan is that policy's alone.
+    let run = store
+        .run(&["prune", "c", "--keep-last", "2", "--older-than", "0", "--dry-run"])
+        .ok();
+    let deleted: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("DELETE"))
+        .collect();
+    assert_eq!(deleted.len(), 1, "{}", run.stdout);
+    assert!(
+        deleted[0].contains("s2") && deleted[0].contains("most recent"),
+        "{}",
+        run.stdout
+    );
+}

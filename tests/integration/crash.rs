@@ -181,6 +181,20 @@ fn create_freezes_instead_of_stopping_and_a_killed_create_is_thawed_by_resume() 
     assert!(resumed.stdout.contains("thawed"), "{}", resumed.stdout);
     assert_clean(&cluster);
 
+    // SIGKILL before the freeze (images being read): nothing is frozen, but the journal is left; the next
+    // create names the unfinished one, resume cleans up.
+    store
+        .spawn_paused(&["create", &cluster.name, "five"], "create:images")
+        .signal("KILL");
+    let refused = store.run(&["create", &cluster.name, "six"]);
+    assert!(
+        refused.stderr.contains("has an unfinished create") && refused.stderr.contains("kubectl snapshot resume"),
+        "{}",
+        refused.stderr
+    );
+    store.run(&["resume", &cluster.name]).ok();
+    assert_clean(&cluster);
+
     // A create that completes: no pod was restarted by any of this.
     let done = store.run(&["create", &cluster.name, "four", "--json"]).ok().json();
     assert!(

@@ -188,6 +188,15 @@ fn hostile_bundles_are_refused() {
             .unwrap();
     });
     corpus.push(("long-name", "a node's filesystem takes at most 255"));
+    craft(&dir, "long-path", &base, |b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        let deep = vec!["d".repeat(200); 20].join("/");
+        b.append_data(&mut h, format!("{pv}/{deep}"), &b"x"[..]).unwrap();
+    });
+    corpus.push(("long-path", "longer than a node can create"));
     let whole = std::fs::read(&good).unwrap();
     std::fs::write(dir.join("truncated.tar.gz"), &whole[..whole.len() / 2]).unwrap();
     seal(&dir, "truncated");
