@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use backends::SnapshotStore;
-use backends::s3::{Lookup, S3Options, Secret};
+use backends::s3::{Credentials, Lookup, S3Options, Secret, Sourced};
 use backends::url::RemoteUrl;
 use serde::{Deserialize, Serialize};
 
@@ -35,15 +35,8 @@ pub struct S3Args {
     /// Use S3 (needs --s3-bucket) as the remote.
     #[arg(long)]
     pub s3: bool,
-    /// S3 endpoint, host[:port] (default: AWS; env AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub s3_endpoint: Option<String>,
-    /// CA bundle for the endpoint: a PEM file or base64-encoded PEM (repeatable).
-    #[arg(long, value_name = "FILE|BASE64")]
-    pub s3_endpoint_ca: Vec<String>,
-    /// Do not verify the endpoint's TLS certificate.
-    #[arg(long)]
-    pub s3_skip_ssl_verify: bool,
+    #[command(flatten)]
+    pub stored: S3Stored,
     /// Access key (default: AWS_ACCESS_KEY_ID, then the AWS profile).
     #[arg(long, value_name = "KEY")]
     pub s3_access_key: Option<String>,
@@ -60,24 +53,39 @@ pub struct S3Args {
     /// Bucket.
     #[arg(long, value_name = "BUCKET")]
     pub s3_bucket: Option<String>,
-    /// Region (default: AWS_REGION, the profile's region, else us-east-1).
-    #[arg(long, value_name = "REGION")]
-    pub s3_region: Option<String>,
     /// Folder (key prefix) in the bucket.
     #[arg(long, value_name = "FOLDER")]
     pub s3_folder: Option<String>,
+}
+
+/// The S3 settings a named remote can keep in the config file: the same flags for every command that reaches
+/// S3 and for `remote add`, which stores them (never credentials).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct S3Stored {
+    /// S3 endpoint, host[:port] (default: AWS; env AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub s3_endpoint: Option<String>,
+    /// CA bundle for the endpoint: a PEM file or base64-encoded PEM (repeatable).
+    #[arg(long, value_name = "FILE|BASE64")]
+    pub s3_endpoint_ca: Vec<String>,
+    /// Do not verify the endpoint's TLS certificate.
+    #[arg(long)]
+    pub s3_skip_ssl_verify: bool,
     /// Use plain HTTP.
     #[arg(long)]
     pub s3_insecure: bool,
+    /// Region (default: AWS_REGION, the profile's region, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// AWS profile for credentials and region (default: AWS_PROFILE, else "default").
+    #[arg(long, value_name = "NAME")]
+    pub s3_profile: Option<String>,
     /// Per-request timeout (default 5m).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub s3_timeout: Option<Duration>,
     /// Bucket addressing: auto (virtual-hosted on AWS, path style elsewhere), dns or path.
     #[arg(long, value_name = "auto|dns|path")]
     pub s3_bucket_lookup_type: Option<Lookup>,
-    /// AWS profile for credentials and region (default: AWS_PROFILE, else "default").
-    #[arg(long, value_name = "NAME")]
-    pub s3_profile: Option<String>,
 }
 
 impl S3Args {
@@ -173,6 +181,24 @@ pub struct RemoteConfig {
     pub bucket_lookup_type: Option<String>,
 }
 
+impl RemoteConfig {
+    /// The entry `remote add` stores: the URL and the S3 settings given (the OCI backend reads `insecure`
+    /// and `endpoint-ca` too: plain HTTP and a private CA mean the same for a registry).
+    pub fn new(url: String, s: S3Stored) -> Self {
+        Self {
+            url,
+            endpoint: s.s3_endpoint,
+            endpoint_ca: s.s3_endpoint_ca,
+            skip_ssl_verify: s.s3_skip_ssl_verify,
+            insecure: s.s3_insecure,
+            region: s.s3_region,
+            profile: s.s3_profile,
+            timeout: s.s3_timeout.map(|d| format!("{}s", d.as_secs())),
+            bucket_lookup_type: s.s3_bucket_lookup_type.map(|l| format!("{l:?}").to_lowercase()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Config {
@@ -212,57 +238,171 @@ impl Config {
     }
 }
 
-/// Builds S3 options: flags over environment (read by the backend) over the remote's config.
-fn s3_options(bucket: String, folder: String, cfg: Option<&RemoteConfig>, f: &S3Args) -> Result<S3Options> {
-    let mut o = S3Options::new(bucket);
-    o.folder = folder;
-    if let Some(c) = cfg {
-        o.endpoint = c.endpoint.clone();
-        o.endpoint_ca = c.endpoint_ca.clone();
-        o.skip_ssl_verify = c.skip_ssl_verify;
-        o.insecure = c.insecure;
-        o.region = c.region.clone();
-        o.profile = c.profile.clone();
-        if let Some(t) = &c.timeout {
-            o.timeout = parse_duration(t).map_err(|e| anyhow!("remote setting timeout: {e}"))?;
-        }
-        if let Some(l) = &c.bucket_lookup_type {
-            o.lookup = l.parse().map_err(|e: String| anyhow!(e))?;
+/// Where a setting came from, named as the user would write it.
+fn from_config(remote: &str, key: &str) -> String {
+    format!("remote {remote:?} in config.toml ({key})")
+}
+
+/// The first value present, with its source: flags, then environment variables, then the config file.
+fn pick(
+    flag: Option<(&Option<String>, &'static str)>,
+    env: &dyn Fn(&str) -> Option<String>,
+    vars: &[&'static str],
+    config: Option<(Option<&String>, String)>,
+) -> Option<Sourced<String>> {
+    if let Some((Some(v), name)) = flag {
+        return Some(Sourced::new(v.clone(), name));
+    }
+    for var in vars {
+        if let Some(v) = env(var) {
+            return Some(Sourced::new(v, *var));
         }
     }
+    match config {
+        Some((Some(v), from)) => Some(Sourced::new(v.clone(), from)),
+        _ => None,
+    }
+}
+
+/// The process environment, empty values unset.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Resolves every S3 setting once: flags > environment > the remote's config entry > defaults. Each value keeps
+/// its source, so that errors name it. The backend reads no environment.
+fn s3_options(
+    bucket: String,
+    folder: String,
+    cfg: Option<(&str, &RemoteConfig)>,
+    f: &S3Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<S3Options> {
+    let mut o = S3Options::new(bucket);
+    o.folder = folder;
+    let c = cfg.map(|(_, c)| c);
+    let at = |key: &str| cfg.map_or_else(String::new, |(name, _)| from_config(name, key));
+    fn conf<'a>(
+        cfg: Option<(&str, &RemoteConfig)>,
+        v: Option<&'a String>,
+        key: &str,
+    ) -> Option<(Option<&'a String>, String)> {
+        cfg.map(|(name, _)| (v, from_config(name, key)))
+    }
+
     if let Some(b) = &f.s3_bucket {
         o.bucket = b.clone();
     }
     if let Some(v) = &f.s3_folder {
         o.folder = v.trim_matches('/').to_owned();
     }
-    if f.s3_endpoint.is_some() {
-        o.endpoint = f.s3_endpoint.clone();
-    }
-    if !f.s3_endpoint_ca.is_empty() {
-        o.endpoint_ca = f.s3_endpoint_ca.clone();
-    }
-    o.skip_ssl_verify |= f.s3_skip_ssl_verify;
-    o.insecure |= f.s3_insecure;
-    if f.s3_region.is_some() {
-        o.region = f.s3_region.clone();
-    }
-    if f.s3_profile.is_some() {
-        o.profile = f.s3_profile.clone();
-    }
-    if let Some(t) = f.s3_timeout {
-        o.timeout = t;
-    }
-    if let Some(l) = f.s3_bucket_lookup_type {
-        o.lookup = l;
-    }
-    o.access_key = f.s3_access_key.clone();
-    o.secret_key = if f.s3_secret_key_stdin {
-        Some(Secret::new(read_secret_line("the S3 secret key")?))
+    o.endpoint = pick(
+        Some((&f.stored.s3_endpoint, "--s3-endpoint")),
+        env,
+        &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        conf(cfg, c.and_then(|c| c.endpoint.as_ref()), "endpoint"),
+    );
+    o.endpoint_ca = if !f.stored.s3_endpoint_ca.is_empty() {
+        Some(Sourced::new(f.stored.s3_endpoint_ca.clone(), "--s3-endpoint-ca"))
     } else {
-        f.s3_secret_key.clone().map(Secret::new)
+        c.filter(|c| !c.endpoint_ca.is_empty())
+            .map(|c| Sourced::new(c.endpoint_ca.clone(), at("endpoint-ca")))
     };
-    o.session_token = f.s3_session_token.clone().map(Secret::new);
+    o.skip_ssl_verify = f.stored.s3_skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
+    o.insecure = f.stored.s3_insecure || c.is_some_and(|c| c.insecure);
+    o.timeout = match (f.stored.s3_timeout, c.and_then(|c| c.timeout.as_ref())) {
+        (Some(t), _) => t,
+        (None, Some(t)) => parse_duration(t).map_err(|e| anyhow!("{}: {e}", at("timeout")))?,
+        (None, None) => o.timeout,
+    };
+    o.lookup = match (
+        f.stored.s3_bucket_lookup_type,
+        c.and_then(|c| c.bucket_lookup_type.as_ref()),
+    ) {
+        (Some(l), _) => l,
+        (None, Some(l)) => l
+            .parse()
+            .map_err(|e: String| anyhow!("{}: {e}", at("bucket-lookup-type")))?,
+        (None, None) => o.lookup,
+    };
+
+    // The AWS profile: named explicitly, or "default"; its files from AWS_SHARED_CREDENTIALS_FILE and
+    // AWS_CONFIG_FILE, else ~/.aws.
+    let profile = pick(
+        Some((&f.stored.s3_profile, "--s3-profile")),
+        env,
+        &["AWS_PROFILE"],
+        conf(cfg, c.and_then(|c| c.profile.as_ref()), "profile"),
+    );
+    let home = env("HOME").map(PathBuf::from);
+    let creds_file = env("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+    let config_file = env("AWS_CONFIG_FILE")
+        .map(PathBuf::from)
+        .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+    let profile_name = profile.as_ref().map_or("default", |p| p.value.as_str());
+    let (profile_creds, profile_region) =
+        backends::s3::profile(profile_name, creds_file.as_deref(), config_file.as_deref())?;
+
+    let secret = if f.s3_secret_key_stdin {
+        Some(read_secret_line("the S3 secret key")?)
+    } else {
+        f.s3_secret_key.clone()
+    };
+    let secret_flag = if f.s3_secret_key_stdin {
+        "--s3-secret-key-stdin"
+    } else {
+        "--s3-secret-key"
+    };
+    o.credentials = match (&f.s3_access_key, secret) {
+        (Some(key), Some(secret)) => Some(Credentials {
+            key: key.clone(),
+            secret: Secret::new(secret),
+            token: f.s3_session_token.clone().map(Secret::new),
+            from: format!("--s3-access-key/{secret_flag}"),
+        }),
+        (Some(_), None) | (None, Some(_)) => bail!("--s3-access-key and {secret_flag} go together"),
+        (None, None) => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(key), Some(secret)) => Some(Credentials {
+                key,
+                secret: Secret::new(secret),
+                token: f
+                    .s3_session_token
+                    .clone()
+                    .or_else(|| env("AWS_SESSION_TOKEN"))
+                    .map(Secret::new),
+                from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
+            }),
+            _ => {
+                if profile_creds.is_none()
+                    && let Some(p) = &profile
+                {
+                    bail!(
+                        "AWS profile {:?} (from {}) has no static credentials in {} or {}",
+                        p.value,
+                        p.from,
+                        creds_file
+                            .as_ref()
+                            .map_or("~/.aws/credentials".into(), |p| p.display().to_string()),
+                        config_file
+                            .as_ref()
+                            .map_or("~/.aws/config".into(), |p| p.display().to_string())
+                    );
+                }
+                profile_creds
+            }
+        },
+    };
+    let region_config = conf(cfg, c.and_then(|c| c.region.as_ref()), "region");
+    o.region = pick(
+        Some((&f.stored.s3_region, "--s3-region")),
+        env,
+        &["AWS_REGION", "AWS_DEFAULT_REGION"],
+        region_config,
+    )
+    .or_else(|| profile_region.map(|r| Sourced::new(r, format!("profile {profile_name:?}"))))
+    .unwrap_or(o.region);
     Ok(o)
 }
 
@@ -278,15 +418,21 @@ pub fn resolve(args: &RemoteArgs, use_default: bool) -> Result<Option<Box<dyn Sn
                 .s3_bucket
                 .clone()
                 .ok_or_else(|| anyhow!("--s3 needs --s3-bucket"))?;
-            let o = s3_options(bucket, args.s3.s3_folder.clone().unwrap_or_default(), None, &args.s3)?;
+            let o = s3_options(
+                bucket,
+                args.s3.s3_folder.clone().unwrap_or_default(),
+                None,
+                &args.s3,
+                &process_env,
+            )?;
             return Ok(Some(Box::new(backends::s3::open(&o)?)));
         }
         (None, false) if use_default => config.default_remote.clone(),
         (None, false) => None,
     };
     let Some(chosen) = chosen else { return Ok(None) };
-    let (url, cfg) = match config.remotes.get(&chosen) {
-        Some(c) => (c.url.clone(), Some(c)),
+    let (url, cfg) = match config.remotes.get_key_value(&chosen) {
+        Some((name, c)) => (c.url.clone(), Some((name.as_str(), c))),
         None => (chosen.clone(), None),
     };
     let parsed = RemoteUrl::parse(&url).map_err(|e| {
@@ -302,9 +448,15 @@ pub fn resolve(args: &RemoteArgs, use_default: bool) -> Result<Option<Box<dyn Sn
         );
     }
     Ok(Some(match parsed {
-        RemoteUrl::S3 { bucket, folder } => Box::new(backends::s3::open(&s3_options(bucket, folder, cfg, &args.s3)?)?),
+        RemoteUrl::S3 { bucket, folder } => Box::new(backends::s3::open(&s3_options(
+            bucket,
+            folder,
+            cfg,
+            &args.s3,
+            &process_env,
+        )?)?),
         RemoteUrl::Dir(p) => Box::new(backends::url::open_dir(&p)?),
-        RemoteUrl::Oci(r) => Box::new(backends::oci::open(&oci_options(&r, cfg, &args.oci)?)?),
+        RemoteUrl::Oci(r) => Box::new(backends::oci::open(&oci_options(&r, cfg.map(|(_, c)| c), &args.oci)?)?),
     }))
 }
 
@@ -313,4 +465,163 @@ pub fn require(args: &RemoteArgs) -> Result<Box<dyn SnapshotStore>> {
     resolve(args, true)?.ok_or_else(|| {
         anyhow!("no remote given and no default remote: use --remote NAME|URL, or `kubectl snapshot remote add NAME URL --default`")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn team() -> RemoteConfig {
+        RemoteConfig {
+            url: "s3://bucket/folder".into(),
+            endpoint: Some("config.lan:9000".into()),
+            region: Some("config-region".into()),
+            ..Default::default()
+        }
+    }
+
+    fn resolve(flags: &S3Args, env: &dyn Fn(&str) -> Option<String>, cfg: Option<&RemoteConfig>) -> S3Options {
+        s3_options("bucket".into(), String::new(), cfg.map(|c| ("team", c)), flags, env).unwrap()
+    }
+
+    const KEYS: &[(&str, &str)] = &[
+        ("AWS_ACCESS_KEY_ID", "env-key"),
+        ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+    ];
+
+    #[test]
+    fn endpoint_flag_beats_environment_beats_config() {
+        let cfg = team();
+        let mut flags = S3Args::default();
+        flags.stored.s3_endpoint = Some("flag.lan:9000".into());
+        let env = env_of(&[
+            ("AWS_ENDPOINT_URL_S3", "https://env-s3.lan"),
+            ("AWS_ENDPOINT_URL", "https://env.lan"),
+        ]);
+        let got =
+            |f: &S3Args, e: &dyn Fn(&str) -> Option<String>, c| resolve(f, e, c).endpoint.map(|s| (s.value, s.from));
+        assert_eq!(
+            got(&flags, &env, Some(&cfg)),
+            Some(("flag.lan:9000".into(), "--s3-endpoint".into()))
+        );
+        let none = S3Args::default();
+        assert_eq!(
+            got(&none, &env, Some(&cfg)),
+            Some(("https://env-s3.lan".into(), "AWS_ENDPOINT_URL_S3".into()))
+        );
+        let generic = env_of(&[("AWS_ENDPOINT_URL", "https://env.lan")]);
+        assert_eq!(
+            got(&none, &generic, Some(&cfg)),
+            Some(("https://env.lan".into(), "AWS_ENDPOINT_URL".into()))
+        );
+        let empty = env_of(&[]);
+        assert_eq!(
+            got(&none, &empty, Some(&cfg)),
+            Some((
+                "config.lan:9000".into(),
+                "remote \"team\" in config.toml (endpoint)".into()
+            ))
+        );
+        assert_eq!(got(&none, &empty, None), None, "default: AWS");
+    }
+
+    #[test]
+    fn region_flag_beats_environment_beats_config_beats_profile_beats_default() {
+        let cfg = team();
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(&creds, "[default]\nregion = profile-region\n").unwrap();
+        let path = creds.display().to_string();
+        let files = [
+            ("AWS_SHARED_CREDENTIALS_FILE", path.as_str()),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| [&files[..], extra].concat();
+        let region = |f: &S3Args, e: &[(&str, &str)], c| {
+            let r = resolve(f, &env_of(e), c).region;
+            (r.value, r.from)
+        };
+        let mut flags = S3Args::default();
+        flags.stored.s3_region = Some("flag-region".into());
+        let both = with(&[("AWS_REGION", "env-region"), ("AWS_DEFAULT_REGION", "env-default")]);
+        assert_eq!(
+            region(&flags, &both, Some(&cfg)),
+            ("flag-region".into(), "--s3-region".into())
+        );
+        let none = S3Args::default();
+        assert_eq!(
+            region(&none, &both, Some(&cfg)),
+            ("env-region".into(), "AWS_REGION".into())
+        );
+        let default_only = with(&[("AWS_DEFAULT_REGION", "env-default")]);
+        assert_eq!(
+            region(&none, &default_only, Some(&cfg)),
+            ("env-default".into(), "AWS_DEFAULT_REGION".into())
+        );
+        assert_eq!(
+            region(&none, &files, Some(&cfg)),
+            ("config-region".into(), "remote \"team\" in config.toml (region)".into()),
+            "the config file is beaten by the environment, and beats the profile"
+        );
+        assert_eq!(
+            region(&none, &files, None),
+            ("profile-region".into(), "profile \"default\"".into())
+        );
+        assert_eq!(region(&none, &[], None), ("us-east-1".into(), "the default".into()));
+    }
+
+    #[test]
+    fn credentials_flags_beat_environment_beat_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = profile-key\naws_secret_access_key = profile-secret\n",
+        )
+        .unwrap();
+        let path = creds.display().to_string();
+        let profile_only = [("AWS_SHARED_CREDENTIALS_FILE", path.as_str())];
+        let env_and_profile = [&profile_only[..], KEYS].concat();
+        let key = |f: &S3Args, e: &[(&str, &str)]| resolve(f, &env_of(e), None).credentials.map(|c| (c.key, c.from));
+        let flags = S3Args {
+            s3_access_key: Some("flag-key".into()),
+            s3_secret_key: Some("flag-secret".into()),
+            ..Default::default()
+        };
+        assert_eq!(key(&flags, &env_and_profile).unwrap().0, "flag-key");
+        let none = S3Args::default();
+        let (k, from) = key(&none, &env_and_profile).unwrap();
+        assert_eq!(k, "env-key");
+        assert!(from.contains("AWS_ACCESS_KEY_ID"), "{from}");
+        let (k, from) = key(&none, &profile_only).unwrap();
+        assert_eq!(k, "profile-key");
+        assert!(from.contains("profile \"default\""), "{from}");
+        assert!(key(&none, &[]).is_none(), "nothing found: unsigned");
+        // A profile named anywhere must exist.
+        let mut named = S3Args::default();
+        named.stored.s3_profile = Some("missing".into());
+        let e = s3_options("b".into(), String::new(), None, &named, &env_of(&profile_only))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"missing\" (from --s3-profile) has no static credentials"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_where_a_value_came_from() {
+        let mut cfg = team();
+        cfg.endpoint = Some("http://config.lan:9000".into());
+        let o = resolve(&S3Args::default(), &env_of(KEYS), Some(&cfg));
+        let e = backends::s3::open(&o).err().expect("plain HTTP refused").to_string();
+        assert!(e.contains("(from remote \"team\" in config.toml (endpoint))"), "{e}");
+    }
 }

@@ -1,11 +1,11 @@
-//! S3 stores configured like k3s's `--s3-*` options, with AWS environment variables and shared profiles.
+//! S3 stores configured like k3s's `--s3-*` options.
 //!
-//! Credentials, first found wins: explicit keys (flags), `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`
-//! (+ `AWS_SESSION_TOKEN`), then a profile (`--s3-profile`/`AWS_PROFILE`, else `default`) in
-//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`) or `~/.aws/config` (`AWS_CONFIG_FILE`). With none,
-//! requests are unsigned. Instance metadata is never queried. Where credentials came from is part of every
-//! error message; the secret never is. No flexible-checksum headers are sent (they break many S3-compatible
-//! stores).
+//! The store takes *resolved* settings ([`S3Options`]): which flag, environment variable, config entry or
+//! default each value came from is decided by the caller (the binary's settings model), and each value carries
+//! that source so that errors can name it. Nothing here reads the environment. [`profile`] reads an AWS shared
+//! credentials/config file pair for the caller. Instance metadata is never queried. Where credentials came
+//! from is part of every error message; the secret never is. No flexible-checksum headers are sent (they
+//! break many S3-compatible stores).
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,59 +57,66 @@ impl std::str::FromStr for Lookup {
     }
 }
 
+/// A setting and where its value came from (`--s3-region`, `AWS_REGION`, `remote "team" in config.toml`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub from: String,
+}
+
+impl<T> Sourced<T> {
+    pub fn new(value: T, from: impl Into<String>) -> Self {
+        Self {
+            value,
+            from: from.into(),
+        }
+    }
+}
+
+/// Resolved settings of an S3 store.
 #[derive(Debug, Clone)]
 pub struct S3Options {
     pub bucket: String,
     pub folder: String,
-    /// host[:port] (k3s style), or a URL. Default: AWS.
-    pub endpoint: Option<String>,
+    /// host[:port] (k3s style), or a URL. `None`: AWS.
+    pub endpoint: Option<Sourced<String>>,
     /// CA bundles to trust: file paths or base64-encoded PEM.
-    pub endpoint_ca: Vec<String>,
+    pub endpoint_ca: Option<Sourced<Vec<String>>>,
     pub skip_ssl_verify: bool,
     /// Plain HTTP.
     pub insecure: bool,
-    pub region: Option<String>,
-    pub access_key: Option<String>,
-    pub secret_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    pub profile: Option<String>,
+    pub region: Sourced<String>,
+    /// `None`: requests are unsigned.
+    pub credentials: Option<Credentials>,
     pub timeout: Duration,
     pub lookup: Lookup,
 }
 
 impl S3Options {
+    /// Defaults: AWS, us-east-1, no credentials, 5 minutes, automatic bucket lookup.
     pub fn new(bucket: impl Into<String>) -> Self {
         Self {
             bucket: bucket.into(),
             folder: String::new(),
             endpoint: None,
-            endpoint_ca: Vec::new(),
+            endpoint_ca: None,
             skip_ssl_verify: false,
             insecure: false,
-            region: None,
-            access_key: None,
-            secret_key: None,
-            session_token: None,
-            profile: None,
+            region: Sourced::new("us-east-1".into(), "the default"),
+            credentials: None,
             timeout: Duration::from_secs(300),
             lookup: Lookup::Auto,
         }
     }
 }
 
-struct Creds {
-    key: String,
-    secret: Secret,
-    token: Option<Secret>,
-    from: String,
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn home() -> Option<std::path::PathBuf> {
-    env("HOME").map(std::path::PathBuf::from)
+/// Static credentials and where they were found.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub key: String,
+    pub secret: Secret,
+    pub token: Option<Secret>,
+    pub from: String,
 }
 
 /// A section of an AWS shared file, as key → value.
@@ -128,14 +135,13 @@ fn get(section: &[(String, String)], key: &str) -> Option<String> {
     section.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
-/// The profile's credentials and region, if the profile exists in either shared file.
-fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
-    let creds_file = env("AWS_SHARED_CREDENTIALS_FILE")
-        .map(Into::into)
-        .or_else(|| home().map(|h| h.join(".aws/credentials")));
-    let config_file = env("AWS_CONFIG_FILE")
-        .map(Into::into)
-        .or_else(|| home().map(|h| h.join(".aws/config")));
+/// A profile's credentials and region from the AWS shared files (`credentials`, then `config`), if the profile
+/// exists in either. A profile that needs SSO, a credential process or a role is refused with what to run.
+pub fn profile(
+    name: &str,
+    credentials_file: Option<&std::path::Path>,
+    config_file: Option<&std::path::Path>,
+) -> Result<(Option<Credentials>, Option<String>), Error> {
     let mut creds = None;
     let mut region = None;
     let config_section = if name == "default" {
@@ -143,9 +149,9 @@ fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
     } else {
         format!("profile {name}")
     };
-    for (file, section) in [(creds_file, name.to_owned()), (config_file, config_section)] {
+    for (file, section) in [(credentials_file, name.to_owned()), (config_file, config_section)] {
         let Some(file) = file else { continue };
-        let Some(s) = profile_section(&file, &section)? else {
+        let Some(s) = profile_section(file, &section)? else {
             continue;
         };
         if region.is_none() {
@@ -155,7 +161,7 @@ fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
             continue;
         }
         if let (Some(key), Some(secret)) = (get(&s, "aws_access_key_id"), get(&s, "aws_secret_access_key")) {
-            creds = Some(Creds {
+            creds = Some(Credentials {
                 key,
                 secret: Secret::new(secret),
                 token: get(&s, "aws_session_token").map(Secret::new),
@@ -175,75 +181,25 @@ fn from_profile(name: &str) -> Result<(Option<Creds>, Option<String>), Error> {
     Ok((creds, region))
 }
 
-fn credentials(o: &S3Options) -> Result<(Option<Creds>, Option<String>), Error> {
-    match (&o.access_key, &o.secret_key) {
-        (Some(key), Some(secret)) => {
-            return Ok((
-                Some(Creds {
-                    key: key.clone(),
-                    secret: secret.clone(),
-                    token: o.session_token.clone(),
-                    from: "--s3-access-key/--s3-secret-key".into(),
-                }),
-                None,
-            ));
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(Error::Config("--s3-access-key and --s3-secret-key go together".into()));
-        }
-        (None, None) => {}
-    }
-    if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        let token = o
-            .session_token
-            .clone()
-            .or_else(|| env("AWS_SESSION_TOKEN").map(Secret::new));
-        return Ok((
-            Some(Creds {
-                key,
-                secret: Secret::new(secret),
-                token,
-                from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
-            }),
-            None,
-        ));
-    }
-    let profile = o
-        .profile
-        .clone()
-        .or_else(|| env("AWS_PROFILE"))
-        .unwrap_or_else(|| "default".into());
-    let explicit = o.profile.is_some() || env("AWS_PROFILE").is_some();
-    let (creds, region) = from_profile(&profile)?;
-    if creds.is_none() && explicit {
-        return Err(Error::Config(format!(
-            "AWS profile {profile:?} has no static credentials in ~/.aws/credentials or ~/.aws/config"
-        )));
-    }
-    Ok((creds, region))
-}
-
 /// Reads CA bundles given as file paths or base64-encoded PEM (k3s accepts both).
-fn certificates(entries: &[String]) -> Result<Vec<Certificate>, Error> {
+fn certificates(ca: &Sourced<Vec<String>>) -> Result<Vec<Certificate>, Error> {
     let mut out = Vec::new();
-    for entry in entries.iter().flat_map(|e| e.split_whitespace()) {
+    let from = &ca.from;
+    for entry in ca.value.iter().flat_map(|e| e.split_whitespace()) {
         let pem = match std::fs::read(entry) {
             Ok(bytes) => bytes,
             Err(_) => {
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.decode(entry).map_err(|_| {
                     Error::Config(format!(
-                        "--s3-endpoint-ca {entry:?} is neither a readable file nor base64-encoded PEM"
+                        "{from}: {entry:?} is neither a readable file nor base64-encoded PEM"
                     ))
                 })?
             }
         };
-        let certs = Certificate::from_pem_bundle(&pem)
-            .map_err(|e| Error::Config(format!("--s3-endpoint-ca {entry:?}: {e}")))?;
+        let certs = Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config(format!("{from}: {entry:?}: {e}")))?;
         if certs.is_empty() {
-            return Err(Error::Config(format!(
-                "--s3-endpoint-ca {entry:?} holds no certificate"
-            )));
+            return Err(Error::Config(format!("{from}: {entry:?} holds no certificate")));
         }
         out.extend(certs);
     }
@@ -253,26 +209,21 @@ fn certificates(entries: &[String]) -> Result<Vec<Certificate>, Error> {
 /// The endpoint URL and whether it is AWS.
 fn endpoint_url(o: &S3Options) -> Result<(String, bool), Error> {
     let scheme = if o.insecure { "http" } else { "https" };
-    let raw = o
-        .endpoint
-        .clone()
-        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env("AWS_ENDPOINT_URL"));
-    if let Some(e) = &raw {
-        crate::url::refuse_credentials(e, "S3 endpoint")?;
+    if let Some(e) = &o.endpoint {
+        crate::url::refuse_credentials(&e.value, &format!("the S3 endpoint from {}", e.from))?;
     }
-    match raw {
+    match o.endpoint.as_ref().map(|e| (e.value.clone(), e.from.as_str())) {
         None => Ok((format!("{scheme}://s3.amazonaws.com"), true)),
-        Some(e) if e.starts_with("http://") || e.starts_with("https://") => {
+        Some((e, from)) if e.starts_with("http://") || e.starts_with("https://") => {
             if e.starts_with("http://") && !o.insecure {
                 return Err(Error::Config(format!(
-                    "endpoint {e} is plain HTTP: add --s3-insecure to allow it"
+                    "endpoint {e} (from {from}) is plain HTTP: add --s3-insecure to allow it"
                 )));
             }
             let aws = e.contains("amazonaws.com");
             Ok((e.trim_end_matches('/').to_owned(), aws))
         }
-        Some(host) => {
+        Some((host, _)) => {
             let aws = host.ends_with("amazonaws.com");
             Ok((format!("{scheme}://{}", host.trim_end_matches('/')), aws))
         }
@@ -286,14 +237,8 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
             "an S3 remote needs a bucket (--s3-bucket, or s3://BUCKET/FOLDER)".into(),
         ));
     }
-    let (creds, profile_region) = credentials(o)?;
-    let region = o
-        .region
-        .clone()
-        .or_else(|| env("AWS_REGION"))
-        .or_else(|| env("AWS_DEFAULT_REGION"))
-        .or(profile_region)
-        .unwrap_or_else(|| "us-east-1".into());
+    let creds = &o.credentials;
+    let region = &o.region.value;
     let (endpoint, aws) = endpoint_url(o)?;
     let virtual_hosted = match o.lookup {
         Lookup::Dns => true,
@@ -305,7 +250,13 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
         .with_connect_timeout(o.timeout.min(Duration::from_secs(30)))
         .with_allow_http(o.insecure)
         .with_allow_invalid_certificates(o.skip_ssl_verify);
-    for cert in certificates(&o.endpoint_ca)? {
+    for cert in o
+        .endpoint_ca
+        .as_ref()
+        .map(certificates)
+        .transpose()?
+        .unwrap_or_default()
+    {
         client = client.with_root_certificate(cert);
     }
     let retry = RetryConfig {
@@ -322,7 +273,7 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
     };
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&o.bucket)
-        .with_region(&region)
+        .with_region(region)
         .with_client_options(client)
         .with_allow_http(o.insecure)
         .with_retry(retry)
@@ -361,15 +312,26 @@ mod tests {
     #[test]
     fn secrets_do_not_debug() {
         let mut o = S3Options::new("b");
-        o.secret_key = Some(Secret::new("hunter2-very-secret"));
+        o.credentials = Some(Credentials {
+            key: "k".into(),
+            secret: Secret::new("hunter2-very-secret"),
+            token: None,
+            from: "test".into(),
+        });
         assert!(!format!("{o:?}").contains("hunter2"));
     }
 
     #[test]
-    fn ca_must_be_a_file_or_base64_pem() {
-        assert!(certificates(&["/nonexistent/ca.pem".into()]).is_err());
+    fn ca_must_be_a_file_or_base64_pem_and_errors_name_the_source() {
+        let e = certificates(&Sourced::new(
+            vec!["/nonexistent/ca.pem".into()],
+            "remote \"team\" in config.toml",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("remote \"team\" in config.toml: "), "{e}");
         assert!(
-            certificates(&["aGVsbG8=".into()]).is_err(),
+            certificates(&Sourced::new(vec!["aGVsbG8=".into()], "--s3-endpoint-ca")).is_err(),
             "base64 of something that is no PEM"
         );
     }
@@ -377,12 +339,16 @@ mod tests {
     #[test]
     fn endpoints() {
         let mut o = S3Options::new("b");
-        o.endpoint = Some("127.0.0.1:9000".into());
+        o.endpoint = Some(Sourced::new("127.0.0.1:9000".into(), "--s3-endpoint"));
         assert_eq!(endpoint_url(&o).unwrap().0, "https://127.0.0.1:9000");
         o.insecure = true;
         assert_eq!(endpoint_url(&o).unwrap().0, "http://127.0.0.1:9000");
         o.insecure = false;
-        o.endpoint = Some("http://127.0.0.1:9000".into());
-        assert!(endpoint_url(&o).is_err(), "plain http needs --s3-insecure");
+        o.endpoint = Some(Sourced::new("http://127.0.0.1:9000".into(), "AWS_ENDPOINT_URL"));
+        let e = endpoint_url(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("(from AWS_ENDPOINT_URL)"),
+            "plain http needs --s3-insecure: {e}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
 use kubectl_snapshot_backends::oci::{self, OciOptions};
 use kubectl_snapshot_backends::remote::{BUNDLE, SIDECAR};
-use kubectl_snapshot_backends::s3::{S3Options, Secret};
+use kubectl_snapshot_backends::s3::{Credentials, S3Options, Secret, Sourced};
 use kubectl_snapshot_backends::{ClusterName, Error, SnapshotName, SnapshotStore, url};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -142,10 +142,14 @@ pub fn start_s3(bucket: &str) -> S3Server {
 fn s3_options(port: u16, bucket: &str, folder: &str) -> S3Options {
     let mut o = S3Options::new(bucket);
     o.folder = folder.into();
-    o.endpoint = Some(format!("127.0.0.1:{port}"));
+    o.endpoint = Some(Sourced::new(format!("127.0.0.1:{port}"), "--s3-endpoint"));
     o.insecure = true;
-    o.access_key = Some(AK.into());
-    o.secret_key = Some(Secret::new(SK));
+    o.credentials = Some(Credentials {
+        key: AK.into(),
+        secret: Secret::new(SK),
+        token: None,
+        from: "--s3-access-key/--s3-secret-key".into(),
+    });
     o.timeout = Duration::from_secs(20);
     o
 }
@@ -176,7 +180,9 @@ async fn s3() {
 async fn s3_wrong_credentials_name_the_endpoint_and_source_never_the_secret() {
     let server = start_s3("snapshots");
     let mut o = s3_options(server.port, "snapshots", "");
-    o.secret_key = Some(Secret::new("wrong-secret-value-xyz"));
+    if let Some(c) = o.credentials.as_mut() {
+        c.secret = Secret::new("wrong-secret-value-xyz");
+    }
     let store = kubectl_snapshot_backends::s3::open(&o).unwrap();
     let err = store
         .list(&ClusterName::new("c").unwrap())

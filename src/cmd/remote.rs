@@ -32,30 +32,13 @@ pub enum Command {
 pub struct AddArgs {
     /// Name of the remote (letters, digits, '.', '_', '-').
     pub name: String,
-    /// s3://BUCKET/FOLDER, file:///PATH or a directory.
+    /// s3://BUCKET/FOLDER, oci://REGISTRY/REPOSITORY, file:///PATH or a directory.
     pub url: String,
     /// Make it the default remote (push, pull, and restore of snapshots that are not local).
     #[arg(long)]
     pub default: bool,
-    /// S3 endpoint, host[:port].
-    #[arg(long)]
-    pub s3_endpoint: Option<String>,
-    /// CA bundle for the endpoint: a PEM file or base64-encoded PEM (repeatable).
-    #[arg(long)]
-    pub s3_endpoint_ca: Vec<String>,
-    #[arg(long)]
-    pub s3_skip_ssl_verify: bool,
-    #[arg(long)]
-    pub s3_insecure: bool,
-    #[arg(long)]
-    pub s3_region: Option<String>,
-    /// AWS profile to take credentials and region from.
-    #[arg(long)]
-    pub s3_profile: Option<String>,
-    #[arg(long, value_parser = crate::util::parse_duration)]
-    pub s3_timeout: Option<std::time::Duration>,
-    #[arg(long, value_name = "auto|dns|path")]
-    pub s3_bucket_lookup_type: Option<backends::s3::Lookup>,
+    #[command(flatten)]
+    pub s3: crate::remote::S3Stored,
     /// Refused: credentials are never stored (use AWS_* variables or --s3-profile).
     #[arg(long, hide = true)]
     pub s3_access_key: Option<String>,
@@ -77,24 +60,14 @@ pub async fn run(args: Args) -> Result<()> {
             }
             backends::SnapshotName::new(&a.name).map_err(|e| anyhow::anyhow!("remote name: {e}"))?;
             let url = RemoteUrl::parse(&a.url)?;
-            if let Some(e) = &a.s3_endpoint {
+            if let Some(e) = &a.s3.s3_endpoint {
                 backends::url::refuse_credentials(e, "--s3-endpoint")?;
             }
             let url = match url {
                 RemoteUrl::Dir(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
                 other => other.to_string(),
             };
-            let entry = RemoteConfig {
-                url,
-                endpoint: a.s3_endpoint,
-                endpoint_ca: a.s3_endpoint_ca,
-                skip_ssl_verify: a.s3_skip_ssl_verify,
-                insecure: a.s3_insecure,
-                region: a.s3_region,
-                profile: a.s3_profile,
-                timeout: a.s3_timeout.map(|d| format!("{}s", d.as_secs())),
-                bucket_lookup_type: a.s3_bucket_lookup_type.map(|l| format!("{l:?}").to_lowercase()),
-            };
+            let entry = RemoteConfig::new(url, a.s3);
             config.remotes.insert(a.name.clone(), entry);
             if a.default || config.default_remote.is_none() {
                 config.default_remote = Some(a.name.clone());

@@ -373,7 +373,8 @@ fn wrong_credentials_and_unreachable_endpoints() {
         &creds_env[..2],
     );
     assert!(
-        r.stderr.contains("AWS profile \"missing\" has no static credentials"),
+        r.stderr
+            .contains("AWS profile \"missing\" (from --s3-profile) has no static credentials"),
         "{}",
         r.stderr
     );
