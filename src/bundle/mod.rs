@@ -7,6 +7,9 @@ mod pargz;
 pub mod reader;
 pub mod writer;
 
+#[cfg(test)]
+mod reader_tests;
+
 pub use metadata::Metadata;
 pub use reader::Status;
 pub use writer::{BundleSink, WriterOptions};

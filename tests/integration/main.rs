@@ -2,8 +2,7 @@
 //! (tests/fixtures/cluster) on the local Docker Engine. Run everything with `tests/run`.
 
 /// Debian's docker-registry and TLS material, shared with the backends' tests.
-#[path = "../../backends/tests/registry/distribution.rs"]
-mod distribution;
+use kubectl_snapshot_testkit::registry as distribution;
 mod util;
 
 mod bad_input;

@@ -5,7 +5,7 @@
 //! - [`front::Front`]: a pass-through front that pages `tags/list` with `Link` headers, as distribution 3.x, GHCR
 //!   and Harbor do (2.8.2 ignores `n`/`last`), and records every request it forwards.
 
-pub mod distribution;
+pub use kubectl_snapshot_testkit::registry as distribution;
 pub mod front;
 pub mod token;
 

@@ -1,8 +1,5 @@
 //! Debian's docker-registry (distribution 2.8.2) on a free loopback port with a config of its own, and TLS
-//! material for test servers. Shared by the backends' tests and the CLI tests, which include this file by path
-//! (`tests/integration/main.rs`); it needs only std, tempfile and rcgen.
-
-#![allow(dead_code)]
+//! material for test servers. Used by the backends' tests and the CLI tests.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -120,6 +117,12 @@ impl Registry {
 /// A private CA and a server certificate it issued for 127.0.0.1 and localhost, as PEM files.
 pub struct Tls {
     dir: tempfile::TempDir,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Tls {

@@ -1,0 +1,364 @@
+//! The bundle reader without Docker: a writer → reader round trip, and every hostile bundle a shared bucket
+//! could hold, each refused by `extract::inspect` with a reason and nothing staged outside the staging
+//! directory. (tests/integration/hostile.rs keeps one live run of the same corpus through `restore`.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kubectl_snapshot_testkit::bundle::{self as kit, seal, sidecar};
+
+use sha2::{Digest, Sha256};
+
+use super::extract::{Limits, inspect};
+use super::metadata::{
+    EtcdInfo, ImagesInfo, ImagesMode, Metadata, NodeImages, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology,
+};
+use super::{BundleSink, ETCD_ENTRY, METADATA_ENTRY, WriterOptions, reader};
+
+const NODE: &str = "kind-control-plane";
+const ROOT: &str = "/var/local-path-provisioner";
+const ETCD: &[u8] = b"an etcd snapshot, as far as the reader cares";
+const BLOB: &[u8] = b"an image layer";
+const HELLO: &[u8] = b"hello from a volume\n";
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn pv() -> String {
+    format!("pvs/{NODE}{ROOT}/pvc-1_default_data")
+}
+
+fn metadata() -> Metadata {
+    Metadata {
+        schema_version: SCHEMA_VERSION,
+        name: "snap".into(),
+        cluster: "kind".into(),
+        created: jiff::Timestamp::UNIX_EPOCH,
+        tool_version: "test".into(),
+        k8s_version: "v1.33.1".into(),
+        node_image: "kindest/node:v1.33.1".into(),
+        provider: "docker".into(),
+        platform: "linux/amd64".into(),
+        topology: Topology {
+            control_planes: 1,
+            workers: 0,
+            load_balancer: false,
+            nodes: vec![NodeInfo {
+                name: NODE.into(),
+                role: "control-plane".into(),
+                container_id: "0".into(),
+                image: "kindest/node:v1.33.1".into(),
+            }],
+        },
+        addons: BTreeMap::new(),
+        etcd: EtcdInfo {
+            node: NODE.into(),
+            image: "registry.k8s.io/etcd:3.5.30-0".into(),
+            size: ETCD.len() as u64,
+            digest: format!("sha256:{}", sha(ETCD)),
+        },
+        images: ImagesInfo {
+            mode: ImagesMode::All,
+            digest: String::new(),
+            size: BLOB.len() as u64,
+            blobs: 1,
+            nodes: BTreeMap::from([(
+                NODE.to_owned(),
+                NodeImages {
+                    images: Vec::new(),
+                    blobs: vec![format!("sha256:{}", sha(BLOB))],
+                    by_reference: Vec::new(),
+                },
+            )]),
+        },
+        pvs: PvsInfo {
+            digest: String::new(),
+            size: HELLO.len() as u64,
+            files: 1,
+            nodes: BTreeMap::from([(NODE.to_owned(), vec![ROOT.to_owned()])]),
+        },
+    }
+}
+
+/// A valid bundle written by the real writer, with its sidecar.
+async fn write_good(dir: &Path) -> PathBuf {
+    let bundle = dir.join("good.tar.gz");
+    let sink = BundleSink::create(&bundle, WriterOptions::default()).unwrap();
+    sink.add_bytes(ETCD_ENTRY, 0o600, ETCD).await.unwrap();
+    sink.add_bytes(&format!("images/blobs/sha256/{}", sha(BLOB)), 0o644, BLOB)
+        .await
+        .unwrap();
+    sink.add_bytes(&format!("images/nodes/{NODE}/index.json"), 0o644, b"{\"manifests\":[]}")
+        .await
+        .unwrap();
+    sink.add_bytes(&format!("{}/hello.txt", pv()), 0o640, HELLO)
+        .await
+        .unwrap();
+    let json = serde_json::to_vec(&metadata()).unwrap();
+    sink.add_bytes(METADATA_ENTRY, 0o600, &json).await.unwrap();
+    let (sha256, _) = sink.finish().await.unwrap();
+    std::fs::write(sidecar(&bundle), reader::sidecar_line(&sha256, "good.tar.gz")).unwrap();
+    bundle
+}
+
+/// A bundle holding `hostile` entries, then a valid etcd snapshot, blob and metadata; sealed.
+fn craft(dir: &Path, name: &str, hostile: impl FnOnce(&mut kit::Builder)) -> PathBuf {
+    let meta = serde_json::to_vec(&metadata()).unwrap();
+    let blob = format!("images/blobs/sha256/{}", sha(BLOB));
+    kit::craft(
+        dir,
+        name,
+        hostile,
+        &[(ETCD_ENTRY, ETCD), (&blob, BLOB), (METADATA_ENTRY, &meta)],
+    )
+}
+
+fn raw(b: &mut kit::Builder, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
+    kit::raw(b, name, kind, link, data, None);
+}
+
+/// Reads `bundle` with staging into a fresh directory, with the limits its metadata declares.
+fn read(bundle: &Path, stage: &Path) -> Vec<String> {
+    let (insp, _) = inspect(
+        bundle,
+        &sidecar(bundle),
+        Some(stage),
+        u64::MAX,
+        Some(Limits::declared(&metadata())),
+    );
+    insp.problems
+}
+
+#[tokio::test]
+async fn what_the_writer_writes_the_reader_stages_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_good(dir.path()).await;
+    let stage = dir.path().join("stage");
+    let (insp, staged) = inspect(
+        &bundle,
+        &sidecar(&bundle),
+        Some(&stage),
+        u64::MAX,
+        Some(Limits::declared(&metadata())),
+    );
+    assert!(insp.problems.is_empty(), "{:?}", insp.problems);
+    assert!(insp.integrity_ok);
+    assert_eq!(insp.metadata.as_ref(), Some(&metadata()));
+    let staged = staged.expect("staged");
+    assert_eq!(std::fs::read(&staged.etcd).unwrap(), ETCD);
+    assert_eq!(std::fs::read(staged.blobs.join(sha(BLOB))).unwrap(), BLOB);
+    let key = (NODE.to_owned(), ROOT.to_owned());
+    assert_eq!(staged.pv_files.get(&key), Some(&1));
+    // The volume's re-packed tar holds the file under the root's base name, with its bytes and mode.
+    let mut tar = tar::Archive::new(std::fs::File::open(&staged.pvs[&key]).unwrap());
+    let mut found = false;
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().ends_with("hello.txt") {
+            assert!(
+                e.path()
+                    .unwrap()
+                    .starts_with("local-path-provisioner/pvc-1_default_data")
+            );
+            assert_eq!(e.header().mode().unwrap() & 0o777, 0o640);
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut got).unwrap();
+            assert_eq!(got, HELLO);
+            found = true;
+        }
+    }
+    assert!(found, "hello.txt not staged");
+}
+
+#[tokio::test]
+async fn a_changed_byte_is_an_integrity_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_good(dir.path()).await;
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&bundle, bytes).unwrap();
+    let problems = read(&bundle, &dir.path().join("stage"));
+    assert!(problems.iter().any(|p| p.contains("sha256 mismatch")), "{problems:?}");
+}
+
+#[test]
+fn every_hostile_bundle_is_refused_with_its_reason_and_nothing_escapes() {
+    use tar::EntryType::*;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let outside = d.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let abs = format!("{}/kst-abs", outside.display());
+    let long_path = vec!["d".repeat(200); 20].join("/");
+    type Case = (&'static str, &'static str, Box<dyn FnOnce(&mut kit::Builder)>);
+    let cases: Vec<Case> = vec![
+        (
+            "traversal",
+            "contains '..'",
+            Box::new(|b| raw(b, "../kst-escape", Regular, None, b"x")),
+        ),
+        (
+            "absolute",
+            "absolute path",
+            Box::new(move |b| raw(b, &abs, Regular, None, b"x")),
+        ),
+        (
+            "nested-traversal",
+            "contains '..'",
+            Box::new(move |b| raw(b, &format!("{}/../../../../../kst-escape", pv()), Regular, None, b"x")),
+        ),
+        (
+            "symlink-absolute",
+            "points outside its volume",
+            Box::new(move |b| raw(b, &format!("{}/evil", pv()), Symlink, Some("/etc"), b"")),
+        ),
+        (
+            "symlink-escape",
+            "points outside its volume",
+            Box::new(move |b| raw(b, &format!("{}/evil", pv()), Symlink, Some("../../../../etc"), b"")),
+        ),
+        (
+            "through-symlink",
+            "below a symlink",
+            Box::new(move |b| {
+                raw(b, &format!("{}/d", pv()), Symlink, Some("sub"), b"");
+                raw(b, &format!("{}/d/kst-through", pv()), Regular, None, b"x");
+            }),
+        ),
+        (
+            "hardlink-outside",
+            "unsafe hardlink",
+            Box::new(move |b| raw(b, &format!("{}/h", pv()), Link, Some("/etc/passwd"), b"")),
+        ),
+        (
+            "hardlink-metadata",
+            "unsafe hardlink",
+            Box::new(move |b| raw(b, &format!("{}/h", pv()), Link, Some("metadata.json"), b"")),
+        ),
+        (
+            "device",
+            "special file",
+            Box::new(move |b| raw(b, &format!("{}/dev", pv()), Char, None, b"")),
+        ),
+        (
+            "fifo",
+            "special file",
+            Box::new(move |b| raw(b, &format!("{}/fifo", pv()), Fifo, None, b"")),
+        ),
+        (
+            "absurd-size",
+            "absurd size",
+            Box::new(move |b| kit::raw(b, &format!("{}/huge", pv()), Regular, None, b"", Some(2 << 40))),
+        ),
+        (
+            "unexpected",
+            "unexpected entry",
+            Box::new(|b| raw(b, "kst-evil.sh", Regular, None, b"#!/bin/sh\n")),
+        ),
+        (
+            "bad-blob",
+            "does not match its digest",
+            Box::new(|b| {
+                raw(
+                    b,
+                    &format!("images/blobs/sha256/{}", "0".repeat(64)),
+                    Regular,
+                    None,
+                    b"x",
+                )
+            }),
+        ),
+        (
+            "duplicate",
+            "duplicate entry",
+            Box::new(|b| {
+                raw(
+                    b,
+                    METADATA_ENTRY,
+                    Regular,
+                    None,
+                    &serde_json::to_vec(&metadata()).unwrap(),
+                )
+            }),
+        ),
+        (
+            "foreign-node",
+            "nodes not in its metadata",
+            Box::new(|b| {
+                raw(
+                    b,
+                    "pvs/kst-other-node/var/local-path-provisioner/x",
+                    Regular,
+                    None,
+                    b"x",
+                )
+            }),
+        ),
+        (
+            "bomb",
+            "more volume data than its metadata declares",
+            Box::new(move |b| raw(b, &format!("{}/zeros", pv()), Regular, None, &vec![0u8; 8 << 20])),
+        ),
+        (
+            "long-name",
+            "a node's filesystem takes at most 255",
+            Box::new(move |b| kit::long(b, &format!("{}/{}", pv(), "n".repeat(5000)), b"x")),
+        ),
+        (
+            "long-path",
+            "longer than a node can create",
+            Box::new(move |b| kit::long(b, &format!("{}/{long_path}", pv()), b"x")),
+        ),
+    ];
+    assert!(cases.len() >= 18);
+    for (name, why, hostile) in cases {
+        let bundle = craft(d, name, hostile);
+        let stage = d.join(format!("stage-{name}"));
+        let problems = read(&bundle, &stage);
+        assert!(
+            problems.iter().any(|p| p.contains(why)),
+            "{name}: wanted {why:?}, got {problems:?}"
+        );
+    }
+    // Not archives at all.
+    let truncated = d.join("truncated.tar.gz");
+    let whole = std::fs::read(craft(d, "whole", |_| {})).unwrap();
+    std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
+    seal(&truncated);
+    assert!(
+        read(&truncated, &d.join("stage-t"))
+            .iter()
+            .any(|p| p.contains("unreadable"))
+    );
+    let garbage = d.join("garbage.tar.gz");
+    std::fs::write(&garbage, b"this is not a gzip stream at all".repeat(100)).unwrap();
+    seal(&garbage);
+    assert!(
+        read(&garbage, &d.join("stage-g"))
+            .iter()
+            .any(|p| p.contains("unreadable"))
+    );
+
+    // Nothing named by an entry was ever created, in the staging directories or anywhere else.
+    let mut escaped = Vec::new();
+    walk(d, &mut |p| {
+        if p.file_name().unwrap().to_string_lossy().starts_with("kst-") {
+            escaped.push(p.display().to_string());
+        }
+    });
+    assert!(escaped.is_empty(), "{escaped:?}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        f(&p);
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&p, f);
+        }
+    }
+}

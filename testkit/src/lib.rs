@@ -1,0 +1,6 @@
+//! Test support shared by the backends' tests, the binary's unit tests and the CLI integration tests (instead
+//! of including files by path): Debian's docker-registry with TLS material ([`registry`]), and bundles written
+//! the way an attacker would write them ([`bundle`]).
+
+pub mod bundle;
+pub mod registry;
