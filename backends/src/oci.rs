@@ -210,6 +210,12 @@ const UPLOAD_ATTEMPTS: u32 = 3;
 /// Snapshots whose manifest and metadata `list` reads at once.
 const LIST_IN_FLIGHT: usize = 8;
 
+/// Whether the registry answered with the error code `code` (the distribution spec's error envelope).
+fn registry_code(e: &oci_client::errors::OciDistributionError, code: oci_client::errors::OciErrorCode) -> bool {
+    matches!(e, oci_client::errors::OciDistributionError::RegistryError { envelope, .. }
+        if envelope.errors.iter().any(|x| x.code == code))
+}
+
 fn transient(e: &oci_client::errors::OciDistributionError) -> bool {
     use oci_client::errors::OciDistributionError as E;
     match e {
@@ -647,7 +653,7 @@ impl SnapshotStore for OciStore {
                         tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
                         attempt += 1;
                     }
-                    Err(e) if e.to_string().contains("DIGEST_INVALID") => {
+                    Err(e) if registry_code(&e, oci_client::errors::OciErrorCode::DigestInvalid) => {
                         return Err(Error::Integrity {
                             remote: self.description.clone(),
                             name: name.to_string(),
@@ -815,7 +821,11 @@ impl SnapshotStore for OciStore {
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                if e.to_string().to_lowercase().contains("digest") {
+                // oci-client verifies the digest at the end of the stream and reports a mismatch as an
+                // io::Error wrapping its DigestError.
+                if e.get_ref()
+                    .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
+                {
                     integrity(e.to_string())
                 } else {
                     Error::io("downloading the bundle", e)

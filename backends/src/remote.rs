@@ -130,7 +130,10 @@ impl ObjectSnapshotStore {
             }
             other => {
                 let message = format!("{op}: {other}");
-                // S3 reports bad credentials as 403 with one of these codes.
+                // object_store maps 401/403 to the typed variants above on most requests, but not on all (a
+                // list's failure arrives as Generic), and its RetryError, which holds the status, is private to
+                // the crate. There, the S3 API's own error codes in the response (documented, machine-readable:
+                // SignatureDoesNotMatch, InvalidAccessKeyId, AccessDenied) classify it.
                 let denied = [
                     "SignatureDoesNotMatch",
                     "InvalidAccessKeyId",

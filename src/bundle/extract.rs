@@ -44,7 +44,9 @@ pub struct Staged {
 pub struct Inspection {
     /// sha256 of the archive as read.
     pub sha256: String,
-    /// Everything wrong with the bundle; empty means it is intact and safe.
+    /// What is wrong with the archive as a whole against its sidecar (missing, malformed, mismatch).
+    pub integrity: Vec<String>,
+    /// What is wrong with its contents; with `integrity`, empty means it is intact and safe.
     pub problems: Vec<String>,
     pub integrity_ok: bool,
     pub metadata: Option<Metadata>,
@@ -485,13 +487,13 @@ pub fn inspect(
         Ok(t) => match reader::parse_sidecar(&t) {
             Ok(h) => Some(h),
             Err(e) => {
-                insp.problems
+                insp.integrity
                     .push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
                 None
             }
         },
         Err(_) => {
-            insp.problems.push(format!(
+            insp.integrity.push(format!(
                 "bundle is incomplete: its sidecar {} is missing",
                 sidecar.display()
             ));
@@ -557,7 +559,7 @@ pub fn inspect(
     match &expected {
         Some(e) if *e == insp.sha256 => insp.integrity_ok = true,
         Some(e) => insp
-            .problems
+            .integrity
             .push(format!("bundle sha256 mismatch: sidecar={e}, archive={}", insp.sha256)),
         None => {}
     }
@@ -593,7 +595,7 @@ pub fn inspect(
         },
     }
     insp.problems.extend(pass.problems);
-    if !insp.problems.is_empty() {
+    if !insp.problems.is_empty() || !insp.integrity.is_empty() {
         return (insp, None);
     }
     (insp, staged)

@@ -142,7 +142,12 @@ async fn what_the_writer_writes_the_reader_stages_intact() {
         u64::MAX,
         Some(Limits::declared(&metadata())),
     );
-    assert!(insp.problems.is_empty(), "{:?}", insp.problems);
+    assert!(
+        insp.problems.is_empty() && insp.integrity.is_empty(),
+        "{:?} {:?}",
+        insp.problems,
+        insp.integrity
+    );
     assert!(insp.integrity_ok);
     assert_eq!(insp.metadata.as_ref(), Some(&metadata()));
     let staged = staged.expect("staged");
@@ -179,8 +184,19 @@ async fn a_changed_byte_is_an_integrity_failure() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&bundle, bytes).unwrap();
-    let problems = read(&bundle, &dir.path().join("stage"));
-    assert!(problems.iter().any(|p| p.contains("sha256 mismatch")), "{problems:?}");
+    let (insp, staged) = inspect(
+        &bundle,
+        &sidecar(&bundle),
+        Some(&dir.path().join("stage")),
+        u64::MAX,
+        None,
+    );
+    assert!(
+        insp.integrity.iter().any(|p| p.contains("sha256 mismatch")),
+        "{:?}",
+        insp.integrity
+    );
+    assert!(staged.is_none(), "nothing staged is handed over");
 }
 
 #[test]

@@ -214,32 +214,20 @@ async fn restore_locked(
         Some(m) => preflight::compat(m, &live, req.min_free),
         None => Vec::new(),
     };
-    let integrity: Vec<&String> = insp
-        .problems
-        .iter()
-        .filter(|p| p.contains("sha256 mismatch") || p.contains("incomplete") || p.contains("sidecar"))
-        .collect();
     checks.insert(
         0,
-        if integrity.is_empty() {
+        if insp.integrity.is_empty() {
             Check::pass("bundle integrity", format!("sha256:{}", insp.sha256))
         } else {
-            Check::fail(
-                "bundle integrity",
-                integrity.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "),
-            )
+            Check::fail("bundle integrity", insp.integrity.join("; "))
         },
     );
-    let contents: Vec<&String> = insp.problems.iter().filter(|p| !integrity.contains(p)).collect();
     checks.insert(
         1,
-        if contents.is_empty() {
+        if insp.problems.is_empty() {
             Check::pass("bundle contents", "every entry is safe and consistent")
         } else {
-            Check::fail(
-                "bundle contents",
-                contents.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "),
-            )
+            Check::fail("bundle contents", insp.problems.join("; "))
         },
     );
     match &insp.metadata {
