@@ -79,15 +79,12 @@ pub mod exit {
     // 2: usage error (clap).
     /// Restore refused by its pre-flight checks; nothing was changed.
     pub const PREFLIGHT: u8 = 3;
-    /// Interrupted by SIGINT (128 + 2).
-    pub const SIGINT: u8 = 130;
-    /// Interrupted by SIGTERM (128 + 15).
-    pub const SIGTERM: u8 = 143;
+    // 130 / 143: interrupted by SIGINT / SIGTERM (`util::Signal::exit_code`).
 
     pub fn code_for(e: &anyhow::Error) -> u8 {
         for cause in e.chain() {
             if let Some(crate::capture::CaptureError::Interrupted(sig)) = cause.downcast_ref() {
-                return if *sig == "SIGTERM" { SIGTERM } else { SIGINT };
+                return sig.exit_code();
             }
             if cause.downcast_ref::<crate::cmd::UsageError>().is_some() {
                 return 2;
@@ -96,7 +93,7 @@ pub mod exit {
                 return PREFLIGHT;
             }
             if let Some(crate::restore::RestoreError::Interrupted { signal, .. }) = cause.downcast_ref() {
-                return if *signal == "SIGTERM" { SIGTERM } else { SIGINT };
+                return signal.exit_code();
             }
         }
         FAILURE

@@ -32,8 +32,38 @@ pub fn nonce() -> String {
     hex::encode(b)
 }
 
+/// A signal that asks an operation to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Int,
+    Term,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    /// 128 + the signal's number, as shells report a process it ended.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Int => 130,
+            Signal::Term => 143,
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Resolves when SIGINT or SIGTERM arrives, naming it.
-pub async fn interrupted() -> &'static str {
+pub async fn interrupted() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -43,7 +73,7 @@ pub async fn interrupted() -> &'static str {
         };
         tokio::select! {
             s = ctrl_c() => s,
-            _ = term.recv() => "SIGTERM",
+            _ = term.recv() => Signal::Term,
         }
     }
     #[cfg(not(unix))]
@@ -55,7 +85,7 @@ pub async fn interrupted() -> &'static str {
 /// SIGINT and SIGTERM caught for the whole of an operation that must not die between two steps (restore):
 /// the first one is remembered, and the operation asks [`Signals::pending`] where it can stop safely.
 pub struct Signals {
-    got: std::sync::Arc<std::sync::OnceLock<&'static str>>,
+    got: std::sync::Arc<std::sync::OnceLock<Signal>>,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -77,8 +107,8 @@ impl Signals {
                 };
                 loop {
                     let s = tokio::select! {
-                        _ = int.recv() => "SIGINT",
-                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => Signal::Int,
+                        _ = term.recv() => Signal::Term,
                     };
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if seen.set(s).is_ok() {
@@ -91,7 +121,7 @@ impl Signals {
         let task = tokio::spawn(async move {
             if let Ok(()) = tokio::signal::ctrl_c().await {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = seen.set("SIGINT");
+                let _ = seen.set(Signal::Int);
             }
         });
         Self { got, count, task }
@@ -109,12 +139,12 @@ impl Signals {
         }
     }
 
-    pub fn pending(&self) -> Option<&'static str> {
+    pub fn pending(&self) -> Option<Signal> {
         self.got.get().copied()
     }
 
     /// Resolves once a signal has arrived.
-    pub async fn wait(&self) -> &'static str {
+    pub async fn wait(&self) -> Signal {
         loop {
             if let Some(s) = self.pending() {
                 return s;
@@ -149,9 +179,9 @@ pub async fn pause_point(phase: &str, signals: Option<&Signals>) {
     }
 }
 
-async fn ctrl_c() -> &'static str {
+async fn ctrl_c() -> Signal {
     match tokio::signal::ctrl_c().await {
-        Ok(()) => "SIGINT",
+        Ok(()) => Signal::Int,
         Err(_) => std::future::pending().await,
     }
 }

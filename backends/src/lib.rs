@@ -5,6 +5,7 @@
 //! - [`remote`]: the [`SnapshotStore`] trait and [`ObjectSnapshotStore`], its implementation over any
 //!   `object_store` (a directory, S3).
 //! - [`s3`]: S3 options (k3s-style) and credentials; [`url`]: remote URLs.
+//! - [`sidecar`]: the `.sha256` sidecar and the digest type, parsed and written in one place.
 //! - [`conformance`] (feature `conformance`): the suite every store runs.
 //! - [`Error`]: what callers can match on.
 
@@ -15,11 +16,13 @@ pub mod name;
 pub mod oci;
 pub mod remote;
 pub mod s3;
+pub mod sidecar;
 pub mod url;
 
 pub use local::{LocalSnapshot, LocalStore, SnapshotPaths};
 pub use name::{ClusterName, SnapshotName};
 pub use remote::{Fetched, ObjectSnapshotStore, RemoteSnapshot, SnapshotStore};
+pub use sidecar::{SMALL_FILE_MAX, Sha256, Sidecar};
 
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]

@@ -314,7 +314,7 @@ impl OciStore {
     }
 
     async fn config(&self, r: &Reference, m: &OciImageManifest) -> Result<Vec<u8>, Error> {
-        if m.config.size > 16 << 20 {
+        if m.config.size > crate::SMALL_FILE_MAX as i64 {
             return Err(Error::Remote {
                 remote: self.description.clone(),
                 message: format!("{r}: metadata blob of {} bytes", m.config.size),
@@ -625,16 +625,14 @@ impl SnapshotStore for OciStore {
                 name: name.to_string(),
             });
         }
-        let hex = sidecar
-            .split_whitespace()
-            .next()
-            .filter(|h| h.len() == 64)
-            .ok_or_else(|| Error::Integrity {
+        let digest = crate::Sidecar::parse(sidecar)
+            .map_err(|_| Error::Integrity {
                 remote: self.description.clone(),
                 name: name.to_string(),
                 message: "its local sidecar is malformed".into(),
-            })?;
-        let digest = format!("sha256:{hex}");
+            })?
+            .sha256
+            .prefixed();
         let size = std::fs::metadata(bundle)
             .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
             .len();
@@ -797,15 +795,15 @@ impl SnapshotStore for OciStore {
         // The bundle's sha256 is its sidecar: other digest algorithms cannot name a bundle.
         let expected = layer
             .digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .starts_with("sha256:")
+            .then(|| crate::Sha256::parse(&layer.digest))
+            .flatten()
             .ok_or_else(|| {
                 integrity(format!(
                     "the bundle layer's digest {:?} is not a sha256 digest",
                     layer.digest
                 ))
-            })?
-            .to_owned();
+            })?;
         let declared = u64::try_from(layer.size).unwrap_or(0);
         // oci-client's stream hashes what it yields and ends with an error unless it matches the layer digest.
         let mut stream = self
@@ -852,9 +850,9 @@ impl SnapshotStore for OciStore {
             )));
         }
         Ok(Fetched {
-            sidecar: format!("{expected}  {name}.tar.gz\n"),
+            sidecar: crate::Sidecar::new(expected.clone(), format!("{name}.tar.gz")).line(),
             metadata,
-            sha256: expected,
+            sha256: expected.to_string(),
             size,
         })
     }

@@ -33,7 +33,7 @@ const PARTS_IN_FLIGHT: usize = 4;
 const RANGE_SIZE: u64 = 4 << 20;
 const RANGES_IN_FLIGHT: usize = 4;
 /// The most a metadata or sidecar object may be (they are small; anything bigger is not ours).
-const SMALL_MAX: u64 = 16 << 20;
+use crate::sidecar::SMALL_FILE_MAX as SMALL_MAX;
 
 /// Reports bytes moved, for progress bars.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
@@ -185,9 +185,7 @@ impl ObjectSnapshotStore {
 }
 
 fn parse_sidecar(bytes: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let hex = text.split_whitespace().next()?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+    crate::Sidecar::parse_bytes(bytes).map(|s| s.sha256.to_string())
 }
 
 #[async_trait]

@@ -23,7 +23,7 @@ use super::{ETCD_ENTRY, METADATA_ENTRY, PV_ROOTS, PVS_DIR, reader};
 /// No single entry may claim more than this (1 TiB): a header saying otherwise is hostile or broken.
 pub const MAX_ENTRY: u64 = 1 << 40;
 /// JSON documents (metadata, image indexes) are small; larger ones are refused before being read.
-pub const MAX_JSON: u64 = 16 << 20;
+pub const MAX_JSON: u64 = backends::SMALL_FILE_MAX;
 const MAX_PROBLEMS: usize = 20;
 
 /// What restore needs, on the host, after a successful pass.

@@ -32,19 +32,20 @@ impl std::fmt::Display for Status {
     }
 }
 
-/// Parses a sidecar in sha256sum format (`<64 hex>  <file name>`), returning the digest.
+/// Parses a sidecar in sha256sum format (`<64 hex>  <file name>`), returning the digest (hex).
 pub fn parse_sidecar(text: &str) -> Result<String, BundleError> {
-    let line = text.lines().next().unwrap_or("");
-    let hex = line.split_whitespace().next().unwrap_or("");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(BundleError::BadSidecar(line.chars().take(80).collect()));
-    }
-    Ok(hex.to_ascii_lowercase())
+    backends::Sidecar::parse(text)
+        .map(|s| s.sha256.to_string())
+        .map_err(BundleError::BadSidecar)
 }
 
-/// The sidecar line for an archive named `file_name`.
+/// The sidecar text for an archive named `file_name` whose sha256 (hex) is `sha256`.
 pub fn sidecar_line(sha256: &str, file_name: &str) -> String {
-    format!("{sha256}  {file_name}\n")
+    match backends::Sha256::parse(sha256) {
+        Some(d) => backends::Sidecar::new(d, file_name).line(),
+        // Only ever called with a digest this process computed.
+        None => format!("{sha256}  {file_name}\n"),
+    }
 }
 
 /// sha256 of a file, streamed.
@@ -79,7 +80,7 @@ pub fn verify(bundle: &Path, sidecar: &Path) -> Status {
 }
 
 /// The largest metadata.json accepted: it lists images and PV roots, never data.
-const METADATA_MAX: u64 = 16 << 20;
+const METADATA_MAX: u64 = backends::SMALL_FILE_MAX;
 
 /// Reads `metadata.json` from inside a bundle (decompressing up to it). For bundles whose metadata copy is
 /// missing; the store keeps one beside each bundle so listing does not decompress archives.

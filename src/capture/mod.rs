@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::bundle::metadata::{ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
 use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
-use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
+use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 
 pub use addons::detect as detect_addons;
@@ -48,7 +48,7 @@ pub enum CaptureError {
         inner: Box<CaptureError>,
     },
     #[error("interrupted by {0}; the cluster was resumed and no snapshot was written")]
-    Interrupted(&'static str),
+    Interrupted(crate::util::Signal),
     #[error(
         "resuming the cluster failed: {0}\nhint: run `kubectl snapshot resume CLUSTER`: it thaws frozen nodes and starts kubelet again"
     )]
@@ -102,10 +102,10 @@ async fn create_locked(
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
     let mut phases = Vec::new();
     let p = progress.phase("inspecting cluster");
-    if let Some(n) = nodes.iter().find(|n| n.state != "running") {
+    if let Some(n) = nodes.iter().find(|n| n.state != NodeState::Running) {
         return Err(ClusterError::NodeNotRunning {
             node: n.name.clone(),
-            state: n.state.clone(),
+            state: n.state.to_string(),
         }
         .into());
     }
@@ -262,7 +262,7 @@ async fn create_locked(
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             k8s_version: k8s_version.clone(),
             node_image: bootstrap.image.clone(),
-            provider: rt.provider().to_owned(),
+            provider: rt.provider().as_str().to_owned(),
             platform: platform.clone(),
             topology: Topology {
                 control_planes: cps.len(),

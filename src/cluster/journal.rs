@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::node::{self, STATE_DIR};
-use super::{ClusterError, Runtime};
+use super::{ClusterError, NodeState, Runtime};
 
 pub const LOCK_DIR: &str = "/var/lib/kubectl-snapshot/lock";
 pub const JOURNAL: &str = "/var/lib/kubectl-snapshot/journal.json";
@@ -134,7 +134,7 @@ pub fn lock_node(nodes: &[super::Node]) -> Option<&super::Node> {
 pub async fn begin(rt: &Runtime, cluster: &str, nodes: &[super::Node], command: &str) -> Result<Lock, LockError> {
     let lock_at = lock_node(nodes).ok_or_else(|| LockError::NoControlPlane(cluster.to_owned()))?;
     for n in super::kubelet_nodes(nodes) {
-        if n.state == "paused" {
+        if n.state == NodeState::Paused {
             let by = match Journal::read(rt, &n.name).await {
                 Ok(Some(j)) => format!(" by an interrupted {}", j.holder.describe()),
                 _ => String::new(),

@@ -118,8 +118,53 @@ pub struct Node {
     pub id: String,
     pub role: Role,
     pub image: String,
-    /// Docker state: running, paused, exited, ...
-    pub state: String,
+    pub state: NodeState,
+}
+
+/// A node container's state, as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeState {
+    Running,
+    /// Frozen (`docker pause`): its files can be read, nothing runs in it.
+    Paused,
+    /// Anything else (`exited`, `created`, `restarting`, …), named as the runtime names it.
+    Other(String),
+}
+
+impl NodeState {
+    fn from_runtime(s: &str) -> Self {
+        match s {
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Other(s) => s,
+        })
+    }
+}
+
+/// The container runtime behind the Docker API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Docker,
+    Podman,
+}
+
+impl Provider {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -164,7 +209,7 @@ pub fn kubelet_nodes(nodes: &[Node]) -> Vec<&Node> {
 #[derive(Clone)]
 pub struct Runtime {
     docker: Docker,
-    provider: String,
+    provider: Provider,
 }
 
 impl Runtime {
@@ -178,29 +223,29 @@ impl Runtime {
             .filter(|s| !s.is_empty());
         let host_set = std::env::var_os("DOCKER_HOST").is_some_and(|h| !h.is_empty());
         match explicit.as_deref() {
-            Some("docker") => Self::connect_as("docker").await,
-            Some("podman") => Self::connect_as("podman").await,
+            Some("docker") => Self::connect_as(Provider::Docker).await,
+            Some("podman") => Self::connect_as(Provider::Podman).await,
             Some(other) => Err(ClusterError::UnsupportedProvider(other.to_owned())),
-            None if host_set => Self::connect_as("docker").await,
-            None => match Self::connect_as("docker").await {
+            None if host_set => Self::connect_as(Provider::Docker).await,
+            None => match Self::connect_as(Provider::Docker).await {
                 Ok(rt) => Ok(rt),
-                Err(docker_err) => Self::connect_as("podman").await.map_err(|_| docker_err),
+                Err(docker_err) => Self::connect_as(Provider::Podman).await.map_err(|_| docker_err),
             },
         }
     }
 
-    async fn connect_as(provider: &str) -> Result<Self, ClusterError> {
+    async fn connect_as(provider: Provider) -> Result<Self, ClusterError> {
         let host = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|h| !h.is_empty())
             .map(|h| format!("DOCKER_HOST={h}"))
             .unwrap_or_else(|| "the default socket".into());
         let err = |cause| ClusterError::Connect {
-            provider: provider.to_owned(),
+            provider: provider.as_str().to_owned(),
             host: host.clone(),
             cause,
         };
-        let docker = if provider == "podman" && std::env::var_os("DOCKER_HOST").is_none() {
+        let docker = if provider == Provider::Podman && std::env::var_os("DOCKER_HOST").is_none() {
             #[cfg(unix)]
             {
                 Docker::connect_with_podman_defaults().map_err(err)?
@@ -223,12 +268,12 @@ impl Runtime {
         });
         Ok(Self {
             docker,
-            provider: if podman { "podman" } else { "docker" }.to_owned(),
+            provider: if podman { Provider::Podman } else { Provider::Docker },
         })
     }
 
-    pub fn provider(&self) -> &str {
-        &self.provider
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     fn rt_err(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> ClusterError {
@@ -276,7 +321,7 @@ impl Runtime {
                     id: c.id.unwrap_or_default(),
                     role: Role::from_label(labels.get(ROLE_LABEL).map(String::as_str).unwrap_or("")),
                     image: c.image.unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    state: NodeState::from_runtime(&c.state.map(|s| s.to_string()).unwrap_or_default()),
                 }
             })
             .collect();

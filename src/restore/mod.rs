@@ -51,7 +51,7 @@ pub enum RestoreError {
     #[error("pre-flight failed; nothing was changed:\n{}", list(.0))]
     Preflight(Vec<Check>),
     #[error("interrupted by {signal}: {state}")]
-    Interrupted { signal: &'static str, state: String },
+    Interrupted { signal: crate::util::Signal, state: String },
     #[error(
         "restore failed while {step}: {inner}\nnothing was changed: the cluster kept running with its etcd data and volumes, and what was staged was removed"
     )]
@@ -370,7 +370,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
         _ => {
             recover::discard(rt, nodes, &journals).await;
             return Err(RestoreError::Interrupted {
-                signal: signals.pending().unwrap_or("SIGINT"),
+                signal: signals.pending().unwrap_or(crate::util::Signal::Int),
                 state: "nothing was changed: the data staged so far was removed and the cluster kept running".into(),
             });
         }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::bundle::Metadata;
 use crate::cluster::node::{self, RestoreTool};
-use crate::cluster::{Node, Role, Runtime};
+use crate::cluster::{Node, NodeState, Role, Runtime};
 use crate::util::human_bytes;
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +51,7 @@ pub struct Live {
 pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     let cps: Vec<&Node> = nodes
         .iter()
-        .filter(|n| n.role == Role::ControlPlane && n.state == "running")
+        .filter(|n| n.role == Role::ControlPlane && n.state == NodeState::Running)
         .collect();
     let first = cps.first().map(|n| n.name.clone());
     let k8s_version = match &first {
@@ -61,7 +61,10 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     let platform = rt.platform().await.map_err(|e| e.to_string());
     let mut images = Vec::new();
     let mut addons_err = None;
-    for n in nodes.iter().filter(|n| n.role.runs_kubelet() && n.state == "running") {
+    for n in nodes
+        .iter()
+        .filter(|n| n.role.runs_kubelet() && n.state == NodeState::Running)
+    {
         match node::running_containers(rt, &n.name).await {
             Ok(cs) => images.extend(cs.into_iter().map(|c| c.image)),
             Err(e) => addons_err = Some(e.to_string()),
@@ -130,7 +133,7 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
     let down: Vec<String> = live
         .nodes
         .iter()
-        .filter(|n| n.state != "running")
+        .filter(|n| n.state != NodeState::Running)
         .map(|n| format!("node {} is {}", n.name, n.state))
         .collect();
     let sick: Vec<String> = live

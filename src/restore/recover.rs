@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::capture;
 use crate::cluster::journal::{self, Journal, Lock, Op, Phase, Quiesce};
-use crate::cluster::{Node, Role, Runtime, kubelet_nodes, node};
+use crate::cluster::{Node, NodeState, Role, Runtime, kubelet_nodes, node};
 
 use super::{RestoreError, wait_healthy};
 
@@ -108,7 +108,10 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool) -> Result<Repor
     let mut report = Report::default();
     let nodes = rt.nodes(cluster).await?;
     let kubelet: Vec<&Node> = kubelet_nodes(&nodes);
-    if let Some(n) = kubelet.iter().find(|n| n.state != "running" && n.state != "paused") {
+    if let Some(n) = kubelet
+        .iter()
+        .find(|n| !matches!(n.state, NodeState::Running | NodeState::Paused))
+    {
         return Err(RestoreError::Invalid(format!(
             "node {} is {}; start it first (docker start {})",
             n.name, n.state, n.name
@@ -140,7 +143,7 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool) -> Result<Repor
         .iter()
         .filter(|n| n.role == Role::ControlPlane)
         .chain(kubelet.iter().filter(|n| n.role != Role::ControlPlane))
-        .filter(|n| n.state == "paused")
+        .filter(|n| n.state == NodeState::Paused)
         .collect();
     for n in &paused {
         rt.unpause(&n.name).await?;
