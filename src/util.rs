@@ -186,22 +186,9 @@ async fn ctrl_c() -> Signal {
     }
 }
 
-/// `412 MiB`, base 2.
+/// `412.00 MiB`, base 2: indicatif's format, the one the progress bars use.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else if v < 10.0 {
-        format!("{v:.1} {}", UNITS[u])
-    } else {
-        format!("{v:.0} {}", UNITS[u])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 /// Parses a size with base-2 multipliers, case-insensitive: `10G`, `500m`, `1.5GiB`, `2048` (bytes).
@@ -231,39 +218,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes.round() as u64)
 }
 
-/// Parses a duration made of `<n>w|d|h|m|s` parts: `168h`, `7d`, `30m`, `1h30m`; a bare `0` is zero (off).
+/// Parses a duration with humantime (`168h`, `7d`, `30m`, `1h30m`, `2w`); a unit is required, except for a
+/// bare `0` (off).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let bad = || format!("invalid duration {s:?}: use units s, m, h, d or w, e.g. 168h, 7d or 1h30m");
-    if t.is_empty() {
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() || !t.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(bad());
     }
-    if t == "0" {
-        return Ok(Duration::ZERO); // 0 means off, and needs no unit
-    }
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        let secs = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(bad()),
-        };
-        total = n.checked_mul(secs).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
-    }
-    if !num.is_empty() {
-        return Err(bad()); // a bare number: the unit is required
-    }
-    Ok(Duration::from_secs(total))
+    humantime::parse_duration(t).map_err(|_| bad())
 }
 
 /// `5s ago`, `2h ago`, `8d ago`.
@@ -304,7 +270,8 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "7", "h", "7x", "-1h", "1.5h", "99999999999999999999h"] {
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        for bad in ["", "7", "h", "7x", "-1h", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -312,7 +279,7 @@ mod tests {
     #[test]
     fn human() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(412 << 20), "412 MiB");
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(human_bytes(412 << 20), "412.00 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.50 GiB");
     }
 }

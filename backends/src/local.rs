@@ -185,12 +185,6 @@ impl LocalStore {
         ))
     }
 
-    /// A private directory for a restore's staging, named like [`Self::staging_path`].
-    pub fn restore_staging_dir(&self, cluster: &ClusterName) -> PathBuf {
-        self.cluster_dir(cluster)
-            .join(format!(".restore.partial-{}-{}", std::process::id(), nonce()))
-    }
-
     /// Makes a finished bundle visible as `name`: metadata and sidecar first, then the archive itself,
     /// linked in without replacing an existing snapshot. `staged` is removed.
     pub fn publish(
@@ -243,6 +237,12 @@ impl LocalStore {
         sync_dir(&self.cluster_dir(cluster));
         Ok(())
     }
+}
+
+/// The name prefix of a restore's staging directory in a cluster directory (a random suffix follows), naming
+/// this process like [`LocalStore::staging_path`] does.
+pub fn restore_staging_prefix() -> String {
+    format!(".restore.partial-{}-", std::process::id())
 }
 
 /// The pid a leftover's name carries: `.<name>.tar.gz.partial-<pid>-<nonce>`, `.restore.partial-<pid>-<nonce>`.

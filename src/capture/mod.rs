@@ -142,8 +142,10 @@ async fn create_locked(
     }
     phases.push(p.finish());
 
-    let staged = StagedFile(req.store.staging_path(&cluster_name, &req.name));
-    let sink = BundleSink::create(&staged.0, req.writer)?;
+    // Removed when dropped, unless published (publishing links it in and removes it itself).
+    let staged = tempfile::TempPath::try_from_path(req.store.staging_path(&cluster_name, &req.name))
+        .map_err(|e| CaptureError::Invalid(format!("the store's path: {e}")))?;
+    let sink = BundleSink::create(&staged, req.writer)?;
     let quiesced: Arc<Mutex<Quiesced>> = Arc::default();
     let copy = etcd::copy_path(&holder.id);
     let mut journal = Journal {
@@ -329,7 +331,7 @@ async fn create_locked(
     let paths = req.store.publish(
         &cluster_name,
         &req.name,
-        &staged.0,
+        &staged,
         &reader::sidecar_line(&sha256, &file_name),
         &json,
     )?;
@@ -422,14 +424,5 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>) -> Resul
         Ok(())
     } else {
         Err(CaptureError::Resume(errors.join("; ")))
-    }
-}
-
-/// A partially written bundle, removed unless published (publishing links it in and removes it itself).
-struct StagedFile(std::path::PathBuf);
-
-impl Drop for StagedFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -100,23 +100,15 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     print_table(&table)
 }
 
-/// Left-aligned columns separated by three spaces (kubectl's tabwriter look).
+/// Left-aligned columns, as kubectl prints them.
 pub fn print_table(rows: &[Vec<String>]) -> Result<()> {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = std::io::stdout().lock();
+    // kubectl's own layout: Go's text/tabwriter, minimum width 6, padding 3 (kubectl printers.GetNewTabWriter).
+    let mut tw = tabwriter::TabWriter::new(std::io::stdout().lock())
+        .minwidth(6)
+        .padding(3);
     for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            if c + 1 == cols {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
+        writeln!(tw, "{}", r.join("\t"))?;
     }
+    tw.flush()?;
     Ok(())
 }

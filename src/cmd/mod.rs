@@ -329,7 +329,8 @@ pub async fn pull_snapshot(
         .with_context(|| format!("looking up {:?} on {}", name.as_str(), remote.describe()))?;
     ctx.store.ensure_cluster_dir(cluster)?;
     let staged = ctx.store.staging_path(cluster, name);
-    let guard = Staged(staged.clone());
+    // A partial download, removed unless published.
+    let guard = tempfile::TempPath::try_from_path(staged.clone()).context("the store's path")?;
     let bar = crate::progress::bytes(head.size, &format!("pulling {name}"), show_progress);
     let fetched = remote
         .get(cluster, name, &staged, &|n| bar.inc(n))
@@ -346,13 +347,4 @@ pub async fn pull_snapshot(
     )?;
     drop(guard);
     Ok(ctx.store.get(cluster, name)?)
-}
-
-/// A partial download, removed unless published.
-struct Staged(std::path::PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -137,15 +137,6 @@ where
     reader
 }
 
-/// A staging directory on the host, removed when dropped.
-struct StagingDir(std::path::PathBuf);
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Free bytes for an unprivileged user on the filesystem holding `path` (statvfs); 0 when it cannot be read,
 /// so that staging refuses rather than fills a disk.
 fn host_free(path: &std::path::Path) -> u64 {
@@ -187,9 +178,13 @@ async fn restore_locked(
     let p = progress.phase("pre-flight checks");
     // The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side. Staging is
     // written during the pass and removed again if any check fails.
-    req.store.ensure_cluster_dir(&cluster_name)?;
-    let stage_root = req.store.restore_staging_dir(&cluster_name);
-    let staging = StagingDir(stage_root.clone());
+    let dir = req.store.ensure_cluster_dir(&cluster_name)?;
+    // Removed when dropped; named with this pid so that a later command removes it after a kill.
+    let staging = tempfile::Builder::new()
+        .prefix(&backends::local::restore_staging_prefix())
+        .tempdir_in(&dir)
+        .map_err(|e| RestoreError::Invalid(format!("creating a staging directory in {}: {e}", dir.display())))?;
+    let stage_root = staging.path().to_owned();
     let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
     let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
     let copy = std::fs::read(&snap.paths.metadata)
