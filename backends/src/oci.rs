@@ -211,9 +211,16 @@ const UPLOAD_ATTEMPTS: u32 = 3;
 const LIST_IN_FLIGHT: usize = 8;
 
 /// Whether the registry answered with the error code `code` (the distribution spec's error envelope).
+/// oci-client parses the envelope for some requests (`RegistryError`); for others (an upload's final PUT) it
+/// hands over the status and body (`ServerError`), and the body is parsed here as the same envelope.
 fn registry_code(e: &oci_client::errors::OciDistributionError, code: oci_client::errors::OciErrorCode) -> bool {
-    matches!(e, oci_client::errors::OciDistributionError::RegistryError { envelope, .. }
-        if envelope.errors.iter().any(|x| x.code == code))
+    use oci_client::errors::{OciDistributionError as E, OciEnvelope};
+    match e {
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| x.code == code),
+        E::ServerError { message, .. } => serde_json::from_str::<OciEnvelope>(message)
+            .is_ok_and(|envelope| envelope.errors.iter().any(|x| x.code == code)),
+        _ => false,
+    }
 }
 
 fn transient(e: &oci_client::errors::OciDistributionError) -> bool {

@@ -102,36 +102,15 @@ async fn create_locked(
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
     let mut phases = Vec::new();
     let p = progress.phase("inspecting cluster");
-    if let Some(n) = nodes.iter().find(|n| n.state != NodeState::Running) {
-        return Err(ClusterError::NodeNotRunning {
-            node: n.name.clone(),
-            state: n.state.to_string(),
-        }
-        .into());
-    }
+    let Inspected {
+        k8s_version,
+        platform,
+        addons,
+        etcd_image,
+    } = inspect(rt, &nodes).await?;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
-    let Some(bootstrap) = cps.first().copied() else {
-        return Err(CaptureError::Invalid(format!(
-            "cluster {} has no control-plane node",
-            req.cluster
-        )));
-    };
     let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
-    let k8s_version = phase("inspecting cluster", node::k8s_version(rt, &bootstrap.name).await)?;
-    let platform = phase("inspecting cluster", rt.platform().await)?;
-    let mut running = Vec::new();
-    for n in kubelet_nodes(&nodes) {
-        running.extend(phase(
-            "inspecting cluster",
-            node::running_containers(rt, &n.name).await,
-        )?);
-    }
-    let addons = addons::detect(running.iter().map(|c| c.image.as_str()));
-    let etcd_image = running
-        .iter()
-        .find(|c| c.name == "etcd")
-        .map(|c| c.image.clone())
-        .unwrap_or_default();
+    let bootstrap = cps[0];
     req.store.ensure_cluster_dir(&cluster_name)?;
     if req.store.exists(&cluster_name, &req.name) {
         return Err(backends::Error::AlreadyExists {
@@ -172,81 +151,20 @@ async fn create_locked(
 
         // 3. images, per node, blobs shared
         let p = progress.phase("exporting images");
-        let mut per_node = BTreeMap::new();
-        let mut blob_bytes = 0;
-        let mut bundled = std::collections::HashSet::new();
-        for n in kubelet_nodes(&nodes)
-            .into_iter()
-            .filter(|_| req.images != ImagesMode::None)
-        {
-            p.set_message(format!("exporting images ({})", n.name));
-            let got = phase(
-                "exporting images",
-                images::capture(rt, &n.name, &platform, req.images, &sink, &mut bundled).await,
-            )?;
-            blob_bytes += got.added;
-            warnings.extend(got.warnings);
-            per_node.insert(n.name.clone(), got.images);
-        }
-        let mut lines: Vec<String> = Vec::new();
-        let mut all_blobs = std::collections::BTreeSet::new();
-        for (node, imgs) in &per_node {
-            lines.extend(
-                imgs.images
-                    .iter()
-                    .map(|i| format!("{node}\t{}\t{}\n", i.name, i.digest)),
-            );
-            all_blobs.extend(imgs.blobs.iter().cloned());
-        }
-        lines.sort();
-        let images_digest = format!("sha256:{}", hex::encode(Sha256::digest(lines.concat().as_bytes())));
+        let images = capture_images(rt, &nodes, &platform, req.images, &sink, &mut warnings, &p).await?;
         phases.push(p.finish());
         crate::util::pause_point("create:images", None).await;
 
         // 4. quiesce: frozen, workers first, the bootstrap control plane last
         let p = progress.phase("quiescing nodes");
         let order: Vec<&Node> = workers.iter().chain(cps.iter().rev()).copied().collect();
-        journal.phase = Phase::Quiesced;
-        journal.quiesce = Some(Quiesce::Pause);
-        for n in &order {
-            phase("quiescing nodes", journal.write(rt, &n.name).await)?;
-        }
-        if let Err(e) = freeze(rt, &order, &quiesced).await {
-            // A runtime that cannot freeze (rootless Podman on cgroup v1): stop instead, and say so.
-            thaw(rt, &nodes, &quiesced)
-                .await
-                .map_err(|t| CaptureError::Resume(format!("{e}; then {t}")))?;
-            warnings.push(format!(
-                "could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart"
-            ));
-            journal.quiesce = Some(Quiesce::Stop);
-            for n in &order {
-                phase("quiescing nodes", journal.write(rt, &n.name).await)?;
-                quiesced.lock().expect("quiesced list").stopped.push(n.name.clone());
-                phase("quiescing nodes", node::quiesce(rt, &n.name).await)?;
-            }
-        }
+        quiesce(rt, &nodes, &order, &mut journal, &quiesced, &mut warnings).await?;
         phases.push(p.finish());
         crate::util::pause_point("create:quiesced", None).await;
 
         // 5. PVs
         let p = progress.phase("copying volumes");
-        let mut pv_nodes = BTreeMap::new();
-        let mut pv_digest = Sha256::new();
-        let (mut pv_size, mut pv_files) = (0, 0);
-        for n in kubelet_nodes(&nodes) {
-            let roots = phase("copying volumes", pvs::capture(rt, &n.name, &sink).await)?;
-            for (root, summary) in &roots {
-                pv_digest.update(format!("{}\0{root}\0{}\n", n.name, summary.digest).as_bytes());
-                pv_size += summary.bytes;
-                pv_files += summary
-                    .entries
-                    .iter()
-                    .filter(|e| e.kind == crate::bundle::writer::EntryKind::File)
-                    .count();
-            }
-            pv_nodes.insert(n.name.clone(), roots.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
-        }
+        let pvs = capture_pvs(rt, &nodes, &sink).await?;
         phases.push(p.finish());
 
         // 6. resume as soon as the volumes are read
@@ -266,35 +184,11 @@ async fn create_locked(
             node_image: bootstrap.image.clone(),
             provider: rt.provider().as_str().to_owned(),
             platform: platform.clone(),
-            topology: Topology {
-                control_planes: cps.len(),
-                workers: workers.len(),
-                load_balancer: nodes.iter().any(|n| n.role == Role::LoadBalancer),
-                nodes: nodes
-                    .iter()
-                    .map(|n| NodeInfo {
-                        name: n.name.clone(),
-                        role: n.role.as_str().into(),
-                        container_id: n.id.clone(),
-                        image: n.image.clone(),
-                    })
-                    .collect(),
-            },
+            topology: topology(&nodes),
             addons: addons.clone(),
             etcd,
-            images: ImagesInfo {
-                mode: req.images,
-                digest: images_digest,
-                size: blob_bytes,
-                blobs: all_blobs.len(),
-                nodes: per_node,
-            },
-            pvs: PvsInfo {
-                digest: format!("sha256:{}", hex::encode(pv_digest.finalize())),
-                size: pv_size,
-                files: pv_files,
-                nodes: pv_nodes,
-            },
+            images,
+            pvs,
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
@@ -343,6 +237,170 @@ async fn create_locked(
         size,
         phases,
         warnings,
+    })
+}
+
+/// What create reads from a running cluster before capturing anything.
+struct Inspected {
+    k8s_version: String,
+    platform: String,
+    addons: BTreeMap<String, String>,
+    etcd_image: String,
+}
+
+/// Every node running, a control plane present; versions, platform, addons and the etcd image.
+async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError> {
+    if let Some(n) = nodes.iter().find(|n| n.state != NodeState::Running) {
+        return Err(ClusterError::NodeNotRunning {
+            node: n.name.clone(),
+            state: n.state.to_string(),
+        }
+        .into());
+    }
+    let Some(bootstrap) = nodes.iter().find(|n| n.role == Role::ControlPlane) else {
+        return Err(CaptureError::Invalid("the cluster has no control-plane node".into()));
+    };
+    let k8s_version = phase("inspecting cluster", node::k8s_version(rt, &bootstrap.name).await)?;
+    let platform = phase("inspecting cluster", rt.platform().await)?;
+    let mut running = Vec::new();
+    for n in kubelet_nodes(nodes) {
+        running.extend(phase(
+            "inspecting cluster",
+            node::running_containers(rt, &n.name).await,
+        )?);
+    }
+    Ok(Inspected {
+        k8s_version,
+        platform,
+        addons: addons::detect(running.iter().map(|c| c.image.as_str())),
+        etcd_image: running
+            .iter()
+            .find(|c| c.name == "etcd")
+            .map(|c| c.image.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// The cluster's nodes as the metadata records them.
+fn topology(nodes: &[Node]) -> Topology {
+    Topology {
+        control_planes: nodes.iter().filter(|n| n.role == Role::ControlPlane).count(),
+        workers: nodes.iter().filter(|n| n.role == Role::Worker).count(),
+        load_balancer: nodes.iter().any(|n| n.role == Role::LoadBalancer),
+        nodes: nodes
+            .iter()
+            .map(|n| NodeInfo {
+                name: n.name.clone(),
+                role: n.role.as_str().into(),
+                container_id: n.id.clone(),
+                image: n.image.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Every kubelet node's images into the bundle, blobs shared between nodes.
+async fn capture_images(
+    rt: &Runtime,
+    nodes: &[Node],
+    platform: &str,
+    mode: ImagesMode,
+    sink: &BundleSink,
+    warnings: &mut Vec<String>,
+    p: &crate::progress::Phase,
+) -> Result<ImagesInfo, CaptureError> {
+    let mut per_node = BTreeMap::new();
+    let mut size = 0;
+    let mut bundled = std::collections::HashSet::new();
+    for n in kubelet_nodes(nodes).into_iter().filter(|_| mode != ImagesMode::None) {
+        p.set_message(format!("exporting images ({})", n.name));
+        let got = phase(
+            "exporting images",
+            images::capture(rt, &n.name, platform, mode, sink, &mut bundled).await,
+        )?;
+        size += got.added;
+        warnings.extend(got.warnings);
+        per_node.insert(n.name.clone(), got.images);
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut all_blobs = std::collections::BTreeSet::new();
+    for (node, imgs) in &per_node {
+        lines.extend(
+            imgs.images
+                .iter()
+                .map(|i| format!("{node}\t{}\t{}\n", i.name, i.digest)),
+        );
+        all_blobs.extend(imgs.blobs.iter().cloned());
+    }
+    lines.sort();
+    Ok(ImagesInfo {
+        mode,
+        digest: format!("sha256:{}", hex::encode(Sha256::digest(lines.concat().as_bytes()))),
+        size,
+        blobs: all_blobs.len(),
+        nodes: per_node,
+    })
+}
+
+/// Freezes the nodes in `order`, each recorded in its journal first; where the runtime cannot freeze, stops
+/// kubelet and containers instead and says so.
+async fn quiesce(
+    rt: &Runtime,
+    nodes: &[Node],
+    order: &[&Node],
+    journal: &mut Journal,
+    quiesced: &Mutex<Quiesced>,
+    warnings: &mut Vec<String>,
+) -> Result<(), CaptureError> {
+    journal.phase = Phase::Quiesced;
+    journal.quiesce = Some(Quiesce::Pause);
+    for n in order {
+        phase("quiescing nodes", journal.write(rt, &n.name).await)?;
+    }
+    let Err(e) = freeze(rt, order, quiesced).await else {
+        crate::util::pause_point("create:quiesced", None).await;
+        return Ok(());
+    };
+    // A runtime that cannot freeze (rootless Podman on cgroup v1).
+    thaw(rt, nodes, quiesced)
+        .await
+        .map_err(|t| CaptureError::Resume(format!("{e}; then {t}")))?;
+    warnings.push(format!(
+        "could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart"
+    ));
+    journal.quiesce = Some(Quiesce::Stop);
+    for n in order {
+        phase("quiescing nodes", journal.write(rt, &n.name).await)?;
+        quiesced.lock().expect("quiesced list").stopped.push(n.name.clone());
+        phase("quiescing nodes", node::quiesce(rt, &n.name).await)?;
+    }
+    crate::util::pause_point("create:quiesced", None).await;
+    Ok(())
+}
+
+/// Every kubelet node's local-path volumes into the bundle.
+async fn capture_pvs(rt: &Runtime, nodes: &[Node], sink: &BundleSink) -> Result<PvsInfo, CaptureError> {
+    let mut per_node = BTreeMap::new();
+    let mut digest = Sha256::new();
+    let (mut size, mut files) = (0, 0);
+    for n in kubelet_nodes(nodes) {
+        let roots = phase("copying volumes", pvs::capture(rt, &n.name, sink).await)?;
+        for (root, summary) in &roots {
+            digest.update(format!("{}\0{root}\0{}\n", n.name, summary.digest).as_bytes());
+            size += summary.bytes;
+            files += summary
+                .entries
+                .iter()
+                .filter(|e| e.kind == crate::bundle::writer::EntryKind::File)
+                .count();
+        }
+        per_node.insert(n.name.clone(), roots.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
+    }
+    Ok(PvsInfo {
+        digest: format!("sha256:{}", hex::encode(digest.finalize())),
+        size,
+        files,
+        nodes: per_node,
     })
 }
 

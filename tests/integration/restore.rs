@@ -203,7 +203,7 @@ fn preflight_disk_space() {
         &cluster,
         &store,
         &["--min-free-space", "100T"],
-        &["not enough disk space", "100 TiB required"],
+        &["not enough disk space", "100.00 TiB required"],
     );
     assert_untouched(&cluster);
 }
