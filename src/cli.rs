@@ -52,7 +52,7 @@ pub enum Command {
     /// Delete snapshots by name.
     #[command(visible_alias = "rm")]
     Delete(cmd::delete::Args),
-    /// Upload a local snapshot to a remote (S3 bucket, directory).
+    /// Upload a local snapshot to a remote (S3 bucket, OCI registry, directory).
     Push(cmd::push::Args),
     /// Download a snapshot from a remote into the local store, verifying it.
     Pull(cmd::pull::Args),

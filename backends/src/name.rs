@@ -9,7 +9,8 @@ use crate::Error;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SnapshotName(String);
 
-/// A kind cluster name as used in paths: 1–63 characters of `[a-z0-9.-]`... plus `_`, starting alphanumeric.
+/// A kind cluster name as used in paths: 1–63 characters of `[A-Za-z0-9_.-]`, starting with a letter, digit or
+/// `_` (kind itself is stricter; this only keeps paths and keys safe).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClusterName(String);
 

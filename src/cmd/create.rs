@@ -15,7 +15,8 @@ use crate::util::human_bytes;
 pub struct Args {
     /// Cluster to capture (default: KIND_CLUSTER_NAME, else the only kind cluster).
     pub cluster: Option<String>,
-    /// Snapshot name (default: snap-YYYYMMDD-HHMMSS, UTC). Letters, digits, '.', '_', '-'.
+    /// Snapshot name (default: snap-YYYYMMDD-HHMMSS, UTC): up to 128 letters, digits, '.', '_', '-', not
+    /// starting with '.' or '-' (the OCI tag rules).
     pub snapshot: Option<String>,
     /// Snapshot name, as an alternative to the positional argument.
     #[arg(long = "name", value_name = "SNAPSHOT")]
