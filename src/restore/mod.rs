@@ -306,38 +306,9 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
 
     // 2. plan every rename, and record it in each node's journal before anything is staged
     let p = progress.phase("preparing etcd, volumes and images");
-    let mut journals: BTreeMap<String, Journal> = BTreeMap::new();
-    for n in &kubelet {
-        let mut switches = Vec::new();
-        let mut leftovers = Vec::new();
-        if n.role == Role::ControlPlane {
-            switches.push(Switch {
-                live: etcd::LIVE.into(),
-                staged: Some(etcd::staged_dir(&id)),
-                aside: old_etcd.clone(),
-                had_live: true,
-            });
-            leftovers.extend([etcd::side_dir(&id), etcd::staged_db(&id)]);
-        }
-        let pv = pvs::plan(rt, &n.name, &staged.pvs, &id, &stamp)
-            .await
-            .map_err(|e| before("planning the volume switch", e))?;
-        leftovers.extend(pv.iter().map(|s| pvs::stage_dir(&s.live, &id)));
-        switches.extend(pv);
-        journals.insert(
-            n.name.clone(),
-            Journal {
-                op: Op::Restore,
-                phase: Phase::Preparing,
-                holder: holder.clone(),
-                cluster: cluster.clone(),
-                snapshot: req.name.to_string(),
-                quiesce: Some(Quiesce::Stop),
-                switches,
-                leftovers,
-            },
-        );
-    }
+    let journals = plan(rt, req, staged, &kubelet, holder, &stamp)
+        .await
+        .map_err(|e| before("planning the switch", e))?;
     for (n, j) in &journals {
         if let Err(e) = j.write(rt, n).await {
             recover::discard(rt, nodes, &journals).await;
@@ -374,52 +345,17 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
 
     // Commit: every node's journal says so, the lock node's last. From the lock node's commit on, the restore
     // is completed (by this process, or by `resume` after a kill); before it, it is undone.
-    let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
-    let order: Vec<String> = journals
-        .keys()
-        .filter(|n| **n != lock_at)
-        .chain(journals.keys().filter(|n| **n == lock_at))
-        .cloned()
-        .collect();
-    for n in &order {
-        let j = journals.get_mut(n).expect("journal");
-        j.phase = Phase::Committed;
-        // The lock node is written last: until it says committed, undoing is always right.
-        if let Err(e) = j.write(rt, n).await {
-            recover::discard(rt, nodes, &journals).await;
-            return Err(before("committing the journal", e.into()));
-        }
+    let mut journals = journals;
+    if let Err(e) = commit(rt, nodes, &mut journals).await {
+        recover::discard(rt, nodes, &journals).await;
+        return Err(before("committing the journal", e.into()));
     }
     crate::util::pause_point("restore:committed", Some(signals)).await;
 
     // 3. quiesce, 4. switch by renames, 5. resume: whatever arrives now, this completes or rolls back.
-    let p = progress.phase("quiescing nodes");
-    let mut failed = None;
-    for n in kubelet
-        .iter()
-        .filter(|n| n.role == Role::Worker)
-        .chain(cps.iter().rev())
-    {
-        if let Err(e) = node::quiesce(rt, &n.name).await {
-            failed = Some(("quiescing nodes", RestoreError::from(e)));
-            break;
-        }
-    }
-    phases.push(p.finish());
-    if failed.is_none() {
-        crate::util::pause_point("restore:quiesced", Some(signals)).await;
-        let p = progress.phase("switching etcd data and volumes");
-        let switched = futures_util::future::join_all(
-            journals
-                .iter()
-                .map(|(n, j)| journal::apply(rt, n, &j.switches, journal::forward)),
-        )
-        .await;
-        if let Some(e) = switched.into_iter().find_map(Result::err) {
-            failed = Some(("switching etcd data and volumes", e.into()));
-        }
-        phases.push(p.finish());
-    }
+    let failed = quiesce_and_switch(rt, &kubelet, &journals, progress, signals, &mut phases)
+        .await
+        .err();
     if let Some((step, e)) = failed {
         let names: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
         return Err(match recover::undo(rt, nodes, &journals).await {
@@ -461,25 +397,8 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
     phases.push(p.finish());
 
     // Done: the journal stays (with where the old data is) for `resume --rollback`; staging is removed.
-    for (n, j) in journals.iter_mut() {
-        j.phase = Phase::Done;
-        let _ = j.write(rt, n).await;
-        let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
-        let _ = node::remove_all(rt, n, &left).await;
-    }
+    let previous_volumes = finish(rt, &mut journals).await;
     let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_etcd.clone())).collect();
-    let previous_volumes = journals
-        .iter()
-        .filter_map(|(n, j)| {
-            let kept: Vec<String> = j
-                .switches
-                .iter()
-                .filter(|s| s.had_live && s.live != etcd::LIVE)
-                .map(|s| s.aside.clone())
-                .collect();
-            (!kept.is_empty()).then(|| (n.clone(), kept))
-        })
-        .collect();
     if let Some(signal) = signals.pending() {
         return Err(RestoreError::Interrupted {
             signal,
@@ -497,6 +416,120 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
         restored_volumes: volumes,
         etcd_revision_bump,
     })
+}
+
+/// Every rename of the switch, per kubelet node: etcd on control planes, each PV root the snapshot or the node
+/// has. Nothing is written yet.
+async fn plan(
+    rt: &Runtime,
+    req: &Request,
+    staged: &Staged,
+    kubelet: &[&Node],
+    holder: &Holder,
+    stamp: &str,
+) -> Result<BTreeMap<String, Journal>, RestoreError> {
+    let id = &holder.id;
+    let mut journals = BTreeMap::new();
+    for n in kubelet {
+        let mut switches = Vec::new();
+        let mut leftovers = Vec::new();
+        if n.role == Role::ControlPlane {
+            switches.push(Switch {
+                live: etcd::LIVE.into(),
+                staged: Some(etcd::staged_dir(id)),
+                aside: format!("{}.old-{stamp}", etcd::LIVE),
+                had_live: true,
+            });
+            leftovers.extend([etcd::side_dir(id), etcd::staged_db(id)]);
+        }
+        let pv = pvs::plan(rt, &n.name, &staged.pvs, id, stamp).await?;
+        leftovers.extend(pv.iter().map(|s| pvs::stage_dir(&s.live, id)));
+        switches.extend(pv);
+        journals.insert(
+            n.name.clone(),
+            Journal {
+                op: Op::Restore,
+                phase: Phase::Preparing,
+                holder: holder.clone(),
+                cluster: req.cluster.clone(),
+                snapshot: req.name.to_string(),
+                quiesce: Some(Quiesce::Stop),
+                switches,
+                leftovers,
+            },
+        );
+    }
+    Ok(journals)
+}
+
+/// Stops kubelet and containers (workers first), then applies every node's switch.
+async fn quiesce_and_switch(
+    rt: &Runtime,
+    kubelet: &[&Node],
+    journals: &BTreeMap<String, Journal>,
+    progress: &Progress,
+    signals: &Signals,
+    phases: &mut Vec<PhaseRecord>,
+) -> Result<(), Step> {
+    let p = progress.phase("quiescing nodes");
+    let order = kubelet
+        .iter()
+        .filter(|n| n.role == Role::Worker)
+        .chain(kubelet.iter().filter(|n| n.role == Role::ControlPlane).rev());
+    for n in order {
+        node::quiesce(rt, &n.name)
+            .await
+            .map_err(|e| ("quiescing nodes", RestoreError::from(e)))?;
+    }
+    phases.push(p.finish());
+    crate::util::pause_point("restore:quiesced", Some(signals)).await;
+    let p = progress.phase("switching etcd data and volumes");
+    let switched = futures_util::future::join_all(
+        journals
+            .iter()
+            .map(|(n, j)| journal::apply(rt, n, &j.switches, journal::forward)),
+    )
+    .await;
+    phases.push(p.finish());
+    match switched.into_iter().find_map(Result::err) {
+        Some(e) => Err(("switching etcd data and volumes", e.into())),
+        None => Ok(()),
+    }
+}
+
+/// Marks every journal done and removes the staging leftovers. Returns, per node, where its previous volume
+/// roots were kept.
+async fn finish(rt: &Runtime, journals: &mut BTreeMap<String, Journal>) -> BTreeMap<String, Vec<String>> {
+    let mut kept = BTreeMap::new();
+    for (n, j) in journals.iter_mut() {
+        j.phase = Phase::Done;
+        let _ = j.write(rt, n).await;
+        let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
+        let _ = node::remove_all(rt, n, &left).await;
+        let aside: Vec<String> = j
+            .switches
+            .iter()
+            .filter(|s| s.had_live && s.live != etcd::LIVE)
+            .map(|s| s.aside.clone())
+            .collect();
+        if !aside.is_empty() {
+            kept.insert(n.clone(), aside);
+        }
+    }
+    kept
+}
+
+/// Marks every journal committed, the lock node's last (until it says so, undoing is always right).
+async fn commit(rt: &Runtime, nodes: &[Node], journals: &mut BTreeMap<String, Journal>) -> Result<(), ClusterError> {
+    let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
+    let mut order: Vec<String> = journals.keys().cloned().collect();
+    order.sort_by_key(|n| *n == lock_at);
+    for n in &order {
+        let j = journals.get_mut(n).expect("journal");
+        j.phase = Phase::Committed;
+        j.write(rt, n).await?;
+    }
+    Ok(())
 }
 
 type Step = (&'static str, RestoreError);
