@@ -483,23 +483,7 @@ pub fn inspect(
     limits: Option<Limits>,
 ) -> (Inspection, Option<Staged>) {
     let mut insp = Inspection::default();
-    let expected = match fs::read_to_string(sidecar) {
-        Ok(t) => match reader::parse_sidecar(&t) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                insp.integrity
-                    .push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
-                None
-            }
-        },
-        Err(_) => {
-            insp.integrity.push(format!(
-                "bundle is incomplete: its sidecar {} is missing",
-                sidecar.display()
-            ));
-            None
-        }
-    };
+    let expected = read_sidecar(sidecar, &mut insp.integrity);
     let staged = stage.map(|dir| Staged {
         dir: dir.to_owned(),
         etcd: dir.join("etcd.db"),
@@ -563,26 +547,7 @@ pub fn inspect(
             .push(format!("bundle sha256 mismatch: sidecar={e}, archive={}", insp.sha256)),
         None => {}
     }
-    let mut staged = pass.stage.take();
-    for (key, mut root) in std::mem::take(&mut pass.roots) {
-        if let Some(t) = root.tar.take() {
-            if let Err(e) = t.into_inner().and_then(|f| f.sync_all()) {
-                pass.problem(format!("staging PV data: {e}"));
-            }
-            if let (Some(s), Some(path)) = (staged.as_mut(), root.path) {
-                s.pvs.insert(key.clone(), path);
-                s.pv_files.insert(key.clone(), root.files.len());
-            }
-        }
-    }
-    if let Some(s) = staged.as_mut() {
-        for node in &pass.nodes_seen {
-            let p = s.dir.join(format!("index-{node}.json"));
-            if p.exists() {
-                s.node_index.insert(node.clone(), p);
-            }
-        }
-    }
+    let staged = pass.finish_staging();
     insp.uncompressed = pass.uncompressed;
     match pass.metadata_raw.take() {
         None => pass.problem("bundle has no metadata.json".into()),
@@ -599,6 +564,53 @@ pub fn inspect(
         return (insp, None);
     }
     (insp, staged)
+}
+
+/// The digest the sidecar names; what is wrong with it goes to `integrity`.
+fn read_sidecar(sidecar: &Path, integrity: &mut Vec<String>) -> Option<String> {
+    match fs::read_to_string(sidecar) {
+        Ok(t) => match reader::parse_sidecar(&t) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                integrity.push(format!("bundle sidecar {} is malformed: {e}", sidecar.display()));
+                None
+            }
+        },
+        Err(_) => {
+            integrity.push(format!(
+                "bundle is incomplete: its sidecar {} is missing",
+                sidecar.display()
+            ));
+            None
+        }
+    }
+}
+
+impl Pass {
+    /// Closes every volume's re-packed tar and hands over what was staged.
+    fn finish_staging(&mut self) -> Option<Staged> {
+        let mut staged = self.stage.take();
+        for (key, mut root) in std::mem::take(&mut self.roots) {
+            if let Some(t) = root.tar.take() {
+                if let Err(e) = t.into_inner().and_then(|f| f.sync_all()) {
+                    self.problem(format!("staging PV data: {e}"));
+                }
+                if let (Some(s), Some(path)) = (staged.as_mut(), root.path) {
+                    s.pvs.insert(key.clone(), path);
+                    s.pv_files.insert(key.clone(), root.files.len());
+                }
+            }
+        }
+        if let Some(s) = staged.as_mut() {
+            for node in &self.nodes_seen {
+                let p = s.dir.join(format!("index-{node}.json"));
+                if p.exists() {
+                    s.node_index.insert(node.clone(), p);
+                }
+            }
+        }
+        staged
+    }
 }
 
 /// The metadata must describe what the archive holds.

@@ -379,9 +379,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
     // A signal that already arrived lets the restore complete; only one more cuts the wait for etcd short.
     let seen = signals.count();
     let resumed = async {
-        capture::resume(rt, nodes, &all)
-            .await
-            .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+        capture::resume(rt, nodes, &all).await?;
         tokio::select! {
             r = wait_healthy(rt, &cps) => r,
             _ = signals.wait_beyond(seen) => Err(RestoreError::Invalid("stopped waiting for etcd on a second signal".into())),
@@ -614,7 +612,7 @@ async fn stage(
     }
     let mut images = BTreeMap::new();
     for r in imported {
-        let (n, got) = r.map_err(|e| ("re-importing images", RestoreError::Invalid(e.to_string())))?;
+        let (n, got) = r.map_err(|e| ("re-importing images", e))?;
         if !got.is_empty() {
             images.insert(n, got);
         }

@@ -77,9 +77,7 @@ pub async fn undo(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Jour
 
 async fn restart(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
     let all: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
-    capture::resume(rt, nodes, &all)
-        .await
-        .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    capture::resume(rt, nodes, &all).await?;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
     wait_healthy(rt, &cps).await
 }
