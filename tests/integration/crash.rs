@@ -265,3 +265,37 @@ fn an_explicit_daemon_is_the_only_one_used() {
     let v = store.run(&["create", &cluster.name, "ok", "--json"]).ok().json();
     assert_eq!(v["metadata"]["provider"], "docker");
 }
+
+#[test]
+fn a_lock_held_elsewhere_blocks_until_its_heartbeat_stops() {
+    let cluster = Cluster::up("stale", 1, 0);
+    let store = Store::new();
+    let cp = cluster.cp(1);
+    let plant = |heartbeat: &str| {
+        cluster.sh(
+            &cp,
+            &format!(
+                "mkdir -p /var/lib/kubectl-snapshot/lock && printf '%s' '{{\"pid\":4242,\"host\":\"another-host\",\
+                 \"command\":\"restore\",\"since\":\"2026-01-01T00:00:00Z\",\"heartbeat\":\"{heartbeat}\",\"id\":\"x\"}}' \
+                 > /var/lib/kubectl-snapshot/lock/holder.json"
+            ),
+        );
+    };
+    // A process on another host sharing the daemon, alive (its heartbeat is fresh): refused, named.
+    plant(&jiff::Timestamp::now().to_string());
+    let run = store.run(&["create", &cluster.name, "blocked"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("is busy: `restore` (pid 4242 on host another-host)"),
+        "{}",
+        run.stderr
+    );
+    // Its heartbeat stopped long ago: the lock is taken over.
+    plant(&(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600)).to_string());
+    store.run(&["create", &cluster.name, "after-stale"]).ok();
+    // A lock whose holder was killed before it could describe itself (an empty lock directory) too.
+    cluster.sh(&cp, "mkdir -p /var/lib/kubectl-snapshot/lock");
+    store.run(&["create", &cluster.name, "after-empty"]).ok();
+    assert_clean(&cluster);
+}
