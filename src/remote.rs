@@ -36,7 +36,7 @@ pub struct S3Args {
     #[arg(long)]
     pub s3: bool,
     #[command(flatten)]
-    pub stored: S3Stored,
+    pub settings: RemoteSettings,
     /// Access key (default: AWS_ACCESS_KEY_ID, then the AWS profile).
     #[arg(long, value_name = "KEY")]
     pub s3_access_key: Option<String>,
@@ -58,34 +58,70 @@ pub struct S3Args {
     pub s3_folder: Option<String>,
 }
 
-/// The S3 settings a named remote can keep in the config file: the same flags for every command that reaches
-/// S3 and for `remote add`, which stores them (never credentials).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct S3Stored {
+/// A remote's settings: the `--s3-*` flags every command that reaches S3 takes (and `remote add` stores), and,
+/// the same fields, a remote's entry in config.toml. One type, so that a flag and its config key cannot drift.
+/// Never credentials. The OCI backend reads `insecure` and `endpoint-ca` too: plain HTTP and a private CA mean
+/// the same for a registry.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RemoteSettings {
+    /// The remote's URL (config file only: on the command line it is `--remote` or `remote add NAME URL`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub url: String,
     /// S3 endpoint, host[:port] (default: AWS; env AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub s3_endpoint: Option<String>,
+    #[arg(long = "s3-endpoint", value_name = "HOST[:PORT]")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// CA bundle for the endpoint: a PEM file or base64-encoded PEM (repeatable).
-    #[arg(long, value_name = "FILE|BASE64")]
-    pub s3_endpoint_ca: Vec<String>,
+    #[arg(long = "s3-endpoint-ca", value_name = "FILE|BASE64")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_ca: Vec<String>,
     /// Do not verify the endpoint's TLS certificate.
-    #[arg(long)]
-    pub s3_skip_ssl_verify: bool,
+    #[arg(long = "s3-skip-ssl-verify")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_ssl_verify: bool,
     /// Use plain HTTP.
-    #[arg(long)]
-    pub s3_insecure: bool,
+    #[arg(long = "s3-insecure")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// Region (default: AWS_REGION, the profile's region, else us-east-1).
-    #[arg(long, value_name = "REGION")]
-    pub s3_region: Option<String>,
+    #[arg(long = "s3-region", value_name = "REGION")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// AWS profile for credentials and region (default: AWS_PROFILE, else "default").
-    #[arg(long, value_name = "NAME")]
-    pub s3_profile: Option<String>,
+    #[arg(long = "s3-profile", value_name = "NAME")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Per-request timeout (default 5m).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub s3_timeout: Option<Duration>,
+    #[arg(long = "s3-timeout", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration_text")]
+    pub timeout: Option<Duration>,
     /// Bucket addressing: auto (virtual-hosted on AWS, path style elsewhere), dns or path.
-    #[arg(long, value_name = "auto|dns|path")]
-    pub s3_bucket_lookup_type: Option<Lookup>,
+    #[arg(long = "s3-bucket-lookup-type", value_name = "auto|dns|path")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_lookup_type: Option<Lookup>,
+}
+
+/// Durations in the config file as people write them (`90s`, `5m`).
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::util::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl S3Args {
@@ -158,46 +194,8 @@ fn oci_options(rest: &str, cfg: Option<&RemoteConfig>, f: &OciArgs) -> Result<ba
     })
 }
 
-/// A remote as stored in the config file. Settings only: never credentials.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct RemoteConfig {
-    pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub endpoint_ca: Vec<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skip_ssl_verify: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bucket_lookup_type: Option<String>,
-}
-
-impl RemoteConfig {
-    /// The entry `remote add` stores: the URL and the S3 settings given (the OCI backend reads `insecure`
-    /// and `endpoint-ca` too: plain HTTP and a private CA mean the same for a registry).
-    pub fn new(url: String, s: S3Stored) -> Self {
-        Self {
-            url,
-            endpoint: s.s3_endpoint,
-            endpoint_ca: s.s3_endpoint_ca,
-            skip_ssl_verify: s.s3_skip_ssl_verify,
-            insecure: s.s3_insecure,
-            region: s.s3_region,
-            profile: s.s3_profile,
-            timeout: s.s3_timeout.map(|d| format!("{}s", d.as_secs())),
-            bucket_lookup_type: s.s3_bucket_lookup_type.map(|l| format!("{l:?}").to_lowercase()),
-        }
-    }
-}
+/// A remote's entry in config.toml.
+pub type RemoteConfig = RemoteSettings;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -297,39 +295,30 @@ fn s3_options(
         o.folder = v.trim_matches('/').to_owned();
     }
     o.endpoint = pick(
-        Some((&f.stored.s3_endpoint, "--s3-endpoint")),
+        Some((&f.settings.endpoint, "--s3-endpoint")),
         env,
         &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
         conf(cfg, c.and_then(|c| c.endpoint.as_ref()), "endpoint"),
     );
-    o.endpoint_ca = if !f.stored.s3_endpoint_ca.is_empty() {
-        Some(Sourced::new(f.stored.s3_endpoint_ca.clone(), "--s3-endpoint-ca"))
+    o.endpoint_ca = if !f.settings.endpoint_ca.is_empty() {
+        Some(Sourced::new(f.settings.endpoint_ca.clone(), "--s3-endpoint-ca"))
     } else {
         c.filter(|c| !c.endpoint_ca.is_empty())
             .map(|c| Sourced::new(c.endpoint_ca.clone(), at("endpoint-ca")))
     };
-    o.skip_ssl_verify = f.stored.s3_skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
-    o.insecure = f.stored.s3_insecure || c.is_some_and(|c| c.insecure);
-    o.timeout = match (f.stored.s3_timeout, c.and_then(|c| c.timeout.as_ref())) {
-        (Some(t), _) => t,
-        (None, Some(t)) => parse_duration(t).map_err(|e| anyhow!("{}: {e}", at("timeout")))?,
-        (None, None) => o.timeout,
-    };
-    o.lookup = match (
-        f.stored.s3_bucket_lookup_type,
-        c.and_then(|c| c.bucket_lookup_type.as_ref()),
-    ) {
-        (Some(l), _) => l,
-        (None, Some(l)) => l
-            .parse()
-            .map_err(|e: String| anyhow!("{}: {e}", at("bucket-lookup-type")))?,
-        (None, None) => o.lookup,
-    };
+    o.skip_ssl_verify = f.settings.skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
+    o.insecure = f.settings.insecure || c.is_some_and(|c| c.insecure);
+    o.timeout = f.settings.timeout.or(c.and_then(|c| c.timeout)).unwrap_or(o.timeout);
+    o.lookup = f
+        .settings
+        .bucket_lookup_type
+        .or(c.and_then(|c| c.bucket_lookup_type))
+        .unwrap_or(o.lookup);
 
     // The AWS profile: named explicitly, or "default"; its files from AWS_SHARED_CREDENTIALS_FILE and
     // AWS_CONFIG_FILE, else ~/.aws.
     let profile = pick(
-        Some((&f.stored.s3_profile, "--s3-profile")),
+        Some((&f.settings.profile, "--s3-profile")),
         env,
         &["AWS_PROFILE"],
         conf(cfg, c.and_then(|c| c.profile.as_ref()), "profile"),
@@ -396,7 +385,7 @@ fn s3_options(
     };
     let region_config = conf(cfg, c.and_then(|c| c.region.as_ref()), "region");
     o.region = pick(
-        Some((&f.stored.s3_region, "--s3-region")),
+        Some((&f.settings.region, "--s3-region")),
         env,
         &["AWS_REGION", "AWS_DEFAULT_REGION"],
         region_config,
@@ -499,7 +488,7 @@ mod tests {
     fn endpoint_flag_beats_environment_beats_config() {
         let cfg = team();
         let mut flags = S3Args::default();
-        flags.stored.s3_endpoint = Some("flag.lan:9000".into());
+        flags.settings.endpoint = Some("flag.lan:9000".into());
         let env = env_of(&[
             ("AWS_ENDPOINT_URL_S3", "https://env-s3.lan"),
             ("AWS_ENDPOINT_URL", "https://env.lan"),
@@ -549,7 +538,7 @@ mod tests {
             (r.value, r.from)
         };
         let mut flags = S3Args::default();
-        flags.stored.s3_region = Some("flag-region".into());
+        flags.settings.region = Some("flag-region".into());
         let both = with(&[("AWS_REGION", "env-region"), ("AWS_DEFAULT_REGION", "env-default")]);
         assert_eq!(
             region(&flags, &both, Some(&cfg)),
@@ -606,7 +595,7 @@ mod tests {
         assert!(key(&none, &[]).is_none(), "nothing found: unsigned");
         // A profile named anywhere must exist.
         let mut named = S3Args::default();
-        named.stored.s3_profile = Some("missing".into());
+        named.settings.profile = Some("missing".into());
         let e = s3_options("b".into(), String::new(), None, &named, &env_of(&profile_only))
             .unwrap_err()
             .to_string();
@@ -614,6 +603,28 @@ mod tests {
             e.contains("\"missing\" (from --s3-profile) has no static credentials"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_remote_entry_round_trips_through_the_config_file_and_unknown_keys_are_refused() {
+        let entry = RemoteConfig {
+            url: "s3://bucket/folder".into(),
+            endpoint: Some("minio.lan:9000".into()),
+            insecure: true,
+            timeout: Some(Duration::from_secs(90)),
+            bucket_lookup_type: Some(Lookup::Path),
+            ..Default::default()
+        };
+        let config = Config {
+            default_remote: Some("team".into()),
+            remotes: BTreeMap::from([("team".to_owned(), entry.clone())]),
+        };
+        let text = toml::to_string_pretty(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.remotes["team"], entry, "{text}");
+        let secret = "[remotes.team]\nurl = \"s3://b\"\nsecret-key = \"hunter2\"\n";
+        let e = toml::from_str::<Config>(secret).unwrap_err().to_string();
+        assert!(e.contains("unknown field `secret-key`"), "{e}");
     }
 
     #[test]

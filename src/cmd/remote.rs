@@ -38,7 +38,7 @@ pub struct AddArgs {
     #[arg(long)]
     pub default: bool,
     #[command(flatten)]
-    pub s3: crate::remote::S3Stored,
+    pub settings: crate::remote::RemoteSettings,
     /// Refused: credentials are never stored (use AWS_* variables or --s3-profile).
     #[arg(long, hide = true)]
     pub s3_access_key: Option<String>,
@@ -60,14 +60,14 @@ pub async fn run(args: Args) -> Result<()> {
             }
             backends::SnapshotName::new(&a.name).map_err(|e| anyhow::anyhow!("remote name: {e}"))?;
             let url = RemoteUrl::parse(&a.url)?;
-            if let Some(e) = &a.s3.s3_endpoint {
+            if let Some(e) = &a.settings.endpoint {
                 backends::url::refuse_credentials(e, "--s3-endpoint")?;
             }
             let url = match url {
                 RemoteUrl::Dir(p) => std::path::absolute(&p).unwrap_or(p).display().to_string(),
                 other => other.to_string(),
             };
-            let entry = RemoteConfig::new(url, a.s3);
+            let entry = RemoteConfig { url, ..a.settings };
             config.remotes.insert(a.name.clone(), entry);
             if a.default || config.default_remote.is_none() {
                 config.default_remote = Some(a.name.clone());
