@@ -312,11 +312,22 @@ impl OciStore {
 
     /// Our manifest for a snapshot, or `None` when the tag does not exist.
     async fn manifest(&self, r: &Reference) -> Result<Option<OciImageManifest>, Error> {
-        match self.client.pull_manifest(r, &self.auth).await {
-            Ok((OciManifest::Image(m), _)) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => Ok(Some(m)),
-            Ok(_) => Ok(None),
-            Err(e) if not_found_like(&e) => Ok(None),
-            Err(e) => Err(self.err("reading the manifest", e)),
+        // A read is retried like an upload: a proxy that refused a request may have closed the pooled
+        // connection the next request goes out on.
+        let mut attempt = 1;
+        loop {
+            match self.client.pull_manifest(r, &self.auth).await {
+                Ok((OciManifest::Image(m), _)) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => {
+                    return Ok(Some(m));
+                }
+                Ok(_) => return Ok(None),
+                Err(e) if not_found_like(&e) => return Ok(None),
+                Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.err("reading the manifest", e)),
+            }
         }
     }
 

@@ -509,7 +509,8 @@ async fn oci_a_proxy_refusing_large_bodies_gets_an_actionable_error() {
         "{msg}"
     );
     assert!(!msg.contains("<html>"), "{msg}");
-    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
+    let head = store.head(&c, &n).await;
+    assert!(matches!(head, Err(Error::NotFound { .. })), "{head:?}");
 }
 
 #[tokio::test]
