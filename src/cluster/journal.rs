@@ -133,6 +133,14 @@ pub fn lock_node(nodes: &[super::Node]) -> Option<&super::Node> {
 /// says what to run), and takes the cluster's lock.
 pub async fn begin(rt: &Runtime, cluster: &str, nodes: &[super::Node], command: &str) -> Result<Lock, LockError> {
     let lock_at = lock_node(nodes).ok_or_else(|| LockError::NoControlPlane(cluster.to_owned()))?;
+    if let NodeState::Other(state) = &lock_at.state {
+        // The lock lives in this node: nothing can be done, or checked, while it is down.
+        return Err(ClusterError::NodeNotRunning {
+            node: lock_at.name.clone(),
+            state: state.clone(),
+        }
+        .into());
+    }
     for n in super::kubelet_nodes(nodes) {
         if n.state == NodeState::Paused {
             let by = match Journal::read(rt, &n.name).await {

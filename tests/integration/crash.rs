@@ -299,3 +299,22 @@ fn a_lock_held_elsewhere_blocks_until_its_heartbeat_stops() {
     store.run(&["create", &cluster.name, "after-empty"]).ok();
     assert_clean(&cluster);
 }
+
+#[test]
+fn a_stopped_control_plane_is_named_before_anything_is_tried() {
+    let cluster = Cluster::up("down", 1, 0);
+    let store = Store::new();
+    store.run(&["create", &cluster.name, "snap"]).ok();
+    let cp = cluster.cp(1);
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &cp])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for args in [["create", &cluster.name, "again"], ["restore", &cluster.name, "snap"]] {
+        let run = store.run(&args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        let want = format!("node {cp} is exited, not running; start the cluster first (`docker start {cp}`)");
+        assert!(run.stderr.contains(&want), "{args:?}: {}", run.stderr);
+    }
+}
