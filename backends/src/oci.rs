@@ -214,13 +214,7 @@ const LIST_IN_FLIGHT: usize = 8;
 /// oci-client parses the envelope for some requests (`RegistryError`); for others (an upload's final PUT) it
 /// hands over the status and body (`ServerError`), and the body is parsed here as the same envelope.
 fn registry_code(e: &oci_client::errors::OciDistributionError, code: oci_client::errors::OciErrorCode) -> bool {
-    use oci_client::errors::{OciDistributionError as E, OciEnvelope};
-    match e {
-        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| x.code == code),
-        E::ServerError { message, .. } => serde_json::from_str::<OciEnvelope>(message)
-            .is_ok_and(|envelope| envelope.errors.iter().any(|x| x.code == code)),
-        _ => false,
-    }
+    any_code(e, |c| *c == code)
 }
 
 fn transient(e: &oci_client::errors::OciDistributionError) -> bool {
@@ -251,18 +245,56 @@ fn next_link(header: &str) -> Option<String> {
     })
 }
 
+/// What an oci-client error means, from its type: the HTTP status, or the registry's error codes (the
+/// distribution spec's envelope, parsed by oci-client or, for a bare `ServerError`, here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    NotFound,
+    Denied,
+    Other,
+}
+
+/// Whether the registry's error envelope holds a code for which `f` is true.
+fn any_code(
+    e: &oci_client::errors::OciDistributionError,
+    f: impl Fn(&oci_client::errors::OciErrorCode) -> bool,
+) -> bool {
+    use oci_client::errors::{OciDistributionError as E, OciEnvelope};
+    match e {
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| f(&x.code)),
+        E::ServerError { message, .. } => serde_json::from_str::<OciEnvelope>(message)
+            .is_ok_and(|envelope| envelope.errors.iter().any(|x| f(&x.code))),
+        _ => false,
+    }
+}
+
+fn kind(e: &oci_client::errors::OciDistributionError) -> Kind {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    let status = match e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => return Kind::Denied,
+        E::ImageManifestNotFoundError(_) => return Kind::NotFound,
+        E::ServerError { code, .. } => Some(*code),
+        E::RequestError(r) => r.status().map(|s| s.as_u16()),
+        _ => None,
+    };
+    match status {
+        Some(401 | 403) => return Kind::Denied,
+        Some(404) => return Kind::NotFound,
+        _ => {}
+    }
+    if any_code(e, |c| matches!(c, C::Unauthorized | C::Denied)) {
+        Kind::Denied
+    } else if any_code(e, |c| {
+        matches!(c, C::ManifestUnknown | C::NameUnknown | C::BlobUnknown | C::NotFound)
+    }) {
+        Kind::NotFound
+    } else {
+        Kind::Other
+    }
+}
+
 fn not_found_like(e: &oci_client::errors::OciDistributionError) -> bool {
-    let m = e.to_string().to_lowercase().replace('_', " ");
-    [
-        "manifest unknown",
-        "name unknown",
-        "not known to registry",
-        "blob unknown",
-        "not found",
-        "404",
-    ]
-    .iter()
-    .any(|k| m.contains(k))
+    kind(e) == Kind::NotFound
 }
 
 impl OciStore {
@@ -286,18 +318,7 @@ impl OciStore {
 
     fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
         let message = format!("{op}: {}", crate::chain(&e));
-        let lower = message.to_lowercase();
-        if [
-            "not authorized",
-            "unauthorized",
-            "denied",
-            "401",
-            "403",
-            "authentication",
-        ]
-        .iter()
-        .any(|k| lower.contains(k))
-        {
+        if kind(&e) == Kind::Denied {
             Error::Denied {
                 remote: self.description.clone(),
                 message,
