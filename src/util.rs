@@ -24,12 +24,7 @@ pub fn app_dirs() -> Option<impl etcetera::AppStrategy> {
 
 /// A random hex string for temporary names and tokens.
 pub fn nonce() -> String {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        let t = jiff::Timestamp::now().as_nanosecond();
-        b = (t as u64).to_le_bytes();
-    }
-    hex::encode(b)
+    backends::local::nonce()
 }
 
 /// A signal that asks an operation to stop.

@@ -251,7 +251,8 @@ fn leftover_pid(name: &str) -> Option<u32> {
     rest.split_once('-')?.0.parse().ok()
 }
 
-fn pid_alive(pid: u32) -> bool {
+/// Whether a process with this pid runs on this host (a pid reused since is taken as alive: the safe side).
+pub fn pid_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

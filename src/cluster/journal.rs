@@ -62,7 +62,7 @@ impl Holder {
     /// stopped long ago.
     pub fn is_dead(&self) -> bool {
         if self.host == hostname() && self.pid != std::process::id() {
-            return !pid_alive(self.pid);
+            return !backends::local::pid_alive(self.pid);
         }
         let last = self.heartbeat.unwrap_or(self.since);
         jiff::Timestamp::now().duration_since(last).unsigned_abs() > STALE_AFTER
@@ -81,14 +81,6 @@ impl Holder {
 
 fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    match rustix::process::Pid::from_raw(pid as i32) {
-        // EPERM: it exists, owned by someone else.
-        Some(p) => !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)),
-        None => false,
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
