@@ -12,6 +12,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod local;
+pub mod members;
 pub mod name;
 pub mod oci;
 pub mod remote;
@@ -20,8 +21,9 @@ pub mod sidecar;
 pub mod url;
 
 pub use local::{LocalSnapshot, LocalStore, SnapshotPaths};
+pub use members::{BundleIndex, LocalMembers, Moved};
 pub use name::{ClusterName, SnapshotName};
-pub use remote::{Fetched, ObjectSnapshotStore, RemoteSnapshot, SnapshotStore};
+pub use remote::{Collected, Fetched, ObjectSnapshotStore, RemoteSnapshot, SnapshotStore, Upload};
 pub use sidecar::{SMALL_FILE_MAX, Sha256, Sidecar};
 
 /// Errors from a store.

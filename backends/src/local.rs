@@ -20,6 +20,8 @@ use crate::{ClusterName, Error, SnapshotName};
 pub const BUNDLE_SUFFIX: &str = ".tar.gz";
 pub const SIDECAR_SUFFIX: &str = ".tar.gz.sha256";
 pub const METADATA_SUFFIX: &str = ".metadata.json";
+/// The member index of a schema-2 bundle (see [`crate::members`]).
+pub const INDEX_SUFFIX: &str = ".index.json";
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -32,6 +34,8 @@ pub struct SnapshotPaths {
     pub bundle: PathBuf,
     pub sidecar: PathBuf,
     pub metadata: PathBuf,
+    /// Present for schema-2 bundles.
+    pub index: PathBuf,
 }
 
 /// A snapshot found in the store.
@@ -62,6 +66,7 @@ impl LocalStore {
             bundle: dir.join(format!("{name}{BUNDLE_SUFFIX}")),
             sidecar: dir.join(format!("{name}{SIDECAR_SUFFIX}")),
             metadata: dir.join(format!("{name}{METADATA_SUFFIX}")),
+            index: dir.join(format!("{name}{INDEX_SUFFIX}")),
         }
     }
 
@@ -164,6 +169,30 @@ impl LocalStore {
         }
     }
 
+    /// A snapshot's member index, when it has a valid one that matches its bundle's size.
+    pub fn index(&self, cluster: &ClusterName, name: &SnapshotName) -> Option<crate::BundleIndex> {
+        let paths = self.paths(cluster, name);
+        let meta = fs::symlink_metadata(&paths.index).ok()?;
+        if !meta.is_file() || meta.len() > crate::SMALL_FILE_MAX {
+            return None;
+        }
+        let index = crate::BundleIndex::parse(&fs::read(&paths.index).ok()?).ok()?;
+        (fs::metadata(&paths.bundle).ok()?.len() == index.size).then_some(index)
+    }
+
+    /// The members every local bundle (of every cluster) holds: what a pull copies instead of downloading.
+    pub fn members(&self) -> crate::LocalMembers {
+        let mut out = crate::LocalMembers::new();
+        for cluster in self.clusters().unwrap_or_default() {
+            for snap in self.list(&cluster).unwrap_or_default() {
+                if let Some(index) = self.index(&cluster, &snap.name) {
+                    out.add(&snap.paths.bundle, &index);
+                }
+            }
+        }
+        out
+    }
+
     pub fn exists(&self, cluster: &ClusterName, name: &SnapshotName) -> bool {
         self.paths(cluster, name).bundle.exists()
     }
@@ -194,6 +223,7 @@ impl LocalStore {
         staged: &Path,
         sidecar: &str,
         metadata: &[u8],
+        index: Option<&crate::BundleIndex>,
     ) -> Result<SnapshotPaths, Error> {
         let paths = self.paths(cluster, name);
         if paths.bundle.exists() {
@@ -204,6 +234,14 @@ impl LocalStore {
         }
         write_atomic(&paths.metadata, metadata)?;
         write_atomic(&paths.sidecar, sidecar.as_bytes())?;
+        match index {
+            Some(index) => write_atomic(&paths.index, &index.to_json())?,
+            None => match fs::remove_file(&paths.index) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", paths.index.display()), e)),
+            },
+        }
         match fs::hard_link(staged, &paths.bundle) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -227,7 +265,7 @@ impl LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(cluster, name)),
             Err(e) => return Err(Error::io(format!("deleting {}", paths.bundle.display()), e)),
         }
-        for p in [&paths.sidecar, &paths.metadata] {
+        for p in [&paths.sidecar, &paths.metadata, &paths.index] {
             match fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -383,7 +421,7 @@ mod tests {
         let staged = store.staging_path(&c, &n);
         fs::write(&staged, b"bundle").unwrap();
         assert!(store.list(&c).unwrap().is_empty(), "staged bundles are not listed");
-        store.publish(&c, &n, &staged, "x  base.tar.gz\n", b"{}").unwrap();
+        store.publish(&c, &n, &staged, "x  base.tar.gz\n", b"{}", None).unwrap();
         assert!(!staged.exists());
         let listed = store.list(&c).unwrap();
         assert_eq!(listed.len(), 1);
@@ -412,7 +450,7 @@ mod tests {
         for content in [&b"first"[..], b"second"] {
             let staged = store.staging_path(&c, &n);
             fs::write(&staged, content).unwrap();
-            let res = store.publish(&c, &n, &staged, "x  y\n", b"{}");
+            let res = store.publish(&c, &n, &staged, "x  y\n", b"{}", None);
             if content == b"second" {
                 assert!(matches!(res, Err(Error::AlreadyExists { .. })));
             }

@@ -3,8 +3,14 @@
 //!
 //! - config blob: the snapshot's `metadata.json` (`application/vnd.kubectl-snapshot.config.v1+json`), so `list`
 //!   and `show` never download the bundle;
-//! - one layer: the bundle (`application/vnd.kubectl-snapshot.bundle.v1.tar+gzip`, titled `<snapshot>.tar.gz`),
-//!   whose digest is the bundle's sha256, so the digest is the sidecar and the registry checks it on upload;
+//! - schema-2 bundles (with a member index): one layer per member, in bundle order
+//!   (`application/vnd.kubectl-snapshot.member.v1.tar+gzip`, annotated with the entry it holds). Members are
+//!   deterministic, so the registry stores each once per repository and a push uploads only those it lacks;
+//!   the bundle's sha256 is the manifest annotation `io.kubectl-snapshot.bundle.sha256`. Blobs a deleted
+//!   manifest leaves unreferenced are removed by the registry's own garbage collection, not by this client;
+//! - schema-1 bundles: one layer, the bundle (`application/vnd.kubectl-snapshot.bundle.v1.tar+gzip`, titled
+//!   `<snapshot>.tar.gz`), whose digest is the bundle's sha256, so the digest is the sidecar and the registry
+//!   checks it on upload;
 //! - manifest annotations: `org.opencontainers.image.created`, `io.kubectl-snapshot.cluster`,
 //!   `io.kubectl-snapshot.snapshot`, `io.kubectl-snapshot.k8s-version`.
 //!
@@ -24,13 +30,24 @@ use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::remote::{Fetched, Progress, RemoteSnapshot, SnapshotStore};
+use crate::members::{BundleIndex, LocalMembers, Member, MemberSource, Moved};
+use crate::remote::{Collected, Fetched, Progress, RemoteSnapshot, SnapshotStore, Upload};
 use crate::s3::Secret;
 use crate::{ClusterName, Error, SnapshotName};
 
 pub const ARTIFACT_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1";
 pub const CONFIG_TYPE: &str = "application/vnd.kubectl-snapshot.config.v1+json";
 pub const BUNDLE_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1.tar+gzip";
+/// A member of a schema-2 bundle (a run of gzip members aligned to tar entries): one layer each, in order.
+pub const MEMBER_TYPE: &str = "application/vnd.kubectl-snapshot.member.v1.tar+gzip";
+/// Manifest annotation of a member-layered snapshot: the whole bundle's sha256 (its sidecar).
+const BUNDLE_SHA256: &str = "io.kubectl-snapshot.bundle.sha256";
+/// Layer annotation: the first tar entry a member holds.
+const HOLDS: &str = "io.kubectl-snapshot.holds";
+/// Existence checks and member uploads in flight.
+const MEMBERS_IN_FLIGHT: usize = 4;
+/// Sibling repositories (other clusters' snapshots) searched for members to mount.
+const MAX_SIBLINGS: usize = 32;
 
 #[derive(Debug, Clone, Default)]
 pub struct OciOptions {
@@ -369,10 +386,21 @@ impl OciStore {
 
     fn snapshot(&self, name: SnapshotName, m: &OciImageManifest, metadata: Vec<u8>) -> RemoteSnapshot {
         let layer = m.layers.first();
+        let (size, sha256) = if layer.is_some_and(|l| l.media_type == MEMBER_TYPE) {
+            (
+                m.layers.iter().map(|l| l.size.max(0) as u64).sum(),
+                m.annotations.as_ref().and_then(|a| a.get(BUNDLE_SHA256)).cloned(),
+            )
+        } else {
+            (
+                layer.map_or(0, |l| l.size.max(0) as u64),
+                layer.and_then(|l| l.digest.strip_prefix("sha256:").map(str::to_owned)),
+            )
+        };
         RemoteSnapshot {
             name,
             complete: layer.is_some(),
-            size: layer.map_or(0, |l| l.size.max(0) as u64),
+            size,
             // The snapshot's creation time, from the manifest's `created` annotation (registries keep no object times).
             modified: m
                 .annotations
@@ -381,8 +409,277 @@ impl OciStore {
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map_or(std::time::SystemTime::UNIX_EPOCH, std::time::SystemTime::from),
             metadata: Some(metadata),
-            sha256: layer.and_then(|l| l.digest.strip_prefix("sha256:").map(str::to_owned)),
+            sha256,
         }
+    }
+
+    /// The member index a member-layered manifest describes (checked: the manifest is untrusted).
+    fn index_of(&self, name: &SnapshotName, m: &OciImageManifest) -> Result<Option<BundleIndex>, Error> {
+        if m.layers.first().is_none_or(|l| l.media_type != MEMBER_TYPE) {
+            return Ok(None);
+        }
+        let integrity = |message: String| Error::Integrity {
+            remote: self.description.clone(),
+            name: name.to_string(),
+            message,
+        };
+        let mut offset = 0u64;
+        let mut members = Vec::with_capacity(m.layers.len());
+        for l in &m.layers {
+            let sha256 = l
+                .digest
+                .strip_prefix("sha256:")
+                .filter(|_| l.media_type == MEMBER_TYPE)
+                .ok_or_else(|| integrity(format!("layer {} is not a sha256-named member", l.digest)))?;
+            let size =
+                u64::try_from(l.size).map_err(|_| integrity(format!("layer {} has size {}", l.digest, l.size)))?;
+            members.push(Member {
+                offset,
+                size,
+                sha256: sha256.to_owned(),
+                holds: l
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(HOLDS))
+                    .cloned()
+                    .unwrap_or_default(),
+                entries: 1,
+            });
+            offset = offset.saturating_add(size);
+        }
+        let index = BundleIndex {
+            index_version: crate::members::INDEX_VERSION,
+            sha256: m
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(BUNDLE_SHA256))
+                .cloned()
+                .unwrap_or_default(),
+            size: offset,
+            members,
+        };
+        index.check().map_err(|e| integrity(e.to_string()))?;
+        Ok(Some(index))
+    }
+
+    /// Repositories beside `own` under the base path, from the registry's catalog (first page, at most
+    /// [`MAX_SIBLINGS`]); empty when the registry does not serve a catalog to these credentials.
+    async fn siblings(&self, own: &str) -> Vec<String> {
+        let url = self.url("/v2/_catalog?n=1000");
+        let Ok(resp) = self
+            .authed(reqwest::Method::GET, &url, "registry:catalog:*", &mut None)
+            .await
+        else {
+            return Vec::new();
+        };
+        if !resp.status().is_success() {
+            return Vec::new();
+        }
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let base = format!("{}/", self.opts.repository);
+        body["repositories"]
+            .as_array()
+            .map(|repos| {
+                repos
+                    .iter()
+                    .filter_map(|r| r.as_str())
+                    .filter(|r| r.starts_with(&base) && *r != own)
+                    .take(MAX_SIBLINGS)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Cross-repository mounts (`POST …/blobs/uploads/?mount=<digest>&from=<repo>`) of the members that other
+    /// clusters' repositories of the same registry already hold; returns the digests mounted. Anything that
+    /// fails here only means the member is uploaded instead.
+    async fn mount_from_siblings(&self, r: &Reference, members: &[Member]) -> std::collections::HashSet<String> {
+        let mut mounted = std::collections::HashSet::new();
+        if members.is_empty() {
+            return mounted;
+        }
+        let own = r.repository().to_owned();
+        for sibling in self.siblings(&own).await {
+            let mut session = None;
+            let mut here = Vec::new();
+            for m in members.iter().filter(|m| !mounted.contains(&m.sha256)) {
+                let url = self.url(&format!("/v2/{sibling}/blobs/sha256:{}", m.sha256));
+                let scope = format!("repository:{sibling}:pull");
+                if let Ok(resp) = self.authed(reqwest::Method::HEAD, &url, &scope, &mut session).await
+                    && resp.status().is_success()
+                {
+                    here.push(m.sha256.clone());
+                }
+            }
+            let mut session = None;
+            for sha in here {
+                let url = self.url(&format!("/v2/{own}/blobs/uploads/?mount=sha256:{sha}&from={sibling}"));
+                let scope = format!("repository:{own}:pull,push repository:{sibling}:pull");
+                match self.authed(reqwest::Method::POST, &url, &scope, &mut session).await {
+                    Ok(resp) if resp.status() == reqwest::StatusCode::CREATED => {
+                        mounted.insert(sha);
+                    }
+                    // 202: the registry opened an upload session instead; the member is uploaded as usual.
+                    _ => {}
+                }
+            }
+            if mounted.len() == members.len() {
+                break;
+            }
+        }
+        mounted
+    }
+
+    /// Uploads `size` bytes of `bundle` from `offset` as the blob `digest` (retrying transient failures); the
+    /// registry recomputes the digest, so bytes that do not match are refused.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_blob(
+        &self,
+        r: &Reference,
+        name: &SnapshotName,
+        bundle: &Path,
+        offset: u64,
+        size: u64,
+        digest: &str,
+        progress: Progress<'_>,
+    ) -> Result<(), Error> {
+        // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
+        let reported = std::sync::atomic::AtomicU64::new(0);
+        let mut attempt = 1;
+        loop {
+            match self.upload(r, bundle, offset, digest, size, &reported, progress).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
+                    attempt += 1;
+                }
+                Err(e) if registry_code(&e, oci_client::errors::OciErrorCode::DigestInvalid) => {
+                    return Err(Error::Integrity {
+                        remote: self.description.clone(),
+                        name: name.to_string(),
+                        message: "the local bundle does not match its sidecar; nothing was published".into(),
+                    });
+                }
+                Err(oci_client::errors::OciDistributionError::ServerError { code: 413, .. }) => {
+                    return Err(Error::Remote {
+                        remote: self.description.clone(),
+                        message: format!(
+                            "the registry, or a proxy in front of it, refuses a request body of {size} bytes (HTTP 413): \
+                             raise its limit on request size (nginx: client_max_body_size 0)"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(self.err(
+                        &format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The layers of a schema-2 bundle: the members the registry lacks are uploaded, after the whole bundle is
+    /// checked against its sidecar.
+    async fn put_members(
+        &self,
+        r: &Reference,
+        name: &SnapshotName,
+        bundle: &Path,
+        index: &BundleIndex,
+        sidecar: &crate::Sha256,
+        progress: Progress<'_>,
+    ) -> Result<(Vec<OciDescriptor>, Moved), Error> {
+        let integrity = |message: &str| Error::Integrity {
+            remote: self.description.clone(),
+            name: name.to_string(),
+            message: message.to_owned(),
+        };
+        let size = std::fs::metadata(bundle)
+            .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
+            .len();
+        if index.sha256 != sidecar.hex() || index.size != size {
+            return Err(integrity(
+                "the local bundle, its sidecar and its member index disagree; nothing was published",
+            ));
+        }
+        // Every member is checked before anything is sent: a member must only ever be stored under its own digest.
+        let (path, checked) = (bundle.to_owned(), index.clone());
+        tokio::task::spawn_blocking(move || crate::members::verify_file(&path, &checked))
+            .await
+            .map_err(|e| Error::io("hashing the bundle", std::io::Error::other(e)))?
+            .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
+            .map_err(|why| integrity(&format!("{why}; nothing was published")))?;
+        let distinct: Vec<Member> = index.distinct().into_iter().cloned().collect();
+        let checks: Vec<(Member, bool)> = futures_util::stream::iter(distinct)
+            .map(|m| async move {
+                let exists = self
+                    .client
+                    .blob_exists(r, &format!("sha256:{}", m.sha256))
+                    .await
+                    .unwrap_or(false);
+                (m, exists)
+            })
+            .buffered(MEMBERS_IN_FLIGHT * 4)
+            .collect()
+            .await;
+        let absent: Vec<Member> = checks.iter().filter(|(_, e)| !e).map(|(m, _)| m.clone()).collect();
+        let mounted = self.mount_from_siblings(r, &absent).await;
+        let checks = checks
+            .into_iter()
+            .map(|(m, exists)| {
+                let here = exists || mounted.contains(&m.sha256);
+                (m, here)
+            })
+            .collect::<Vec<_>>();
+        let mut moved = Moved::default();
+        let mut missing = Vec::new();
+        for (m, exists) in checks {
+            if exists {
+                moved.reused += m.size;
+                moved.members_reused += 1;
+                progress(m.size);
+            } else {
+                moved.transferred += m.size;
+                moved.members_transferred += 1;
+                missing.push(m);
+            }
+        }
+        futures_util::stream::iter(missing)
+            .map(|m| async move {
+                self.upload_blob(
+                    r,
+                    name,
+                    bundle,
+                    m.offset,
+                    m.size,
+                    &format!("sha256:{}", m.sha256),
+                    progress,
+                )
+                .await
+            })
+            .buffer_unordered(MEMBERS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        // Repeated members count once above; progress still ends at the bundle's size.
+        let repeated: u64 = index.members.iter().map(|m| m.size).sum::<u64>() - moved.transferred - moved.reused;
+        if repeated > 0 {
+            moved.reused += repeated;
+            progress(repeated);
+        }
+        let layers = index
+            .members
+            .iter()
+            .map(|m| OciDescriptor {
+                media_type: MEMBER_TYPE.into(),
+                digest: format!("sha256:{}", m.sha256),
+                size: m.size as i64,
+                annotations: (!m.holds.is_empty()).then(|| BTreeMap::from([(HOLDS.to_owned(), m.holds.clone())])),
+                ..Default::default()
+            })
+            .collect();
+        Ok((layers, moved))
     }
 
     fn url(&self, path: &str) -> String {
@@ -438,21 +735,25 @@ impl OciStore {
             .map_err(|e| fail(format!("{method} {url}: {}", crate::chain(&e))))
     }
 
-    /// One monolithic upload of the bundle (POST, then one streamed PUT). The registry recomputes the digest, so
-    /// a bundle not matching its sidecar is refused (`DIGEST_INVALID`).
+    /// One monolithic upload of `size` bytes of `bundle` from `offset` (POST, then one streamed PUT). The registry
+    /// recomputes the digest, so bytes not matching it are refused (`DIGEST_INVALID`).
+    #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
         r: &Reference,
         bundle: &Path,
+        offset: u64,
         digest: &str,
         size: u64,
         reported: &std::sync::atomic::AtomicU64,
         progress: Progress<'_>,
     ) -> Result<(), oci_client::errors::OciDistributionError> {
         use std::sync::atomic::Ordering::Relaxed;
-        let file = tokio::fs::File::open(bundle).await?;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(bundle).await?;
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), 1 << 20)
             .inspect_ok(move |b| {
                 let _ = tx.send(b.len() as u64);
             })
@@ -512,7 +813,11 @@ impl OciStore {
             message: m,
         };
         self.refuse_cleartext_realm(realm)?;
-        let mut req = self.http.get(realm).query(&[("scope", scope)]);
+        // Several scopes (a cross-repository mount needs two) are space-separated here, repeated in the query.
+        let mut req = self.http.get(realm);
+        for one in scope.split_whitespace() {
+            req = req.query(&[("scope", one)]);
+        }
         if let Some(service) = service {
             req = req.query(&[("service", service)]);
         }
@@ -651,11 +956,9 @@ impl SnapshotStore for OciStore {
         &self,
         cluster: &ClusterName,
         name: &SnapshotName,
-        bundle: &Path,
-        sidecar: &str,
-        metadata: &[u8],
+        upload: Upload<'_>,
         progress: Progress<'_>,
-    ) -> Result<(), Error> {
+    ) -> Result<Moved, Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
         if self.manifest(&r).await?.is_some() {
@@ -664,14 +967,16 @@ impl SnapshotStore for OciStore {
                 name: name.to_string(),
             });
         }
-        let digest = crate::Sidecar::parse(sidecar)
+        let sidecar = crate::Sidecar::parse(upload.sidecar)
             .map_err(|_| Error::Integrity {
                 remote: self.description.clone(),
                 name: name.to_string(),
                 message: "its local sidecar is malformed".into(),
             })?
-            .sha256
-            .prefixed();
+            .sha256;
+        let digest = sidecar.prefixed();
+        let bundle = upload.bundle;
+        let metadata = upload.metadata;
         let size = std::fs::metadata(bundle)
             .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
             .len();
@@ -679,44 +984,32 @@ impl SnapshotStore for OciStore {
             .auth(&r, &self.auth, RegistryOperation::Push)
             .await
             .map_err(|e| self.err("authenticating", e))?;
-        if !self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
-            // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
-            let reported = std::sync::atomic::AtomicU64::new(0);
-            let mut attempt = 1;
-            loop {
-                match self.upload(&r, bundle, &digest, size, &reported, progress).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
-                        tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
-                        attempt += 1;
-                    }
-                    Err(e) if registry_code(&e, oci_client::errors::OciErrorCode::DigestInvalid) => {
-                        return Err(Error::Integrity {
-                            remote: self.description.clone(),
-                            name: name.to_string(),
-                            message: "the local bundle does not match its sidecar; nothing was published".into(),
-                        });
-                    }
-                    Err(oci_client::errors::OciDistributionError::ServerError { code: 413, .. }) => {
-                        return Err(Error::Remote {
-                            remote: self.description.clone(),
-                            message: format!(
-                                "the registry, or a proxy in front of it, refuses a request body of {size} bytes (HTTP 413): \
-                                 raise its limit on request size (nginx: client_max_body_size 0)"
-                            ),
-                        });
-                    }
-                    Err(e) => {
-                        return Err(self.err(
-                            &format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"),
-                            e,
-                        ));
-                    }
+        let (layers, moved) = match upload.index {
+            Some(index) => self.put_members(&r, name, bundle, index, &sidecar, progress).await?,
+            None => {
+                let mut moved = Moved::default();
+                if self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
+                    progress(size);
+                    moved.reused = size;
+                    moved.members_reused = 1;
+                } else {
+                    self.upload_blob(&r, name, bundle, 0, size, &digest, progress).await?;
+                    moved.transferred = size;
+                    moved.members_transferred = 1;
                 }
+                let layer = OciDescriptor {
+                    media_type: BUNDLE_TYPE.into(),
+                    digest: digest.clone(),
+                    size: size as i64,
+                    annotations: Some(BTreeMap::from([(
+                        "org.opencontainers.image.title".to_owned(),
+                        format!("{name}.tar.gz"),
+                    )])),
+                    ..Default::default()
+                };
+                (vec![layer], moved)
             }
-        } else {
-            progress(size);
-        }
+        };
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(metadata)));
         self.client
             .push_blob(&r, metadata.to_vec(), &config_digest)
@@ -736,6 +1029,9 @@ impl SnapshotStore for OciStore {
             "io.kubectl-snapshot.k8s-version".to_owned(),
             meta["k8sVersion"].as_str().unwrap_or_default().to_owned(),
         );
+        if upload.index.is_some() {
+            annotations.insert(BUNDLE_SHA256.to_owned(), sidecar.hex().to_owned());
+        }
         let manifest = OciImageManifest {
             schema_version: 2,
             media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
@@ -745,16 +1041,7 @@ impl SnapshotStore for OciStore {
                 size: metadata.len() as i64,
                 ..Default::default()
             },
-            layers: vec![OciDescriptor {
-                media_type: BUNDLE_TYPE.into(),
-                digest,
-                size: size as i64,
-                annotations: Some(BTreeMap::from([(
-                    "org.opencontainers.image.title".to_owned(),
-                    format!("{name}.tar.gz"),
-                )])),
-                ..Default::default()
-            }],
+            layers,
             subject: None,
             artifact_type: Some(ARTIFACT_TYPE.into()),
             annotations: Some(annotations),
@@ -764,7 +1051,7 @@ impl SnapshotStore for OciStore {
             .push_manifest(&r, &OciManifest::Image(manifest))
             .await
             .map_err(|e| self.err("pushing the manifest", e))?;
-        Ok(())
+        Ok(moved)
     }
 
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
@@ -813,6 +1100,7 @@ impl SnapshotStore for OciStore {
         cluster: &ClusterName,
         name: &SnapshotName,
         dest: &Path,
+        local: &LocalMembers,
         progress: Progress<'_>,
     ) -> Result<Fetched, Error> {
         self.check_realm().await?;
@@ -822,6 +1110,33 @@ impl SnapshotStore for OciStore {
             name: name.to_string(),
         })?;
         let metadata = self.config(&r, &m).await?;
+        if let Some(index) = self.index_of(name, &m)? {
+            let source = OciMembers {
+                store: self,
+                r: r.clone(),
+            };
+            let integrity = |message: String| Error::Integrity {
+                remote: self.description.clone(),
+                name: name.to_string(),
+                message,
+            };
+            let (actual, moved) = crate::members::assemble(&index, local, &source, dest, progress, &integrity).await?;
+            if actual != index.sha256 {
+                return Err(integrity(format!(
+                    "sha256 mismatch: manifest={}, downloaded={actual}",
+                    index.sha256
+                )));
+            }
+            let sha = crate::Sha256::parse(&actual).ok_or_else(|| integrity("bad digest".into()))?;
+            return Ok(Fetched {
+                sidecar: crate::Sidecar::new(sha, format!("{name}.tar.gz")).line(),
+                metadata,
+                sha256: actual,
+                size: index.size,
+                index: Some(index),
+                moved,
+            });
+        }
         let layer = m.layers.first().ok_or_else(|| Error::NotFound {
             cluster: cluster.to_string(),
             name: name.to_string(),
@@ -893,6 +1208,12 @@ impl SnapshotStore for OciStore {
             metadata,
             sha256: expected.to_string(),
             size,
+            index: None,
+            moved: Moved {
+                transferred: size,
+                members_transferred: 1,
+                ..Moved::default()
+            },
         })
     }
 
@@ -911,6 +1232,70 @@ impl SnapshotStore for OciStore {
             .await
             .map_err(|e| self.err("resolving the manifest digest", e))?;
         self.delete_manifest(&self.repo(cluster)?, &digest).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        _deleting: &[(ClusterName, SnapshotName)],
+        _dry_run: bool,
+    ) -> Result<Collected, Error> {
+        Ok(Collected {
+            note: Some(
+                "a registry removes the blobs no manifest references with its own garbage collection \
+                 (distribution: `registry garbage-collect`)"
+                    .into(),
+            ),
+            ..Collected::default()
+        })
+    }
+}
+
+/// Members of a snapshot, from its repository.
+struct OciMembers<'a> {
+    store: &'a OciStore,
+    r: Reference,
+}
+
+impl OciMembers<'_> {
+    fn descriptor(m: &Member) -> OciDescriptor {
+        OciDescriptor {
+            media_type: MEMBER_TYPE.into(),
+            digest: format!("sha256:{}", m.sha256),
+            size: m.size as i64,
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl MemberSource for OciMembers<'_> {
+    async fn fetch(&self, m: &Member) -> Result<bytes::Bytes, Error> {
+        let mut stream = self.stream(m).await?;
+        let mut out = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (out.len() + chunk.len()) as u64 > m.size {
+                return Err(Error::Remote {
+                    remote: self.store.description.clone(),
+                    message: format!("member {} is larger than declared", m.sha256),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    async fn stream(
+        &self,
+        m: &Member,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<bytes::Bytes, Error>>, Error> {
+        let sized = self
+            .store
+            .client
+            .pull_blob_stream(&self.r, &Self::descriptor(m))
+            .await
+            .map_err(|e| self.store.err("downloading a member", e))?;
+        Ok(sized.stream.map_err(|e| Error::io("downloading a member", e)).boxed())
     }
 }
 

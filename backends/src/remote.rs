@@ -2,13 +2,27 @@
 //! (a local directory through `LocalFileSystem`, S3 through `AmazonS3`).
 //!
 //! # Layout
-//! `<folder>/<cluster>/<snapshot>/bundle.tar.gz`, `…/bundle.tar.gz.sha256`, `…/metadata.json`.
+//! - Schema-2 bundles (with a member index) are stored content-addressed: each member is the object
+//!   `<folder>/.blobs/sha256/<hex>`, shared by every snapshot and cluster under the folder, and the snapshot is
+//!   `<folder>/<cluster>/<snapshot>/index.json` (the member list), `…/bundle.tar.gz.sha256` and
+//!   `…/metadata.json`. (`.blobs` starts with a dot, which no cluster name can.)
+//! - Bundles without an index (schema 1) are one object, `<folder>/<cluster>/<snapshot>/bundle.tar.gz`, beside
+//!   the same sidecar and metadata. Both layouts are read.
 //!
 //! # Contract
-//! A snapshot becomes visible only when complete: the bundle is uploaded (multipart, itself atomic), then the
-//! sidecar, then `metadata.json` — the commit marker. A bundle without metadata (an interrupted upload) is
-//! listed as incomplete, is not found by [`SnapshotStore::head`] and [`SnapshotStore::get`], and a new push of
-//! the same name replaces it. Deletion removes the marker first. Downloads are verified against the sidecar.
+//! A snapshot becomes visible only when complete: the data is uploaded (members, or the bundle through an
+//! atomic multipart upload), then the sidecar, then `metadata.json` — the commit marker. Data without metadata
+//! (an interrupted upload) is listed as incomplete, is not found by [`SnapshotStore::head`] and
+//! [`SnapshotStore::get`], and a new push of the same name replaces it. Deletion removes the marker first.
+//! Downloads are verified member by member and as a whole against the sidecar.
+//!
+//! # Garbage collection and concurrent pushes
+//! Blobs are removed by [`SnapshotStore::collect_garbage`] only when no `index.json` under the folder names
+//! them, complete or not. A push writes its `index.json` before it checks which blobs exist, and a collection
+//! announces itself with a mark file, `<folder>/.gc/<random>.json`, before it lists the indexes:
+//! - a push whose index was written before the mark is seen by the collection, which keeps its blobs;
+//! - a push that starts after the mark sees the mark and waits until the collection ends (a mark older than
+//!   [`GC_STALE`], left by a killed collection, is ignored), so it never relies on a blob being removed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,11 +34,25 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::members::{BundleIndex, LocalMembers, Member, MemberSource, Moved, SMALL_MEMBER};
 use crate::{ClusterName, Error, SnapshotName};
 
 pub const BUNDLE: &str = "bundle.tar.gz";
 pub const SIDECAR: &str = "bundle.tar.gz.sha256";
 pub const METADATA: &str = "metadata.json";
+pub const INDEX: &str = "index.json";
+/// Shared members, `<folder>/.blobs/sha256/<hex>`.
+pub const BLOBS: &str = ".blobs";
+/// Collection marks, `<folder>/.gc/<random>.json`.
+pub const GC_MARKS: &str = ".gc";
+/// A collection mark older than this (by the store's clock) was left by a killed collection.
+pub const GC_STALE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+/// How long a push waits for a running collection before it gives up.
+const GC_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Existence checks in flight during a push.
+const HEADS_IN_FLIGHT: usize = 16;
+/// Small member uploads in flight.
+const PUTS_IN_FLIGHT: usize = 4;
 
 /// Multipart part size and parts in flight: memory stays near PART_SIZE × (PARTS_IN_FLIGHT + 1).
 const PART_SIZE: usize = 8 << 20;
@@ -60,6 +88,30 @@ pub struct Fetched {
     pub metadata: Vec<u8>,
     pub sha256: String,
     pub size: u64,
+    /// The member index, for schema-2 snapshots (the local store keeps it beside the bundle).
+    pub index: Option<BundleIndex>,
+    pub moved: Moved,
+}
+
+/// A finished local snapshot, as a push reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Upload<'a> {
+    pub bundle: &'a Path,
+    pub sidecar: &'a str,
+    pub metadata: &'a [u8],
+    /// The bundle's member index (schema-2 bundles): members the remote already has are not sent again.
+    pub index: Option<&'a BundleIndex>,
+}
+
+/// What a garbage collection removed, or would remove.
+#[derive(Debug, Clone, Default)]
+pub struct Collected {
+    /// `(sha256, size)` of each unreferenced blob.
+    pub blobs: Vec<(String, u64)>,
+    /// Blobs kept because a snapshot (complete or being pushed) references them.
+    pub kept: usize,
+    /// Set when the store does not collect blobs itself, saying who does.
+    pub note: Option<String>,
 }
 
 /// Snapshot storage. Implementations must keep the contract above; [`crate::conformance`] checks it.
@@ -67,31 +119,38 @@ pub struct Fetched {
 pub trait SnapshotStore: Send + Sync {
     /// Where this store is, for messages (never includes a secret).
     fn describe(&self) -> String;
-    /// Uploads a finished bundle with its sidecar line and metadata. Fails with `AlreadyExists` when a complete
-    /// snapshot of that name is there.
+    /// Uploads a finished bundle with its sidecar line, metadata and (schema 2) member index. Fails with
+    /// `AlreadyExists` when a complete snapshot of that name is there.
     async fn put(
         &self,
         cluster: &ClusterName,
         name: &SnapshotName,
-        bundle: &Path,
-        sidecar: &str,
-        metadata: &[u8],
+        upload: Upload<'_>,
         progress: Progress<'_>,
-    ) -> Result<(), Error>;
+    ) -> Result<Moved, Error>;
     /// A cluster's snapshots (complete and incomplete), by name.
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error>;
     /// One complete snapshot's metadata and sidecar, without its bundle.
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error>;
-    /// Downloads the bundle into `dest` (created or truncated) and verifies it against the sidecar.
+    /// Downloads the bundle into `dest` (created) and verifies it against the sidecar. Members that `local`
+    /// holds (and that still match their digest) are copied instead of downloaded.
     async fn get(
         &self,
         cluster: &ClusterName,
         name: &SnapshotName,
         dest: &Path,
+        local: &LocalMembers,
         progress: Progress<'_>,
     ) -> Result<Fetched, Error>;
-    /// Deletes a snapshot, complete or not.
+    /// Deletes a snapshot, complete or not. Shared blobs stay until [`Self::collect_garbage`].
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error>;
+    /// Removes the blobs no snapshot references. `deleting` are snapshots about to be deleted (their
+    /// references are not counted); with `dry_run` nothing is removed and the result is the plan.
+    async fn collect_garbage(
+        &self,
+        deleting: &[(ClusterName, SnapshotName)],
+        dry_run: bool,
+    ) -> Result<Collected, Error>;
 }
 
 /// [`SnapshotStore`] over an object store, under an optional folder.
@@ -188,33 +247,46 @@ fn parse_sidecar(bytes: &[u8]) -> Option<String> {
     crate::Sidecar::parse_bytes(bytes).map(|s| s.sha256.to_string())
 }
 
-#[async_trait]
-impl SnapshotStore for ObjectSnapshotStore {
-    fn describe(&self) -> String {
-        self.description.clone()
+impl ObjectSnapshotStore {
+    fn blob_key(&self, sha256: &str) -> Key {
+        self.key(&[BLOBS, "sha256", sha256])
     }
 
-    async fn put(
-        &self,
-        cluster: &ClusterName,
-        name: &SnapshotName,
-        bundle: &Path,
-        sidecar: &str,
-        metadata: &[u8],
-        progress: Progress<'_>,
-    ) -> Result<(), Error> {
-        let (c, n) = (cluster.as_str(), name.as_str());
-        if self.small(&self.key(&[c, n, METADATA])).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                cluster: c.to_owned(),
-                name: n.to_owned(),
-            });
+    async fn exists(&self, key: &Key) -> Result<bool, Error> {
+        match self.store.head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("checking", e)),
         }
-        let expected = parse_sidecar(sidecar.as_bytes()).ok_or_else(|| Error::Integrity {
+    }
+
+    fn integrity(&self, name: &SnapshotName, message: String) -> Error {
+        Error::Integrity {
             remote: self.description.clone(),
-            name: n.to_owned(),
-            message: "its local sidecar is malformed".into(),
-        })?;
+            name: name.to_string(),
+            message,
+        }
+    }
+
+    /// A snapshot's member index, if it has one (checked: it is untrusted).
+    async fn index_of(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<Option<BundleIndex>, Error> {
+        let Some(bytes) = self.small(&self.key(&[cluster.as_str(), name.as_str(), INDEX])).await? else {
+            return Ok(None);
+        };
+        BundleIndex::parse(&bytes)
+            .map(Some)
+            .map_err(|e| self.integrity(name, e.to_string()))
+    }
+
+    /// Uploads a bundle without an index as one object (schema 1), checked against the sidecar's digest.
+    async fn put_whole(
+        &self,
+        c: &str,
+        n: &str,
+        bundle: &Path,
+        expected: &str,
+        progress: Progress<'_>,
+    ) -> Result<Moved, Error> {
         let key = self.key(&[c, n, BUNDLE]);
         let mut file = tokio::fs::File::open(bundle)
             .await
@@ -263,122 +335,222 @@ impl SnapshotStore for ObjectSnapshotStore {
                 ),
             });
         }
-        self.store
-            .put(
-                &self.key(&[c, n, SIDECAR]),
-                PutPayload::from(sidecar.as_bytes().to_vec()),
-            )
-            .await
-            .map_err(|e| self.err("uploading the sidecar", e))?;
-        // The commit marker, last.
-        self.store
-            .put(&self.key(&[c, n, METADATA]), PutPayload::from(metadata.to_vec()))
-            .await
-            .map_err(|e| self.err("uploading the metadata", e))?;
-        Ok(())
-    }
-
-    async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
-        let prefix = self.key(&[cluster.as_str()]);
-        let mut objects = self.store.list(Some(&prefix));
-        let mut found: std::collections::BTreeMap<String, (Option<u64>, bool, bool, std::time::SystemTime)> =
-            Default::default();
-        while let Some(item) = objects.next().await {
-            let meta = item.map_err(|e| self.err("listing", e))?;
-            let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
-            let depth = prefix.parts().count();
-            // <prefix>/<snapshot>/<file>; anything else under the prefix is not ours and is ignored.
-            let [snap, file] = &parts[depth.min(parts.len())..] else {
-                continue;
-            };
-            if SnapshotName::new(snap).is_err() {
-                continue;
-            }
-            let e = found
-                .entry(snap.clone())
-                .or_insert((None, false, false, std::time::SystemTime::UNIX_EPOCH));
-            match file.as_str() {
-                BUNDLE => {
-                    e.0 = Some(meta.size);
-                    e.3 = std::time::SystemTime::from(meta.last_modified);
-                }
-                SIDECAR => e.1 = true,
-                METADATA => e.2 = true,
-                _ => {}
-            }
-        }
-        let mut out = Vec::new();
-        for (snap, (size, has_sidecar, has_meta, modified)) in found {
-            let name = SnapshotName::new(&snap).map_err(|_| Error::Remote {
-                remote: self.description.clone(),
-                message: format!("bad name {snap}"),
-            })?;
-            let complete = size.is_some() && has_sidecar && has_meta;
-            let (metadata, sha256) = if complete {
-                let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
-                let s = self
-                    .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
-                    .await?
-                    .and_then(|b| parse_sidecar(&b));
-                (m, s)
-            } else {
-                (None, None)
-            };
-            out.push(RemoteSnapshot {
-                name,
-                complete: complete && metadata.is_some(),
-                size: size.unwrap_or(0),
-                modified,
-                metadata,
-                sha256,
-            });
-        }
-        Ok(out)
-    }
-
-    async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
-        let (c, n) = (cluster.as_str(), name.as_str());
-        let Some(metadata) = self.small(&self.key(&[c, n, METADATA])).await? else {
-            return Err(Self::not_found(cluster, name));
-        };
-        let bundle = match self.store.head(&self.key(&[c, n, BUNDLE])).await {
-            Ok(m) => m,
-            Err(object_store::Error::NotFound { .. }) => return Err(Self::not_found(cluster, name)),
-            Err(e) => return Err(self.err("reading", e)),
-        };
-        let sha256 = self
-            .small(&self.key(&[c, n, SIDECAR]))
-            .await?
-            .and_then(|b| parse_sidecar(&b));
-        Ok(RemoteSnapshot {
-            name: name.clone(),
-            complete: sha256.is_some(),
-            size: bundle.size,
-            modified: std::time::SystemTime::from(bundle.last_modified),
-            metadata: Some(metadata),
-            sha256,
+        let size = std::fs::metadata(bundle).map(|m| m.len()).unwrap_or(0);
+        Ok(Moved {
+            transferred: size,
+            members_transferred: 1,
+            ..Moved::default()
         })
     }
 
-    async fn get(
+    /// Waits while a garbage collection that started before `now` (the store's clock) runs.
+    async fn wait_for_collections(&self, now: std::time::SystemTime) -> Result<(), Error> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut marks = self.store.list(Some(&self.key(&[GC_MARKS])));
+            let mut running = None;
+            while let Some(item) = marks.next().await {
+                let meta = item.map_err(|e| self.err("listing collection marks", e))?;
+                let at = std::time::SystemTime::from(meta.last_modified);
+                let age = now.duration_since(at).unwrap_or_default();
+                if age < GC_STALE {
+                    running = Some((meta.location, at));
+                }
+            }
+            let Some((key, at)) = running else { return Ok(()) };
+            if started.elapsed() > GC_WAIT {
+                return Err(Error::Remote {
+                    remote: self.description.clone(),
+                    message: format!(
+                        "a garbage collection started at {} is still running; push again when it ends (if none \
+                         runs, remove {key}; marks older than {} minutes are ignored)",
+                        jiff::Timestamp::try_from(at).map(|t| t.to_string()).unwrap_or_default(),
+                        GC_STALE.as_secs() / 60
+                    ),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Uploads the members the remote lacks, reading the bundle once: every member is hashed (a member is
+    /// stored only under its own digest), and so is the whole bundle (checked against the sidecar).
+    async fn put_members(
         &self,
-        cluster: &ClusterName,
+        c: &str,
         name: &SnapshotName,
+        upload: &Upload<'_>,
+        index: &BundleIndex,
+        expected: &str,
+        progress: Progress<'_>,
+    ) -> Result<Moved, Error> {
+        let n = name.as_str();
+        let size = std::fs::metadata(upload.bundle)
+            .map_err(|e| Error::io(format!("reading {}", upload.bundle.display()), e))?
+            .len();
+        if index.sha256 != expected || index.size != size {
+            return Err(self.integrity(
+                name,
+                "the local bundle, its sidecar and its member index disagree; nothing was published".into(),
+            ));
+        }
+        // An interrupted schema-1 push of this name is replaced.
+        let _ = self.store.delete(&self.key(&[c, n, BUNDLE])).await;
+        // The index first: from now on a garbage collection keeps every member it names.
+        let index_key = self.key(&[c, n, INDEX]);
+        self.store
+            .put(&index_key, PutPayload::from(index.to_json()))
+            .await
+            .map_err(|e| self.err("uploading the member index", e))?;
+        let now = match self.store.head(&index_key).await {
+            Ok(meta) => std::time::SystemTime::from(meta.last_modified),
+            Err(e) => return Err(self.err("uploading the member index", e)),
+        };
+        self.wait_for_collections(now).await?;
+        let distinct = index.distinct();
+        let keys: Vec<(String, Key)> = distinct
+            .iter()
+            .map(|m| (m.sha256.clone(), self.blob_key(&m.sha256)))
+            .collect();
+        let mut checks = futures_util::stream::iter(keys)
+            .map(|(sha, key)| {
+                let store = Arc::clone(&self.store);
+                async move {
+                    match store.head(&key).await {
+                        Ok(_) => Ok((sha, true)),
+                        Err(object_store::Error::NotFound { .. }) => Ok((sha, false)),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .buffer_unordered(HEADS_IN_FLIGHT);
+        let mut present = std::collections::HashSet::new();
+        while let Some(check) = checks.next().await {
+            let (sha, exists) = check.map_err(|e| self.err("checking which members exist", e))?;
+            if exists {
+                present.insert(sha);
+            }
+        }
+        drop(checks);
+
+        let mut file = tokio::fs::File::open(upload.bundle)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", upload.bundle.display()), e))?;
+        let read_err = |e| Error::io(format!("reading {}", upload.bundle.display()), e);
+        let mut total = Sha256::new();
+        let mut moved = Moved::default();
+        let mut sent = std::collections::HashSet::new();
+        let mut puts = futures_util::stream::FuturesUnordered::new();
+        let mut buf = vec![0u8; 1 << 20];
+        for m in &index.members {
+            let wanted = !present.contains(&m.sha256) && sent.insert(m.sha256.clone());
+            let mut member = Sha256::new();
+            if wanted && m.size <= SMALL_MEMBER {
+                let mut bytes = vec![0u8; m.size as usize];
+                file.read_exact(&mut bytes).await.map_err(read_err)?;
+                member.update(&bytes);
+                total.update(&bytes);
+                self.check_member(name, m, member)?;
+                while puts.len() >= PUTS_IN_FLIGHT {
+                    if let Some(r) = puts.next().await {
+                        r?;
+                    }
+                }
+                let key = self.blob_key(&m.sha256);
+                puts.push(async move {
+                    self.store
+                        .put(&key, PutPayload::from(bytes))
+                        .await
+                        .map_err(|e| self.err("uploading a member", e))
+                });
+                moved.transferred += m.size;
+                moved.members_transferred += 1;
+                progress(m.size);
+                continue;
+            }
+            let mut writer = if wanted {
+                let upload = self
+                    .store
+                    .put_multipart(&self.blob_key(&m.sha256))
+                    .await
+                    .map_err(|e| self.err("starting an upload", e))?;
+                Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))
+            } else {
+                None
+            };
+            let streamed: Result<(), Error> = async {
+                let mut left = m.size;
+                while left > 0 {
+                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    file.read_exact(&mut buf[..want]).await.map_err(read_err)?;
+                    member.update(&buf[..want]);
+                    total.update(&buf[..want]);
+                    if let Some(w) = writer.as_mut() {
+                        w.wait_for_capacity(PARTS_IN_FLIGHT)
+                            .await
+                            .map_err(|e| self.err("uploading a member", e))?;
+                        w.write(&buf[..want]);
+                    }
+                    left -= want as u64;
+                    progress(want as u64);
+                }
+                self.check_member(name, m, member)
+            }
+            .await;
+            match (writer, streamed) {
+                (Some(w), Ok(())) => {
+                    w.finish().await.map_err(|e| self.err("uploading a member", e))?;
+                    moved.transferred += m.size;
+                    moved.members_transferred += 1;
+                }
+                (Some(w), Err(e)) => {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+                (None, r) => {
+                    r?;
+                    moved.reused += m.size;
+                    moved.members_reused += 1;
+                }
+            }
+        }
+        while let Some(r) = puts.next().await {
+            r?;
+        }
+        let actual = hex::encode(total.finalize());
+        if actual != expected {
+            let _ = self.store.delete(&index_key).await;
+            return Err(self.integrity(
+                name,
+                format!("the local bundle does not match its sidecar (sidecar={expected}, bundle={actual}); nothing was published"),
+            ));
+        }
+        Ok(moved)
+    }
+
+    fn check_member(&self, name: &SnapshotName, m: &Member, hasher: Sha256) -> Result<(), Error> {
+        let actual = hex::encode(hasher.finalize());
+        if actual != m.sha256 {
+            return Err(self.integrity(
+                name,
+                format!(
+                    "the local bundle does not match its member index at {} ({}); nothing was published",
+                    m.offset, m.holds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Downloads a schema-1 bundle: ranged GETs, several in flight, consumed in order.
+    async fn get_whole(
+        &self,
+        c: &str,
+        n: &str,
+        head: &RemoteSnapshot,
         dest: &Path,
         progress: Progress<'_>,
-    ) -> Result<Fetched, Error> {
-        let (c, n) = (cluster.as_str(), name.as_str());
-        let head = self.head(cluster, name).await?;
-        let sidecar_bytes = self
-            .small(&self.key(&[c, n, SIDECAR]))
-            .await?
-            .ok_or_else(|| Self::not_found(cluster, name))?;
-        let expected = parse_sidecar(&sidecar_bytes).ok_or_else(|| Error::Integrity {
-            remote: self.description.clone(),
-            name: n.to_owned(),
-            message: "its sidecar is malformed".into(),
-        })?;
-        // Ranged GETs, several in flight, consumed in order: hashed and written sequentially.
+    ) -> Result<(String, u64), Error> {
         let key = self.key(&[c, n, BUNDLE]);
         let total = head.size;
         let ranges: Vec<std::ops::Range<u64>> = (0..total.div_ceil(RANGE_SIZE))
@@ -413,31 +585,297 @@ impl SnapshotStore for ObjectSnapshotStore {
             .sync_all()
             .await
             .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
-        let actual = hex::encode(hasher.finalize());
-        if actual != expected {
-            return Err(Error::Integrity {
-                remote: self.description.clone(),
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+}
+
+/// Members of a schema-2 snapshot, from the shared blobs.
+struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    keys: std::collections::HashMap<String, Key>,
+    description: String,
+}
+
+impl Blobs {
+    fn key(&self, m: &Member) -> Key {
+        self.keys
+            .get(&m.sha256)
+            .cloned()
+            .unwrap_or_else(|| Key::from(m.sha256.as_str()))
+    }
+
+    fn err(&self, e: object_store::Error) -> Error {
+        Error::Remote {
+            remote: self.description.clone(),
+            message: format!("downloading a member: {e}"),
+        }
+    }
+}
+
+#[async_trait]
+impl MemberSource for Blobs {
+    async fn fetch(&self, m: &Member) -> Result<bytes::Bytes, Error> {
+        self.store
+            .get_range(&self.key(m), 0..m.size)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn stream(
+        &self,
+        m: &Member,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<bytes::Bytes, Error>>, Error> {
+        let key = self.key(m);
+        let store = Arc::clone(&self.store);
+        let description = self.description.clone();
+        let size = m.size;
+        let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(RANGE_SIZE))
+            .map(|i| i * RANGE_SIZE..((i + 1) * RANGE_SIZE).min(size))
+            .collect();
+        Ok(futures_util::stream::iter(ranges)
+            .map(move |r| {
+                let key = key.clone();
+                let store = Arc::clone(&store);
+                let description = description.clone();
+                async move {
+                    store.get_range(&key, r).await.map_err(|e| Error::Remote {
+                        remote: description,
+                        message: format!("downloading a member: {e}"),
+                    })
+                }
+            })
+            .buffered(RANGES_IN_FLIGHT)
+            .boxed())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for ObjectSnapshotStore {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn put(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        upload: Upload<'_>,
+        progress: Progress<'_>,
+    ) -> Result<Moved, Error> {
+        let (c, n) = (cluster.as_str(), name.as_str());
+        if self.small(&self.key(&[c, n, METADATA])).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                cluster: c.to_owned(),
                 name: n.to_owned(),
-                message: format!("sha256 mismatch: sidecar={expected}, downloaded={actual}"),
             });
+        }
+        let expected = parse_sidecar(upload.sidecar.as_bytes())
+            .ok_or_else(|| self.integrity(name, "its local sidecar is malformed".into()))?;
+        let moved = match upload.index {
+            Some(index) => self.put_members(c, name, &upload, index, &expected, progress).await?,
+            None => {
+                // An interrupted schema-2 push of this name is replaced.
+                let _ = self.store.delete(&self.key(&[c, n, INDEX])).await;
+                self.put_whole(c, n, upload.bundle, &expected, progress).await?
+            }
+        };
+        self.store
+            .put(
+                &self.key(&[c, n, SIDECAR]),
+                PutPayload::from(upload.sidecar.as_bytes().to_vec()),
+            )
+            .await
+            .map_err(|e| self.err("uploading the sidecar", e))?;
+        // The commit marker, last.
+        self.store
+            .put(&self.key(&[c, n, METADATA]), PutPayload::from(upload.metadata.to_vec()))
+            .await
+            .map_err(|e| self.err("uploading the metadata", e))?;
+        Ok(moved)
+    }
+
+    async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
+        #[derive(Default)]
+        struct Seen {
+            bundle: Option<u64>,
+            index: bool,
+            sidecar: bool,
+            metadata: bool,
+            modified: Option<std::time::SystemTime>,
+        }
+        let prefix = self.key(&[cluster.as_str()]);
+        let mut objects = self.store.list(Some(&prefix));
+        let mut found: std::collections::BTreeMap<String, Seen> = Default::default();
+        let depth = prefix.parts().count();
+        while let Some(item) = objects.next().await {
+            let meta = item.map_err(|e| self.err("listing", e))?;
+            let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
+            // <prefix>/<snapshot>/<file>; anything else under the prefix is not ours and is ignored.
+            let [snap, file] = &parts[depth.min(parts.len())..] else {
+                continue;
+            };
+            if SnapshotName::new(snap).is_err() {
+                continue;
+            }
+            let e = found.entry(snap.clone()).or_default();
+            let modified = std::time::SystemTime::from(meta.last_modified);
+            match file.as_str() {
+                BUNDLE => {
+                    e.bundle = Some(meta.size);
+                    e.modified = Some(modified);
+                }
+                INDEX => {
+                    e.index = true;
+                    e.modified = Some(modified);
+                }
+                SIDECAR => e.sidecar = true,
+                METADATA => e.metadata = true,
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for (snap, seen) in found {
+            let name = SnapshotName::new(&snap).map_err(|_| Error::Remote {
+                remote: self.description.clone(),
+                message: format!("bad name {snap}"),
+            })?;
+            let data = seen.bundle.is_some() || seen.index;
+            let complete = data && seen.sidecar && seen.metadata;
+            let (metadata, sha256, size) = if complete {
+                let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
+                let s = self
+                    .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
+                    .await?
+                    .and_then(|b| parse_sidecar(&b));
+                let size = match seen.bundle {
+                    Some(size) => size,
+                    None => self.index_of(cluster, &name).await?.map_or(0, |i| i.size),
+                };
+                (m, s, size)
+            } else {
+                (None, None, seen.bundle.unwrap_or(0))
+            };
+            out.push(RemoteSnapshot {
+                name,
+                complete: complete && metadata.is_some(),
+                size,
+                modified: seen.modified.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                metadata,
+                sha256,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
+        let (c, n) = (cluster.as_str(), name.as_str());
+        let Some(metadata) = self.small(&self.key(&[c, n, METADATA])).await? else {
+            return Err(Self::not_found(cluster, name));
+        };
+        let (size, modified) = match self.store.head(&self.key(&[c, n, BUNDLE])).await {
+            Ok(m) => (m.size, std::time::SystemTime::from(m.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => {
+                let modified = match self.store.head(&self.key(&[c, n, INDEX])).await {
+                    Ok(m) => std::time::SystemTime::from(m.last_modified),
+                    Err(object_store::Error::NotFound { .. }) => return Err(Self::not_found(cluster, name)),
+                    Err(e) => return Err(self.err("reading", e)),
+                };
+                let index = self
+                    .index_of(cluster, name)
+                    .await?
+                    .ok_or_else(|| Self::not_found(cluster, name))?;
+                (index.size, modified)
+            }
+            Err(e) => return Err(self.err("reading", e)),
+        };
+        let sha256 = self
+            .small(&self.key(&[c, n, SIDECAR]))
+            .await?
+            .and_then(|b| parse_sidecar(&b));
+        Ok(RemoteSnapshot {
+            name: name.clone(),
+            complete: sha256.is_some(),
+            size,
+            modified,
+            metadata: Some(metadata),
+            sha256,
+        })
+    }
+
+    async fn get(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        dest: &Path,
+        local: &LocalMembers,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, Error> {
+        let (c, n) = (cluster.as_str(), name.as_str());
+        let head = self.head(cluster, name).await?;
+        let sidecar_bytes = self
+            .small(&self.key(&[c, n, SIDECAR]))
+            .await?
+            .ok_or_else(|| Self::not_found(cluster, name))?;
+        let expected =
+            parse_sidecar(&sidecar_bytes).ok_or_else(|| self.integrity(name, "its sidecar is malformed".into()))?;
+        let has_bundle = self.exists(&self.key(&[c, n, BUNDLE])).await?;
+        let index = if has_bundle {
+            None
+        } else {
+            self.index_of(cluster, name).await?
+        };
+        let (actual, size, moved) = match &index {
+            Some(index) => {
+                if index.sha256 != expected {
+                    return Err(self.integrity(name, "its member index and its sidecar disagree".into()));
+                }
+                let blobs = Blobs {
+                    store: Arc::clone(&self.store),
+                    keys: index
+                        .members
+                        .iter()
+                        .map(|m| (m.sha256.clone(), self.blob_key(&m.sha256)))
+                        .collect(),
+                    description: self.description.clone(),
+                };
+                let integrity = |message: String| self.integrity(name, message);
+                let (actual, moved) =
+                    crate::members::assemble(index, local, &blobs, dest, progress, &integrity).await?;
+                (actual, index.size, moved)
+            }
+            None => {
+                let (actual, size) = self.get_whole(c, n, &head, dest, progress).await?;
+                let moved = Moved {
+                    transferred: size,
+                    members_transferred: 1,
+                    ..Moved::default()
+                };
+                (actual, size, moved)
+            }
+        };
+        if actual != expected {
+            return Err(self.integrity(
+                name,
+                format!("sha256 mismatch: sidecar={expected}, downloaded={actual}"),
+            ));
         }
         Ok(Fetched {
             sidecar: String::from_utf8_lossy(&sidecar_bytes).into_owned(),
             metadata: head.metadata.unwrap_or_default(),
             sha256: actual,
             size,
+            index,
+            moved,
         })
     }
 
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
         let mut any = false;
-        for file in [METADATA, SIDECAR, BUNDLE] {
+        for file in [METADATA, SIDECAR, INDEX, BUNDLE] {
             let key = self.key(&[c, n, file]);
-            match self.store.head(&key).await {
-                Ok(_) => {}
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(self.err("deleting", e)),
+            if !self.exists(&key).await? {
+                continue;
             }
             self.store.delete(&key).await.map_err(|e| self.err("deleting", e))?;
             any = true;
@@ -446,5 +884,88 @@ impl SnapshotStore for ObjectSnapshotStore {
             return Err(Self::not_found(cluster, name));
         }
         Ok(())
+    }
+
+    async fn collect_garbage(
+        &self,
+        deleting: &[(ClusterName, SnapshotName)],
+        dry_run: bool,
+    ) -> Result<Collected, Error> {
+        let mark = if dry_run {
+            None
+        } else {
+            let key = self.key(&[GC_MARKS, &format!("{}.json", crate::local::nonce())]);
+            let body = serde_json::json!({ "pid": std::process::id(), "since": jiff::Timestamp::now().to_string() });
+            self.store
+                .put(&key, PutPayload::from(body.to_string().into_bytes()))
+                .await
+                .map_err(|e| self.err("marking a garbage collection", e))?;
+            Some(key)
+        };
+        let result = self.collect(deleting, dry_run).await;
+        if let Some(key) = mark {
+            let _ = self.store.delete(&key).await;
+        }
+        result
+    }
+}
+
+impl ObjectSnapshotStore {
+    /// Lists the folder once (after the mark), reads every index, removes the blobs none names.
+    async fn collect(&self, deleting: &[(ClusterName, SnapshotName)], dry_run: bool) -> Result<Collected, Error> {
+        let base = self.folder.split('/').filter(|s| !s.is_empty()).count();
+        let mut indexes = Vec::new();
+        let mut blobs = Vec::new();
+        let root = self.key(&[]);
+        let mut all = self.store.list(if base == 0 { None } else { Some(&root) });
+        while let Some(item) = all.next().await {
+            let meta = item.map_err(|e| self.err("listing", e))?;
+            let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
+            match &parts[base.min(parts.len())..] {
+                [b, algo, hex] if b == BLOBS && algo == "sha256" && crate::Sha256::parse(hex).is_some() => {
+                    blobs.push((hex.clone(), meta.size));
+                }
+                [c, n, file] if file == INDEX => {
+                    let gone = deleting.iter().any(|(dc, dn)| dc.as_str() == c && dn.as_str() == n);
+                    if !gone {
+                        indexes.push(meta.location.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut referenced = std::collections::HashSet::new();
+        for key in &indexes {
+            let Some(bytes) = self.small(key).await? else { continue };
+            // An index that cannot be read might name any blob: nothing is collected.
+            let index = BundleIndex::parse(&bytes).map_err(|e| Error::Remote {
+                remote: self.description.clone(),
+                message: format!("{key}: {e}; no blob was removed (delete that snapshot first)"),
+            })?;
+            referenced.extend(index.members.into_iter().map(|m| m.sha256));
+        }
+        let (unreferenced, kept): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|(hex, _)| !referenced.contains(hex));
+        if !dry_run {
+            let keys: Vec<Key> = unreferenced.iter().map(|(hex, _)| self.blob_key(hex)).collect();
+            let mut deletes = futures_util::stream::iter(keys)
+                .map(|key| {
+                    let store = Arc::clone(&self.store);
+                    async move {
+                        match store.delete(&key).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffer_unordered(HEADS_IN_FLIGHT);
+            while let Some(r) = deletes.next().await {
+                r.map_err(|e| self.err("removing an unreferenced blob", e))?;
+            }
+        }
+        Ok(Collected {
+            blobs: unreferenced,
+            kept: kept.len(),
+            note: None,
+        })
     }
 }

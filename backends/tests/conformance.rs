@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
 use kubectl_snapshot_backends::oci::{self, OciOptions};
-use kubectl_snapshot_backends::remote::{BUNDLE, SIDECAR};
+use kubectl_snapshot_backends::remote::{BLOBS, BUNDLE, GC_MARKS, SIDECAR};
 use kubectl_snapshot_backends::s3::{Credentials, S3Options, Secret, Sourced};
-use kubectl_snapshot_backends::{ClusterName, Error, SnapshotName, SnapshotStore, url};
+use kubectl_snapshot_backends::{ClusterName, Error, LocalMembers, SnapshotName, SnapshotStore, Upload, url};
+
+fn upload<'a>(bundle: &'a std::path::Path, sidecar: &'a str) -> Upload<'a> {
+    Upload {
+        bundle,
+        sidecar,
+        metadata: b"{}",
+        index: None,
+    }
+}
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use registry::front::Front;
@@ -26,6 +35,12 @@ struct ObjectRaw {
 }
 
 impl ObjectRaw {
+    fn path(&self, parts: &[&str]) -> Key {
+        let mut all = self.folder.clone();
+        all.extend(parts.iter().map(|p| p.to_string()));
+        Key::from_iter(all)
+    }
+
     fn key(&self, c: &ClusterName, n: &SnapshotName, file: &str) -> Key {
         let mut parts = self.folder.clone();
         parts.extend([c.to_string(), n.to_string(), file.to_owned()]);
@@ -53,6 +68,26 @@ impl Raw for ObjectRaw {
         let mut bytes = self.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
         bytes[10] ^= 1;
         self.store.put(&key, PutPayload::from(bytes)).await.unwrap();
+    }
+    async fn tamper_member(&self, sha256: &str) {
+        let key = self.path(&[BLOBS, "sha256", sha256]);
+        let mut bytes = self.store.get(&key).await.unwrap().bytes().await.unwrap().to_vec();
+        bytes[10] ^= 1;
+        self.store.put(&key, PutPayload::from(bytes)).await.unwrap();
+    }
+    async fn has_member(&self, sha256: &str) -> bool {
+        self.store.head(&self.path(&[BLOBS, "sha256", sha256])).await.is_ok()
+    }
+    async fn plant_collection_mark(&self) -> bool {
+        let key = self.path(&[GC_MARKS, "planted.json"]);
+        self.store.put(&key, PutPayload::from(b"{}".to_vec())).await.unwrap();
+        true
+    }
+    async fn remove_collection_marks(&self) {
+        self.store
+            .delete(&self.path(&[GC_MARKS, "planted.json"]))
+            .await
+            .unwrap();
     }
 }
 
@@ -241,6 +276,19 @@ impl Raw for RegistryRaw<'_> {
         bytes[10] ^= 1;
         std::fs::write(&blob, bytes).unwrap();
     }
+    async fn tamper_member(&self, sha256: &str) {
+        let blob = self.registry.blob(sha256);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+    }
+    async fn has_member(&self, sha256: &str) -> bool {
+        self.registry.blob(sha256).exists()
+    }
+    async fn plant_collection_mark(&self) -> bool {
+        false
+    }
+    async fn remove_collection_marks(&self) {}
 }
 
 async fn oci_suite(addr: &str, registry: &Registry) {
@@ -267,17 +315,14 @@ async fn put_small(
     std::fs::write(&path, &data).unwrap();
     let metadata = format!(r#"{{"schemaVersion":1,"name":"{name}"}}"#);
     let (c, n) = (ClusterName::new(cluster).unwrap(), SnapshotName::new(name).unwrap());
-    store
-        .put(
-            &c,
-            &n,
-            &path,
-            &format!("{hex}  {name}.tar.gz\n"),
-            metadata.as_bytes(),
-            &|_| {},
-        )
-        .await
-        .expect("put");
+    let sidecar = format!("{hex}  {name}.tar.gz\n");
+    let upload = kubectl_snapshot_backends::Upload {
+        bundle: &path,
+        sidecar: &sidecar,
+        metadata: metadata.as_bytes(),
+        index: None,
+    };
+    store.put(&c, &n, upload, &|_| {}).await.expect("put");
     hex
 }
 
@@ -388,7 +433,13 @@ async fn oci_blobs_already_in_the_repository_are_not_uploaded_again() {
     assert_eq!(names(&store.list(&c).await.unwrap()), ["first", "second"]);
     let out = scratch.path().join("second.out");
     store
-        .get(&c, &SnapshotName::new("second").unwrap(), &out, &|_| {})
+        .get(
+            &c,
+            &SnapshotName::new("second").unwrap(),
+            &out,
+            &LocalMembers::new(),
+            &|_| {},
+        )
         .await
         .expect("get");
     assert_eq!(std::fs::read(out).unwrap(), vec![9u8; 3000]);
@@ -411,6 +462,7 @@ async fn oci_a_blob_longer_than_its_manifest_declares_is_refused_and_not_kept_gr
             &ClusterName::new("long").unwrap(),
             &SnapshotName::new("s").unwrap(),
             &out,
+            &LocalMembers::new(),
             &|_| {},
         )
         .await
@@ -441,7 +493,7 @@ async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
     let (c, n) = (ClusterName::new("retry").unwrap(), SnapshotName::new("s").unwrap());
     let sent = std::sync::atomic::AtomicU64::new(0);
     store
-        .put(&c, &n, &path, &format!("{hex}  r.tar.gz\n"), b"{}", &|b| {
+        .put(&c, &n, upload(&path, &format!("{hex}  r.tar.gz\n")), &|b| {
             sent.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
         })
         .await
@@ -459,7 +511,10 @@ async fn oci_a_failed_upload_is_retried_and_progress_ends_at_the_bundle_size() {
         .collect();
     assert_eq!(puts, [503, 201], "{:#?}", front.log());
     let out = scratch.path().join("r.out");
-    store.get(&c, &n, &out, &|_| {}).await.expect("get");
+    store
+        .get(&c, &n, &out, &LocalMembers::new(), &|_| {})
+        .await
+        .expect("get");
     assert_eq!(std::fs::read(out).unwrap(), data);
 }
 
@@ -475,7 +530,7 @@ async fn oci_an_upload_failing_every_attempt_fails_and_publishes_nothing() {
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(vec![1u8; 5000]));
     let (c, n) = (ClusterName::new("fails").unwrap(), SnapshotName::new("s").unwrap());
     let err = store
-        .put(&c, &n, &path, &format!("{hex}  f.tar.gz\n"), b"{}", &|_| {})
+        .put(&c, &n, upload(&path, &format!("{hex}  f.tar.gz\n")), &|_| {})
         .await
         .expect_err("pushed through failing uploads");
     let msg = err.to_string();
@@ -500,7 +555,7 @@ async fn oci_a_proxy_refusing_large_bodies_gets_an_actionable_error() {
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
     let (c, n) = (ClusterName::new("limited").unwrap(), SnapshotName::new("s").unwrap());
     let err = store
-        .put(&c, &n, &path, &format!("{hex}  big.tar.gz\n"), b"{}", &|_| {})
+        .put(&c, &n, upload(&path, &format!("{hex}  big.tar.gz\n")), &|_| {})
         .await
         .expect_err("a body over the proxy's limit was accepted");
     let msg = err.to_string();
@@ -574,7 +629,13 @@ async fn oci_registry_over_https_with_a_private_ca() {
     assert_eq!(names(&store.list(&c).await.unwrap()), ["s"]);
     let out = scratch.path().join("tls.out");
     store
-        .get(&c, &SnapshotName::new("s").unwrap(), &out, &|_| {})
+        .get(
+            &c,
+            &SnapshotName::new("s").unwrap(),
+            &out,
+            &LocalMembers::new(),
+            &|_| {},
+        )
         .await
         .expect("get over https");
     assert_eq!(std::fs::read(out).unwrap(), vec![5u8; 3000]);
@@ -607,12 +668,12 @@ async fn oci_https_registry_with_a_cleartext_token_realm_is_sent_no_credentials(
     let (c, n) = (ClusterName::new("realm").unwrap(), SnapshotName::new("s").unwrap());
     for err in [
         store
-            .put(&c, &n, &bundle, &sidecar, b"{}", &|_| {})
+            .put(&c, &n, upload(&bundle, &sidecar), &|_| {})
             .await
             .expect_err("pushed through a cleartext realm"),
         store.list(&c).await.expect_err("listed through a cleartext realm"),
         store
-            .get(&c, &n, &scratch.path().join("out"), &|_| {})
+            .get(&c, &n, &scratch.path().join("out"), &LocalMembers::new(), &|_| {})
             .await
             .expect_err("pulled through a cleartext realm"),
     ] {

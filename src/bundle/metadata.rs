@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The schema this build writes and the newest it can read.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the archive is cut into deterministic members described by `<snapshot>.index.json` (docs/bundle-format.md);
+/// the entries are those of version 1, which is still read.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -5,6 +5,10 @@
 //! Chunks of data that is already compressed (image layers) are stored, not deflated again: deflating
 //! random-looking bytes costs the most CPU for no gain. The sha256 of the compressed output is computed as it
 //! is written, so the sidecar never needs a second read of the file.
+//!
+//! [`ParGzWriter::mark`] starts a bundle *member*: the current chunk ends there, so chunking (and therefore
+//! every compressed byte) restarts at the mark. The same input after a mark, at the same level, yields the
+//! same member bytes in any bundle; [`ParGzWriter::finish`] returns each member's offset, size and sha256.
 
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -27,6 +31,22 @@ struct Job {
 
 type Done = (u64, io::Result<Vec<u8>>);
 
+/// One member of the output, as [`ParGzWriter::finish`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub offset: u64,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub holds: String,
+    pub entries: u64,
+}
+
+/// The member being written out.
+struct Open {
+    info: MemberInfo,
+    hasher: Sha256,
+}
+
 /// A `Write` that gzips in parallel into `W` and hashes what it writes.
 pub struct ParGzWriter<W: Write> {
     out: W,
@@ -43,6 +63,10 @@ pub struct ParGzWriter<W: Write> {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
+    /// Chunk sequence number where each member starts, with what it holds and how many entries.
+    starts: std::collections::BTreeMap<u64, (String, u64)>,
+    open: Option<Open>,
+    members: Vec<MemberInfo>,
 }
 
 /// Bytes sampled at each of three places of a chunk by [`incompressible`].
@@ -107,6 +131,35 @@ impl<W: Write> ParGzWriter<W> {
             jobs: Some(job_tx),
             done: done_rx,
             workers,
+            starts: Default::default(),
+            open: None,
+            members: Vec::new(),
+        }
+    }
+
+    /// Starts a member holding `holds` (a tar entry's path): the current chunk ends here. `store` says whether
+    /// the member's bytes are already compressed. A member with no bytes is dropped.
+    pub fn mark(&mut self, holds: &str, store: bool) -> io::Result<()> {
+        self.submit()?;
+        self.buf_store = store;
+        self.starts.insert(self.next_seq, (holds.to_owned(), 0));
+        Ok(())
+    }
+
+    /// Counts a tar entry in the current member.
+    pub fn note_entry(&mut self) {
+        if let Some((_, (_, n))) = self.starts.range_mut(..=self.next_seq).next_back() {
+            *n += 1;
+        }
+    }
+
+    fn close_member(&mut self) {
+        if let Some(open) = self.open.take()
+            && open.info.size > 0
+        {
+            let mut info = open.info;
+            info.sha256 = open.hasher.finalize().into();
+            self.members.push(info);
         }
     }
 
@@ -159,16 +212,39 @@ impl<W: Write> ParGzWriter<W> {
         self.in_flight -= 1;
         self.pending.insert(seq, res?);
         while let Some(member) = self.pending.remove(&self.next_write) {
+            if let Some((holds, entries)) = self.starts.remove(&self.next_write) {
+                self.start_member(holds, entries);
+            } else if self.open.is_none() {
+                self.start_member(String::new(), 0);
+            }
             self.out.write_all(&member)?;
             self.hasher.update(&member);
+            if let Some(open) = self.open.as_mut() {
+                open.hasher.update(&member);
+                open.info.size += member.len() as u64;
+            }
             self.written += member.len() as u64;
             self.next_write += 1;
         }
         Ok(())
     }
 
-    /// Flushes everything, stops the workers and returns the output, its sha256 and its size.
-    pub fn finish(mut self) -> io::Result<(W, [u8; 32], u64)> {
+    fn start_member(&mut self, holds: String, entries: u64) {
+        self.close_member();
+        self.open = Some(Open {
+            info: MemberInfo {
+                offset: self.written,
+                size: 0,
+                sha256: [0; 32],
+                holds,
+                entries,
+            },
+            hasher: Sha256::new(),
+        });
+    }
+
+    /// Flushes everything, stops the workers and returns the output, its sha256, its size and its members.
+    pub fn finish(mut self) -> io::Result<Finished<W>> {
         self.submit()?;
         while self.in_flight > 0 {
             self.collect_one()?;
@@ -176,20 +252,43 @@ impl<W: Write> ParGzWriter<W> {
         if self.next_seq == 0 {
             // An empty input still has to be a valid gzip file.
             let member = GzEncoder::new(Vec::new(), self.level).finish()?;
+            self.start_member(String::new(), 0);
             self.out.write_all(&member)?;
             self.hasher.update(&member);
+            if let Some(open) = self.open.as_mut() {
+                open.hasher.update(&member);
+                open.info.size += member.len() as u64;
+            }
             self.written += member.len() as u64;
         }
+        self.close_member();
         self.jobs.take();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
         self.out.flush()?;
         let Self {
-            out, hasher, written, ..
+            out,
+            hasher,
+            written,
+            members,
+            ..
         } = self;
-        Ok((out, hasher.finalize().into(), written))
+        Ok(Finished {
+            out,
+            sha256: hasher.finalize().into(),
+            size: written,
+            members,
+        })
     }
+}
+
+/// What [`ParGzWriter::finish`] returns.
+pub struct Finished<W> {
+    pub out: W,
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub members: Vec<MemberInfo>,
 }
 
 impl<W: Write> Write for ParGzWriter<W> {
@@ -228,9 +327,19 @@ mod tests {
             }
             None => w.write_all(input).unwrap(),
         }
-        let (out, digest, size) = w.finish().unwrap();
+        let Finished {
+            out,
+            sha256: digest,
+            size,
+            members,
+        } = w.finish().unwrap();
         assert_eq!(size as usize, out.len());
         assert_eq!(digest.as_slice(), Sha256::digest(&out).as_slice());
+        assert_eq!(
+            members.iter().map(|m| m.size).sum::<u64>(),
+            size,
+            "members tile the output"
+        );
         let mut back = Vec::new();
         MultiGzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
         assert_eq!(back, input);
@@ -257,6 +366,54 @@ mod tests {
         roundtrip(&[random.as_slice(), &text].concat(), None);
     }
 
+    /// The same bytes after a mark are the same member, whatever came before (and in whichever mode).
+    #[test]
+    fn members_are_deterministic_and_tile_the_output() {
+        let blob: Vec<u8> = (0..(CHUNK * 2 + 777)).map(|i| (i * 31 % 253) as u8).collect();
+        let run = |before: &[u8], store_before: bool| {
+            let mut w = ParGzWriter::new(Vec::new(), 6, 2);
+            w.mark("first", store_before).unwrap();
+            w.write_all(before).unwrap();
+            w.note_entry();
+            w.mark("blob", false).unwrap();
+            w.write_all(&blob).unwrap();
+            w.note_entry();
+            w.mark("empty", false).unwrap();
+            w.mark("last", false).unwrap();
+            w.write_all(b"tail").unwrap();
+            w.finish().unwrap()
+        };
+        let a = run(b"short", false);
+        let b = run(&vec![9u8; CHUNK + 5], true);
+        let member = |f: &Finished<Vec<u8>>, holds: &str| {
+            let m = f.members.iter().find(|m| m.holds == holds).unwrap().clone();
+            (
+                m.clone(),
+                f.out[m.offset as usize..(m.offset + m.size) as usize].to_vec(),
+            )
+        };
+        let (ma, bytes_a) = member(&a, "blob");
+        let (mb, bytes_b) = member(&b, "blob");
+        assert_eq!(bytes_a, bytes_b, "the same blob must be the same member bytes");
+        assert_eq!(ma.sha256, mb.sha256);
+        assert_eq!(ma.sha256.as_slice(), Sha256::digest(&bytes_a).as_slice());
+        assert_eq!(ma.entries, 1);
+        assert_ne!(ma.offset, mb.offset);
+        for f in [&a, &b] {
+            let holds: Vec<&str> = f.members.iter().map(|m| m.holds.as_str()).collect();
+            assert_eq!(holds, ["first", "blob", "last"], "an empty member is dropped");
+            let mut at = 0;
+            for m in &f.members {
+                assert_eq!(m.offset, at);
+                at += m.size;
+            }
+            assert_eq!(at, f.size);
+            let mut back = Vec::new();
+            MultiGzDecoder::new(&f.out[..]).read_to_end(&mut back).unwrap();
+            assert!(back.ends_with(b"tail"));
+        }
+    }
+
     #[test]
     fn empty_input_is_valid_gzip() {
         roundtrip(b"", None);
@@ -279,13 +436,13 @@ mod tests {
         let text = b"kind snapshot ".repeat(CHUNK / 7);
         let mut w = ParGzWriter::new(Vec::new(), 6, 2);
         w.write_all(&text).unwrap();
-        let (out, _, _) = w.finish().unwrap();
+        let out = w.finish().unwrap().out;
         assert!(out.len() < text.len() / 10, "deflated {} -> {}", text.len(), out.len());
 
         let mut w = ParGzWriter::new(Vec::new(), 6, 2);
         w.set_precompressed(true).unwrap();
         w.write_all(&text).unwrap();
-        let (out, _, _) = w.finish().unwrap();
+        let out = w.finish().unwrap().out;
         assert!(out.len() >= text.len(), "stored data must not be deflated");
     }
 }

@@ -97,7 +97,7 @@ async fn write_good(dir: &Path) -> PathBuf {
         .unwrap();
     let json = serde_json::to_vec(&metadata()).unwrap();
     sink.add_bytes(METADATA_ENTRY, 0o600, &json).await.unwrap();
-    let (sha256, _) = sink.finish().await.unwrap();
+    let sha256 = sink.finish().await.unwrap().sha256;
     std::fs::write(sidecar(&bundle), reader::sidecar_line(&sha256, "good.tar.gz")).unwrap();
     bundle
 }
@@ -377,4 +377,102 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
             walk(&p, f);
         }
     }
+}
+
+/// Writes a bundle with `etcd` as its snapshot, the shared blob, and a PV tree (through the grouped tar path);
+/// returns its bytes and index.
+async fn write_members(
+    dir: &Path,
+    name: &str,
+    etcd: &[u8],
+    pv_files: &[(&str, Vec<u8>)],
+) -> (Vec<u8>, backends::BundleIndex) {
+    use crate::bundle::writer::Grouping;
+    let bundle = dir.join(format!("{name}.tar.gz"));
+    let sink = BundleSink::create(&bundle, WriterOptions::default()).unwrap();
+    sink.add_bytes(ETCD_ENTRY, 0o600, etcd).await.unwrap();
+    let layer: Vec<u8> = (0..(3 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    sink.add_bytes(&format!("images/blobs/sha256/{}", sha(&layer)), 0o644, &layer)
+        .await
+        .unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in pv_files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("local-path-provisioner/{path}"), &data[..])
+            .unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    let prefix = format!("pvs/{NODE}{ROOT}");
+    sink.add_tar(
+        &tar[..],
+        Box::new(move |p| Some(format!("{prefix}{}", p.strip_prefix("local-path-provisioner")?))),
+        Grouping::Grouped,
+    )
+    .await
+    .unwrap();
+    sink.add_bytes(METADATA_ENTRY, 0o600, b"{}").await.unwrap();
+    let written = sink.finish().await.unwrap();
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert_eq!(written.sha256, sha(&bytes));
+    assert_eq!(written.index.sha256, written.sha256);
+    written.index.check().expect("the index tiles the bundle");
+    (bytes, written.index)
+}
+
+/// Schema 2: members are aligned to tar entries and deterministic, so the same blob is the same member bytes
+/// in two bundles whose other contents differ, and each member is a gzip stream starting at its entry.
+#[tokio::test]
+async fn the_same_blob_is_the_same_member_in_two_bundles() {
+    use flate2::read::MultiGzDecoder;
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..(1 << 20) + 10).map(|i: u32| (i % 7) as u8).collect();
+    let files_a = vec![
+        ("pvc-1/a.txt", b"one".to_vec()),
+        ("pvc-1/big.bin", big.clone()),
+        ("pvc-1/z.txt", b"z".to_vec()),
+    ];
+    let files_b = vec![
+        ("pvc-1/a.txt", b"changed".to_vec()),
+        ("pvc-1/big.bin", big),
+        ("pvc-1/z.txt", b"z".to_vec()),
+    ];
+    let (a, ia) = write_members(dir.path(), "a", b"etcd one", &files_a).await;
+    let (b, ib) = write_members(dir.path(), "b", b"etcd two, longer", &files_b).await;
+    let member = |bytes: &[u8], index: &backends::BundleIndex, holds: &str| {
+        let m = index
+            .members
+            .iter()
+            .find(|m| m.holds.contains(holds))
+            .unwrap_or_else(|| panic!("no member holds {holds}: {:?}", index.members));
+        bytes[m.offset as usize..(m.offset + m.size) as usize].to_vec()
+    };
+    for holds in ["images/blobs/sha256/", "pvc-1/big.bin"] {
+        let (ma, mb) = (member(&a, &ia, holds), member(&b, &ib, holds));
+        assert_eq!(ma, mb, "{holds}: the same content must be the same member bytes");
+    }
+    assert_ne!(member(&a, &ia, ETCD_ENTRY), member(&b, &ib, ETCD_ENTRY));
+    // Each member is a gzip stream that starts with its first entry's tar header.
+    for m in &ia.members {
+        let mut plain = Vec::new();
+        MultiGzDecoder::new(&a[m.offset as usize..(m.offset + m.size) as usize])
+            .read_to_end(&mut plain)
+            .unwrap();
+        let header = tar::Header::from_byte_slice(&plain[..512]);
+        assert_eq!(header.path().unwrap().to_string_lossy(), m.holds, "{m:?}");
+        if m.holds.starts_with("images/blobs/") {
+            // Headers of content-addressed entries depend on nothing but the content (not on the time).
+            assert_eq!((header.mtime().unwrap(), header.mode().unwrap()), (0, 0o444));
+        }
+    }
+    // The big file is a member of its own, and the file after it starts one.
+    let holds: Vec<&str> = ia.members.iter().map(|m| m.holds.as_str()).collect();
+    assert!(holds.iter().any(|h| h.ends_with("pvc-1/z.txt")), "{holds:?}");
+    assert_eq!(holds.last(), Some(&METADATA_ENTRY));
 }

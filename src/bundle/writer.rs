@@ -15,11 +15,34 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::BundleError;
-use super::pargz::ParGzWriter;
+use super::pargz::{Finished, ParGzWriter};
 
 /// Entries at least this large are checked for gzip/zstd magic and, if already compressed, stored.
 const PRECOMPRESSED_MIN: u64 = 64 * 1024;
 const CHANNEL_DEPTH: usize = 8;
+/// A grouped file at least this large is a member of its own.
+pub const SOLO_MIN: u64 = 1 << 20;
+/// A group is cut after this many uncompressed bytes.
+pub const GROUP_MAX: u64 = 8 << 20;
+/// A group is also cut before an entry whose path hash is 0 modulo this (about this many entries a group).
+const GROUP_CUT: u64 = 64;
+
+/// How a re-emitted tar stream is cut into members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Each entry its own member (image blobs, the etcd snapshot).
+    PerEntry,
+    /// Entries grouped (PV files).
+    Grouped,
+}
+
+/// What [`BundleSink::finish`] returns.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub sha256: String,
+    pub size: u64,
+    pub index: backends::BundleIndex,
+}
 const READ_CHUNK: usize = 256 * 1024;
 
 /// What one written entry was.
@@ -43,8 +66,6 @@ pub enum EntryKind {
 #[derive(Debug, Clone, Default)]
 pub struct TarSummary {
     pub entries: Vec<EntrySummary>,
-    /// Bundle paths skipped because they were already in the bundle (content-addressed blobs).
-    pub skipped: Vec<String>,
     /// sha256 over every written entry's name, type, mode, size, link target and data, in order.
     pub digest: String,
     pub bytes: u64,
@@ -63,12 +84,12 @@ enum Msg {
     },
     Tar {
         rename: Rename,
-        skip_existing: bool,
+        grouping: Grouping,
         data: mpsc::Receiver<io::Result<Bytes>>,
         reply: oneshot::Sender<Result<TarSummary, BundleError>>,
     },
     Finish {
-        reply: oneshot::Sender<Result<(String, u64), BundleError>>,
+        reply: oneshot::Sender<Result<Written, BundleError>>,
     },
 }
 
@@ -135,13 +156,13 @@ impl BundleSink {
         &self,
         src: impl AsyncRead + Unpin,
         rename: Rename,
-        skip_existing: bool,
+        grouping: Grouping,
     ) -> Result<TarSummary, BundleError> {
         let (data_tx, data) = mpsc::channel(CHANNEL_DEPTH);
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Tar {
             rename,
-            skip_existing,
+            grouping,
             data,
             reply,
         })
@@ -152,8 +173,8 @@ impl BundleSink {
         written
     }
 
-    /// Ends the archive and returns its sha256 (hex) and size. The file is synced to disk.
-    pub async fn finish(self) -> Result<(String, u64), BundleError> {
+    /// Ends the archive and returns its sha256 (hex), size and member index. The file is synced to disk.
+    pub async fn finish(self) -> Result<Written, BundleError> {
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Finish { reply }).await?;
         rx.await.map_err(|_| BundleError::WriterGone)?
@@ -258,6 +279,8 @@ type Builder = tar::Builder<ParGzWriter<BufWriter<File>>>;
 struct State {
     builder: Builder,
     written: HashSet<String>,
+    /// Uncompressed bytes since the current group's first entry.
+    group_bytes: u64,
 }
 
 fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
@@ -267,6 +290,7 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
     let mut state = Some(State {
         builder,
         written: HashSet::new(),
+        group_bytes: 0,
     });
     while let Some(msg) = rx.blocking_recv() {
         match msg {
@@ -288,12 +312,12 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
             }
             Msg::Tar {
                 rename,
-                skip_existing,
+                grouping,
                 data,
                 reply,
             } => {
                 let res = match state.as_mut() {
-                    Some(s) => s.tar(rename, skip_existing, data),
+                    Some(s) => s.tar(rename, grouping, data),
                     None => Err(BundleError::WriterFailed),
                 };
                 if res.is_err() {
@@ -313,7 +337,7 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn new_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
+fn new_header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_size(size);
     h.set_mode(mode);
@@ -321,7 +345,25 @@ fn new_header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(jiff::Timestamp::now().as_second().max(0) as u64);
+    fix_header(path, &mut h);
     h
+}
+
+/// Content-addressed entries get headers that depend on nothing but their path and size.
+fn fix_header(path: &str, h: &mut tar::Header) {
+    if path.starts_with(super::IMAGE_BLOBS_DIR) {
+        h.set_mode(0o444);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+    }
+}
+
+/// FNV-1a: a stable hash of an entry's path, for content-defined group cuts.
+fn path_hash(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl State {
@@ -333,12 +375,14 @@ impl State {
     }
 
     /// Appends a regular file's data, storing it uncompressed in the gzip stream when it already is compressed.
+    /// With `member`, the entry starts a member of its own.
     fn append_data(
         &mut self,
         header: &mut tar::Header,
         path: &str,
         size: u64,
         data: impl Read,
+        member: bool,
     ) -> Result<String, BundleError> {
         let mut exact = Exact {
             inner: data,
@@ -356,17 +400,31 @@ impl State {
                 }
                 got += n;
             }
-            let compressed = head[..2] == [0x1f, 0x8b] || head == [0x28, 0xb5, 0x2f, 0xfd];
-            self.builder
-                .get_mut()
-                .set_precompressed(compressed)
-                .map_err(|e| BundleError::io("compressing", e))?;
         }
+        let compressed = got == head.len() && (head[..2] == [0x1f, 0x8b] || head == [0x28, 0xb5, 0x2f, 0xfd]);
+        let gz = self.builder.get_mut();
+        if member {
+            gz.mark(path, compressed)
+        } else {
+            gz.set_precompressed(compressed)
+        }
+        .map_err(|e| BundleError::io("compressing", e))?;
+        gz.note_entry();
         let mut chained = Read::chain(&head[..got], &mut exact);
         self.builder
             .append_data(header, path, &mut chained)
             .map_err(|e| classify(e, path))?;
         Ok(hex::encode(exact.hasher.finalize()))
+    }
+
+    /// Starts a member before a non-file entry, or counts it in the current one.
+    fn begin_entry(&mut self, path: &str, member: bool) -> Result<(), BundleError> {
+        let gz = self.builder.get_mut();
+        if member {
+            gz.mark(path, false).map_err(|e| BundleError::io("compressing", e))?;
+        }
+        gz.note_entry();
+        Ok(())
     }
 
     fn file(
@@ -377,7 +435,7 @@ impl State {
         data: mpsc::Receiver<io::Result<Bytes>>,
     ) -> Result<EntrySummary, BundleError> {
         self.claim(&path)?;
-        let mut header = new_header(size, mode, tar::EntryType::Regular);
+        let mut header = new_header(&path, size, mode, tar::EntryType::Regular);
         let sha = self.append_data(
             &mut header,
             &path,
@@ -386,6 +444,7 @@ impl State {
                 rx: data,
                 cur: Bytes::new(),
             },
+            true,
         )?;
         Ok(EntrySummary {
             kind: EntryKind::File,
@@ -397,7 +456,7 @@ impl State {
     fn tar(
         &mut self,
         mut rename: Rename,
-        skip_existing: bool,
+        grouping: Grouping,
         data: mpsc::Receiver<io::Result<Bytes>>,
     ) -> Result<TarSummary, BundleError> {
         let mut archive = tar::Archive::new(ChannelReader {
@@ -407,6 +466,8 @@ impl State {
         let mut summary = TarSummary::default();
         let mut digest = Sha256::new();
         let entries = archive.entries().map_err(BundleError::Source)?;
+        let mut first = true;
+        let mut after_solo = false;
         for entry in entries {
             let entry = entry.map_err(BundleError::Source)?;
             let src_path = entry
@@ -415,10 +476,6 @@ impl State {
                 .to_string_lossy()
                 .into_owned();
             let Some(path) = rename(&src_path) else { continue };
-            if skip_existing && self.written.contains(&path) {
-                summary.skipped.push(path);
-                continue;
-            }
             self.claim(&path)?;
             let src = entry.header();
             let mode = src.mode().unwrap_or(0o644);
@@ -454,18 +511,37 @@ impl State {
             };
             digest.update(path.as_bytes());
             digest.update(format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes());
+            fix_header(&path, &mut header);
+            let solo = kind == EntryKind::File && size >= SOLO_MIN;
+            let member = match grouping {
+                Grouping::PerEntry => true,
+                Grouping::Grouped => {
+                    first
+                        || solo
+                        || after_solo
+                        || self.group_bytes >= GROUP_MAX
+                        || path_hash(&path).is_multiple_of(GROUP_CUT)
+                }
+            };
+            first = false;
+            after_solo = solo;
+            if member {
+                self.group_bytes = 0;
+            }
+            self.group_bytes += size + 512;
             let mut sha256 = None;
             match kind {
                 EntryKind::File => {
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(size);
-                    let sha = self.append_data(&mut header, &path, size, entry)?;
+                    let sha = self.append_data(&mut header, &path, size, entry, member)?;
                     digest.update(sha.as_bytes());
                     sha256 = Some(sha);
                 }
                 EntryKind::Dir => {
                     header.set_entry_type(tar::EntryType::Directory);
                     header.set_size(0);
+                    self.begin_entry(&path, member)?;
                     self.builder
                         .append_data(&mut header, &path, io::empty())
                         .map_err(|e| classify(e, &path))?;
@@ -481,6 +557,7 @@ impl State {
                         tar::EntryType::Link
                     });
                     header.set_size(0);
+                    self.begin_entry(&path, member)?;
                     self.builder
                         .append_link(&mut header, &path, &target)
                         .map_err(|e| classify(e, &path))?;
@@ -493,17 +570,38 @@ impl State {
         Ok(summary)
     }
 
-    fn finish(self) -> Result<(String, u64), BundleError> {
+    fn finish(self) -> Result<Written, BundleError> {
         let gz = self
             .builder
             .into_inner()
             .map_err(|e| BundleError::io("finishing the archive", e))?;
-        let (out, sha, size) = gz.finish().map_err(|e| BundleError::io("finishing the archive", e))?;
+        let Finished {
+            out,
+            sha256,
+            size,
+            members,
+        } = gz.finish().map_err(|e| BundleError::io("finishing the archive", e))?;
         let file = out
             .into_inner()
             .map_err(|e| BundleError::io("writing the archive", e.into_error()))?;
         file.sync_all().map_err(|e| BundleError::io("syncing the archive", e))?;
-        Ok((hex::encode(sha), size))
+        let sha256 = hex::encode(sha256);
+        let index = backends::BundleIndex {
+            index_version: backends::members::INDEX_VERSION,
+            sha256: sha256.clone(),
+            size,
+            members: members
+                .into_iter()
+                .map(|m| backends::members::Member {
+                    offset: m.offset,
+                    size: m.size,
+                    sha256: hex::encode(m.sha256),
+                    holds: m.holds,
+                    entries: m.entries,
+                })
+                .collect(),
+        };
+        Ok(Written { sha256, size, index })
     }
 }
 

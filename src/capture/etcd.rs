@@ -29,7 +29,7 @@ pub async fn capture(
             sink.add_tar(
                 rt.copy_out(node_name, &path),
                 Box::new(move |p| (p == want).then(|| ETCD_ENTRY.to_owned())),
-                false,
+                crate::bundle::writer::Grouping::PerEntry,
             )
             .await
             .map_err(CaptureError::from)

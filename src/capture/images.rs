@@ -169,7 +169,7 @@ pub async fn capture(
                 .add_tar(
                     rt.copy_out(node, &format!("{dir}/{hex}")),
                     Box::new(move |p| (p == want).then(|| entry.clone())),
-                    false,
+                    crate::bundle::writer::Grouping::PerEntry,
                 )
                 .await?;
             summary.entries.into_iter().next().ok_or_else(|| {

@@ -192,9 +192,9 @@ async fn create_locked(
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
-        let (sha256, size) = sink.finish().await?;
+        let written = sink.finish().await?;
         phases.push(p.finish());
-        Ok::<_, CaptureError>((metadata, json, sha256, size))
+        Ok::<_, CaptureError>((metadata, json, written))
     };
 
     let result = tokio::select! {
@@ -214,7 +214,8 @@ async fn create_locked(
         }
     }
 
-    let (metadata, json, sha256, size) = result?;
+    let (metadata, json, written) = result?;
+    let (sha256, size) = (written.sha256.clone(), written.size);
     let file_name = req
         .store
         .paths(&cluster_name, &req.name)
@@ -228,6 +229,7 @@ async fn create_locked(
         &staged,
         &reader::sidecar_line(&sha256, &file_name),
         &json,
+        Some(&written.index),
     )?;
     resumed?;
     Ok(Outcome {

@@ -26,7 +26,13 @@ pub async fn capture(rt: &Runtime, node: &str, sink: &BundleSink) -> Result<Vec<
             }
             Some(format!("{prefix}{}", rest.trim_end_matches('/')))
         });
-        let summary = sink.add_tar(rt.copy_out(node, root), rename, false).await?;
+        let summary = sink
+            .add_tar(
+                rt.copy_out(node, root),
+                rename,
+                crate::bundle::writer::Grouping::Grouped,
+            )
+            .await?;
         out.push((root.to_string(), summary));
     }
     Ok(out)

@@ -53,5 +53,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             None => crate::util::out!("Deleted snapshot {:?}", n.as_str()),
         }
     }
+    if let Some(r) = remote.as_deref() {
+        crate::util::out!("{}", super::collect_garbage(r, &[], false).await?);
+    }
     Ok(())
 }

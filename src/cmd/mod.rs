@@ -285,7 +285,7 @@ pub async fn push_snapshot(
     name: &SnapshotName,
     remote: &dyn backends::SnapshotStore,
     show_progress: bool,
-) -> Result<()> {
+) -> Result<backends::Moved> {
     let local = ctx.store.get(cluster, name)?;
     // The bundle is hashed as it is uploaded and checked against this sidecar before the remote commit.
     if !local.paths.sidecar.exists() {
@@ -299,13 +299,63 @@ pub async fn push_snapshot(
         Ok(m) => m,
         Err(_) => serde_json::to_vec_pretty(&reader::read_metadata(&local.paths.bundle)?)?,
     };
+    // Schema-2 bundles go member by member: what the remote already holds is not sent again.
+    let index = ctx.store.index(cluster, name);
     let bar = crate::progress::bytes(local.size, &format!("pushing {name}"), show_progress);
-    remote
-        .put(cluster, name, &local.paths.bundle, &sidecar, &metadata, &|n| bar.inc(n))
+    let upload = backends::Upload {
+        bundle: &local.paths.bundle,
+        sidecar: &sidecar,
+        metadata: &metadata,
+        index: index.as_ref(),
+    };
+    let moved = remote
+        .put(cluster, name, upload, &|n| bar.inc(n))
         .await
         .with_context(|| format!("pushing snapshot {:?} to {}", name.as_str(), remote.describe()))?;
     bar.finish_and_clear();
-    Ok(())
+    Ok(moved)
+}
+
+/// Collects the blobs a remote's snapshots no longer reference (after `deleting` are gone); the line to print.
+/// With `dry_run`, the plan.
+pub async fn collect_garbage(
+    remote: &dyn backends::SnapshotStore,
+    deleting: &[(ClusterName, SnapshotName)],
+    dry_run: bool,
+) -> Result<String> {
+    use crate::util::human_bytes;
+    let collected = remote
+        .collect_garbage(deleting, dry_run)
+        .await
+        .with_context(|| format!("collecting unreferenced blobs on {}", remote.describe()))?;
+    if let Some(note) = collected.note {
+        return Ok(format!("Shared blobs: {note}"));
+    }
+    let n = collected.blobs.len();
+    let bytes: u64 = collected.blobs.iter().map(|(_, s)| s).sum();
+    Ok(format!(
+        "{} {n} shared blob{} no snapshot references ({}); {} still referenced",
+        if dry_run { "Would remove" } else { "Removed" },
+        if n == 1 { "" } else { "s" },
+        human_bytes(bytes),
+        collected.kept
+    ))
+}
+
+/// `uploaded 1.2 MiB of 340 MiB (338.8 MiB already there)`.
+pub fn describe_moved(moved: &backends::Moved, verb: &str, reused: &str) -> String {
+    use crate::util::human_bytes;
+    let total = moved.transferred + moved.reused;
+    if moved.reused == 0 {
+        format!("{verb} {}", human_bytes(total))
+    } else {
+        format!(
+            "{verb} {} of {} ({} {reused})",
+            human_bytes(moved.transferred),
+            human_bytes(total),
+            human_bytes(moved.reused)
+        )
+    }
 }
 
 /// Downloads a remote snapshot into the local store; verified against its sidecar before it is published.
@@ -315,7 +365,7 @@ pub async fn pull_snapshot(
     name: &SnapshotName,
     remote: &dyn backends::SnapshotStore,
     show_progress: bool,
-) -> Result<LocalSnapshot> {
+) -> Result<(LocalSnapshot, backends::Moved)> {
     if ctx.store.exists(cluster, name) {
         anyhow::bail!(
             "snapshot {:?} is already in the local store ({})",
@@ -332,8 +382,10 @@ pub async fn pull_snapshot(
     // A partial download, removed unless published.
     let guard = tempfile::TempPath::try_from_path(staged.clone()).context("the store's path")?;
     let bar = crate::progress::bytes(head.size, &format!("pulling {name}"), show_progress);
+    // Members that local bundles (of any cluster) hold are copied from them, verified, not downloaded.
+    let local = ctx.store.members();
     let fetched = remote
-        .get(cluster, name, &staged, &|n| bar.inc(n))
+        .get(cluster, name, &staged, &local, &|n| bar.inc(n))
         .await
         .with_context(|| format!("pulling snapshot {:?}", name.as_str()))?;
     bar.finish_and_clear();
@@ -344,7 +396,8 @@ pub async fn pull_snapshot(
         &staged,
         &reader::sidecar_line(&fetched.sha256, &file_name),
         &fetched.metadata,
+        fetched.index.as_ref(),
     )?;
     drop(guard);
-    Ok(ctx.store.get(cluster, name)?)
+    Ok((ctx.store.get(cluster, name)?, fetched.moved))
 }

@@ -134,6 +134,17 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         human_bytes(del_bytes),
         if del_count == 1 { "" } else { "s" }
     ));
+    let deleting: Vec<(backends::ClusterName, backends::SnapshotName)> = infos
+        .iter()
+        .zip(&reasons)
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(i, _)| (cluster.clone(), i.name.clone()))
+        .collect();
+    if let Some(r) = remote.as_deref() {
+        // Bundles share blobs on a remote: the space freed is what no remaining snapshot references.
+        out.push_str(&super::collect_garbage(r, &deleting, true).await?);
+        out.push('\n');
+    }
     std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     std::io::stdout().flush()?;
     if del_count == 0 || args.dry_run {
@@ -156,6 +167,9 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             delete_snapshot(ctx, &cluster, &info.name, remote.as_deref()).await?;
             crate::util::out!("Deleted snapshot {:?}", info.name.as_str());
         }
+    }
+    if let Some(r) = remote.as_deref() {
+        crate::util::out!("{}", super::collect_garbage(r, &[], false).await?);
     }
     Ok(())
 }

@@ -19,12 +19,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (cluster, name) = cluster_and_snapshot(&args.args, "pull")?;
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
-    let local = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
+    let (local, moved) = pull_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
     crate::util::out!(
-        "Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified)",
+        "Pulled snapshot {:?} of cluster {:?} into {} (sha256 verified): {}",
         name.as_str(),
         cluster.as_str(),
-        local.paths.bundle.display()
+        local.paths.bundle.display(),
+        super::describe_moved(&moved, "downloaded", "copied from local snapshots")
     );
     Ok(())
 }

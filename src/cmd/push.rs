@@ -19,12 +19,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let (cluster, name) = cluster_and_snapshot(&args.args, "push")?;
     let cluster = ctx.stored_cluster(cluster).await?;
     let remote = require(&args.remote)?;
-    push_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
+    let moved = push_snapshot(ctx, &cluster, &name, remote.as_ref(), true).await?;
     crate::util::out!(
-        "Pushed snapshot {:?} of cluster {:?} to {}",
+        "Pushed snapshot {:?} of cluster {:?} to {}: {}",
         name.as_str(),
         cluster.as_str(),
-        remote.describe()
+        remote.describe(),
+        super::describe_moved(&moved, "uploaded", "already there")
     );
     Ok(())
 }

@@ -101,10 +101,30 @@ fn push_pull_restore_through_a_registry() {
         manifest["config"]["mediaType"],
         "application/vnd.kubectl-snapshot.config.v1+json"
     );
-    assert_eq!(manifest["layers"][0]["digest"], format!("sha256:{digest}"));
+    // Schema-2 bundles: one layer per member, in bundle order, the bundle's sha256 as an annotation.
+    let layers = manifest["layers"].as_array().unwrap();
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["mediaType"] == "application/vnd.kubectl-snapshot.member.v1.tar+gzip"),
+        "{manifest}"
+    );
     assert_eq!(
-        manifest["layers"][0]["annotations"]["org.opencontainers.image.title"],
-        "v1.tar.gz"
+        manifest["annotations"]["io.kubectl-snapshot.bundle.sha256"],
+        digest.as_str()
+    );
+    let bundle_size = std::fs::metadata(store.bundle(c, "v1")).unwrap().len();
+    assert_eq!(
+        layers.iter().map(|l| l["size"].as_u64().unwrap()).sum::<u64>(),
+        bundle_size
+    );
+    assert_eq!(
+        layers[0]["annotations"]["io.kubectl-snapshot.holds"],
+        "etcd/snapshot.db"
+    );
+    assert_eq!(
+        layers.last().unwrap()["annotations"]["io.kubectl-snapshot.holds"],
+        "metadata.json"
     );
     assert_eq!(manifest["annotations"]["io.kubectl-snapshot.cluster"], c);
 
@@ -120,8 +140,13 @@ fn push_pull_restore_through_a_registry() {
     );
     cluster.assert_running();
 
-    // A blob corrupted in the registry's storage: the pull is refused and nothing is restored.
-    let blob = reg.blob(&digest);
+    // A member corrupted in the registry's storage: the pull is refused and nothing is restored.
+    let etcd_member = layers[0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = reg.blob(&etcd_member);
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[50] ^= 0xff;
     std::fs::write(&blob, bytes).unwrap();

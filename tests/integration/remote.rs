@@ -178,15 +178,34 @@ fn push_pull_and_restore_that_pulls_first() {
     let local_digest =
         std::fs::read_to_string(store.root().join(c).join("shared.tar.gz.sha256")).unwrap()[..64].to_owned();
     assert_eq!(shown["archiveDigest"], format!("sha256:{local_digest}"));
-    // The bucket layout is documented: <folder>/<cluster>/<snapshot>/{bundle.tar.gz,bundle.tar.gz.sha256,metadata.json}.
+    // The bucket layout is documented (docs/backends.md): the snapshot's index, sidecar and metadata, and its
+    // members content-addressed under <folder>/.blobs/sha256/.
     let objects = s3.dir.path().join("snaps/team").join(c).join("shared");
-    for f in ["bundle.tar.gz", "bundle.tar.gz.sha256", "metadata.json"] {
+    for f in ["index.json", "bundle.tar.gz.sha256", "metadata.json"] {
         assert!(objects.join(f).exists(), "{f} not in the bucket");
     }
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(objects.join("index.json")).unwrap()).unwrap();
     assert_eq!(
-        std::fs::read(objects.join("bundle.tar.gz")).unwrap(),
-        std::fs::read(store.bundle(c, "shared")).unwrap()
+        index,
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(store.root().join(c).join("shared.index.json")).unwrap()
+        )
+        .unwrap(),
+        "the remote index is the local one"
     );
+    let blobs = s3.dir.path().join("snaps/team/.blobs/sha256");
+    let local = std::fs::read(store.bundle(c, "shared")).unwrap();
+    for m in index["members"].as_array().unwrap() {
+        let (at, size) = (
+            m["offset"].as_u64().unwrap() as usize,
+            m["size"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(
+            std::fs::read(blobs.join(m["sha256"].as_str().unwrap())).unwrap(),
+            local[at..at + size],
+            "member {m} differs from the bundle's bytes"
+        );
+    }
 
     // A teammate without the snapshot: restore pulls it first (a fresh local store).
     let teammate = Store::new();
@@ -224,16 +243,25 @@ fn push_pull_and_restore_that_pulls_first() {
     );
     cluster.sh(&cluster.cp(1), "echo v1.33.1 > /kind/version");
 
-    // A bundle tampered with in the bucket is refused on pull, and nothing is restored.
-    let bundle = objects.join("bundle.tar.gz");
-    let mut bytes = std::fs::read(&bundle).unwrap();
+    // A member tampered with in the bucket is refused on pull, and nothing is restored.
+    let etcd_member = index["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["holds"] == "etcd/snapshot.db")
+        .unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let member = blobs.join(&etcd_member);
+    let mut bytes = std::fs::read(&member).unwrap();
     bytes[100] ^= 0xff;
-    std::fs::write(&bundle, bytes).unwrap();
+    std::fs::write(&member, bytes).unwrap();
     cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/remote", "after-tamper"]);
     let r = run(&third, with(&["restore", c, "shared"], &s3.args()), ENV);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
-        r.stderr.contains("failed verification") && r.stderr.contains("sha256 mismatch"),
+        r.stderr.contains("failed verification") && r.stderr.contains(&etcd_member),
         "{}",
         r.stderr
     );
@@ -248,6 +276,94 @@ fn push_pull_and_restore_that_pulls_first() {
             .trim(),
         "after-tamper"
     );
+}
+
+/// `(transferred, reused)` bytes from a push or pull message: `uploaded 1.20 MiB of 40.00 MiB (38.80 MiB …)`.
+fn moved(stdout: &str) -> (f64, f64) {
+    let bytes = |s: &str| -> f64 {
+        let mut it = s.split_whitespace();
+        let n: f64 = it.next().unwrap().parse().unwrap();
+        let unit = it.next().unwrap();
+        let k = ["B", "KiB", "MiB", "GiB"].iter().position(|u| *u == unit).unwrap();
+        n * 1024f64.powi(k as i32)
+    };
+    let tail = stdout.rsplit(": ").next().unwrap();
+    let words: Vec<&str> = tail.split_whitespace().collect();
+    // <verb> X U of Y U (Z U ...)
+    let transferred = bytes(&words[1..3].join(" "));
+    let reused = if words.len() > 3 {
+        bytes(words[6..8].join(" ").trim_start_matches('('))
+    } else {
+        0.0
+    };
+    (transferred, reused)
+}
+
+/// A second snapshot of an unchanged cluster uploads only what changed (etcd, metadata); a teammate who has the
+/// first snapshot downloads only that, and gets a byte-identical bundle. Deleting the first snapshot keeps
+/// every member the second uses.
+#[test]
+fn a_second_push_sends_only_what_changed() {
+    let s3 = S3::start();
+    let cluster = Cluster::up("dedup", 1, 0);
+    let c = cluster.name.as_str();
+    let store = Store::new();
+    // Volume data that does not change between the snapshots (the fixture's images are few and small).
+    let node = cluster.cp(1);
+    cluster.sh(
+        &node,
+        "d=$(ls -d /var/local-path-provisioner/*/ | head -n1); head -c 3000000 /dev/urandom > $d/data.bin; \
+         for i in $(seq 1 200); do echo line $i of a config file > $d/conf-$i.txt; done",
+    );
+    for name in ["first", "second"] {
+        cluster.etcdctl(&cluster.cp(1), &["put", "/registry/test/dedup", name]);
+        run(&store, vec!["create".into(), c.into(), name.into()], ENV).ok();
+    }
+    let first = run(&store, with(&["push", c, "first"], &s3.args()), ENV).ok();
+    let (sent, reused) = moved(first.stdout.trim());
+    assert!(sent > 0.0 && reused == 0.0, "{}", first.stdout);
+    let before = s3.bytes_stored();
+    let second = run(&store, with(&["push", c, "second"], &s3.args()), ENV).ok();
+    let (sent2, reused2) = moved(second.stdout.trim());
+    let size = std::fs::metadata(store.bundle(c, "second")).unwrap().len() as f64;
+    assert!(
+        sent2 < size * 0.1 && reused2 > size * 0.9,
+        "the second push sent {sent2} of {size} bytes: {}",
+        second.stdout
+    );
+    let grown = (s3.bytes_stored() - before) as f64;
+    assert!(
+        grown < size * 0.1,
+        "the bucket grew by {grown} bytes for a {size}-byte bundle"
+    );
+
+    // A teammate with the first snapshot pulls the second: only the new members come over the network.
+    let teammate = Store::new();
+    run(&teammate, with(&["pull", c, "first"], &s3.args()), ENV).ok();
+    let pulled = run(&teammate, with(&["pull", c, "second"], &s3.args()), ENV).ok();
+    let (got, copied) = moved(pulled.stdout.trim());
+    assert!(got < size * 0.1 && copied > size * 0.9, "{}", pulled.stdout);
+    assert_eq!(
+        std::fs::read(teammate.bundle(c, "second")).unwrap(),
+        std::fs::read(store.bundle(c, "second")).unwrap(),
+        "the assembled bundle differs from the one pushed"
+    );
+    teammate.sha256sum_check(c, "second");
+
+    // Deleting the first on the remote removes only what the second does not use.
+    let deleted = run(&store, with(&["delete", c, "first"], &s3.args()), ENV).ok();
+    assert!(deleted.stdout.contains("Removed "), "{}", deleted.stdout);
+    let third = Store::new();
+    run(&third, with(&["pull", c, "second"], &s3.args()), ENV).ok();
+    assert_eq!(
+        std::fs::read(third.bundle(c, "second")).unwrap(),
+        std::fs::read(store.bundle(c, "second")).unwrap()
+    );
+    run(&store, with(&["delete", c, "second"], &s3.args()), ENV).ok();
+    let left: Vec<_> = std::fs::read_dir(s3.dir.path().join("snaps/team/.blobs/sha256"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "blobs left after every snapshot was deleted: {left:?}");
 }
 
 #[test]

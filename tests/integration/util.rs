@@ -362,6 +362,21 @@ impl Store {
     pub fn bundle(&self, cluster: &str, name: &str) -> PathBuf {
         self.dir.path().join(cluster).join(format!("{name}.tar.gz"))
     }
+
+    /// `sha256sum -c` of a snapshot's sidecar, in its directory, as a user would run it.
+    pub fn sha256sum_check(&self, cluster: &str, name: &str) {
+        let out = std::process::Command::new("sha256sum")
+            .args(["-c", &format!("{name}.tar.gz.sha256")])
+            .current_dir(self.dir.path().join(cluster))
+            .output()
+            .expect("sha256sum");
+        assert!(
+            out.status.success(),
+            "sha256sum -c failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Reads one entry of a bundle (`None` if absent).

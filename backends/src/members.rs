@@ -1,0 +1,412 @@
+//! The member index of a schema-2 bundle: the `.tar.gz` cut into gzip-member runs aligned to tar entries
+//! (each image blob, the etcd snapshot, each PV root in chunks, the metadata), each named by the sha256 of its
+//! compressed bytes. Members are written deterministically, so the same blob is the same member in every
+//! bundle: remotes store members content-addressed and move only the ones the other side lacks.
+//!
+//! The index is untrusted when it comes from a remote: [`BundleIndex::parse`] checks that the members tile
+//! the bundle exactly (contiguous from 0, nothing empty, sizes summing to the bundle's), that every digest is
+//! a sha256, and bounds their number, before anything is downloaded or written.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256;
+
+/// The index's own schema version.
+pub const INDEX_VERSION: u32 = 1;
+/// The most members an index may list (a bundle of 100 000 files groups them into far fewer).
+pub const MAX_MEMBERS: usize = 200_000;
+
+/// One member: bytes `offset..offset+size` of the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Member {
+    pub offset: u64,
+    pub size: u64,
+    /// sha256 of the member's compressed bytes (no prefix).
+    pub sha256: String,
+    /// The first tar entry the member holds (`images/blobs/sha256/<hex>`, `etcd/snapshot.db`, a PV path,
+    /// `metadata.json`).
+    pub holds: String,
+    /// How many tar entries start in it.
+    pub entries: u64,
+}
+
+/// `<snapshot>.index.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundleIndex {
+    pub index_version: u32,
+    /// sha256 and size of the whole bundle (the sidecar's digest).
+    pub sha256: String,
+    pub size: u64,
+    pub members: Vec<Member>,
+}
+
+/// Why an index was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid member index: {0}")]
+pub struct InvalidIndex(pub String);
+
+impl BundleIndex {
+    /// Parses and checks an index (from a remote or a local file).
+    pub fn parse(bytes: &[u8]) -> Result<Self, InvalidIndex> {
+        if bytes.len() as u64 > crate::SMALL_FILE_MAX {
+            return Err(InvalidIndex(format!("{} bytes", bytes.len())));
+        }
+        let index: Self = serde_json::from_slice(bytes).map_err(|e| InvalidIndex(e.to_string()))?;
+        index.check()?;
+        Ok(index)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The members tile `0..size` exactly, each is non-empty and named by a sha256.
+    pub fn check(&self) -> Result<(), InvalidIndex> {
+        if self.index_version != INDEX_VERSION {
+            return Err(InvalidIndex(format!(
+                "indexVersion {} (this build reads {INDEX_VERSION}); upgrade kubectl-snapshot",
+                self.index_version
+            )));
+        }
+        if Sha256::parse(&self.sha256).is_none_or(|s| s.hex() != self.sha256) {
+            return Err(InvalidIndex(format!("bundle digest {:?}", self.sha256)));
+        }
+        if self.members.is_empty() || self.members.len() > MAX_MEMBERS {
+            return Err(InvalidIndex(format!("{} members", self.members.len())));
+        }
+        let mut at = 0u64;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.offset != at || m.size == 0 {
+                return Err(InvalidIndex(format!(
+                    "member {i} is at {}+{}, expected at {at} and not empty",
+                    m.offset, m.size
+                )));
+            }
+            if Sha256::parse(&m.sha256).is_none_or(|s| s.hex() != m.sha256) {
+                return Err(InvalidIndex(format!("member {i} digest {:?}", m.sha256)));
+            }
+            at = at
+                .checked_add(m.size)
+                .ok_or_else(|| InvalidIndex("sizes overflow".into()))?;
+        }
+        if at != self.size {
+            return Err(InvalidIndex(format!(
+                "members cover {at} bytes, the bundle is {}",
+                self.size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Distinct members in first-use order.
+    pub fn distinct(&self) -> Vec<&Member> {
+        let mut seen = std::collections::HashSet::new();
+        self.members.iter().filter(|m| seen.insert(&m.sha256)).collect()
+    }
+}
+
+/// Where a member's bytes can be copied from locally: a bundle file and an offset.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    pub bundle: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Members that local bundles hold, by sha256: what a pull copies instead of downloading. Each copy is
+/// verified against the digest (a local file may have changed since its index was written).
+#[derive(Debug, Clone, Default)]
+pub struct LocalMembers(HashMap<String, LocalMember>);
+
+impl LocalMembers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the members of `bundle` described by `index` (ignored when the file's size disagrees).
+    pub fn add(&mut self, bundle: &Path, index: &BundleIndex) {
+        if std::fs::metadata(bundle).map(|m| m.len()).ok() != Some(index.size) {
+            return;
+        }
+        for m in &index.members {
+            self.0.entry(m.sha256.clone()).or_insert_with(|| LocalMember {
+                bundle: bundle.to_owned(),
+                offset: m.offset,
+                size: m.size,
+            });
+        }
+    }
+
+    pub fn get(&self, sha256: &str) -> Option<&LocalMember> {
+        self.0.get(sha256)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Members at most this large are fetched whole, several at once; larger ones are streamed.
+pub(crate) const SMALL_MEMBER: u64 = 4 << 20;
+/// Small members fetched ahead of the one being written: memory stays under SMALL_MEMBER × this.
+const PREFETCH: usize = 8;
+
+/// Bytes a transfer moved and bytes it did not have to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Sent or downloaded.
+    pub transferred: u64,
+    /// Already on the other side (push), or copied from a local bundle (pull).
+    pub reused: u64,
+    /// Members transferred and members reused.
+    pub members_transferred: u64,
+    pub members_reused: u64,
+}
+
+/// Where a pull gets the members no local bundle holds.
+#[async_trait::async_trait]
+pub(crate) trait MemberSource: Send + Sync {
+    /// A small member, whole.
+    async fn fetch(&self, m: &Member) -> Result<bytes::Bytes, crate::Error>;
+    /// A member as a stream of chunks.
+    async fn stream(
+        &self,
+        m: &Member,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<bytes::Bytes, crate::Error>>, crate::Error>;
+}
+
+/// Writes the bundle `index` describes into `dest` (created, 0600): each member copied from a local bundle
+/// that holds it (verified first) or else taken from `source` (verified as it arrives, never more than its
+/// declared size). Returns the sha256 of what was written; the caller compares it with the sidecar.
+pub(crate) async fn assemble(
+    index: &BundleIndex,
+    local: &LocalMembers,
+    source: &dyn MemberSource,
+    dest: &Path,
+    progress: crate::remote::Progress<'_>,
+    integrity: &(dyn Fn(String) -> crate::Error + Send + Sync),
+) -> Result<(String, Moved), crate::Error> {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+
+    let file = crate::local::create_private_file(dest)
+        .map(tokio::fs::File::from_std)
+        .map_err(|e| crate::Error::io(format!("creating {}", dest.display()), e))?;
+    let write_err = |e| crate::Error::io(format!("writing {}", dest.display()), e);
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut total = sha2::Sha256::new();
+    let mut moved = Moved::default();
+    // A local copy is used only if it still hashes to the member's digest.
+    let plans: Vec<(Member, Option<LocalMember>)> = index
+        .members
+        .iter()
+        .map(|m| (m.clone(), local.get(&m.sha256).filter(|l| l.size == m.size).cloned()))
+        .collect();
+    let mut plan = futures_util::stream::iter(plans)
+        .map(|(m, candidate): (Member, Option<LocalMember>)| async move {
+            let from_local = match candidate {
+                Some(l) => {
+                    let want = m.sha256.clone();
+                    tokio::task::spawn_blocking(move || {
+                        (hash_range(&l.bundle, l.offset, l.size).ok()? == want).then_some(l)
+                    })
+                    .await
+                    .ok()
+                    .flatten()
+                }
+                None => None,
+            };
+            let pre = match (&from_local, m.size <= SMALL_MEMBER) {
+                (None, true) => Some(source.fetch(&m).await),
+                _ => None,
+            };
+            (m, from_local, pre)
+        })
+        .buffered(PREFETCH);
+    while let Some((m, from_local, pre)) = plan.next().await {
+        let m = &m;
+        let mut member = sha2::Sha256::new();
+        let mut got = 0u64;
+        if let Some(l) = from_local {
+            let mut f = tokio::fs::File::open(&l.bundle)
+                .await
+                .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+            tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(l.offset))
+                .await
+                .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+            let mut f = tokio::io::AsyncReadExt::take(f, l.size);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+                    .await
+                    .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+                if n == 0 {
+                    break;
+                }
+                member.update(&buf[..n]);
+                total.update(&buf[..n]);
+                out.write_all(&buf[..n]).await.map_err(write_err)?;
+                got += n as u64;
+                progress(n as u64);
+            }
+            moved.reused += got;
+            moved.members_reused += 1;
+        } else {
+            let mut chunks = match pre {
+                Some(whole) => futures_util::stream::once(async { whole }).boxed(),
+                None => source.stream(m).await?,
+            };
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                got += chunk.len() as u64;
+                if got > m.size {
+                    return Err(integrity(format!(
+                        "member {} is larger than the {} bytes the index declares",
+                        m.sha256, m.size
+                    )));
+                }
+                member.update(&chunk);
+                total.update(&chunk);
+                out.write_all(&chunk).await.map_err(write_err)?;
+                progress(chunk.len() as u64);
+            }
+            moved.transferred += got;
+            moved.members_transferred += 1;
+        }
+        let actual = hex::encode(member.finalize());
+        if got != m.size || actual != m.sha256 {
+            return Err(integrity(format!(
+                "member {} ({}) arrived as {got} bytes with sha256 {actual}",
+                m.sha256, m.holds
+            )));
+        }
+    }
+    out.flush().await.map_err(write_err)?;
+    out.get_ref().sync_all().await.map_err(write_err)?;
+    Ok((hex::encode(total.finalize()), moved))
+}
+
+/// Reads `path` once and checks it against `index`: each member's digest and the whole bundle's. `Err` says
+/// where they differ.
+pub fn verify_file(path: &Path, index: &BundleIndex) -> std::io::Result<Result<(), String>> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut total = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for m in &index.members {
+        let mut member = sha2::Sha256::new();
+        let mut left = m.size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            f.read_exact(&mut buf[..want])?;
+            member.update(&buf[..want]);
+            total.update(&buf[..want]);
+            left -= want as u64;
+        }
+        if hex::encode(member.finalize()) != m.sha256 {
+            return Ok(Err(format!(
+                "the bytes at {} ({}) do not match the member index",
+                m.offset, m.holds
+            )));
+        }
+    }
+    if f.read(&mut buf[..1])? != 0 || hex::encode(total.finalize()) != index.sha256 {
+        return Ok(Err("the bundle does not match its sidecar".into()));
+    }
+    Ok(Ok(()))
+}
+
+/// sha256 of `size` bytes of `path` from `offset`.
+pub fn hash_range(path: &Path, offset: u64, size: u64) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut h = sha2::Sha256::new();
+    let n = std::io::copy(&mut f.take(size), &mut h)?;
+    if n != size {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short"));
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(sizes: &[u64]) -> BundleIndex {
+        let mut at = 0;
+        let members = sizes
+            .iter()
+            .map(|&s| {
+                let m = Member {
+                    offset: at,
+                    size: s,
+                    sha256: "ab".repeat(32),
+                    holds: "x".into(),
+                    entries: 1,
+                };
+                at += s;
+                m
+            })
+            .collect();
+        BundleIndex {
+            index_version: INDEX_VERSION,
+            sha256: "cd".repeat(32),
+            size: at,
+            members,
+        }
+    }
+
+    #[test]
+    fn a_valid_index_round_trips() {
+        let i = index(&[10, 20, 5]);
+        assert_eq!(BundleIndex::parse(&i.to_json()).unwrap(), i);
+        assert_eq!(i.distinct().len(), 1);
+    }
+
+    #[test]
+    fn hostile_indexes_are_refused() {
+        let mut gap = index(&[10, 20]);
+        gap.members[1].offset = 11;
+        let mut empty = index(&[10, 20]);
+        empty.members.push(Member {
+            offset: 30,
+            size: 0,
+            ..empty.members[0].clone()
+        });
+        let mut short = index(&[10, 20]);
+        short.size = 31;
+        let mut digest = index(&[10]);
+        digest.members[0].sha256 = "../../etc/passwd".into();
+        let mut upper = index(&[10]);
+        upper.members[0].sha256 = "AB".repeat(32);
+        let mut version = index(&[10]);
+        version.index_version = 9;
+        let mut overflow = index(&[10, 20]);
+        overflow.members[1].size = u64::MAX;
+        for (what, bad) in [
+            ("gap", gap),
+            ("empty member", empty),
+            ("size mismatch", short),
+            ("path as digest", digest),
+            ("uppercase digest", upper),
+            ("newer version", version),
+            ("overflow", overflow),
+        ] {
+            assert!(BundleIndex::parse(&bad.to_json()).is_err(), "{what} accepted");
+        }
+        assert!(BundleIndex::parse(br#"{"indexVersion":1,"sha256":"","size":0,"members":[],"extra":1}"#).is_err());
+    }
+}
