@@ -31,6 +31,7 @@ const FETCH_TIMEOUT_SECS: u64 = 300;
 /// What one node's images came to.
 #[derive(Debug, Default)]
 pub struct NodeCapture {
+    pub node: String,
     pub images: NodeImages,
     /// Bytes of new (not yet bundled) blobs written.
     pub added: u64,
@@ -88,16 +89,25 @@ async fn walk(
     Ok(w)
 }
 
-/// Captures a node's images into the bundle (`mode` is `All` or `Local`: with `None` it is not called); blobs
-/// already in `bundled` (from another node) are not written again.
-pub async fn capture(
-    rt: &Runtime,
-    node: &str,
-    platform: &str,
-    mode: ImagesMode,
-    sink: &BundleSink,
-    bundled: &mut HashSet<String>,
-) -> Result<NodeCapture, CaptureError> {
+/// What a node's images consist of, read before anything is written (nodes are planned concurrently).
+pub struct Plan {
+    node: String,
+    out: NodeCapture,
+    needed: BTreeMap<String, (String, u64)>,
+    documents: BTreeMap<String, Vec<u8>>,
+    index_entries: Vec<serde_json::Value>,
+    blobs_dir: String,
+}
+
+impl Plan {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Reads which images a node holds and what each consists of, fetching discarded layers with
+/// [`ImagesMode::All`] (`mode` is `All` or `Local`: with `None` it is not called). Writes nothing.
+pub async fn plan(rt: &Runtime, node: &str, platform: &str, mode: ImagesMode) -> Result<Plan, CaptureError> {
     let mut out = NodeCapture::default();
     let records = node::images(rt, node).await?;
     let config = node::containerd_config(rt, node).await?;
@@ -151,7 +161,35 @@ pub async fn capture(
         });
     }
 
-    let dir = config.content_blobs();
+    out.images.by_reference = kept;
+    Ok(Plan {
+        node: node.to_owned(),
+        out,
+        needed,
+        documents,
+        index_entries,
+        blobs_dir: config.content_blobs(),
+    })
+}
+
+/// Streams a planned node's blobs into the bundle (those already in `bundled`, from another node, are not
+/// written again), then its image index.
+pub async fn write(
+    rt: &Runtime,
+    plan: Plan,
+    sink: &BundleSink,
+    bundled: &mut HashSet<String>,
+) -> Result<NodeCapture, CaptureError> {
+    let Plan {
+        node,
+        mut out,
+        needed,
+        documents,
+        index_entries,
+        blobs_dir: dir,
+    } = plan;
+    out.node.clone_from(&node);
+    let node = node.as_str();
     for (digest, (_, size)) in &needed {
         if bundled.contains(digest) {
             continue;
@@ -193,7 +231,6 @@ pub async fn capture(
         .await?;
 
     out.images.blobs = needed.into_keys().collect();
-    out.images.by_reference = kept;
     Ok(out)
 }
 

@@ -143,15 +143,18 @@ async fn create_locked(
         // 2. etcd, hot (the journal names the copy the node holds meanwhile)
         let p = progress.phase("etcd snapshot");
         phase("etcd snapshot", journal.write(rt, &bootstrap.name).await)?;
-        let etcd = phase(
-            "etcd snapshot",
-            etcd::capture(rt, &bootstrap.name, &etcd_image, &copy, &sink).await,
-        )?;
+        // Meanwhile every node's images are planned (exec round trips, nothing written).
+        let (etcd, plans) = tokio::join!(
+            etcd::capture(rt, &bootstrap.name, &etcd_image, &copy, &sink),
+            plan_images(rt, &nodes, &platform, req.images)
+        );
+        let etcd = phase("etcd snapshot", etcd)?;
+        let plans = plans?;
         phases.push(p.finish());
 
         // 3. images, per node, blobs shared
         let p = progress.phase("exporting images");
-        let images = capture_images(rt, &nodes, &platform, req.images, &sink, &mut warnings, &p).await?;
+        let images = capture_images(rt, req.images, plans, &sink, &mut warnings, &p).await?;
         phases.push(p.finish());
         crate::util::pause_point("create:images", None).await;
 
@@ -302,11 +305,26 @@ fn topology(nodes: &[Node]) -> Topology {
 }
 
 /// Every kubelet node's images into the bundle, blobs shared between nodes.
-async fn capture_images(
+/// Plans every node's images at once: the reading is exec round trips into each node, which overlap.
+async fn plan_images(
     rt: &Runtime,
     nodes: &[Node],
     platform: &str,
     mode: ImagesMode,
+) -> Result<Vec<images::Plan>, CaptureError> {
+    if mode == ImagesMode::None {
+        return Ok(Vec::new());
+    }
+    let plans = kubelet_nodes(nodes)
+        .into_iter()
+        .map(|n| images::plan(rt, &n.name, platform, mode));
+    phase("exporting images", futures_util::future::try_join_all(plans).await)
+}
+
+async fn capture_images(
+    rt: &Runtime,
+    mode: ImagesMode,
+    plans: Vec<images::Plan>,
     sink: &BundleSink,
     warnings: &mut Vec<String>,
     p: &crate::progress::Phase,
@@ -314,15 +332,12 @@ async fn capture_images(
     let mut per_node = BTreeMap::new();
     let mut size = 0;
     let mut bundled = std::collections::HashSet::new();
-    for n in kubelet_nodes(nodes).into_iter().filter(|_| mode != ImagesMode::None) {
-        p.set_message(format!("exporting images ({})", n.name));
-        let got = phase(
-            "exporting images",
-            images::capture(rt, &n.name, platform, mode, sink, &mut bundled).await,
-        )?;
+    for plan in plans {
+        p.set_message(format!("exporting images ({})", plan.node()));
+        let got = phase("exporting images", images::write(rt, plan, sink, &mut bundled).await)?;
         size += got.added;
         warnings.extend(got.warnings);
-        per_node.insert(n.name.clone(), got.images);
+        per_node.insert(got.node, got.images);
     }
     let mut lines: Vec<String> = Vec::new();
     let mut all_blobs = std::collections::BTreeSet::new();

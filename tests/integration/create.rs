@@ -56,8 +56,48 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
         );
     }
 
+    // Members (schema 2): the index tiles the file, every member hashes to its digest and is a gzip stream
+    // starting at the tar entry it names, one member per image blob, metadata last; `sha256sum -c` still works.
+    store.sha256sum_check(&cluster.name, snap);
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.root().join(&cluster.name).join(format!("{snap}.index.json"))).expect("member index"),
+    )
+    .unwrap();
+    assert_eq!(index["sha256"], digest);
+    let members = index["members"].as_array().unwrap();
+    let mut at = 0usize;
+    for m in members {
+        let (offset, size) = (
+            m["offset"].as_u64().unwrap() as usize,
+            m["size"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(offset, at, "members must be contiguous");
+        let bytes = &bytes[offset..offset + size];
+        assert_eq!(m["sha256"], sha256_hex(bytes));
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes), &mut plain).unwrap();
+        let header = tar::Header::from_byte_slice(&plain[..512]);
+        let first = header.path().unwrap().to_string_lossy().into_owned();
+        assert!(
+            first == m["holds"].as_str().unwrap() || header.entry_type().is_gnu_longname(),
+            "member {m} starts with {first}"
+        );
+        at += size;
+    }
+    assert_eq!(at, bytes.len());
+    assert_eq!(members.last().unwrap()["holds"], "metadata.json");
+
     // Images: each node's list is recorded, each node's index is in the bundle, blobs hash to their names.
     let names = bundle_names(&bundle);
+    let blob_members = members
+        .iter()
+        .filter(|m| m["holds"].as_str().unwrap().starts_with("images/blobs/"))
+        .count();
+    assert_eq!(
+        blob_members,
+        names.iter().filter(|n| n.starts_with("images/blobs/")).count(),
+        "one member per image blob"
+    );
     for node in cluster.nodes() {
         assert!(
             names.contains(&format!("images/nodes/{node}/index.json")),
@@ -92,7 +132,7 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
 
     // Metadata.
     let m = &result["metadata"];
-    assert_eq!(m["schemaVersion"], 1);
+    assert_eq!(m["schemaVersion"], 2);
     assert_eq!(m["k8sVersion"], "v1.33.1");
     assert_eq!(m["cluster"], cluster.name.as_str());
     assert_eq!(m["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
