@@ -402,8 +402,10 @@ pub async fn members_move_once(store: &dyn SnapshotStore, _raw: &dyn Raw, scratc
     assert_eq!(format!("{}  dedup-b.tar.gz\n", fetched.sha256), b.sidecar);
     assert_eq!(fetched.index.as_ref().map(|i| i.members.len()), Some(3));
     // A local copy that no longer matches its digest is not used: the member is downloaded.
+    // Both a small member (fetched whole) and a large one (streamed) are taken from the remote instead.
     let mut bytes = std::fs::read(&a.path).unwrap();
     bytes[10] ^= 1;
+    bytes[a1.len() + 100] ^= 1;
     let changed = scratch.join("dedup-a-changed.tar.gz");
     std::fs::write(&changed, bytes).unwrap();
     let mut stale = LocalMembers::new();
@@ -416,7 +418,7 @@ pub async fn members_move_once(store: &dyn SnapshotStore, _raw: &dyn Raw, scratc
     assert_eq!(std::fs::read(&dest2).unwrap(), std::fs::read(&b.path).unwrap());
     assert_eq!(
         fetched.moved.transferred,
-        (a1.len() + b4.len()) as u64,
+        (a1.len() + big.len() + b4.len()) as u64,
         "{:?}",
         fetched.moved
     );
@@ -521,6 +523,17 @@ pub async fn hostile_member_indexes_are_refused(store: &dyn SnapshotStore, scrat
     let err = put_members(store, &c, &n, &bundle)
         .await
         .expect_err("a member stored under a digest that is not its own");
+    assert!(matches!(err, Error::Integrity { .. }), "{err}");
+    assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
+    // A local bundle changed since it was indexed: the member that must be sent does not match its digest.
+    let mut changed = member_bundle(scratch, "changed", &[&x, &part(43, 7000)]);
+    let mut bytes = std::fs::read(&changed.path).unwrap();
+    bytes[5000 + 10] ^= 1;
+    std::fs::write(&changed.path, bytes).unwrap();
+    changed.metadata = br#"{"schemaVersion":2,"name":"changed"}"#.to_vec();
+    let err = put_members(store, &c, &n, &changed)
+        .await
+        .expect_err("a member that does not match its digest was sent");
     assert!(matches!(err, Error::Integrity { .. }), "{err}");
     assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
     let _ = store.delete(&c, &n).await;

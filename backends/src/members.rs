@@ -80,7 +80,11 @@ impl BundleIndex {
             return Err(InvalidIndex(format!("{} members", self.members.len())));
         }
         let mut at = 0u64;
+        let mut sizes = HashMap::new();
         for (i, m) in self.members.iter().enumerate() {
+            if *sizes.entry(m.sha256.as_str()).or_insert(m.size) != m.size {
+                return Err(InvalidIndex(format!("member {i} repeats a digest with another size")));
+            }
             if m.offset != at || m.size == 0 {
                 return Err(InvalidIndex(format!(
                     "member {i} is at {}+{}, expected at {at} and not empty",
@@ -206,26 +210,14 @@ pub(crate) async fn assemble(
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut total = sha2::Sha256::new();
     let mut moved = Moved::default();
-    // A local copy is used only if it still hashes to the member's digest.
+    // Small members no local bundle holds are fetched ahead; the others are copied or streamed in turn.
     let plans: Vec<(Member, Option<LocalMember>)> = index
         .members
         .iter()
         .map(|m| (m.clone(), local.get(&m.sha256).filter(|l| l.size == m.size).cloned()))
         .collect();
     let mut plan = futures_util::stream::iter(plans)
-        .map(|(m, candidate): (Member, Option<LocalMember>)| async move {
-            let from_local = match candidate {
-                Some(l) => {
-                    let want = m.sha256.clone();
-                    tokio::task::spawn_blocking(move || {
-                        (hash_range(&l.bundle, l.offset, l.size).ok()? == want).then_some(l)
-                    })
-                    .await
-                    .ok()
-                    .flatten()
-                }
-                None => None,
-            };
+        .map(|(m, from_local): (Member, Option<LocalMember>)| async move {
             let pre = match (&from_local, m.size <= SMALL_MEMBER) {
                 (None, true) => Some(source.fetch(&m).await),
                 _ => None,
@@ -233,23 +225,26 @@ pub(crate) async fn assemble(
             (m, from_local, pre)
         })
         .buffered(PREFETCH);
-    while let Some((m, from_local, pre)) = plan.next().await {
+    while let Some((m, from_local, mut pre)) = plan.next().await {
         let m = &m;
         let mut member = sha2::Sha256::new();
         let mut got = 0u64;
+        let mut copied = false;
         if let Some(l) = from_local {
-            let mut f = tokio::fs::File::open(&l.bundle)
-                .await
-                .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+            // Copied and hashed in one pass; a copy that no longer matches its digest (the local file changed)
+            // is cut off again and the member is downloaded instead.
+            let before = total.clone();
+            let read_err = |e| crate::Error::io(format!("reading {}", l.bundle.display()), e);
+            let mut f = tokio::fs::File::open(&l.bundle).await.map_err(read_err)?;
             tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(l.offset))
                 .await
-                .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+                .map_err(read_err)?;
             let mut f = tokio::io::AsyncReadExt::take(f, l.size);
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
                     .await
-                    .map_err(|e| crate::Error::io(format!("reading {}", l.bundle.display()), e))?;
+                    .map_err(read_err)?;
                 if n == 0 {
                     break;
                 }
@@ -257,11 +252,29 @@ pub(crate) async fn assemble(
                 total.update(&buf[..n]);
                 out.write_all(&buf[..n]).await.map_err(write_err)?;
                 got += n as u64;
-                progress(n as u64);
             }
-            moved.reused += got;
-            moved.members_reused += 1;
-        } else {
+            if got == m.size && hex::encode(member.finalize_reset()) == m.sha256 {
+                copied = true;
+                progress(got);
+                moved.reused += got;
+                moved.members_reused += 1;
+            } else {
+                total = before;
+                got = 0;
+                out.flush().await.map_err(write_err)?;
+                out.get_ref().set_len(m.offset).await.map_err(write_err)?;
+                tokio::io::AsyncSeekExt::seek(&mut out, std::io::SeekFrom::Start(m.offset))
+                    .await
+                    .map_err(write_err)?;
+                if m.size <= SMALL_MEMBER {
+                    pre = Some(source.fetch(m).await);
+                }
+            }
+        }
+        if copied {
+            continue;
+        }
+        {
             let mut chunks = match pre {
                 Some(whole) => futures_util::stream::once(async { whole }).boxed(),
                 None => source.stream(m).await?,
@@ -296,51 +309,6 @@ pub(crate) async fn assemble(
     Ok((hex::encode(total.finalize()), moved))
 }
 
-/// Reads `path` once and checks it against `index`: each member's digest and the whole bundle's. `Err` says
-/// where they differ.
-pub fn verify_file(path: &Path, index: &BundleIndex) -> std::io::Result<Result<(), String>> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let mut total = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for m in &index.members {
-        let mut member = sha2::Sha256::new();
-        let mut left = m.size;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            f.read_exact(&mut buf[..want])?;
-            member.update(&buf[..want]);
-            total.update(&buf[..want]);
-            left -= want as u64;
-        }
-        if hex::encode(member.finalize()) != m.sha256 {
-            return Ok(Err(format!(
-                "the bytes at {} ({}) do not match the member index",
-                m.offset, m.holds
-            )));
-        }
-    }
-    if f.read(&mut buf[..1])? != 0 || hex::encode(total.finalize()) != index.sha256 {
-        return Ok(Err("the bundle does not match its sidecar".into()));
-    }
-    Ok(Ok(()))
-}
-
-/// sha256 of `size` bytes of `path` from `offset`.
-pub fn hash_range(path: &Path, offset: u64, size: u64) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::{Read, Seek};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(std::io::SeekFrom::Start(offset))?;
-    let mut h = sha2::Sha256::new();
-    let n = std::io::copy(&mut f.take(size), &mut h)?;
-    if n != size {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short"));
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,7 +321,7 @@ mod tests {
                 let m = Member {
                     offset: at,
                     size: s,
-                    sha256: "ab".repeat(32),
+                    sha256: format!("{s:064x}"),
                     holds: "x".into(),
                     entries: 1,
                 };
@@ -373,7 +341,7 @@ mod tests {
     fn a_valid_index_round_trips() {
         let i = index(&[10, 20, 5]);
         assert_eq!(BundleIndex::parse(&i.to_json()).unwrap(), i);
-        assert_eq!(i.distinct().len(), 1);
+        assert_eq!(index(&[10, 20, 10]).distinct().len(), 2);
     }
 
     #[test]
@@ -394,6 +362,8 @@ mod tests {
         upper.members[0].sha256 = "AB".repeat(32);
         let mut version = index(&[10]);
         version.index_version = 9;
+        let mut resized = index(&[10, 20]);
+        resized.members[1].sha256 = resized.members[0].sha256.clone();
         let mut overflow = index(&[10, 20]);
         overflow.members[1].size = u64::MAX;
         for (what, bad) in [
@@ -404,6 +374,7 @@ mod tests {
             ("uppercase digest", upper),
             ("newer version", version),
             ("overflow", overflow),
+            ("one digest, two sizes", resized),
         ] {
             assert!(BundleIndex::parse(&bad.to_json()).is_err(), "{what} accepted");
         }
