@@ -515,9 +515,7 @@ impl ObjectSnapshotStore {
             }
         }
         while let Some(r) = puts.next().await {
-            if let Err(e) = r {
-                return Err(e);
-            }
+            r?;
         }
         Ok(moved)
     }
