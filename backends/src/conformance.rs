@@ -25,6 +25,9 @@ pub trait Raw: Send + Sync {
     async fn plant_collection_mark(&self) -> bool;
     /// Removes the marks planted.
     async fn remove_collection_marks(&self);
+    /// Turns a complete schema-2 snapshot into a push that stopped after its members: the commit marker and
+    /// sidecar are removed, the index stays. False when the store has no such state.
+    async fn uncommit(&self, cluster: &ClusterName, name: &SnapshotName) -> bool;
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -156,6 +159,7 @@ pub async fn run_all(store: &dyn SnapshotStore, raw: &dyn Raw, scratch: &Path) {
     members_move_once(store, raw, scratch).await;
     collection_keeps_what_snapshots_share(store, raw, scratch).await;
     a_push_waits_for_a_running_collection(store, raw, scratch).await;
+    an_interrupted_push_keeps_its_members(store, raw, scratch).await;
     a_corrupt_shared_member_is_refused(store, raw, scratch).await;
     hostile_member_indexes_are_refused(store, scratch).await;
 }
@@ -538,4 +542,25 @@ pub async fn hostile_member_indexes_are_refused(store: &dyn SnapshotStore, scrat
     assert!(matches!(store.head(&c, &n).await, Err(Error::NotFound { .. })));
     let _ = store.delete(&c, &n).await;
     store.collect_garbage(&[], false).await.expect("collect");
+}
+
+/// A push that stopped after uploading its members (index written, no commit) is listed as incomplete and keeps
+/// its members through a collection, until it is deleted.
+pub async fn an_interrupted_push_keeps_its_members(store: &dyn SnapshotStore, raw: &dyn Raw, scratch: &Path) {
+    let c = ClusterName::new("conf-gc-pending").unwrap();
+    let n = SnapshotName::new("p").unwrap();
+    let x = part(51, 12_000);
+    let bundle = member_bundle(scratch, "gc-pending", &[&x]);
+    put_members(store, &c, &n, &bundle).await.expect("push");
+    if !raw.uncommit(&c, &n).await {
+        store.delete(&c, &n).await.expect("delete");
+        return;
+    }
+    assert!(store.list(&c).await.unwrap().iter().all(|s| !s.complete));
+    let collected = store.collect_garbage(&[], false).await.expect("collect");
+    assert!(collected.blobs.is_empty(), "{collected:?}");
+    assert!(raw.has_member(&sha256_hex(&x)).await, "a pending push lost its member");
+    store.delete(&c, &n).await.expect("delete the incomplete snapshot");
+    store.collect_garbage(&[], false).await.expect("collect");
+    assert!(!raw.has_member(&sha256_hex(&x)).await);
 }

@@ -459,7 +459,11 @@ impl ObjectSnapshotStore {
                 let mut bytes = vec![0u8; m.size as usize];
                 file.read_exact(&mut bytes).await.map_err(read_err)?;
                 member.update(&bytes);
-                self.check_member(name, m, member)?;
+                if let Err(e) = self.check_member(name, m, member) {
+                    // Nothing of this push is published; its index no longer keeps members from collection.
+                    let _ = self.store.delete(&index_key).await;
+                    return Err(e);
+                }
                 while puts.len() >= PUTS_IN_FLIGHT {
                     if let Some(r) = puts.next().await {
                         r?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
 use kubectl_snapshot_backends::oci::{self, OciOptions};
-use kubectl_snapshot_backends::remote::{BLOBS, BUNDLE, GC_MARKS, SIDECAR};
+use kubectl_snapshot_backends::remote::{BLOBS, BUNDLE, GC_MARKS, METADATA, SIDECAR};
 use kubectl_snapshot_backends::s3::{Credentials, S3Options, Secret, Sourced};
 use kubectl_snapshot_backends::{ClusterName, Error, LocalMembers, SnapshotName, SnapshotStore, Upload, url};
 
@@ -88,6 +88,12 @@ impl Raw for ObjectRaw {
             .delete(&self.path(&[GC_MARKS, "planted.json"]))
             .await
             .unwrap();
+    }
+    async fn uncommit(&self, c: &ClusterName, n: &SnapshotName) -> bool {
+        for file in [METADATA, SIDECAR] {
+            self.store.delete(&self.key(c, n, file)).await.unwrap();
+        }
+        true
     }
 }
 
@@ -289,6 +295,9 @@ impl Raw for RegistryRaw<'_> {
         false
     }
     async fn remove_collection_marks(&self) {}
+    async fn uncommit(&self, _: &ClusterName, _: &SnapshotName) -> bool {
+        false
+    }
 }
 
 async fn oci_suite(addr: &str, registry: &Registry) {
