@@ -107,7 +107,7 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { level: 6, threads }
+        Self { level: 3, threads }
     }
 }
 
