@@ -58,6 +58,8 @@ pub enum Command {
     Pull(cmd::pull::Args),
     /// Manage named remotes.
     Remote(cmd::remote::Args),
+    /// Scheduled snapshots with retention (cron expressions; run by `schedule run`, installable as a timer).
+    Schedule(cmd::schedule::Args),
     /// Print a shell completion script (or, with `kubectl`, the kubectl_complete-snapshot helper).
     Completion(cmd::completion::Args),
     /// Print the man page (roff).

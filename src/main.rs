@@ -11,6 +11,7 @@ mod oci;
 mod progress;
 mod remote;
 mod restore;
+mod schedule;
 mod util;
 
 use std::process::ExitCode;

@@ -204,6 +204,9 @@ pub struct Config {
     pub default_remote: Option<String>,
     #[serde(default)]
     pub remotes: BTreeMap<String, RemoteConfig>,
+    /// `kubectl snapshot schedule add`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, crate::schedule::Schedule>,
 }
 
 pub fn config_path() -> Result<PathBuf> {
@@ -618,6 +621,7 @@ mod tests {
         let config = Config {
             default_remote: Some("team".into()),
             remotes: BTreeMap::from([("team".to_owned(), entry.clone())]),
+            ..Default::default()
         };
         let text = toml::to_string_pretty(&config).unwrap();
         let back: Config = toml::from_str(&text).unwrap();

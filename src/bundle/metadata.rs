@@ -32,6 +32,9 @@ pub struct Metadata {
     pub etcd: EtcdInfo,
     pub images: ImagesInfo,
     pub pvs: PvsInfo,
+    /// The schedule that took this snapshot (`kubectl snapshot schedule`); absent for manual snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

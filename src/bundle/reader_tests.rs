@@ -78,6 +78,7 @@ fn metadata() -> Metadata {
             files: 1,
             nodes: BTreeMap::from([(NODE.to_owned(), vec![ROOT.to_owned()])]),
         },
+        schedule: None,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Request {
     pub name: SnapshotName,
     pub store: LocalStore,
     pub writer: WriterOptions,
+    /// The schedule taking this snapshot, recorded in its metadata.
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug)]
@@ -192,6 +194,7 @@ async fn create_locked(
             etcd,
             images,
             pvs,
+            schedule: req.schedule.clone(),
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
         sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;

@@ -86,6 +86,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         name: name.clone(),
         store: ctx.store.clone(),
         writer,
+        schedule: None,
     };
     let out = capture::create(&rt, req, &progress).await?;
     for w in &out.warnings {

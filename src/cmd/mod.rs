@@ -10,6 +10,7 @@ pub mod push;
 pub mod remote;
 pub mod restore;
 pub mod resume;
+pub mod schedule;
 pub mod show;
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Completion(a) => completion::run(a),
         Command::Man => completion::man(),
         Command::Resume(a) => resume::run(a, &ctx).await,
+        Command::Schedule(a) => schedule::run(a, &ctx).await,
     }
 }
 

@@ -16,4 +16,5 @@ mod oci;
 mod real_kind;
 mod remote;
 mod restore;
+mod schedule;
 mod store;

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-const AK: &str = "kst-access-key";
-const SECRET: &str = "kst-secret-value-never-printed";
+pub const AK: &str = "kst-access-key";
+pub const SECRET: &str = "kst-secret-value-never-printed";
 
 /// An s3s-fs server on a free loopback port with bucket "snaps", killed when dropped.
-struct S3 {
+pub struct S3 {
     child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
 }
 
 fn s3s_fs() -> String {
@@ -51,7 +51,7 @@ fn wait_port(port: u16) {
 }
 
 impl S3 {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("snaps")).unwrap();
         let mut s = S3 {
