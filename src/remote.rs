@@ -101,6 +101,10 @@ pub struct RemoteSettings {
     #[arg(long = "s3-bucket-lookup-type", value_name = "auto|dns|path")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_lookup_type: Option<Lookup>,
+    /// Proxy for S3 requests, overriding HTTP_PROXY/HTTPS_PROXY/NO_PROXY; `none` disables proxying.
+    #[arg(long = "s3-proxy", value_name = "URL|none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 /// Durations in the config file as people write them (`90s`, `5m`).
@@ -317,6 +321,12 @@ fn s3_options(
         .bucket_lookup_type
         .or(c.and_then(|c| c.bucket_lookup_type))
         .unwrap_or(o.lookup);
+    // Not from the environment here: without a proxy setting the HTTP client honours HTTP(S)_PROXY itself.
+    o.proxy = match (&f.settings.proxy, c.and_then(|c| c.proxy.as_ref())) {
+        (Some(p), _) => Some(Sourced::new(p.clone(), "--s3-proxy")),
+        (None, Some(p)) => Some(Sourced::new(p.clone(), at("proxy"))),
+        (None, None) => None,
+    };
 
     // The AWS profile: named explicitly, or "default"; its files from AWS_SHARED_CREDENTIALS_FILE and
     // AWS_CONFIG_FILE, else ~/.aws.

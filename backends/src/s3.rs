@@ -91,6 +91,8 @@ pub struct S3Options {
     pub credentials: Option<Credentials>,
     pub timeout: Duration,
     pub lookup: Lookup,
+    /// A proxy URL, or `none` (no proxy, whatever the environment says). `None`: HTTP(S)_PROXY / NO_PROXY.
+    pub proxy: Option<Sourced<String>>,
 }
 
 impl S3Options {
@@ -107,6 +109,7 @@ impl S3Options {
             credentials: None,
             timeout: Duration::from_secs(300),
             lookup: Lookup::Auto,
+            proxy: None,
         }
     }
 }
@@ -251,6 +254,25 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
         .with_connect_timeout(o.timeout.min(Duration::from_secs(30)))
         .with_allow_http(o.insecure)
         .with_allow_invalid_certificates(o.skip_ssl_verify);
+    match &o.proxy {
+        Some(p) if p.value == "none" => {
+            // A proxy that excludes every host (names, IPv4, IPv6): setting any proxy turns off the environment's (reqwest).
+            client = client
+                .with_proxy_url("http://127.0.0.1:9")
+                .with_proxy_excludes("*,0.0.0.0/0,::/0");
+        }
+        Some(p) => {
+            crate::url::refuse_credentials(&p.value, &format!("the S3 proxy (from {})", p.from))?;
+            if !(p.value.starts_with("http://") || p.value.starts_with("https://")) {
+                return Err(Error::Config(format!(
+                    "the S3 proxy (from {}) must be an http:// or https:// URL, or none",
+                    p.from
+                )));
+            }
+            client = client.with_proxy_url(&p.value);
+        }
+        None => {}
+    }
     for cert in o
         .endpoint_ca
         .as_ref()

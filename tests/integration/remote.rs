@@ -14,6 +14,8 @@ pub struct S3 {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// `--domain` for virtual-hosted-style requests (`<bucket>.<domain>`).
+    domain: Option<String>,
 }
 
 fn s3s_fs() -> String {
@@ -58,6 +60,20 @@ impl S3 {
             child: None,
             port: free_port(),
             dir,
+            domain: None,
+        };
+        s.spawn();
+        s
+    }
+    /// A server that also takes virtual-hosted-style requests for `<bucket>.<domain>`.
+    pub fn start_with_domain(domain: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("snaps")).unwrap();
+        let mut s = S3 {
+            child: None,
+            port: free_port(),
+            dir,
+            domain: Some(domain.to_owned()),
         };
         s.spawn();
         s
@@ -74,6 +90,12 @@ impl S3 {
                 "--secret-key",
                 SECRET,
             ])
+            // s3s matches the Host header with its port against the domain.
+            .args(
+                self.domain
+                    .iter()
+                    .flat_map(|d| ["--domain".to_owned(), format!("{d}:{}", self.port)]),
+            )
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -708,4 +730,159 @@ fn the_s3_secret_key_can_come_from_stdin() {
     assert_eq!(ok.code, Some(0), "{}", ok.stderr);
     assert!(!ok.stderr.contains(SECRET) && !ok.stdout.contains(SECRET));
     assert_eq!(remote_names(&store, &s3, "stdin", "ok"), ["one"]);
+}
+
+/// A forward HTTP proxy on loopback, as a corporate one: it takes absolute-form requests, resolves the host
+/// itself (names under `.kst.test` and 127.0.0.1 go to 127.0.0.1), and counts the connections it carried.
+struct Proxy {
+    port: u16,
+    used: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The host:port of each connection's first request.
+    hosts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let used = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = used.clone();
+        let hosts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = hosts.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let count = count.clone();
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut client = client;
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).map(|n| n == 1).unwrap_or(false) {
+                        head.push(byte[0]);
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_owned();
+                    // GET http://host:port/path HTTP/1.1
+                    let Some(authority) = line
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|u| u.strip_prefix("http://"))
+                        .and_then(|u| u.split('/').next())
+                    else {
+                        return;
+                    };
+                    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
+                    if !(host == "127.0.0.1" || host.ends_with(".kst.test")) {
+                        return;
+                    }
+                    let Ok(mut upstream) = std::net::TcpStream::connect(("127.0.0.1", port.parse().unwrap_or(80)))
+                    else {
+                        return;
+                    };
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    seen.lock().unwrap().push(authority.to_owned());
+                    upstream.write_all(&head).unwrap();
+                    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut u2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut client, &mut upstream);
+                    let _ = upstream.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { port, used, hosts }
+    }
+    fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `--s3-proxy URL` is used instead of HTTP_PROXY, `--s3-proxy none` ignores HTTP_PROXY, and
+/// `--s3-bucket-lookup-type dns` addresses `<bucket>.<endpoint>`: here a name only the proxy resolves (to
+/// loopback), as names behind a corporate proxy are.
+#[test]
+fn the_s3_proxy_overrides_the_environment_and_dns_lookup_reaches_the_bucket_host() {
+    let s3 = S3::start_with_domain("s3.kst.test");
+    let proxy = Proxy::start();
+    let store = Store::new();
+    fake_snapshot(&store, "c", "viaproxy", 100_000, 1);
+    let dead = "http://127.0.0.1:9";
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .chain([("HTTP_PROXY", dead), ("http_proxy", dead)])
+        .collect();
+    let path_style = ["--remote", "s3://snaps/team", "--s3-endpoint"];
+    let direct = format!("127.0.0.1:{}", s3.port);
+
+    // The environment's proxy is used by default (and here it is dead) ...
+    let r = run(
+        &store,
+        with(
+            &["list", "c"],
+            &[
+                path_style.map(String::from).to_vec(),
+                vec![
+                    direct.clone(),
+                    "--s3-insecure".into(),
+                    "--s3-timeout".into(),
+                    "5s".into(),
+                ],
+            ]
+            .concat(),
+        ),
+        &env,
+    );
+    assert_eq!(r.code, Some(1), "HTTP_PROXY was not used: {}", r.stdout);
+    // ... `none` ignores it ...
+    run(
+        &store,
+        with(
+            &["list", "c"],
+            &[
+                path_style.map(String::from).to_vec(),
+                vec![
+                    direct.clone(),
+                    "--s3-insecure".into(),
+                    "--s3-proxy".into(),
+                    "none".into(),
+                ],
+            ]
+            .concat(),
+        ),
+        &env,
+    )
+    .ok();
+    assert_eq!(proxy.used(), 0);
+    // ... and a proxy given by flag replaces it, here with virtual-hosted-style requests to
+    // snaps.s3.kst.test, a name that only the proxy resolves.
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let dns = [
+        "--remote".to_owned(),
+        "s3://snaps/team".into(),
+        "--s3-endpoint".into(),
+        format!("s3.kst.test:{}", s3.port),
+        "--s3-insecure".into(),
+        "--s3-bucket-lookup-type".into(),
+        "dns".into(),
+        "--s3-proxy".into(),
+        proxy_url,
+    ];
+    let pushed = run(&store, with(&["push", "c", "viaproxy"], &dns), &env).ok();
+    assert!(pushed.stdout.contains("Pushed"), "{}", pushed.stdout);
+    assert!(proxy.used() > 0, "the proxy carried nothing");
+    let hosts = proxy.hosts.lock().unwrap().clone();
+    let bucket_host = format!("snaps.s3.kst.test:{}", s3.port);
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| *h == bucket_host),
+        "not virtual-hosted-style requests: {hosts:?}"
+    );
+    assert!(
+        s3.dir.path().join("snaps/team/c/viaproxy/metadata.json").exists(),
+        "the upload did not reach the bucket"
+    );
+    let listed = run(&store, with(&["list", "c", "-o", "json"], &dns), &env).ok().json();
+    assert_eq!(listed[0]["name"], "viaproxy");
 }
