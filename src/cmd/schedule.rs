@@ -243,7 +243,7 @@ async fn run_due(a: RunArgs, ctx: &Ctx) -> Result<()> {
         bail!("no schedule named {unknown:?} (see `kubectl snapshot schedule list`)");
     }
     if !a.watch {
-        let failed = run_once(ctx, &config, &a.names).await;
+        let (failed, _) = run_once(ctx, &config, &a.names).await;
         if failed > 0 {
             bail!(
                 "{failed} scheduled run{} failed (see `kubectl snapshot schedule list -o json`)",
@@ -253,9 +253,15 @@ async fn run_due(a: RunArgs, ctx: &Ctx) -> Result<()> {
         return Ok(());
     }
     eprintln!("running schedules as they fall due; Ctrl-C to stop");
+    // One listener for the whole watch: a signal between runs is not lost.
+    let signals = crate::util::Signals::install();
     loop {
         let config = Config::load()?;
-        run_once(ctx, &config, &a.names).await;
+        if run_once(ctx, &config, &a.names).await.1 || signals.pending().is_some() {
+            // A signal arrived during a run: that run stopped (the cluster was resumed), and so does the watch.
+            eprintln!("stopped");
+            return Ok(());
+        }
         // Sleep until the next firing (at most a minute, so edits to config.toml are picked up).
         let now = jiff::Timestamp::now();
         let next = config
@@ -270,7 +276,7 @@ async fn run_due(a: RunArgs, ctx: &Ctx) -> Result<()> {
             .min(std::time::Duration::from_secs(60));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = crate::util::interrupted() => {
+            _ = signals.wait() => {
                 eprintln!("stopped");
                 return Ok(());
             }
@@ -278,8 +284,9 @@ async fn run_due(a: RunArgs, ctx: &Ctx) -> Result<()> {
     }
 }
 
-/// Runs every due schedule (of `only`, if not empty) one after the other; returns how many failed.
-async fn run_once(ctx: &Ctx, config: &Config, only: &[String]) -> usize {
+/// Runs every due schedule (of `only`, if not empty) one after the other; returns how many failed, and
+/// whether a signal interrupted a run (then no further schedule is started).
+async fn run_once(ctx: &Ctx, config: &Config, only: &[String]) -> (usize, bool) {
     let log = schedule::read_log(ctx.store.root());
     let mut failed = 0;
     for (name, s) in &config.schedules {
@@ -290,7 +297,7 @@ async fn run_once(ctx: &Ctx, config: &Config, only: &[String]) -> usize {
         if !s.is_due(last, jiff::Timestamp::now()) {
             continue;
         }
-        let run = run_schedule(ctx, name, s).await;
+        let (run, interrupted) = run_schedule(ctx, name, s).await;
         if run.result == Outcome::Failed {
             failed += 1;
         }
@@ -301,8 +308,11 @@ async fn run_once(ctx: &Ctx, config: &Config, only: &[String]) -> usize {
                 schedule::log_path(ctx.store.root()).display()
             );
         }
+        if interrupted {
+            return (failed, true);
+        }
     }
-    failed
+    (failed, false)
 }
 
 fn report(run: &Run) -> Result<()> {
@@ -328,8 +338,9 @@ fn report(run: &Run) -> Result<()> {
     Ok(())
 }
 
-/// One run: create, local retention, push, remote retention (only after a successful push).
-async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> Run {
+/// One run: create, local retention, push, remote retention (only after a successful push). The flag says
+/// whether a signal interrupted it.
+async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> (Run, bool) {
     let started = jiff::Timestamp::now();
     let mut run = Run {
         schedule: name.to_owned(),
@@ -350,6 +361,9 @@ async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> Run {
             let held = e
                 .downcast_ref::<CaptureError>()
                 .is_some_and(|c| matches!(c, CaptureError::Lock(l) if matches!(**l, LockError::Held { .. })));
+            let interrupted = e
+                .downcast_ref::<CaptureError>()
+                .is_some_and(|c| matches!(c, CaptureError::Interrupted(_)));
             run.result = if held { Outcome::Skipped } else { Outcome::Failed };
             run.error = Some(if held {
                 format!("the previous run (or another operation) still holds the cluster: {e:#}")
@@ -357,7 +371,7 @@ async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> Run {
                 format!("{e:#}")
             });
             run.finished = jiff::Timestamp::now();
-            return run;
+            return (run, interrupted);
         }
     }
     let result: Result<()> = async {
@@ -385,7 +399,7 @@ async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> Run {
         run.error = Some(format!("{e:#}"));
     }
     run.finished = jiff::Timestamp::now();
-    run
+    (run, false)
 }
 
 async fn create(ctx: &Ctx, name: &str, s: &Schedule, snap: &str) -> Result<()> {

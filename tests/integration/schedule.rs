@@ -160,6 +160,46 @@ fn runs_are_named_after_their_schedule_and_retention_touches_only_them() {
     assert_eq!(interrupted.code, Some(130), "{}", interrupted.stderr);
     assert_eq!(snapshots(&store, &env, c, &[]), before);
 
+    // `run --watch` stays in the foreground and runs the schedule on time until interrupted.
+    let runs_before = runs(&store, &env, "nightly").len();
+    let mut watch = store.command(&["schedule", "run", "nightly", "--watch"]);
+    watch
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = watch.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Bounded: a watch that ignores the signal is killed and the test fails.
+    let mut child = child;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("schedule run --watch did not stop within 60 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let watched = runs(&store, &env, "nightly").len() - runs_before;
+    assert!(
+        watched >= 2,
+        "--watch ran {watched} times in 6 s of a schedule firing every second"
+    );
+    let kept = snapshots(&store, &env, c, &[]);
+    assert_eq!(
+        kept.iter().filter(|(_, s)| s.as_deref() == Some("nightly")).count(),
+        2,
+        "{kept:?}"
+    );
+
     // A failing run (the cluster is stopped) records its error and prunes nothing.
     let before = snapshots(&store, &env, c, &[]);
     let node = cluster.cp(1);
