@@ -124,7 +124,20 @@ mod tests {
                 };
                 let command = rest.split(['#', '>', '&']).next().unwrap_or("").trim();
                 let mut argv = vec!["kubectl-snapshot".to_string()];
-                argv.extend(command.split_whitespace().map(str::to_owned));
+                // Words as a shell splits them, double-quoted ones whole (cron expressions).
+                let mut quoted = false;
+                let mut word = None::<String>;
+                for ch in command.chars() {
+                    match ch {
+                        '"' => {
+                            quoted = !quoted;
+                            word.get_or_insert_with(String::new);
+                        }
+                        c if c.is_whitespace() && !quoted => argv.extend(word.take()),
+                        c => word.get_or_insert_with(String::new).push(c),
+                    }
+                }
+                argv.extend(word);
                 if argv
                     .iter()
                     .any(|a| a.contains('[') || a == "..." || a.contains('|') || a.contains('<'))

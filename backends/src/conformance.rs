@@ -37,15 +37,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Writes a bundle of `size` pseudo-random bytes; returns its sidecar line and metadata.
 fn bundle(dir: &Path, name: &str, size: usize) -> (std::path::PathBuf, String, Vec<u8>) {
-    let mut data = Vec::with_capacity(size);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
-    while data.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(size);
+    let data = part(size as u64, size);
     let path = dir.join(format!("{name}.tar.gz"));
     std::fs::write(&path, &data).expect("write bundle");
     let sidecar = format!("{}  {name}.tar.gz\n", sha256_hex(&data));

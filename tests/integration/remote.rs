@@ -814,47 +814,23 @@ fn the_s3_proxy_overrides_the_environment_and_dns_lookup_reaches_the_bucket_host
         .copied()
         .chain([("HTTP_PROXY", dead), ("http_proxy", dead)])
         .collect();
-    let path_style = ["--remote", "s3://snaps/team", "--s3-endpoint"];
-    let direct = format!("127.0.0.1:{}", s3.port);
+    let direct = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "--remote".to_owned(),
+            "s3://snaps/team".into(),
+            "--s3-endpoint".into(),
+            format!("127.0.0.1:{}", s3.port),
+            "--s3-insecure".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
 
     // The environment's proxy is used by default (and here it is dead) ...
-    let r = run(
-        &store,
-        with(
-            &["list", "c"],
-            &[
-                path_style.map(String::from).to_vec(),
-                vec![
-                    direct.clone(),
-                    "--s3-insecure".into(),
-                    "--s3-timeout".into(),
-                    "5s".into(),
-                ],
-            ]
-            .concat(),
-        ),
-        &env,
-    );
+    let r = run(&store, with(&["list", "c"], &direct(&["--s3-timeout", "5s"])), &env);
     assert_eq!(r.code, Some(1), "HTTP_PROXY was not used: {}", r.stdout);
     // ... `none` ignores it ...
-    run(
-        &store,
-        with(
-            &["list", "c"],
-            &[
-                path_style.map(String::from).to_vec(),
-                vec![
-                    direct.clone(),
-                    "--s3-insecure".into(),
-                    "--s3-proxy".into(),
-                    "none".into(),
-                ],
-            ]
-            .concat(),
-        ),
-        &env,
-    )
-    .ok();
+    run(&store, with(&["list", "c"], &direct(&["--s3-proxy", "none"])), &env).ok();
     assert_eq!(proxy.used(), 0);
     // ... and a proxy given by flag replaces it, here with virtual-hosted-style requests to
     // snaps.s3.kst.test, a name that only the proxy resolves.
