@@ -48,6 +48,8 @@ const HOLDS: &str = "io.kubectl-snapshot.holds";
 const MEMBERS_IN_FLIGHT: usize = 4;
 /// Sibling repositories (other clusters' snapshots) searched for members to mount.
 const MAX_SIBLINGS: usize = 32;
+/// Manifests of the repository read before a push to learn which members it holds.
+const MAX_MANIFESTS_READ: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub struct OciOptions {
@@ -462,6 +464,29 @@ impl OciStore {
         Ok(Some(index))
     }
 
+    /// The member digests that the manifests of (up to [`MAX_MANIFESTS_READ`]) tags in `r`'s repository name; empty
+    /// when they cannot be read.
+    async fn layers_in_repository(&self, r: &Reference) -> std::collections::HashSet<String> {
+        let Ok(mut tags) = self.tags(r.repository()).await else {
+            return Default::default();
+        };
+        // Snapshot names usually sort by time (schedules, the default name): the last ones are the newest.
+        tags.sort();
+        let newest: Vec<String> = tags.into_iter().rev().take(MAX_MANIFESTS_READ).collect();
+        let reads = newest.into_iter().map(|tag| {
+            let reference = Reference::with_tag(r.registry().to_owned(), r.repository().to_owned(), tag);
+            async move { self.manifest(&reference).await.ok().flatten() }
+        });
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.layers.into_iter())
+            .filter(|l| l.media_type == MEMBER_TYPE)
+            .filter_map(|l| l.digest.strip_prefix("sha256:").map(str::to_owned))
+            .collect()
+    }
+
     /// Repositories beside `own` under the base path, from the registry's catalog (first page, at most
     /// [`MAX_SIBLINGS`]); empty when the registry does not serve a catalog to these credentials.
     async fn siblings(&self, own: &str) -> Vec<String> {
@@ -607,14 +632,22 @@ impl OciStore {
         // The registry checks each member it receives against its digest (DIGEST_INVALID otherwise); members
         // it already has are the bytes the index names, and a pull checks the whole bundle.
         let distinct: Vec<Member> = index.distinct().into_iter().cloned().collect();
+        // Layers of the repository's other snapshots are there (the registry refuses a manifest whose blobs it
+        // lacks, and refuses ours the same way if one went missing since): a few manifest reads replace most of
+        // the per-member existence checks.
+        let listed = self.layers_in_repository(r).await;
         let checks: Vec<(Member, bool)> = futures_util::stream::iter(distinct)
-            .map(|m| async move {
-                let exists = self
-                    .client
-                    .blob_exists(r, &format!("sha256:{}", m.sha256))
-                    .await
-                    .unwrap_or(false);
-                (m, exists)
+            .map(|m| {
+                let listed = &listed;
+                async move {
+                    let exists = listed.contains(&m.sha256)
+                        || self
+                            .client
+                            .blob_exists(r, &format!("sha256:{}", m.sha256))
+                            .await
+                            .unwrap_or(false);
+                    (m, exists)
+                }
             })
             .buffered(MEMBERS_IN_FLIGHT * 4)
             .collect()
