@@ -54,26 +54,20 @@ fn wait_port(port: u16) {
 
 impl S3 {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("snaps")).unwrap();
-        let mut s = S3 {
-            child: None,
-            port: free_port(),
-            dir,
-            domain: None,
-        };
-        s.spawn();
-        s
+        Self::start_serving(None)
     }
     /// A server that also takes virtual-hosted-style requests for `<bucket>.<domain>`.
     pub fn start_with_domain(domain: &str) -> Self {
+        Self::start_serving(Some(domain.to_owned()))
+    }
+    fn start_serving(domain: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("snaps")).unwrap();
         let mut s = S3 {
             child: None,
             port: free_port(),
             dir,
-            domain: Some(domain.to_owned()),
+            domain,
         };
         s.spawn();
         s
