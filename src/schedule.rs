@@ -44,7 +44,9 @@ pub struct Schedule {
     pub images: ImagesMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<u32>,
-    /// When the schedule was added: a first run is due once the expression fires after this.
+    /// When the schedule was added: a first run is due once the expression fires after this. A schedule written
+    /// into config.toml by hand, without it, is due at once.
+    #[serde(default)]
     pub created: jiff::Timestamp,
 }
 
@@ -187,6 +189,10 @@ pub fn append(store_root: &Path, run: &Run) -> std::io::Result<()> {
             .open(&path)?
     };
     f.write_all(line.as_bytes())?;
+    // Re-read only when the log may be past its bound (a run's line is well over 100 bytes).
+    if f.metadata()?.len() < (2 * LOG_KEEP * 100) as u64 {
+        return Ok(());
+    }
     let runs = read_log(store_root);
     if runs.len() > 2 * LOG_KEEP {
         let kept: String = runs[runs.len() - LOG_KEEP..]
@@ -258,6 +264,14 @@ mod tests {
                 t("2026-01-01T00:00:30Z")
             ]
         );
+    }
+
+    #[test]
+    fn a_hand_written_schedule_needs_only_cluster_and_cron() {
+        let s: Schedule = toml::from_str("cluster = \"kind\"\ncron = \"0 2 * * *\"\nkeep-last = 3\n").unwrap();
+        assert_eq!((s.keep_last, s.push), (3, false));
+        assert!(s.is_due(None, jiff::Timestamp::now()), "due at once");
+        assert!(toml::from_str::<Schedule>("cluster = \"kind\"\ncron = \"0 2 * * *\"\nkeep = 3\n").is_err());
     }
 
     #[test]
