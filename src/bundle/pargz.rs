@@ -43,6 +43,8 @@ pub struct MemberInfo {
 
 /// The member being written out.
 struct Open {
+    /// The chunk sequence number it starts at (the key of its entry count).
+    seq: u64,
     info: MemberInfo,
     hasher: Sha256,
 }
@@ -63,8 +65,11 @@ pub struct ParGzWriter<W: Write> {
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
-    /// Chunk sequence number where each member starts, with what it holds and how many entries.
-    starts: std::collections::BTreeMap<u64, (String, u64)>,
+    /// Chunk sequence number where each member starts, with what it holds (until its output begins).
+    starts: std::collections::BTreeMap<u64, String>,
+    /// Tar entries noted in each member, by its start (until the member is closed: entries are noted while its
+    /// first chunks may already be written out).
+    counts: std::collections::BTreeMap<u64, u64>,
     open: Option<Open>,
     members: Vec<MemberInfo>,
 }
@@ -132,6 +137,7 @@ impl<W: Write> ParGzWriter<W> {
             done: done_rx,
             workers,
             starts: Default::default(),
+            counts: Default::default(),
             open: None,
             members: Vec::new(),
         }
@@ -142,14 +148,15 @@ impl<W: Write> ParGzWriter<W> {
     pub fn mark(&mut self, holds: &str, store: bool) -> io::Result<()> {
         self.submit()?;
         self.buf_store = store;
-        self.starts.insert(self.next_seq, (holds.to_owned(), 0));
+        self.starts.insert(self.next_seq, holds.to_owned());
+        self.counts.insert(self.next_seq, 0);
         Ok(())
     }
 
-    /// Counts a tar entry in the current member.
+    /// Counts a tar entry in the current member (the last marked).
     pub fn note_entry(&mut self) {
-        if let Some((_, (_, n))) = self.starts.range_mut(..=self.next_seq).next_back() {
-            *n += 1;
+        if let Some(mut last) = self.counts.last_entry() {
+            *last.get_mut() += 1;
         }
     }
 
@@ -158,6 +165,7 @@ impl<W: Write> ParGzWriter<W> {
             && open.info.size > 0
         {
             let mut info = open.info;
+            info.entries = self.counts.remove(&open.seq).unwrap_or(0);
             info.sha256 = open.hasher.finalize().into();
             self.members.push(info);
         }
@@ -212,10 +220,10 @@ impl<W: Write> ParGzWriter<W> {
         self.in_flight -= 1;
         self.pending.insert(seq, res?);
         while let Some(member) = self.pending.remove(&self.next_write) {
-            if let Some((holds, entries)) = self.starts.remove(&self.next_write) {
-                self.start_member(holds, entries);
+            if let Some(holds) = self.starts.remove(&self.next_write) {
+                self.start_member(holds);
             } else if self.open.is_none() {
-                self.start_member(String::new(), 0);
+                self.start_member(String::new());
             }
             self.out.write_all(&member)?;
             self.hasher.update(&member);
@@ -229,15 +237,16 @@ impl<W: Write> ParGzWriter<W> {
         Ok(())
     }
 
-    fn start_member(&mut self, holds: String, entries: u64) {
+    fn start_member(&mut self, holds: String) {
         self.close_member();
         self.open = Some(Open {
+            seq: self.next_write,
             info: MemberInfo {
                 offset: self.written,
                 size: 0,
                 sha256: [0; 32],
                 holds,
-                entries,
+                entries: 0,
             },
             hasher: Sha256::new(),
         });
@@ -252,7 +261,7 @@ impl<W: Write> ParGzWriter<W> {
         if self.next_seq == 0 {
             // An empty input still has to be a valid gzip file.
             let member = GzEncoder::new(Vec::new(), self.level).finish()?;
-            self.start_member(String::new(), 0);
+            self.start_member(String::new());
             self.out.write_all(&member)?;
             self.hasher.update(&member);
             if let Some(open) = self.open.as_mut() {
@@ -412,6 +421,26 @@ mod tests {
             MultiGzDecoder::new(&f.out[..]).read_to_end(&mut back).unwrap();
             assert!(back.ends_with(b"tail"));
         }
+    }
+
+    /// Entries noted after a member's first chunk was already written out still count in that member.
+    #[test]
+    fn entries_count_in_their_member_whenever_its_chunks_are_written() {
+        let mut w = ParGzWriter::new(Vec::new(), 1, 2);
+        w.mark("group", false).unwrap();
+        w.note_entry();
+        w.write_all(&vec![0u8; CHUNK]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        w.note_entry();
+        // This chunk's submit writes out the first one, which starts the member's output.
+        w.write_all(&vec![1u8; CHUNK]).unwrap();
+        w.note_entry();
+        w.mark("next", false).unwrap();
+        w.note_entry();
+        w.write_all(b"x").unwrap();
+        let f = w.finish().unwrap();
+        let counts: Vec<(&str, u64)> = f.members.iter().map(|m| (m.holds.as_str(), m.entries)).collect();
+        assert_eq!(counts, [("group", 3), ("next", 1)]);
     }
 
     #[test]

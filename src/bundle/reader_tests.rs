@@ -434,11 +434,20 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
     use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let big: Vec<u8> = (0..(1 << 20) + 10).map(|i: u32| (i % 7) as u8).collect();
-    let files_a = vec![
+    // Many mid-size files after them: groups of more than one 1 MiB chunk, whose first chunk is written out
+    // before their last entries are.
+    let names: Vec<String> = (0..200).map(|i| format!("pvc-1/many/{i:03}.txt")).collect();
+    let mut files_a = vec![
         ("pvc-1/a.txt", b"one".to_vec()),
         ("pvc-1/big.bin", big.clone()),
         ("pvc-1/z.txt", b"z".to_vec()),
     ];
+    files_a.extend(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), format!("line {i} of a file\n").repeat(2000).into_bytes())),
+    );
     let files_b = vec![
         ("pvc-1/a.txt", b"changed".to_vec()),
         ("pvc-1/big.bin", big),
@@ -476,4 +485,11 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
     let holds: Vec<&str> = ia.members.iter().map(|m| m.holds.as_str()).collect();
     assert!(holds.iter().any(|h| h.ends_with("pvc-1/z.txt")), "{holds:?}");
     assert_eq!(holds.last(), Some(&METADATA_ENTRY));
+    // Every tar entry is counted in the member it starts in: etcd, the blob, the PV files, the metadata.
+    assert_eq!(
+        ia.members.iter().map(|m| m.entries).sum::<u64>(),
+        files_a.len() as u64 + 3,
+        "{:?}",
+        ia.members.iter().map(|m| (&m.holds, m.entries)).collect::<Vec<_>>()
+    );
 }

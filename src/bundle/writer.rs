@@ -20,6 +20,8 @@ use super::pargz::{Finished, ParGzWriter};
 /// Entries at least this large are checked for gzip/zstd magic and, if already compressed, stored.
 const PRECOMPRESSED_MIN: u64 = 64 * 1024;
 const CHANNEL_DEPTH: usize = 8;
+/// gzip level of data that is not already compressed, chosen by measurement (docs/design.md).
+pub const DEFAULT_LEVEL: u32 = 3;
 /// A grouped file at least this large is a member of its own.
 pub const SOLO_MIN: u64 = 1 << 20;
 /// A group is cut after this many uncompressed bytes.
@@ -107,7 +109,10 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { level: 3, threads }
+        Self {
+            level: DEFAULT_LEVEL,
+            threads,
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Args {
     /// gzip level for data that is not already compressed (0-9). The default, 3, was chosen by measurement: about
     /// twice as fast as 6 for bundles about 5% larger (docs/design.md); 6 or 9 for smaller bundles. Snapshots
     /// share remote members only when written at the same level.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=9))]
+    #[arg(long, default_value_t = crate::bundle::writer::DEFAULT_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
     /// Then push the snapshot to REMOTE (a name or URL; without a value: the S3 flags, else the default remote).
     #[arg(long, value_name = "REMOTE", num_args = 0..=1, default_missing_value = "")]
