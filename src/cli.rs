@@ -32,6 +32,9 @@ pub struct Global {
     /// When to use colour: auto (honours NO_COLOR and whether stderr is a terminal), always, never.
     #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
     pub color: clap::ColorChoice,
+    /// Log every command run in a node and every runtime call, with its duration, to stderr (`-v`).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         .color(color_choice(&argv))
         .get_matches_from(&argv);
     let cli = <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    util::set_verbose(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

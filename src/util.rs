@@ -10,7 +10,54 @@ macro_rules! out {
 }
 pub(crate) use out;
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A spawned task that is aborted when dropped: work started ahead, whose result an early return no longer
+/// wants.
+pub struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Task<T> {
+    pub fn spawn(work: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
+    }
+
+    /// Waits for the result (a panic in the task is resumed here).
+    pub async fn join(mut self) -> T {
+        match (&mut self.0).await {
+            Ok(v) => v,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("task cancelled: {e}"),
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// When `-v` was given: the time the command started, which trace lines count from.
+static VERBOSE: OnceLock<Instant> = OnceLock::new();
+
+pub fn set_verbose(on: bool) {
+    if on {
+        let _ = VERBOSE.set(Instant::now());
+    }
+}
+
+/// With `-v`: one line on stderr, `[  1.234s] what (took)`, for a step that started at `since`.
+pub fn trace(since: Instant, what: impl FnOnce() -> String) {
+    if let Some(start) = VERBOSE.get() {
+        eprintln!(
+            "[{:8.3}s] {} ({} ms)",
+            since.duration_since(*start).as_secs_f64(),
+            what(),
+            since.elapsed().as_millis()
+        );
+    }
+}
 
 /// The per-user directories (XDG on Linux and macOS, Known Folders on Windows).
 pub fn app_dirs() -> Option<impl etcetera::AppStrategy> {

@@ -104,7 +104,7 @@ impl<W: Write> ParGzWriter<W> {
             .map(|_| {
                 let rx = Arc::clone(&job_rx);
                 let tx = done_tx.clone();
-                std::thread::spawn(move || {
+                std::thread::Builder::new().name("pargz".into()).spawn(move || {
                     loop {
                         let job = match rx.lock().map(|r| r.recv()) {
                             Ok(Ok(job)) => job,
@@ -120,7 +120,8 @@ impl<W: Write> ParGzWriter<W> {
                     }
                 })
             })
-            .collect();
+            .collect::<io::Result<Vec<_>>>()
+            .expect("spawning compression threads");
         Self {
             out,
             hasher: Sha256::new(),

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Read};
 use std::path::Path;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
@@ -193,18 +194,28 @@ impl BundleSink {
 /// Copies `src` into the channel. A read error is passed to the writer (so it stops) and returned.
 async fn pump(mut src: impl AsyncRead + Unpin, tx: mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
     loop {
+        // Filled before it is sent: the runtime's reads are small (~25 KiB from the archive API), and each
+        // message wakes the writer thread.
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        match src.read_buf(&mut buf).await {
-            Ok(0) => return Ok(()),
-            Ok(_) => {
-                if tx.send(Ok(buf.freeze())).await.is_err() {
-                    return Ok(()); // the writer stopped; its own error says why
+        let mut eof = false;
+        while buf.len() < READ_CHUNK {
+            match src.read_buf(&mut buf).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
+                    return Err(e);
                 }
             }
-            Err(e) => {
-                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
-                return Err(e);
-            }
+        }
+        if !buf.is_empty() && tx.send(Ok(buf.freeze())).await.is_err() {
+            return Ok(()); // the writer stopped; its own error says why
+        }
+        if eof {
+            return Ok(());
         }
     }
 }
@@ -245,15 +256,16 @@ impl Read for ChannelReader {
     }
 }
 
-/// Yields exactly `remaining` bytes of `inner` and fails if it has fewer or more; hashes what passes.
-struct Exact<R> {
+/// Yields exactly `remaining` bytes of `inner` and fails if it has fewer or more; what passes goes to the
+/// content hasher.
+struct Exact<'a, R> {
     inner: R,
     path: String,
     remaining: u64,
-    hasher: Sha256,
+    tap: &'a mut ContentTap,
 }
 
-impl<R: Read> Read for Exact<R> {
+impl<R: Read> Read for Exact<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             let mut probe = [0u8; 1];
@@ -273,9 +285,104 @@ impl<R: Read> Read for Exact<R> {
                 format!("{}: stream ended {} bytes short", self.path, self.remaining),
             ));
         }
-        self.hasher.update(&out[..n]);
+        self.tap.data(&out[..n])?;
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+/// Hashes file contents on a thread of its own, in the order they pass through the writer: the writer thread
+/// only copies bytes, and a second core does the sha256 (the most expensive step for data that is stored).
+struct ContentTap {
+    tx: SyncSender<Hash>,
+    batch: Vec<u8>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Hash {
+    /// File data.
+    Data(Vec<u8>),
+    /// The current file ends: its sha256 is recorded, and added to the digest.
+    EndFile,
+    /// Bytes for the digest (an entry's name, type, mode, size, link).
+    Meta(Vec<u8>),
+    /// Returns the files' sha256s and the digest so far, and starts again.
+    Take(SyncSender<(Vec<String>, String)>),
+}
+
+/// Bytes of file data handed to the content hasher at once.
+const TAP_BATCH: usize = 256 * 1024;
+
+impl ContentTap {
+    fn start() -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Hash>(4);
+        let thread = std::thread::Builder::new().name("bundle-hash".into()).spawn(move || {
+            let (mut file, mut digest, mut shas) = (Sha256::new(), Sha256::new(), Vec::new());
+            while let Ok(msg) = rx.recv() {
+                match msg {
+                    Hash::Data(d) => file.update(&d),
+                    Hash::EndFile => {
+                        let sha = hex::encode(file.finalize_reset());
+                        digest.update(sha.as_bytes());
+                        shas.push(sha);
+                    }
+                    Hash::Meta(m) => digest.update(&m),
+                    Hash::Take(reply) => {
+                        let _ = reply.send((std::mem::take(&mut shas), hex::encode(digest.finalize_reset())));
+                    }
+                }
+            }
+        })?;
+        Ok(Self {
+            tx,
+            batch: Vec::with_capacity(TAP_BATCH),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, msg: Hash) -> io::Result<()> {
+        self.tx
+            .send(msg)
+            .map_err(|_| io::Error::other("the content hasher stopped"))
+    }
+
+    fn data(&mut self, d: &[u8]) -> io::Result<()> {
+        self.batch.extend_from_slice(d);
+        if self.batch.len() >= TAP_BATCH {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(TAP_BATCH));
+            self.send(Hash::Data(full))?;
+        }
+        Ok(())
+    }
+
+    fn end_file(&mut self) -> io::Result<()> {
+        if !self.batch.is_empty() {
+            let rest = std::mem::replace(&mut self.batch, Vec::with_capacity(TAP_BATCH));
+            self.send(Hash::Data(rest))?;
+        }
+        self.send(Hash::EndFile)
+    }
+
+    fn meta(&self, m: Vec<u8>) -> io::Result<()> {
+        self.send(Hash::Meta(m))
+    }
+
+    /// Waits for the hasher to catch up; the files' sha256s (hex) since the last take, and the digest.
+    fn take(&self) -> io::Result<(Vec<String>, String)> {
+        let (reply, rx) = sync_channel(1);
+        self.send(Hash::Take(reply))?;
+        rx.recv().map_err(|_| io::Error::other("the content hasher stopped"))
+    }
+}
+
+impl Drop for ContentTap {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread.
+        let (tx, _) = sync_channel(0);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -283,6 +390,7 @@ type Builder = tar::Builder<ParGzWriter<BufWriter<File>>>;
 
 struct State {
     builder: Builder,
+    tap: ContentTap,
     written: HashSet<String>,
     /// Uncompressed bytes since the current group's first entry.
     group_bytes: u64,
@@ -292,8 +400,13 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
     let gz = ParGzWriter::new(BufWriter::with_capacity(1 << 20, file), opts.level, opts.threads);
     let mut builder = tar::Builder::new(gz);
     builder.mode(tar::HeaderMode::Complete);
+    let tap = match ContentTap::start() {
+        Ok(t) => t,
+        Err(e) => return fail_all(rx, &e.to_string()),
+    };
     let mut state = Some(State {
         builder,
+        tap,
         written: HashSet::new(),
         group_bytes: 0,
     });
@@ -338,6 +451,18 @@ fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
                 let _ = reply.send(res);
                 return;
             }
+        }
+    }
+}
+
+/// Answers every message with the error that stopped the writer before it started.
+fn fail_all(mut rx: mpsc::Receiver<Msg>, why: &str) {
+    let err = || BundleError::io("starting the bundle writer", io::Error::other(why.to_owned()));
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::File { reply, .. } => drop(reply.send(Err(err()))),
+            Msg::Tar { reply, .. } => drop(reply.send(Err(err()))),
+            Msg::Finish { reply } => drop(reply.send(Err(err()))),
         }
     }
 }
@@ -388,12 +513,12 @@ impl State {
         size: u64,
         data: impl Read,
         member: bool,
-    ) -> Result<String, BundleError> {
+    ) -> Result<(), BundleError> {
         let mut exact = Exact {
             inner: data,
             path: path.to_owned(),
             remaining: size,
-            hasher: Sha256::new(),
+            tap: &mut self.tap,
         };
         let mut head = [0u8; 4];
         let mut got = 0;
@@ -419,7 +544,7 @@ impl State {
         self.builder
             .append_data(header, path, &mut chained)
             .map_err(|e| classify(e, path))?;
-        Ok(hex::encode(exact.hasher.finalize()))
+        self.tap.end_file().map_err(|e| BundleError::io("hashing", e))
     }
 
     /// Starts a member before a non-file entry, or counts it in the current one.
@@ -441,7 +566,7 @@ impl State {
     ) -> Result<EntrySummary, BundleError> {
         self.claim(&path)?;
         let mut header = new_header(&path, size, mode, tar::EntryType::Regular);
-        let sha = self.append_data(
+        self.append_data(
             &mut header,
             &path,
             size,
@@ -451,10 +576,11 @@ impl State {
             },
             true,
         )?;
+        let (shas, _) = self.tap.take().map_err(|e| BundleError::io("hashing", e))?;
         Ok(EntrySummary {
             kind: EntryKind::File,
             size,
-            sha256: Some(sha),
+            sha256: shas.into_iter().next(),
         })
     }
 
@@ -469,7 +595,6 @@ impl State {
             cur: Bytes::new(),
         });
         let mut summary = TarSummary::default();
-        let mut digest = Sha256::new();
         let entries = archive.entries().map_err(BundleError::Source)?;
         let mut first = true;
         let mut after_solo = false;
@@ -514,8 +639,11 @@ impl State {
                     });
                 }
             };
-            digest.update(path.as_bytes());
-            digest.update(format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes());
+            let mut meta = path.clone().into_bytes();
+            meta.extend_from_slice(
+                format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes(),
+            );
+            self.tap.meta(meta).map_err(|e| BundleError::io("hashing", e))?;
             fix_header(&path, &mut header);
             let solo = kind == EntryKind::File && size >= SOLO_MIN;
             let member = match grouping {
@@ -534,14 +662,11 @@ impl State {
                 self.group_bytes = 0;
             }
             self.group_bytes += size + 512;
-            let mut sha256 = None;
             match kind {
                 EntryKind::File => {
                     header.set_entry_type(tar::EntryType::Regular);
                     header.set_size(size);
-                    let sha = self.append_data(&mut header, &path, size, entry, member)?;
-                    digest.update(sha.as_bytes());
-                    sha256 = Some(sha);
+                    self.append_data(&mut header, &path, size, entry, member)?;
                 }
                 EntryKind::Dir => {
                     header.set_entry_type(tar::EntryType::Directory);
@@ -569,9 +694,18 @@ impl State {
                 }
             }
             summary.bytes += size;
-            summary.entries.push(EntrySummary { kind, size, sha256 });
+            summary.entries.push(EntrySummary {
+                kind,
+                size,
+                sha256: None,
+            });
         }
-        summary.digest = hex::encode(digest.finalize());
+        let (shas, digest) = self.tap.take().map_err(|e| BundleError::io("hashing", e))?;
+        let mut shas = shas.into_iter();
+        for e in summary.entries.iter_mut().filter(|e| e.kind == EntryKind::File) {
+            e.sha256 = shas.next();
+        }
+        summary.digest = digest;
         Ok(summary)
     }
 

@@ -15,6 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use futures_util::{StreamExt, TryStreamExt};
+
 use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImageRef, ImagesMode, NodeImages};
@@ -27,6 +29,16 @@ use super::CaptureError;
 
 /// How long fetching one image's missing layers from its registry may take.
 const FETCH_TIMEOUT_SECS: u64 = 300;
+/// Images whose documents are read at once.
+const WALKS_IN_FLIGHT: usize = 8;
+/// Blobs up to this size are read ahead, in memory, several per `cat`, while earlier ones are written: each
+/// archive read costs a round trip (serialized per node by the runtime) that dwarfs a small blob's bytes.
+const PREFETCH_MAX: u64 = 1 << 20;
+/// Blobs read ahead and not yet written (memory: at most this many times [`PREFETCH_MAX`]).
+const PREFETCH_AHEAD: usize = 4;
+/// Small blobs read in one round trip: at most this many bytes and files.
+const PREFETCH_BATCH: u64 = 4 << 20;
+const PREFETCH_FILES: usize = 64;
 
 /// What one node's images came to.
 #[derive(Debug, Default)]
@@ -106,20 +118,42 @@ impl Plan {
 }
 
 /// Reads which images a node holds and what each consists of, fetching discarded layers with
-/// [`ImagesMode::All`] (`mode` is `All` or `Local`: with `None` it is not called). Writes nothing.
-pub async fn plan(rt: &Runtime, node: &str, platform: &str, mode: ImagesMode) -> Result<Plan, CaptureError> {
+/// [`ImagesMode::All`] once `locked` says the cluster's lock is held (`mode` is `All` or `Local`: with `None`
+/// it is not called). Writes nothing else.
+pub async fn plan(
+    rt: &Runtime,
+    node: &str,
+    platform: &str,
+    mode: ImagesMode,
+    mut locked: tokio::sync::watch::Receiver<bool>,
+) -> Result<Plan, CaptureError> {
     let mut out = NodeCapture::default();
-    let records = node::images(rt, node).await?;
-    let config = node::containerd_config(rt, node).await?;
-    let mut present = node::content_digests(rt, node).await?;
+    let (records, config, present) = tokio::try_join!(
+        node::images(rt, node),
+        node::containerd_config(rt, node),
+        node::content_digests(rt, node)
+    )?;
+    let mut present = present;
     let mut needed: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut documents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut index_entries = Vec::new();
     let mut kept = Vec::new();
+    // Every image walked at once (exec round trips that overlap); fetching, rare, is done one by one below.
+    let mut walking = Vec::with_capacity(records.len());
     for image in &records {
-        let mut w = walk(rt, node, platform, image, &present).await?;
+        walking.push(walk(rt, node, platform, image, &present));
+    }
+    let walks: Vec<Walk> = futures_util::stream::iter(walking)
+        .buffered(WALKS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    for (image, w) in records.iter().zip(walks) {
+        let mut w = w;
         let mut why = "its layers are not in the node's content store (discarded after a pull) and --images local fetches nothing".to_owned();
         if !w.missing.is_empty() && mode == ImagesMode::All {
+            if locked.wait_for(|held| *held).await.is_err() {
+                return Err(CaptureError::Invalid("the cluster's lock was not taken".into()));
+            }
             match node::content_fetch(rt, node, &image.name, platform, FETCH_TIMEOUT_SECS).await {
                 Ok(()) => {
                     present = node::content_digests(rt, node).await?;
@@ -189,7 +223,7 @@ pub async fn write(
         blobs_dir: dir,
     } = plan;
     out.node.clone_from(&node);
-    let node = node.as_str();
+    let mut todo = Vec::new();
     for (digest, (_, size)) in &needed {
         if bundled.contains(digest) {
             continue;
@@ -197,32 +231,95 @@ pub async fn write(
         let hex = digest
             .strip_prefix("sha256:")
             .ok_or_else(|| CaptureError::Invalid(format!("unsupported digest {digest}")))?;
+        todo.push((digest.clone(), hex.to_owned(), *size, documents.get(digest).cloned()));
+    }
+    // Small blobs are read ahead, in order, while the writer takes earlier ones; large ones are streamed.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
+    let ahead = {
+        let (rt, node, dir) = (rt.clone(), node.clone(), dir.clone());
+        let wanted: Vec<(String, u64, Option<Vec<u8>>)> = todo
+            .iter()
+            .map(|(_, hex, size, doc)| (hex.clone(), *size, doc.clone()))
+            .collect();
+        async move {
+            let mut wanted = wanted.into_iter().peekable();
+            while let Some((hex, size, doc)) = wanted.next() {
+                if doc.is_none() && size > PREFETCH_MAX {
+                    if tx.send(Ok(None)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // A run of documents (in memory) and small blobs; the blobs read in one round trip.
+                let (mut total, mut files) = if doc.is_none() { (size, 1) } else { (0, 0) };
+                let mut window = vec![(hex, size, doc)];
+                let small = |size: u64, doc: &Option<Vec<u8>>| doc.is_some() || size <= PREFETCH_MAX;
+                while let Some((_, next, doc)) = wanted.peek()
+                    && small(*next, doc)
+                    && total + next <= PREFETCH_BATCH
+                    && files < PREFETCH_FILES
+                {
+                    if doc.is_none() {
+                        total += next;
+                        files += 1;
+                    }
+                    window.push(wanted.next().expect("peeked"));
+                }
+                let paths: Vec<(String, u64)> = window
+                    .iter()
+                    .filter(|(_, _, doc)| doc.is_none())
+                    .map(|(hex, size, _)| (format!("{dir}/{hex}"), *size))
+                    .collect();
+                let files: Vec<(&str, u64)> = paths.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+                let mut read = match node::read_files(&rt, &node, &files).await {
+                    Ok(all) => all.into_iter(),
+                    Err(e) => {
+                        let _ = tx.send(Err(CaptureError::from(e))).await;
+                        return;
+                    }
+                };
+                for (_, _, doc) in window {
+                    if tx.send(Ok(doc.or_else(|| read.next()))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let _ahead = crate::util::Task::spawn(ahead);
+    let node = node.as_str();
+    for (digest, hex, size, _) in todo {
         let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
-        let written = if let Some(bytes) = documents.get(digest) {
-            sink.add_bytes(&entry, 0o444, bytes).await?
-        } else {
-            let want = hex.to_owned();
-            let entry = entry.clone();
-            let summary = sink
-                .add_tar(
-                    rt.copy_out(node, &format!("{dir}/{hex}")),
-                    Box::new(move |p| (p == want).then(|| entry.clone())),
-                    crate::bundle::writer::Grouping::PerEntry,
-                )
-                .await?;
-            summary.entries.into_iter().next().ok_or_else(|| {
-                CaptureError::Invalid(format!(
-                    "{digest} missing from the copy of {node}'s content store ({dir})"
-                ))
-            })?
+        let read = rx
+            .recv()
+            .await
+            .ok_or_else(|| CaptureError::Invalid(format!("reading {digest} from {node} stopped")))?;
+        let written = match read? {
+            Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
+            None => {
+                let want = hex.clone();
+                let entry = entry.clone();
+                let summary = sink
+                    .add_tar(
+                        rt.copy_out(node, &format!("{dir}/{hex}")),
+                        Box::new(move |p| (p == want).then(|| entry.clone())),
+                        crate::bundle::writer::Grouping::PerEntry,
+                    )
+                    .await?;
+                summary.entries.into_iter().next().ok_or_else(|| {
+                    CaptureError::Invalid(format!(
+                        "{digest} missing from the copy of {node}'s content store ({dir})"
+                    ))
+                })?
+            }
         };
         // Content addressing is the integrity check of image data: a blob must hash to its name.
-        if written.sha256.as_deref() != Some(hex) || written.size != *size {
+        if written.sha256.as_deref() != Some(hex.as_str()) || written.size != size {
             return Err(CaptureError::Invalid(format!(
                 "image blob {digest} read from {node} does not match its descriptor"
             )));
         }
-        bundled.insert(digest.clone());
+        bundled.insert(digest);
         out.added += size;
     }
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });

@@ -1,14 +1,17 @@
 //! `create`: what is captured, in which order, and the guarantee that a quiesced cluster is resumed on every
 //! exit path (success, error, SIGINT, SIGTERM) — and, after a SIGKILL, by `resume`, from the journals.
 //!
-//! 1. inspect: nodes (all running), Kubernetes version, platform, addons; the cluster's lock is taken
+//! 1. inspect: the cluster's lock is taken; meanwhile, read ahead without it: the facts the metadata needs
+//!    (Kubernetes version, platform, addons), what every node's images consist of, the etcd container
 //! 2. etcd: hot snapshot on the bootstrap control plane (the cluster is still serving)
-//! 3. images, per node, while the cluster runs (content-addressed blobs: nothing to quiesce for)
+//! 3. images, per node, while the cluster runs (content-addressed blobs: nothing to quiesce for); the facts
+//!    must be in before anything is frozen
 //! 4. quiesce by freezing (`docker pause`, workers first, control planes last): no process restarts, no pod
 //!    notices beyond the pause; where freezing fails, kubelet and containers are stopped instead, and said so
 //! 5. PVs per node, read through the archive API (it reads a frozen container's files)
 //! 6. resume: thawed in the reverse order (or kubelet started again, control planes first)
-//! 7. metadata last, archive finished, sidecar and metadata copy published, archive linked in
+//! 7. metadata last, archive finished (meanwhile the nodes are cleaned up and the lock released), sidecar
+//!    and metadata copy published, archive linked in
 
 mod addons;
 mod etcd;
@@ -27,6 +30,7 @@ use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, read
 use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
 use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
+use crate::util::Task;
 
 pub use addons::detect as detect_addons;
 
@@ -84,14 +88,59 @@ fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result
 }
 
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
-    // 1. inspect
+    // 1. inspect. Reads that need no lock start at once, while it is taken: the metadata's facts, and what
+    // each node's images consist of (fetching layers a node discarded writes, so it waits for the lock).
+    let p = progress.phase("inspecting cluster");
     let nodes = rt.nodes(&req.cluster).await?;
+    let (locked_tx, locked) = tokio::sync::watch::channel(false);
+    let facts = {
+        let (rt, nodes) = (rt.clone(), nodes.clone());
+        Task::spawn(async move { inspect(&rt, &nodes).await })
+    };
+    let plans = {
+        let (rt, nodes, mode) = (rt.clone(), nodes.clone(), req.images);
+        Task::spawn(async move { plan_images(&rt, &nodes, mode, locked).await })
+    };
+    let etcd_id = {
+        let rt = rt.clone();
+        let bootstrap = nodes
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .map(|n| n.name.clone());
+        Task::spawn(async move { node::etcd_container(&rt, &bootstrap.unwrap_or_default()).await })
+    };
+    // The lock first: it names an interrupted operation that left nodes paused.
     let lock = journal::begin(rt, &req.cluster, &nodes, "create")
         .await
         .map_err(Box::new)?;
-    let result = create_locked(rt, &req, nodes, progress, &lock.holder).await;
-    lock.release().await;
+    if let Err(e) = preflight(&nodes) {
+        lock.release().await;
+        return Err(e);
+    }
+    let _ = locked_tx.send(true);
+    let lock = Mutex::new(Some(lock));
+    let ahead = Ahead {
+        facts,
+        plans,
+        etcd_id,
+        lock: &lock,
+    };
+    let result = create_locked(rt, &req, nodes, progress, p, ahead).await;
+    let held = lock.lock().expect("lock slot").take();
+    if let Some(l) = held {
+        l.release().await;
+    }
     result
+}
+
+/// What `create` started before it held the cluster's lock, and the lock (released as soon as the nodes are
+/// left alone).
+struct Ahead<'a> {
+    facts: Task<Result<Inspected, CaptureError>>,
+    plans: Task<Result<Vec<images::Plan>, CaptureError>>,
+    /// The bootstrap control plane's etcd container.
+    etcd_id: Task<Result<String, ClusterError>>,
+    lock: &'a Mutex<Option<journal::Lock>>,
 }
 
 async fn create_locked(
@@ -99,17 +148,23 @@ async fn create_locked(
     req: &Request,
     nodes: Vec<Node>,
     progress: &Progress,
-    holder: &journal::Holder,
+    p: crate::progress::Phase,
+    ahead: Ahead<'_>,
 ) -> Result<Outcome, CaptureError> {
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
+    let Ahead {
+        facts,
+        plans,
+        etcd_id,
+        lock,
+    } = ahead;
+    let holder = lock
+        .lock()
+        .expect("lock slot")
+        .as_ref()
+        .map(|l| l.holder.clone())
+        .ok_or_else(|| CaptureError::Invalid("the cluster's lock is not held".into()))?;
     let mut phases = Vec::new();
-    let p = progress.phase("inspecting cluster");
-    let Inspected {
-        k8s_version,
-        platform,
-        addons,
-        etcd_image,
-    } = inspect(rt, &nodes).await?;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
     let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
     let bootstrap = cps[0];
@@ -140,25 +195,41 @@ async fn create_locked(
         leftovers: vec![copy.clone()],
     };
     let mut warnings = Vec::new();
+    // Set once the nodes were cleaned up and the lock released on the way (the success path).
+    let left = std::sync::atomic::AtomicBool::new(false);
 
     let work = async {
-        // 2. etcd, hot (the journal names the copy the node holds meanwhile)
+        // 2. etcd, hot (the journal names the copy the node holds meanwhile); the image plans finish meanwhile
         let p = progress.phase("etcd snapshot");
         phase("etcd snapshot", journal.write(rt, &bootstrap.name).await)?;
-        // Meanwhile every node's images are planned (exec round trips, nothing written).
-        let (etcd, plans) = tokio::join!(
-            etcd::capture(rt, &bootstrap.name, &etcd_image, &copy, &sink),
-            plan_images(rt, &nodes, &platform, req.images)
-        );
-        let etcd = phase("etcd snapshot", etcd)?;
+        let etcd = async {
+            let id = etcd_id.join().await?;
+            etcd::capture(rt, &bootstrap.name, &id, &copy, &sink).await
+        };
+        let (etcd, plans) = tokio::join!(etcd, plans.join());
+        let mut etcd = phase("etcd snapshot", etcd)?;
         let plans = plans?;
         phases.push(p.finish());
 
-        // 3. images, per node, blobs shared
+        // 3. images, per node, blobs shared; meanwhile the etcd copy (every Secret) leaves the node
         let p = progress.phase("exporting images");
-        let images = capture_images(rt, req.images, plans, &sink, &mut warnings, &p).await?;
+        let copy_only = [copy.as_str()];
+        let (images, _) = tokio::join!(
+            capture_images(rt, req.images, plans, &sink, &mut warnings, &p),
+            node::remove_all(rt, &bootstrap.name, &copy_only)
+        );
+        let images = images?;
         phases.push(p.finish());
         crate::util::pause_point("create:images", None).await;
+
+        // The facts read meanwhile: a node that cannot answer stops the capture before anything is frozen.
+        let Inspected {
+            k8s_version,
+            platform,
+            addons,
+            etcd_image,
+        } = facts.join().await?;
+        etcd.image = etcd_image;
 
         // 4. quiesce: frozen, workers first, the bootstrap control plane last
         let p = progress.phase("quiescing nodes");
@@ -177,7 +248,7 @@ async fn create_locked(
         thaw(rt, &nodes, &quiesced).await?;
         phases.push(p.finish());
 
-        // 7. metadata, last entry
+        // 7. metadata, last entry; meanwhile the nodes are left as they were and the lock is released
         let p = progress.phase("writing bundle");
         let metadata = Metadata {
             schema_version: SCHEMA_VERSION,
@@ -185,20 +256,33 @@ async fn create_locked(
             cluster: req.cluster.clone(),
             created: jiff::Timestamp::now(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            k8s_version: k8s_version.clone(),
+            k8s_version,
             node_image: bootstrap.image.clone(),
             provider: rt.provider().as_str().to_owned(),
-            platform: platform.clone(),
+            platform,
             topology: topology(&nodes),
-            addons: addons.clone(),
+            addons,
             etcd,
             images,
             pvs,
             schedule: req.schedule.clone(),
         };
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-        sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
-        let written = sink.finish().await?;
+        let (written, ()) = tokio::join!(
+            async {
+                sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
+                sink.finish().await
+            },
+            async {
+                leave(rt, &nodes, &bootstrap.name, &copy).await;
+                left.store(true, std::sync::atomic::Ordering::SeqCst);
+                let held = lock.lock().expect("lock slot").take();
+                if let Some(l) = held {
+                    l.release().await;
+                }
+            }
+        );
+        let written = written?;
         phases.push(p.finish());
         Ok::<_, CaptureError>((metadata, json, written))
     };
@@ -213,11 +297,8 @@ async fn create_locked(
 
     // Resumed whatever happened above; then nothing is left in the nodes.
     let resumed = thaw(rt, &nodes, &quiesced).await;
-    if resumed.is_ok() {
-        let _ = node::remove_all(rt, &bootstrap.name, &[&copy]).await;
-        for n in kubelet_nodes(&nodes) {
-            let _ = Journal::remove(rt, &n.name).await;
-        }
+    if resumed.is_ok() && !left.load(std::sync::atomic::Ordering::SeqCst) {
+        leave(rt, &nodes, &bootstrap.name, &copy).await;
     }
 
     let (metadata, json, written) = result?;
@@ -248,6 +329,15 @@ async fn create_locked(
     })
 }
 
+/// Removes what create left in the nodes: the etcd copy and every journal, all nodes at once.
+async fn leave(rt: &Runtime, nodes: &[Node], bootstrap: &str, copy: &str) {
+    let removals = kubelet_nodes(nodes).into_iter().map(|n| async move {
+        let also: &[&str] = if n.name == bootstrap { &[copy] } else { &[] };
+        let _ = Journal::remove_with(rt, &n.name, also).await;
+    });
+    futures_util::future::join_all(removals).await;
+}
+
 /// What create reads from a running cluster before capturing anything.
 struct Inspected {
     k8s_version: String,
@@ -256,8 +346,8 @@ struct Inspected {
     etcd_image: String,
 }
 
-/// Every node running, a control plane present; versions, platform, addons and the etcd image.
-async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError> {
+/// Every node running, a control plane present (from the node list: no round trip).
+fn preflight(nodes: &[Node]) -> Result<(), CaptureError> {
     if let Some(n) = nodes.iter().find(|n| n.state != NodeState::Running) {
         return Err(ClusterError::NodeNotRunning {
             node: n.name.clone(),
@@ -265,18 +355,30 @@ async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError
         }
         .into());
     }
-    let Some(bootstrap) = nodes.iter().find(|n| n.role == Role::ControlPlane) else {
+    if !nodes.iter().any(|n| n.role == Role::ControlPlane) {
         return Err(CaptureError::Invalid("the cluster has no control-plane node".into()));
-    };
-    let k8s_version = phase("inspecting cluster", node::k8s_version(rt, &bootstrap.name).await)?;
-    let platform = phase("inspecting cluster", rt.platform().await)?;
-    let mut running = Vec::new();
-    for n in kubelet_nodes(nodes) {
-        running.extend(phase(
-            "inspecting cluster",
-            node::running_containers(rt, &n.name).await,
-        )?);
     }
+    Ok(())
+}
+
+/// Versions, platform, addons and the etcd image: every node asked at once.
+async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError> {
+    preflight(nodes)?;
+    let bootstrap = nodes
+        .iter()
+        .find(|n| n.role == Role::ControlPlane)
+        .ok_or_else(|| CaptureError::Invalid("the cluster has no control-plane node".into()))?;
+    let running = kubelet_nodes(nodes)
+        .into_iter()
+        .map(|n| node::running_containers(rt, &n.name));
+    let (k8s_version, platform, running) = tokio::join!(
+        node::k8s_version(rt, &bootstrap.name),
+        rt.platform(),
+        futures_util::future::try_join_all(running)
+    );
+    let k8s_version = phase("inspecting cluster", k8s_version)?;
+    let platform = phase("inspecting cluster", platform)?;
+    let running: Vec<_> = phase("inspecting cluster", running)?.into_iter().flatten().collect();
     Ok(Inspected {
         k8s_version,
         platform,
@@ -307,21 +409,27 @@ fn topology(nodes: &[Node]) -> Topology {
     }
 }
 
-/// Every kubelet node's images into the bundle, blobs shared between nodes.
-/// Plans every node's images at once: the reading is exec round trips into each node, which overlap.
+/// What every kubelet node's images consist of, all nodes at once (exec round trips that overlap). Fetching
+/// layers a node discarded waits until `locked` says the cluster's lock is held.
 async fn plan_images(
     rt: &Runtime,
     nodes: &[Node],
-    platform: &str,
     mode: ImagesMode,
+    locked: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<images::Plan>, CaptureError> {
     if mode == ImagesMode::None {
         return Ok(Vec::new());
     }
+    let platform = phase("exporting images", rt.platform().await)?;
     let plans = kubelet_nodes(nodes)
         .into_iter()
-        .map(|n| images::plan(rt, &n.name, platform, mode));
-    phase("exporting images", futures_util::future::try_join_all(plans).await)
+        .map(|n| images::plan(rt, &n.name, &platform, mode, locked.clone()));
+    futures_util::future::try_join_all(plans)
+        .await
+        .map_err(|e| CaptureError::Phase {
+            phase: "exporting images",
+            inner: Box::new(e),
+        })
 }
 
 async fn capture_images(
@@ -374,9 +482,8 @@ async fn quiesce(
 ) -> Result<(), CaptureError> {
     journal.phase = Phase::Quiesced;
     journal.quiesce = Some(Quiesce::Pause);
-    for n in order {
-        phase("quiescing nodes", journal.write(rt, &n.name).await)?;
-    }
+    let writes = order.iter().map(|n| journal.write(rt, &n.name));
+    phase("quiescing nodes", futures_util::future::try_join_all(writes).await)?;
     let Err(e) = freeze(rt, order, quiesced).await else {
         crate::util::pause_point("create:quiesced", None).await;
         return Ok(());

@@ -170,6 +170,8 @@ pub struct Lock {
     node: String,
     pub holder: Holder,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Stops the heartbeat between refreshes.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Lock {
@@ -177,8 +179,8 @@ impl Lock {
     pub async fn acquire(rt: &Runtime, cluster: &str, node: &str, command: &str) -> Result<Self, LockError> {
         let me = Holder::me(command);
         for _ in 0..3 {
-            if node::mkdir_exclusive(rt, node, LOCK_DIR).await? {
-                write_holder(rt, node, &me).await?;
+            let json = serde_json::to_vec(&me).unwrap_or_default();
+            if node::create_dir_with_file(rt, node, LOCK_DIR, HOLDER, json).await? {
                 return Ok(Self::held(rt, node, me));
             }
             match read_holder(rt, node).await? {
@@ -222,10 +224,14 @@ impl Lock {
 
     fn held(rt: &Runtime, node: &str, holder: Holder) -> Self {
         let (rt2, node2, mut h) = (rt.clone(), node.to_owned(), holder.clone());
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         // Through the archive API: it works while the nodes are paused.
         let heartbeat = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(HEARTBEAT).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(HEARTBEAT) => {}
+                    _ = &mut stopped => return,
+                }
                 h.heartbeat = Some(jiff::Timestamp::now());
                 if let Ok(json) = serde_json::to_vec(&h) {
                     let _ = node::put_file(&rt2, &node2, LOCK_DIR, HOLDER, json).await;
@@ -237,14 +243,17 @@ impl Lock {
             node: node.to_owned(),
             holder,
             heartbeat,
+            stop: Some(stop),
         }
     }
 
     /// Removes the lock if it is still ours.
-    pub async fn release(self) {
-        self.heartbeat.abort();
-        // A refresh in flight may still land; it only rewrites the holder file removed just below.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    pub async fn release(mut self) {
+        // A refresh in flight finishes first: it would rewrite the holder file removed below.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.heartbeat).await;
         if read_holder(&self.rt, &self.node).await.ok().flatten().map(|h| h.id) == Some(self.holder.id.clone()) {
             let _ = node::remove_all(&self.rt, &self.node, &[LOCK_DIR]).await;
         }
@@ -255,11 +264,6 @@ impl Drop for Lock {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
-}
-
-async fn write_holder(rt: &Runtime, node: &str, h: &Holder) -> Result<(), ClusterError> {
-    let json = serde_json::to_vec(h).unwrap_or_default();
-    node::write_file(rt, node, &format!("{LOCK_DIR}/{HOLDER}"), json).await
 }
 
 /// The lock's holder; `None` when there is no lock or its holder file stays unreadable (a holder killed
@@ -390,7 +394,14 @@ impl Journal {
     }
 
     pub async fn remove(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
-        node::remove_all(rt, node, &[JOURNAL]).await
+        Self::remove_with(rt, node, &[]).await
+    }
+
+    /// Removes `also` (leftovers the journal lists), then the journal, in one round trip.
+    pub async fn remove_with(rt: &Runtime, node: &str, also: &[&str]) -> Result<(), ClusterError> {
+        let mut paths = also.to_vec();
+        paths.push(JOURNAL);
+        node::remove_all(rt, node, &paths).await
     }
 
     /// Whether the operation it records still needs `resume`.

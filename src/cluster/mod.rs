@@ -10,6 +10,7 @@ mod resolve;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
@@ -380,21 +381,55 @@ impl Runtime {
 
     /// Runs a command in a node and collects its output; a non-zero exit is not an error here.
     pub async fn exec(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
-        let (id, started) = self.start(node, argv).await?;
-        let StartExecResults::Attached { mut output, .. } = started else {
-            return Ok(ExecOutput {
-                code: -1,
-                stdout: String::new(),
-                stderr: String::new(),
-            });
-        };
-        let (stdout, stderr) = collect(&mut output, node, argv).await?;
-        let code = self.exit_code(&id).await.unwrap_or(-1);
+        let t0 = std::time::Instant::now();
+        let out = self.exec_inner(node, argv).await;
+        crate::util::trace(t0, || match &out {
+            Ok(o) => format!("{node}: {} -> exit {}", argv.join(" "), o.code),
+            Err(e) => format!("{node}: {} -> {e}", argv.join(" ")),
+        });
+        out
+    }
+
+    async fn exec_inner(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
+        let (code, stdout, stderr) = self.exec_raw(node, argv).await?;
         Ok(ExecOutput {
             code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// Runs a command and returns its exit code, stdout and stderr as bytes.
+    async fn exec_raw(&self, node: &str, argv: &[&str]) -> Result<(i64, Vec<u8>, Vec<u8>), ClusterError> {
+        let (id, started) = self.start(node, argv).await?;
+        let StartExecResults::Attached { mut output, .. } = started else {
+            return Ok((-1, Vec::new(), Vec::new()));
+        };
+        let (stdout, stderr) = collect(&mut output, node, argv).await?;
+        let code = self.exit_code(&id).await.unwrap_or(-1);
+        Ok((code, stdout, stderr))
+    }
+
+    /// Runs a command whose output is binary; a non-zero exit is an [`ExecError`]. Returns stdout.
+    pub async fn run_bytes(&self, node: &str, argv: &[&str]) -> Result<Vec<u8>, ClusterError> {
+        let t0 = std::time::Instant::now();
+        let out = self.exec_raw(node, argv).await;
+        crate::util::trace(t0, || match &out {
+            Ok((code, stdout, _)) => format!("{node}: {} -> exit {code}, {} bytes", argv.join(" "), stdout.len()),
+            Err(e) => format!("{node}: {} -> {e}", argv.join(" ")),
+        });
+        let (code, stdout, stderr) = out?;
+        if code != 0 {
+            return Err(ExecError {
+                node: node.into(),
+                command: argv.iter().map(|s| s.to_string()).collect(),
+                code: Some(code),
+                stdout: String::new(),
+                stderr: tail(&String::from_utf8_lossy(&stderr)),
+            }
+            .into());
+        }
+        Ok(stdout)
     }
 
     /// Runs a command in a node; a non-zero exit is an [`ExecError`] carrying its output. Returns stdout.
@@ -417,10 +452,23 @@ impl Runtime {
     pub fn copy_out(&self, node: &str, path: &str) -> impl AsyncRead + Send + Unpin + 'static {
         let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
         let context = format!("copying {path} out of node {node}");
+        let t0 = std::time::Instant::now();
+        let (what, bytes) = (
+            format!("{node}: archive read {path}"),
+            std::sync::Arc::new(AtomicU64::new(0)),
+        );
+        let counted = std::sync::Arc::clone(&bytes);
         let stream = self
             .docker
             .download_from_container(node, Some(opts))
-            .map_err(move |e| io::Error::other(format!("{context}: {e}")));
+            .map_err(move |e| io::Error::other(format!("{context}: {e}")))
+            .inspect_ok(move |b| {
+                counted.fetch_add(b.len() as u64, Ordering::Relaxed);
+            })
+            .chain(futures_util::stream::poll_fn(move |_| {
+                crate::util::trace(t0, || format!("{what}: {} bytes", bytes.load(Ordering::Relaxed)));
+                std::task::Poll::Ready(None)
+            }));
         StreamReader::new(Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>)
     }
 
@@ -445,6 +493,21 @@ impl Runtime {
     /// Runs a command with `stdin` as its standard input (closed at its end) and collects its output;
     /// a non-zero exit is an [`ExecError`].
     pub async fn run_with_stdin(
+        &self,
+        node: &str,
+        argv: &[&str],
+        stdin: impl AsyncRead + Send + Unpin + 'static,
+    ) -> Result<String, ClusterError> {
+        let t0 = std::time::Instant::now();
+        let out = self.run_with_stdin_inner(node, argv, stdin).await;
+        crate::util::trace(t0, || match &out {
+            Ok(_) => format!("{node}: {} < (stream) -> exit 0", argv.join(" ")),
+            Err(e) => format!("{node}: {} < (stream) -> {e}", argv.join(" ")),
+        });
+        out
+    }
+
+    async fn run_with_stdin_inner(
         &self,
         node: &str,
         argv: &[&str],
@@ -495,10 +558,14 @@ feeding standard input: {e}"
     /// Freezes every process of a node (the cgroup freezer: `docker pause`). The archive API still reads
     /// its files; exec does not run until [`Runtime::unpause`].
     pub async fn pause(&self, node: &str) -> Result<(), ClusterError> {
-        self.docker
+        let t0 = std::time::Instant::now();
+        let r = self
+            .docker
             .pause_container(node)
             .await
-            .map_err(Self::rt_err(format!("pausing node {node}")))
+            .map_err(Self::rt_err(format!("pausing node {node}")));
+        crate::util::trace(t0, || format!("{node}: pause"));
+        r
     }
 
     /// Whether a node is paused.
@@ -512,10 +579,14 @@ feeding standard input: {e}"
     }
 
     pub async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
-        self.docker
+        let t0 = std::time::Instant::now();
+        let r = self
+            .docker
             .unpause_container(node)
             .await
-            .map_err(Self::rt_err(format!("unpausing node {node}")))
+            .map_err(Self::rt_err(format!("unpausing node {node}")));
+        crate::util::trace(t0, || format!("{node}: unpause"));
+        r
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).
@@ -523,7 +594,10 @@ feeding standard input: {e}"
         let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new()
             .path(path)
             .build();
-        match self.docker.get_container_archive_info(node, Some(opts)).await {
+        let t0 = std::time::Instant::now();
+        let got = self.docker.get_container_archive_info(node, Some(opts)).await;
+        crate::util::trace(t0, || format!("{node}: archive stat {path}"));
+        match got {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
             Err(e) => Err(ClusterError::Runtime {

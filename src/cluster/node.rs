@@ -332,6 +332,38 @@ pub async fn content_get(rt: &Runtime, node: &str, digest: &str) -> Result<Vec<u
         .into_bytes())
 }
 
+/// Reads several small files of known sizes in one round trip (`cat` of them all, split by size): the
+/// archive API serves one path per request, one request at a time per node. Fails unless the output is
+/// exactly the sum of `sizes`, so a file that changed size is never split wrongly.
+pub async fn read_files(rt: &Runtime, node: &str, files: &[(&str, u64)]) -> Result<Vec<Vec<u8>>, ClusterError> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut argv = vec!["cat", "--"];
+    argv.extend(files.iter().map(|(p, _)| *p));
+    let out = rt.run_bytes(node, &argv).await?;
+    let want: u64 = files.iter().map(|(_, s)| s).sum();
+    if out.len() as u64 != want {
+        return Err(ExecError {
+            node: node.into(),
+            command: argv_of(&argv),
+            code: Some(0),
+            stdout: String::new(),
+            stderr: format!("read {} bytes, expected {want}: a file changed meanwhile", out.len()),
+        }
+        .into());
+    }
+    let mut rest = out.as_slice();
+    Ok(files
+        .iter()
+        .map(|(_, size)| {
+            let (one, tail) = rest.split_at(usize::try_from(*size).unwrap_or(0));
+            rest = tail;
+            one.to_vec()
+        })
+        .collect())
+}
+
 /// Fetches the content an image lacks from its registry, inside the node (as containerd would for a pull),
 /// for one platform, through kind's registry hosts configuration; bounded by `timeout_secs`.
 pub async fn content_fetch(
@@ -411,9 +443,13 @@ async fn etcd_exec(rt: &Runtime, node: &str, id: &str, args: &[String]) -> Resul
 }
 
 /// `etcdctl snapshot save PATH` inside the node's etcd container: a consistent snapshot taken while etcd
-/// serves. PATH must be under /var/lib/etcd, the one directory the container shares with the node.
-pub async fn etcd_snapshot_save(rt: &Runtime, node: &str, path: &str) -> Result<(), ClusterError> {
-    etcdctl(rt, node, &["snapshot", "save", path]).await.map(|_| ())
+/// serves, in the etcd container `id` (from [`etcd_container`]). PATH must be under /var/lib/etcd, the one
+/// directory the container shares with the node.
+pub async fn etcd_snapshot_save(rt: &Runtime, node: &str, id: &str, path: &str) -> Result<(), ClusterError> {
+    let mut all = vec!["etcdctl".to_owned()];
+    all.extend(etcdctl_tls());
+    all.extend(["snapshot".to_owned(), "save".to_owned(), path.to_owned()]);
+    etcd_exec(rt, node, id, &all).await.map(|_| ())
 }
 
 /// `etcdctl` with TLS, inside the node's etcd container.
@@ -721,28 +757,34 @@ pub async fn put_file(rt: &Runtime, node: &str, dir: &str, name: &str, bytes: Ve
     rt.copy_in(node, dir, stream).await
 }
 
-/// `mkdir` that fails if the directory exists (atomic: the lock primitive). Parents are created first.
-/// Returns whether this call created it.
-pub async fn mkdir_exclusive(rt: &Runtime, node: &str, path: &str) -> Result<bool, ClusterError> {
-    if let Some((parent, _)) = path.rsplit_once('/').filter(|(p, _)| !p.is_empty()) {
-        rt.run(node, &["mkdir", "-p", parent]).await?;
+/// Creates directory `dir` (its parents as needed), failing if it exists, and writes `bytes` into `dir/name`
+/// (temp file + rename), in one round trip. `Ok(false)`: `dir` already exists (nothing was written).
+pub async fn create_dir_with_file(
+    rt: &Runtime,
+    node: &str,
+    dir: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> Result<bool, ClusterError> {
+    let parent = dir
+        .rsplit_once('/')
+        .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
+    let tmp = format!("{dir}/.{name}.tmp");
+    let file = format!("{dir}/{name}");
+    // Exit 17 (EEXIST): the directory was there; any other failure is the command's error.
+    let script = r#"mkdir -p "$1" || exit 1; mkdir "$2" 2>/dev/null || { [ -e "$2" ] && exit 17; mkdir "$2"; exit 1; }; cat > "$3" && mv -f "$3" "$4""#;
+    match rt
+        .run_with_stdin(
+            node,
+            &["sh", "-c", script, "sh", parent, dir, &tmp, &file],
+            std::io::Cursor::new(bytes),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(ClusterError::Exec(e)) if e.code == Some(17) => Ok(false),
+        Err(e) => Err(e),
     }
-    let argv = ["mkdir", path];
-    let out = rt.exec(node, &argv).await?;
-    if out.code == 0 {
-        return Ok(true);
-    }
-    if rt.path_exists(node, path).await? {
-        return Ok(false);
-    }
-    Err(ExecError {
-        node: node.into(),
-        command: argv_of(&argv),
-        code: Some(out.code),
-        stdout: out.stdout,
-        stderr: out.stderr,
-    }
-    .into())
 }
 
 /// Renames `from` to `to` (one `rename(2)`: both on the same filesystem). `-T`: never moves `from` *into* an
