@@ -46,13 +46,111 @@ struct Open {
     /// The chunk sequence number it starts at (the key of its entry count).
     seq: u64,
     info: MemberInfo,
-    hasher: Sha256,
+}
+
+/// Where compressed chunks go, in order: one thread writes them to `W` and hashes the whole output, another
+/// hashes each member (sha256 is the most expensive step for stored data; the writer thread only copies).
+struct Sinks<W> {
+    out: Option<OutThread<W>>,
+    members: Option<HashThread>,
+}
+
+/// The member hasher: chunks and cuts in; each member's sha256 out.
+type HashThread = (SyncSender<ToHash>, JoinHandle<Vec<[u8; 32]>>);
+
+/// The output thread: chunks in; the output and its sha256 out.
+type OutThread<W> = (SyncSender<Arc<Vec<u8>>>, JoinHandle<io::Result<(W, [u8; 32])>>);
+
+enum ToHash {
+    Chunk(Arc<Vec<u8>>),
+    /// The current member ends.
+    Cut,
+}
+
+/// Compressed chunks queued for each output thread.
+const OUT_DEPTH: usize = 4;
+
+impl<W: Write + Send + 'static> Sinks<W> {
+    fn start(mut out: W) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(OUT_DEPTH);
+        let writer = std::thread::Builder::new().name("bundle-out".into()).spawn(move || {
+            let mut hasher = Sha256::new();
+            while let Ok(chunk) = rx.recv() {
+                out.write_all(&chunk)?;
+                hasher.update(&*chunk);
+            }
+            out.flush()?;
+            Ok((out, hasher.finalize().into()))
+        })?;
+        let (htx, hrx) = sync_channel::<ToHash>(OUT_DEPTH);
+        let hasher = std::thread::Builder::new().name("member-hash".into()).spawn(move || {
+            let (mut h, mut done) = (Sha256::new(), Vec::new());
+            while let Ok(msg) = hrx.recv() {
+                match msg {
+                    ToHash::Chunk(c) => h.update(&*c),
+                    ToHash::Cut => done.push(h.finalize_reset().into()),
+                }
+            }
+            done
+        })?;
+        Ok(Self {
+            out: Some((tx, writer)),
+            members: Some((htx, hasher)),
+        })
+    }
+
+    fn write(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        let chunk = Arc::new(chunk);
+        let (tx, _) = self.out.as_ref().ok_or_else(|| io::Error::other("output closed"))?;
+        if tx.send(Arc::clone(&chunk)).is_err() {
+            return Err(self.out_error());
+        }
+        self.hash(ToHash::Chunk(chunk))
+    }
+
+    fn cut(&mut self) -> io::Result<()> {
+        self.hash(ToHash::Cut)
+    }
+
+    fn hash(&mut self, msg: ToHash) -> io::Result<()> {
+        let (tx, _) = self
+            .members
+            .as_ref()
+            .ok_or_else(|| io::Error::other("member hasher closed"))?;
+        tx.send(msg).map_err(|_| io::Error::other("the member hasher stopped"))
+    }
+
+    /// The writing thread's own error, once it stopped.
+    fn out_error(&mut self) -> io::Error {
+        match self.out.take().map(|(tx, t)| {
+            drop(tx);
+            t.join()
+        }) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::other("the bundle output thread stopped"),
+        }
+    }
+
+    /// Waits for both threads: the output, its sha256, and each member's sha256 in order.
+    fn finish(&mut self) -> io::Result<(W, [u8; 32], Vec<[u8; 32]>)> {
+        let (tx, t) = self.out.take().ok_or_else(|| io::Error::other("output closed"))?;
+        drop(tx);
+        let (out, sha) = t
+            .join()
+            .map_err(|_| io::Error::other("the bundle output thread panicked"))??;
+        let (htx, h) = self
+            .members
+            .take()
+            .ok_or_else(|| io::Error::other("member hasher closed"))?;
+        drop(htx);
+        let members = h.join().map_err(|_| io::Error::other("the member hasher panicked"))?;
+        Ok((out, sha, members))
+    }
 }
 
 /// A `Write` that gzips in parallel into `W` and hashes what it writes.
-pub struct ParGzWriter<W: Write> {
-    out: W,
-    hasher: Sha256,
+pub struct ParGzWriter<W: Write + Send + 'static> {
+    sinks: Sinks<W>,
     written: u64,
     level: Compression,
     buf: Vec<u8>,
@@ -93,7 +191,7 @@ fn incompressible(data: &[u8]) -> bool {
     })
 }
 
-impl<W: Write> ParGzWriter<W> {
+impl<W: Write + Send + 'static> ParGzWriter<W> {
     pub fn new(out: W, level: u32, threads: usize) -> Self {
         let threads = threads.max(1);
         let (job_tx, job_rx) = sync_channel::<Job>(threads * 2);
@@ -123,8 +221,7 @@ impl<W: Write> ParGzWriter<W> {
             .collect::<io::Result<Vec<_>>>()
             .expect("spawning compression threads");
         Self {
-            out,
-            hasher: Sha256::new(),
+            sinks: Sinks::start(out).expect("spawning the bundle output threads"),
             written: 0,
             level,
             buf: Vec::with_capacity(CHUNK),
@@ -161,15 +258,16 @@ impl<W: Write> ParGzWriter<W> {
         }
     }
 
-    fn close_member(&mut self) {
+    fn close_member(&mut self) -> io::Result<()> {
         if let Some(open) = self.open.take()
             && open.info.size > 0
         {
             let mut info = open.info;
             info.entries = self.counts.remove(&open.seq).unwrap_or(0);
-            info.sha256 = open.hasher.finalize().into();
+            self.sinks.cut()?; // its sha256 comes from the member hasher at the end
             self.members.push(info);
         }
+        Ok(())
     }
 
     /// Marks the bytes written from now on as already compressed (or not). A change of mode ends the current
@@ -222,24 +320,29 @@ impl<W: Write> ParGzWriter<W> {
         self.pending.insert(seq, res?);
         while let Some(member) = self.pending.remove(&self.next_write) {
             if let Some(holds) = self.starts.remove(&self.next_write) {
-                self.start_member(holds);
+                self.start_member(holds)?;
             } else if self.open.is_none() {
-                self.start_member(String::new());
+                self.start_member(String::new())?;
             }
-            self.out.write_all(&member)?;
-            self.hasher.update(&member);
-            if let Some(open) = self.open.as_mut() {
-                open.hasher.update(&member);
-                open.info.size += member.len() as u64;
-            }
-            self.written += member.len() as u64;
+            self.emit(member)?;
             self.next_write += 1;
         }
         Ok(())
     }
 
-    fn start_member(&mut self, holds: String) {
-        self.close_member();
+    /// Hands a compressed chunk to the output threads, counted in the open member.
+    fn emit(&mut self, member: Vec<u8>) -> io::Result<()> {
+        let n = member.len() as u64;
+        self.sinks.write(member)?;
+        if let Some(open) = self.open.as_mut() {
+            open.info.size += n;
+        }
+        self.written += n;
+        Ok(())
+    }
+
+    fn start_member(&mut self, holds: String) -> io::Result<()> {
+        self.close_member()?;
         self.open = Some(Open {
             seq: self.next_write,
             info: MemberInfo {
@@ -249,8 +352,8 @@ impl<W: Write> ParGzWriter<W> {
                 holds,
                 entries: 0,
             },
-            hasher: Sha256::new(),
         });
+        Ok(())
     }
 
     /// Flushes everything, stops the workers and returns the output, its sha256, its size and its members.
@@ -262,32 +365,26 @@ impl<W: Write> ParGzWriter<W> {
         if self.next_seq == 0 {
             // An empty input still has to be a valid gzip file.
             let member = GzEncoder::new(Vec::new(), self.level).finish()?;
-            self.start_member(String::new());
-            self.out.write_all(&member)?;
-            self.hasher.update(&member);
-            if let Some(open) = self.open.as_mut() {
-                open.hasher.update(&member);
-                open.info.size += member.len() as u64;
-            }
-            self.written += member.len() as u64;
+            self.start_member(String::new())?;
+            self.emit(member)?;
         }
-        self.close_member();
+        self.close_member()?;
         self.jobs.take();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        self.out.flush()?;
-        let Self {
-            out,
-            hasher,
-            written,
-            members,
-            ..
-        } = self;
+        let (out, sha256, shas) = self.sinks.finish()?;
+        if shas.len() != self.members.len() {
+            return Err(io::Error::other("member hashes and members disagree"));
+        }
+        let mut members = std::mem::take(&mut self.members);
+        for (m, sha) in members.iter_mut().zip(shas) {
+            m.sha256 = sha;
+        }
         Ok(Finished {
             out,
-            sha256: hasher.finalize().into(),
-            size: written,
+            sha256,
+            size: self.written,
             members,
         })
     }
@@ -301,7 +398,7 @@ pub struct Finished<W> {
     pub members: Vec<MemberInfo>,
 }
 
-impl<W: Write> Write for ParGzWriter<W> {
+impl<W: Write + Send + 'static> Write for ParGzWriter<W> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let n = data.len();
         while !data.is_empty() {

@@ -270,16 +270,29 @@ async fn create_locked(
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
         let (written, ()) = tokio::join!(
             async {
+                let t0 = std::time::Instant::now();
                 sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
-                sink.finish().await
+                let written = sink.finish().await;
+                crate::util::trace(t0, || "bundle finished and synced to disk".into());
+                written
             },
             async {
-                leave(rt, &nodes, &bootstrap.name, &copy).await;
-                left.store(true, std::sync::atomic::Ordering::SeqCst);
                 let held = lock.lock().expect("lock slot").take();
-                if let Some(l) = held {
-                    l.release().await;
+                match held {
+                    // The lock's node is cleaned up in the round trip that releases the lock.
+                    Some(l) => {
+                        let at = l.node().to_owned();
+                        let mine: Vec<&str> = if at == bootstrap.name {
+                            vec![copy.as_str(), journal::JOURNAL]
+                        } else {
+                            vec![journal::JOURNAL]
+                        };
+                        let others: Vec<Node> = nodes.iter().filter(|n| n.name != at).cloned().collect();
+                        tokio::join!(leave(rt, &others, &bootstrap.name, &copy), l.release_with(&mine));
+                    }
+                    None => leave(rt, &nodes, &bootstrap.name, &copy).await,
                 }
+                left.store(true, std::sync::atomic::Ordering::SeqCst);
             }
         );
         let written = written?;

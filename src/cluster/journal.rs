@@ -31,6 +31,12 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
 const MAX_STATE_FILE: usize = 1 << 20;
 
+/// What a holder file written for `h` contains, and no other holder's does: its id, as the compact JSON that
+/// [`Lock::acquire`] and the heartbeat write.
+fn owner_token(h: &Holder) -> String {
+    format!("\"id\":{}", serde_json::Value::String(h.id.clone()))
+}
+
 /// Who holds a lock or wrote a journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -248,15 +254,24 @@ impl Lock {
     }
 
     /// Removes the lock if it is still ours.
-    pub async fn release(mut self) {
+    pub async fn release(self) {
+        self.release_with(&[]).await;
+    }
+
+    /// Removes `also` (paths in the lock's node), then the lock if it is still ours, in one round trip.
+    pub async fn release_with(mut self, also: &[&str]) {
         // A refresh in flight finishes first: it would rewrite the holder file removed below.
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.heartbeat).await;
-        if read_holder(&self.rt, &self.node).await.ok().flatten().map(|h| h.id) == Some(self.holder.id.clone()) {
-            let _ = node::remove_all(&self.rt, &self.node, &[LOCK_DIR]).await;
-        }
+        let token = owner_token(&self.holder);
+        let _ = node::remove_all_then_owned(&self.rt, &self.node, also, LOCK_DIR, HOLDER, &token).await;
+    }
+
+    /// The node holding the lock.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 }
 
@@ -533,6 +548,16 @@ pub async fn apply(rt: &Runtime, node: &str, switches: &[Switch], plan: Plan) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_token_is_in_the_holder_file_and_in_no_other() {
+        let mut me = Holder::me("create");
+        me.heartbeat = Some(jiff::Timestamp::now());
+        let other = Holder::me("create");
+        let file = String::from_utf8(serde_json::to_vec(&me).unwrap()).unwrap();
+        assert!(file.contains(&owner_token(&me)), "{file}");
+        assert!(!file.contains(&owner_token(&other)), "{file}");
+    }
 
     /// A filesystem of whole directories: each path holds a label ("old", "new").
     type Fs = std::collections::BTreeMap<String, &'static str>;

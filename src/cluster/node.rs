@@ -808,6 +808,22 @@ pub async fn remove_all(rt: &Runtime, node: &str, paths: &[&str]) -> Result<(), 
     rt.run(node, &argv).await.map(|_| ())
 }
 
+/// Removes `paths`, then directory `dir` if its file `file` contains `token` (an ownership check), in one
+/// round trip.
+pub async fn remove_all_then_owned(
+    rt: &Runtime,
+    node: &str,
+    paths: &[&str],
+    dir: &str,
+    file: &str,
+    token: &str,
+) -> Result<(), ClusterError> {
+    let script = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d"; fi"#;
+    let mut argv = vec!["sh", "-c", script, "sh", dir, file, token];
+    argv.extend_from_slice(paths);
+    rt.run(node, &argv).await.map(|_| ())
+}
+
 /// Regular files under `path` (a name with a newline counts more than once, never less).
 pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, ClusterError> {
     let argv = ["sh", "-c", r#"find "$1" -type f | wc -l"#, "sh", path];
