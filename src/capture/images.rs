@@ -111,12 +111,6 @@ pub struct Plan {
     blobs_dir: String,
 }
 
-impl Plan {
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-}
-
 /// Reads which images a node holds and what each consists of, fetching discarded layers with
 /// [`ImagesMode::All`] once `locked` says the cluster's lock is held (`mode` is `All` or `Local`: with `None`
 /// it is not called). Writes nothing else.
@@ -210,10 +204,87 @@ pub async fn plan(
 /// written again), then its image index.
 pub async fn write(
     rt: &Runtime,
-    plan: Plan,
+    reading: Reading,
     sink: &BundleSink,
     bundled: &mut HashSet<String>,
 ) -> Result<NodeCapture, CaptureError> {
+    let Reading {
+        node,
+        mut out,
+        needed,
+        index_entries,
+        dir,
+        todo,
+        mut rx,
+        _ahead,
+    } = reading;
+    let node = node.as_str();
+    for (digest, hex, size) in todo {
+        let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
+        let read = rx
+            .recv()
+            .await
+            .ok_or_else(|| CaptureError::Invalid(format!("reading {digest} from {node} stopped")))?;
+        let written = match read? {
+            Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
+            None => {
+                let want = hex.clone();
+                let entry = entry.clone();
+                let summary = sink
+                    .add_tar(
+                        rt.copy_out(node, &format!("{dir}/{hex}")),
+                        Box::new(move |p| (p == want).then(|| entry.clone())),
+                        crate::bundle::writer::Grouping::PerEntry,
+                    )
+                    .await?;
+                summary.entries.into_iter().next().ok_or_else(|| {
+                    CaptureError::Invalid(format!(
+                        "{digest} missing from the copy of {node}'s content store ({dir})"
+                    ))
+                })?
+            }
+        };
+        // Content addressing is the integrity check of image data: a blob must hash to its name.
+        if written.sha256.as_deref() != Some(hex.as_str()) || written.size != size {
+            return Err(CaptureError::Invalid(format!(
+                "image blob {digest} read from {node} does not match its descriptor"
+            )));
+        }
+        bundled.insert(digest);
+        out.added += size;
+    }
+    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
+    let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
+    sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index)
+        .await?;
+
+    out.images.blobs = needed.into_keys().collect();
+    Ok(out)
+}
+
+/// A node's blobs being read ahead (started by [`read_ahead`]), for [`write`].
+pub struct Reading {
+    node: String,
+    out: NodeCapture,
+    needed: BTreeMap<String, (String, u64)>,
+    index_entries: Vec<serde_json::Value>,
+    dir: String,
+    /// (digest, hex, size) of each blob to write, in order.
+    todo: Vec<(String, String, u64)>,
+    /// Each blob's bytes (small ones and documents) or `None` (stream it), in the order of `todo`.
+    rx: tokio::sync::mpsc::Receiver<Result<Option<Vec<u8>>, CaptureError>>,
+    _ahead: crate::util::Task<()>,
+}
+
+impl Reading {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Starts reading a planned node's blobs, those not in `bundled` (written from another node) — small ones in
+/// memory, a bounded number ahead — for [`write`].
+pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result<Reading, CaptureError> {
     let Plan {
         node,
         mut out,
@@ -234,7 +305,7 @@ pub async fn write(
         todo.push((digest.clone(), hex.to_owned(), *size, documents.get(digest).cloned()));
     }
     // Small blobs are read ahead, in order, while the writer takes earlier ones; large ones are streamed.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
+    let (tx, rx) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
     let ahead = {
         let (rt, node, dir) = (rt.clone(), node.clone(), dir.clone());
         let wanted: Vec<(String, u64, Option<Vec<u8>>)> = todo
@@ -286,49 +357,16 @@ pub async fn write(
             }
         }
     };
-    let _ahead = crate::util::Task::spawn(ahead);
-    let node = node.as_str();
-    for (digest, hex, size, _) in todo {
-        let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
-        let read = rx
-            .recv()
-            .await
-            .ok_or_else(|| CaptureError::Invalid(format!("reading {digest} from {node} stopped")))?;
-        let written = match read? {
-            Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
-            None => {
-                let want = hex.clone();
-                let entry = entry.clone();
-                let summary = sink
-                    .add_tar(
-                        rt.copy_out(node, &format!("{dir}/{hex}")),
-                        Box::new(move |p| (p == want).then(|| entry.clone())),
-                        crate::bundle::writer::Grouping::PerEntry,
-                    )
-                    .await?;
-                summary.entries.into_iter().next().ok_or_else(|| {
-                    CaptureError::Invalid(format!(
-                        "{digest} missing from the copy of {node}'s content store ({dir})"
-                    ))
-                })?
-            }
-        };
-        // Content addressing is the integrity check of image data: a blob must hash to its name.
-        if written.sha256.as_deref() != Some(hex.as_str()) || written.size != size {
-            return Err(CaptureError::Invalid(format!(
-                "image blob {digest} read from {node} does not match its descriptor"
-            )));
-        }
-        bundled.insert(digest);
-        out.added += size;
-    }
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
-    let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-    sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index)
-        .await?;
-
-    out.images.blobs = needed.into_keys().collect();
-    Ok(out)
+    Ok(Reading {
+        _ahead: crate::util::Task::spawn(ahead),
+        node,
+        out,
+        needed,
+        index_entries,
+        dir,
+        todo: todo.into_iter().map(|(d, h, s, _)| (d, h, s)).collect(),
+        rx,
+    })
 }
 
 /// The line that says why a fetch failed: the last one the command printed.

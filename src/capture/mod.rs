@@ -206,16 +206,28 @@ async fn create_locked(
             let id = etcd_id.join().await?;
             etcd::capture(rt, &bootstrap.name, &id, &copy, &sink).await
         };
-        let (etcd, plans) = tokio::join!(etcd, plans.join());
+        // Once planned, the first node's blobs are read meanwhile.
+        let images_ahead = async {
+            let mut plans = plans.join().await?.into_iter();
+            let first = match plans.next() {
+                Some(plan) => Some(phase(
+                    "exporting images",
+                    images::read_ahead(rt, plan, &Default::default()),
+                )?),
+                None => None,
+            };
+            Ok::<_, CaptureError>((first, plans.collect()))
+        };
+        let (etcd, images_ahead) = tokio::join!(etcd, images_ahead);
         let mut etcd = phase("etcd snapshot", etcd)?;
-        let plans = plans?;
+        let images_ahead = images_ahead?;
         phases.push(p.finish());
 
         // 3. images, per node, blobs shared; meanwhile the etcd copy (every Secret) leaves the node
         let p = progress.phase("exporting images");
         let copy_only = [copy.as_str()];
         let (images, _) = tokio::join!(
-            capture_images(rt, req.images, plans, &sink, &mut warnings, &p),
+            capture_images(rt, req.images, images_ahead, &sink, &mut warnings, &p),
             node::remove_all(rt, &bootstrap.name, &copy_only)
         );
         let images = images?;
@@ -445,10 +457,13 @@ async fn plan_images(
         })
 }
 
+/// The first node's blobs being read already (during the etcd snapshot), and the other nodes' plans.
+type ImagesAhead = (Option<images::Reading>, Vec<images::Plan>);
+
 async fn capture_images(
     rt: &Runtime,
     mode: ImagesMode,
-    plans: Vec<images::Plan>,
+    (first, rest): ImagesAhead,
     sink: &BundleSink,
     warnings: &mut Vec<String>,
     p: &crate::progress::Phase,
@@ -456,9 +471,18 @@ async fn capture_images(
     let mut per_node = BTreeMap::new();
     let mut size = 0;
     let mut bundled = std::collections::HashSet::new();
-    for plan in plans {
-        p.set_message(format!("exporting images ({})", plan.node()));
-        let got = phase("exporting images", images::write(rt, plan, sink, &mut bundled).await)?;
+    let mut rest = rest.into_iter();
+    let mut next = first;
+    loop {
+        let reading = match next.take() {
+            Some(r) => r,
+            None => match rest.next() {
+                Some(plan) => phase("exporting images", images::read_ahead(rt, plan, &bundled))?,
+                None => break,
+            },
+        };
+        p.set_message(format!("exporting images ({})", reading.node()));
+        let got = phase("exporting images", images::write(rt, reading, sink, &mut bundled).await)?;
         size += got.added;
         warnings.extend(got.warnings);
         per_node.insert(got.node, got.images);

@@ -342,26 +342,37 @@ pub async fn read_files(rt: &Runtime, node: &str, files: &[(&str, u64)]) -> Resu
     let mut argv = vec!["cat", "--"];
     argv.extend(files.iter().map(|(p, _)| *p));
     let out = rt.run_bytes(node, &argv).await?;
-    let want: u64 = files.iter().map(|(_, s)| s).sum();
-    if out.len() as u64 != want {
-        return Err(ExecError {
+    let sizes: Vec<u64> = files.iter().map(|(_, s)| *s).collect();
+    split_by_sizes(&out, &sizes).ok_or_else(|| {
+        ExecError {
             node: node.into(),
             command: argv_of(&argv),
             code: Some(0),
             stdout: String::new(),
-            stderr: format!("read {} bytes, expected {want}: a file changed meanwhile", out.len()),
+            stderr: format!(
+                "read {} bytes, expected {}: a file changed meanwhile",
+                out.len(),
+                sizes.iter().sum::<u64>()
+            ),
         }
-        .into());
+        .into()
+    })
+}
+
+/// `out` cut into pieces of `sizes`; `None` unless they add up to exactly its length.
+fn split_by_sizes(out: &[u8], sizes: &[u64]) -> Option<Vec<Vec<u8>>> {
+    if sizes.iter().try_fold(0u64, |a, s| a.checked_add(*s))? != out.len() as u64 {
+        return None;
     }
-    let mut rest = out.as_slice();
-    Ok(files
+    let mut rest = out;
+    sizes
         .iter()
-        .map(|(_, size)| {
-            let (one, tail) = rest.split_at(usize::try_from(*size).unwrap_or(0));
+        .map(|size| {
+            let (one, tail) = rest.split_at_checked(usize::try_from(*size).ok()?)?;
             rest = tail;
-            one.to_vec()
+            Some(one.to_vec())
         })
-        .collect())
+        .collect()
 }
 
 /// Fetches the content an image lacks from its registry, inside the node (as containerd would for a pull),
@@ -834,6 +845,18 @@ pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cat_output_is_split_by_the_declared_sizes_and_nothing_else() {
+        assert_eq!(
+            split_by_sizes(b"abcdef", &[1, 0, 2, 3]),
+            Some(vec![b"a".to_vec(), vec![], b"bc".to_vec(), b"def".to_vec()])
+        );
+        // A file that grew or shrank since it was listed: nothing is split wrongly.
+        assert_eq!(split_by_sizes(b"abcdef", &[1, 2]), None);
+        assert_eq!(split_by_sizes(b"abc", &[1, 5]), None);
+        assert_eq!(split_by_sizes(b"", &[u64::MAX, 1]), None);
+    }
 
     /// `containerd config dump` of containerd 2.1.9 (Debian unstable's) loading kind's version-2 config.toml:
     /// printed as version 3 by go-toml v2, single-quoted (excerpt).
