@@ -386,7 +386,63 @@ impl Drop for ContentTap {
     }
 }
 
-type Builder = tar::Builder<ParGzWriter<BufWriter<File>>>;
+type Builder = tar::Builder<ParGzWriter<BufWriter<EarlySync>>>;
+
+/// A file whose data is flushed to disk while it is written: every [`EARLY_SYNC_EVERY`] bytes a thread of its
+/// own calls `fdatasync` on it (writes go on meanwhile), so the final sync that publishing requires waits only
+/// for the tail instead of the whole bundle.
+struct EarlySync {
+    file: File,
+    unsynced: u64,
+    kick: Option<SyncSender<()>>,
+}
+
+const EARLY_SYNC_EVERY: u64 = 32 << 20;
+
+impl EarlySync {
+    fn new(file: File) -> Self {
+        // Without a second handle or thread, the final sync does it all (as before); nothing is lost.
+        let kick = file.try_clone().ok().and_then(|clone| {
+            let (tx, rx) = sync_channel::<()>(1);
+            std::thread::Builder::new()
+                .name("bundle-sync".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        let _ = clone.sync_data();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        });
+        Self {
+            file,
+            unsynced: 0,
+            kick,
+        }
+    }
+
+    fn into_file(self) -> File {
+        self.file
+    }
+}
+
+impl io::Write for EarlySync {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= EARLY_SYNC_EVERY {
+            self.unsynced = 0;
+            if let Some(kick) = &self.kick {
+                let _ = kick.try_send(()); // a sync still running covers these bytes too
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
 
 struct State {
     builder: Builder,
@@ -397,7 +453,11 @@ struct State {
 }
 
 fn writer_thread(file: File, opts: WriterOptions, mut rx: mpsc::Receiver<Msg>) {
-    let gz = ParGzWriter::new(BufWriter::with_capacity(1 << 20, file), opts.level, opts.threads);
+    let gz = ParGzWriter::new(
+        BufWriter::with_capacity(1 << 20, EarlySync::new(file)),
+        opts.level,
+        opts.threads,
+    );
     let mut builder = tar::Builder::new(gz);
     builder.mode(tar::HeaderMode::Complete);
     let tap = match ContentTap::start() {
@@ -722,7 +782,8 @@ impl State {
         } = gz.finish().map_err(|e| BundleError::io("finishing the archive", e))?;
         let file = out
             .into_inner()
-            .map_err(|e| BundleError::io("writing the archive", e.into_error()))?;
+            .map_err(|e| BundleError::io("writing the archive", e.into_error()))?
+            .into_file();
         file.sync_all().map_err(|e| BundleError::io("syncing the archive", e))?;
         let sha256 = hex::encode(sha256);
         let index = backends::BundleIndex {
