@@ -13,9 +13,7 @@
 //! [`ImagesMode::Local`]) is kept *by reference*: named in the metadata, left for the kubelet to pull after a
 //! restore, with a warning.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-
-use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
@@ -29,8 +27,6 @@ use super::CaptureError;
 
 /// How long fetching one image's missing layers from its registry may take.
 const FETCH_TIMEOUT_SECS: u64 = 300;
-/// Images whose documents are read at once.
-const WALKS_IN_FLIGHT: usize = 8;
 /// Blobs up to this size are read ahead, in memory, several per `cat`, while earlier ones are written: each
 /// archive read costs a round trip (serialized per node by the runtime) that dwarfs a small blob's bytes.
 const PREFETCH_MAX: u64 = 1 << 20;
@@ -70,35 +66,75 @@ struct Walk {
     missing: BTreeSet<String>,
 }
 
-async fn walk(
+/// Every image's content, walked level by level (index → manifests → configs and layers): each level's
+/// documents, for all images at once, read in one round trip straight from the content store `dir`.
+async fn walk_all(
     rt: &Runtime,
     node: &str,
     platform: &str,
-    image: &ImageRecord,
+    dir: &str,
+    images: &[&ImageRecord],
     present: &HashSet<String>,
-) -> Result<Walk, CaptureError> {
-    let mut w = Walk::default();
-    let mut queue = vec![(image.digest.clone(), image.media_type.clone())];
-    while let Some((digest, media_type)) = queue.pop() {
-        if !present.contains(&digest) {
-            w.missing.insert(digest);
-            continue;
+) -> Result<Vec<Walk>, CaptureError> {
+    let mut walks: Vec<Walk> = images.iter().map(|_| Walk::default()).collect();
+    let mut frontier: Vec<(usize, String, String)> = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| (i, im.digest.clone(), im.media_type.clone()))
+        .collect();
+    while !frontier.is_empty() {
+        let wanted: BTreeSet<&str> = frontier
+            .iter()
+            .map(|(_, d, _)| d.as_str())
+            .filter(|d| present.contains(*d))
+            .collect();
+        let mut read: HashMap<String, Vec<u8>> = HashMap::new();
+        let wanted: Vec<&str> = wanted.into_iter().collect();
+        for batch in wanted.chunks(PREFETCH_FILES) {
+            let paths = batch.iter().map(|d| blob_path(dir, d)).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let got = node::read_files_sized(rt, node, &refs).await?;
+            read.extend(batch.iter().map(|d| d.to_string()).zip(got));
         }
-        let bytes = node::content_get(rt, node, &digest).await?;
-        check_digest(node, &digest, &bytes)?;
-        let children = oci::children(&bytes, &media_type, platform)
-            .map_err(|e| CaptureError::Invalid(format!("{} on {node}: {digest}: {e}", image.name)))?;
-        w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
-        w.documents.insert(digest, bytes);
-        queue.extend(children.documents);
-        for d in children.blobs {
-            if !present.contains(&d.digest) {
-                w.missing.insert(d.digest.clone());
+        let mut next = Vec::new();
+        for (i, digest, media_type) in frontier {
+            let w = &mut walks[i];
+            if !present.contains(&digest) {
+                w.missing.insert(digest);
+                continue;
             }
-            w.blobs.insert(d.digest, (d.media_type, d.size));
+            if w.documents.contains_key(&digest) {
+                continue;
+            }
+            let bytes = read
+                .get(&digest)
+                .cloned()
+                .ok_or_else(|| CaptureError::Invalid(format!("{digest} was not read from {node}")))?;
+            check_digest(node, &digest, &bytes)?;
+            let image = &images[i].name;
+            let children = oci::children(&bytes, &media_type, platform)
+                .map_err(|e| CaptureError::Invalid(format!("{image} on {node}: {digest}: {e}")))?;
+            w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
+            w.documents.insert(digest, bytes);
+            next.extend(children.documents.into_iter().map(|(d, m)| (i, d, m)));
+            for d in children.blobs {
+                if !present.contains(&d.digest) {
+                    w.missing.insert(d.digest.clone());
+                }
+                w.blobs.insert(d.digest, (d.media_type, d.size));
+            }
         }
+        frontier = next;
     }
-    Ok(w)
+    Ok(walks)
+}
+
+/// Where a blob lives in the content store `dir` (a digest that is not a sha256 is refused: it names a path).
+fn blob_path(dir: &str, digest: &str) -> Result<String, CaptureError> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(format!("{dir}/{hex}")),
+        _ => Err(CaptureError::Invalid(format!("unsupported digest {digest}"))),
+    }
 }
 
 /// What a node's images consist of, read before anything is written (nodes are planned concurrently).
@@ -132,15 +168,10 @@ pub async fn plan(
     let mut documents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut index_entries = Vec::new();
     let mut kept = Vec::new();
-    // Every image walked at once (exec round trips that overlap); fetching, rare, is done one by one below.
-    let mut walking = Vec::with_capacity(records.len());
-    for image in &records {
-        walking.push(walk(rt, node, platform, image, &present));
-    }
-    let walks: Vec<Walk> = futures_util::stream::iter(walking)
-        .buffered(WALKS_IN_FLIGHT)
-        .try_collect()
-        .await?;
+    // Every image walked at once; fetching, rare, is done one by one below.
+    let dir = config.content_blobs();
+    let all: Vec<&ImageRecord> = records.iter().collect();
+    let walks = walk_all(rt, node, platform, &dir, &all, &present).await?;
     for (image, w) in records.iter().zip(walks) {
         let mut w = w;
         let mut why = "its layers are not in the node's content store (discarded after a pull) and --images local fetches nothing".to_owned();
@@ -151,7 +182,10 @@ pub async fn plan(
             match node::content_fetch(rt, node, &image.name, platform, FETCH_TIMEOUT_SECS).await {
                 Ok(()) => {
                     present = node::content_digests(rt, node).await?;
-                    w = walk(rt, node, platform, image, &present).await?;
+                    w = walk_all(rt, node, platform, &dir, &[image], &present)
+                        .await?
+                        .pop()
+                        .unwrap_or_default();
                     why = "its registry served an incomplete image".into();
                 }
                 Err(e) => {

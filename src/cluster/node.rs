@@ -324,14 +324,6 @@ pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collection
         .collect())
 }
 
-/// One small blob (a manifest, index or config) from the content store.
-pub async fn content_get(rt: &Runtime, node: &str, digest: &str) -> Result<Vec<u8>, ClusterError> {
-    Ok(rt
-        .run(node, &["ctr", "--namespace=k8s.io", "content", "get", digest])
-        .await?
-        .into_bytes())
-}
-
 /// Reads several small files of known sizes in one round trip (`cat` of them all, split by size): the
 /// archive API serves one path per request, one request at a time per node. Fails unless the output is
 /// exactly the sum of `sizes`, so a file that changed size is never split wrongly.
@@ -357,6 +349,41 @@ pub async fn read_files(rt: &Runtime, node: &str, files: &[(&str, u64)]) -> Resu
         }
         .into()
     })
+}
+
+/// Reads several small files whose sizes are not known, in one round trip: each is printed as its size
+/// (`wc -c`), a newline, and its bytes.
+pub async fn read_files_sized(rt: &Runtime, node: &str, paths: &[&str]) -> Result<Vec<Vec<u8>>, ClusterError> {
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let script = r#"for f; do n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f" || exit 1; done"#;
+    let mut argv = vec!["sh", "-c", script, "sh"];
+    argv.extend_from_slice(paths);
+    let out = rt.run_bytes(node, &argv).await?;
+    parse_sized(&out, paths.len()).ok_or_else(|| {
+        ExecError {
+            node: node.into(),
+            command: argv_of(&argv),
+            code: Some(0),
+            stdout: String::new(),
+            stderr: format!("output of {} bytes is not {} sized files", out.len(), paths.len()),
+        }
+        .into()
+    })
+}
+
+/// `count` records of `SIZE\n` + SIZE bytes, and nothing after them.
+fn parse_sized(mut out: &[u8], count: usize) -> Option<Vec<Vec<u8>>> {
+    let mut files = Vec::with_capacity(count);
+    for _ in 0..count {
+        let nl = out.iter().position(|b| *b == b'\n')?;
+        let size: usize = std::str::from_utf8(&out[..nl]).ok()?.trim().parse().ok()?;
+        let (one, rest) = out[nl + 1..].split_at_checked(size)?;
+        files.push(one.to_vec());
+        out = rest;
+    }
+    out.is_empty().then_some(files)
 }
 
 /// `out` cut into pieces of `sizes`; `None` unless they add up to exactly its length.
@@ -845,6 +872,18 @@ pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sized_output_is_parsed_and_anything_else_refused() {
+        // What the script prints for a 3-byte file, an empty one and a file holding a newline (busybox's
+        // `wc -c` pads with spaces).
+        let out = b"3\nabc0\n      1\n\n";
+        assert_eq!(parse_sized(out, 3), Some(vec![b"abc".to_vec(), vec![], b"\n".to_vec()]));
+        assert_eq!(parse_sized(out, 2), None, "trailing bytes");
+        assert_eq!(parse_sized(out, 4), None, "a record missing");
+        assert_eq!(parse_sized(b"5\nabc", 1), None, "short");
+        assert_eq!(parse_sized(b"x\nabc", 1), None, "not a size");
+    }
 
     #[test]
     fn cat_output_is_split_by_the_declared_sizes_and_nothing_else() {
