@@ -77,6 +77,13 @@ pub enum Output {
     Yaml,
 }
 
+/// `-o/--output` for commands that print one result (create, restore, resume): `-o json` is `--json`, as kubectl
+/// users type it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultOutput {
+    Json,
+}
+
 /// Exit codes (documented in docs/commands.md, "Exit codes", and the README).
 pub mod exit {
     /// Any failure not listed below.

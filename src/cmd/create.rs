@@ -24,6 +24,9 @@ pub struct Args {
     /// Print a JSON CreateResult (phases, metadata, path, size, sha256) instead of a summary line.
     #[arg(long)]
     pub json: bool,
+    /// `-o json`: the same as --json.
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<crate::cli::ResultOutput>,
     /// Which images to capture: all (fetch layers a node discarded after a pull from the image's registry,
     /// inside the node; an image that cannot be fetched is kept by reference, with a warning), local (only
     /// what the nodes hold; the rest by reference), none (etcd and volumes only, the fastest).
@@ -57,6 +60,7 @@ struct CreateResult<'a> {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let json = args.json || args.output.is_some();
     let name = match (&args.snapshot, &args.name) {
         (Some(a), Some(b)) if a != b => {
             return Err(UsageError(format!("two snapshot names given ({a:?} and --name {b:?}); give one")).into());
@@ -75,7 +79,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         None => None,
     };
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
-    let progress = Progress::new(!args.json);
+    let progress = Progress::new(!json);
     let writer = WriterOptions {
         level: args.compression_level,
         ..WriterOptions::default()
@@ -94,12 +98,12 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     }
     if let Some(remote) = &remote {
         let cluster_name = backends::ClusterName::new(&cluster)?;
-        push_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
-        if !args.json {
+        push_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !json).await?;
+        if !json {
             eprintln!("Pushed to {}", remote.describe());
         }
     }
-    if args.json {
+    if json {
         let result = CreateResult {
             name: name.as_str(),
             cluster: &cluster,

@@ -13,7 +13,7 @@ use crate::restore::{self, Check, Outcome, Request, RestoreError};
 use crate::util::parse_size;
 
 #[derive(Debug, clap::Args)]
-#[command(override_usage = "kubectl snapshot restore [CLUSTER] <SNAPSHOT> [--json]")]
+#[command(override_usage = "kubectl snapshot restore [CLUSTER] <SNAPSHOT> [--json|-o json]")]
 pub struct Args {
     /// [CLUSTER] SNAPSHOT: with one argument it is the snapshot, and the cluster is auto-detected.
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
@@ -21,6 +21,9 @@ pub struct Args {
     /// Print a JSON RestoreResult (pre-flight checks, phases, where old etcd data was kept).
     #[arg(long)]
     pub json: bool,
+    /// `-o json`: the same as --json.
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<crate::cli::ResultOutput>,
     /// Free space the cluster's container root must have for the restore to start (base-2 suffixes).
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
     pub min_free_space: u64,
@@ -43,9 +46,10 @@ struct RestoreResult<'a> {
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let json = args.json || args.output.is_some();
     let (cluster, name) = cluster_and_snapshot(&args.args, "restore")?;
     let (rt, cluster) = ctx.live_cluster(cluster).await?;
-    let progress = Progress::new(!args.json);
+    let progress = Progress::new(!json);
     let started = std::time::Instant::now();
     let cluster_name = backends::ClusterName::new(&cluster)?;
     if !ctx.store.exists(&cluster_name, &name) {
@@ -64,7 +68,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         let live = restore::preflight::gather(&rt, rt.nodes(&cluster).await?).await;
         let checks = restore::preflight::compat(&meta, &live, args.min_free_space);
         if checks.iter().any(|c| !c.ok) {
-            if args.json {
+            if json {
                 let out = RestoreResult {
                     name: name.as_str(),
                     cluster: &cluster,
@@ -77,8 +81,8 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             }
             return Err(RestoreError::Preflight(checks).into());
         }
-        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !args.json).await?;
-        if !args.json {
+        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !json).await?;
+        if !json {
             eprintln!(
                 "Pulled {:?} from {} (sha256 verified)",
                 name.as_str(),
@@ -94,7 +98,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     };
     let mut checks = Vec::new();
     let result = restore::restore(&rt, req, &progress, &mut checks).await;
-    if args.json {
+    if json {
         let (ok, outcome, error) = match &result {
             Ok(o) => (true, Some(o), None),
             Err(e) => (false, None, Some(e.to_string())),
@@ -115,7 +119,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         crate::util::out!("{}", serde_json::to_string_pretty(&out)?);
     }
     let outcome = result?;
-    if !args.json {
+    if !json {
         crate::util::out!(
             "Restored snapshot {:?} onto cluster {:?} in {:.1}s",
             name.as_str(),

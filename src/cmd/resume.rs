@@ -18,12 +18,16 @@ pub struct Args {
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
+    /// `-o json`: the same as --json.
+    #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
+    pub output: Option<crate::cli::ResultOutput>,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let json = args.json || args.output.is_some();
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
     let report = recover::resume(&rt, &cluster, args.rollback).await?;
-    if args.json {
+    if json {
         crate::util::out!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }

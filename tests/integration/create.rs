@@ -14,7 +14,7 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
     cluster.etcdctl(&cluster.cp(1), &["put", "/registry/kubectl-snapshot-test/key", &marker]);
     let ips: Vec<String> = cluster.nodes().iter().map(|n| cluster.ip(n)).collect();
 
-    let run = store.run(&["create", &cluster.name, snap, "--json"]).ok();
+    let run = store.run(&["create", &cluster.name, snap, "-o", "json"]).ok();
     let result = run.json();
     let bundle = store.bundle(&cluster.name, snap);
     let bytes = std::fs::read(&bundle).expect("bundle written");
