@@ -333,9 +333,9 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
         if bundled.contains(digest) {
             continue;
         }
-        let hex = digest
-            .strip_prefix("sha256:")
-            .ok_or_else(|| CaptureError::Invalid(format!("unsupported digest {digest}")))?;
+        // A descriptor's digest becomes a path in the node: only a well-formed sha256 passes.
+        blob_path(&dir, digest)?;
+        let hex = digest.trim_start_matches("sha256:");
         todo.push((digest.clone(), hex.to_owned(), *size, documents.get(digest).cloned()));
     }
     // Small blobs are read ahead, in order, while the writer takes earlier ones; large ones are streamed.
@@ -416,4 +416,24 @@ fn fetch_failure(e: &crate::cluster::ClusterError) -> String {
         .unwrap_or("")
         .trim()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_sha256_becomes_a_path_in_the_node() {
+        let hex = "ab".repeat(32);
+        assert_eq!(blob_path("/c", &format!("sha256:{hex}")).unwrap(), format!("/c/{hex}"));
+        for bad in [
+            "sha256:../../../etc/shadow".to_owned(),
+            format!("sha256:{hex}/../x"),
+            format!("sha512:{hex}"),
+            format!("sha256:{}", &hex[1..]),
+            hex.clone(),
+        ] {
+            assert!(blob_path("/c", &bad).is_err(), "{bad}");
+        }
+    }
 }
