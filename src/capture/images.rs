@@ -342,9 +342,10 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
     let (tx, rx) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
     let ahead = {
         let (rt, node, dir) = (rt.clone(), node.clone(), dir.clone());
+        // The documents move to the reader, which hands them back in order.
         let wanted: Vec<(String, u64, Option<Vec<u8>>)> = todo
-            .iter()
-            .map(|(_, hex, size, doc)| (hex.clone(), *size, doc.clone()))
+            .iter_mut()
+            .map(|(_, hex, size, doc)| (hex.clone(), *size, doc.take()))
             .collect();
         async move {
             let mut wanted = wanted.into_iter().peekable();

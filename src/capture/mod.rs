@@ -387,8 +387,8 @@ fn preflight(nodes: &[Node]) -> Result<(), CaptureError> {
 }
 
 /// Versions, platform, addons and the etcd image: every node asked at once.
+/// (Called before [`preflight`] has run, while the lock is taken: create checks the nodes' states itself.)
 async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError> {
-    preflight(nodes)?;
     let bootstrap = nodes
         .iter()
         .find(|n| n.role == Role::ControlPlane)
