@@ -3,7 +3,8 @@
 //! - a pulled image whose layers containerd discarded (kind's `discard_unpacked_layers = true`): kept by
 //!   reference when its registry is unreachable, fetched into the bundle when kind's local registry serves it;
 //! - HA restore and resume with kind's external load balancer present (no systemd, kubelet or crictl in it);
-//! - addon versions read from image IDs (`crictl ps` reports IDs; names come from `crictl images`);
+//! - addon versions read from what `crictl ps` reports: image IDs, with the pod's image name beside them
+//!   (containerd 2.x) or without it (containerd 1.7: names come from `crictl images`);
 //! - restore with each etcd image layout (k8s-3.5: no etcdutl; official: no shell);
 //! - the etcd revision moves forward across a restore (`--bump-revision`).
 
@@ -191,22 +192,36 @@ fn addon_versions_come_from_image_ids_and_a_changed_addon_is_refused() {
     let cluster = Cluster::up("addons", 1, 0);
     let store = Store::new();
     let node = cluster.cp(1);
-    // What a real kubelet makes crictl report: image IDs, not names.
+    // What a real kubelet makes crictl report: image IDs as the images, the pod's image name beside them.
     let ps = cluster.sh(&node, "crictl ps -o json");
     assert!(ps.contains("\"image\": \"sha256:"), "{ps}");
-
-    let v = store.run(&["create", &cluster.name, "snap", "--json"]).ok().json();
-    assert_eq!(
-        v["metadata"]["addons"]["kindnetd"], "v20250512-df8de77b",
-        "{}",
-        v["metadata"]["addons"]
-    );
-    assert_eq!(v["metadata"]["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
     assert!(
-        v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"),
-        "etcd image named: {}",
-        v["metadata"]["etcd"]
+        ps.contains("\"userSpecifiedImage\": \"docker.io/kindest/kindnetd:v20250512-df8de77b\""),
+        "{ps}"
     );
+    let addons_of = |run: &Run| {
+        let v = run.json();
+        assert_eq!(
+            v["metadata"]["addons"]["kindnetd"], "v20250512-df8de77b",
+            "{}",
+            v["metadata"]["addons"]
+        );
+        assert_eq!(v["metadata"]["addons"]["local-path-provisioner"], "v20250214-acbabc1a");
+        assert!(
+            v["metadata"]["etcd"]["image"].as_str().unwrap().contains("etcd"),
+            "etcd image named: {}",
+            v["metadata"]["etcd"]
+        );
+    };
+    // containerd 2.x: the names are in `crictl ps`, so `crictl images` is not asked.
+    let run = store.run(&["-v", "create", &cluster.name, "snap", "--json"]).ok();
+    addons_of(&run);
+    assert!(!run.stderr.contains("crictl images"), "{}", run.stderr);
+    // containerd 1.7 (cri-api v0.27) has no userSpecifiedImage: the IDs are named through `crictl images`.
+    cluster.sh(&node, "touch /run/fixture-cri/cri-api-v0.27");
+    let run = store.run(&["-v", "create", &cluster.name, "snap-1-7", "--json"]).ok();
+    addons_of(&run);
+    assert!(run.stderr.contains("crictl images -o json -> exit 0"), "{}", run.stderr);
 
     // Upgrade kindnet: restore must refuse, naming both versions.
     let repo = "docker.io/kindest/kindnetd";
