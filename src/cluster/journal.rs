@@ -186,7 +186,12 @@ impl Lock {
         let me = Holder::me(command);
         for _ in 0..3 {
             let json = serde_json::to_vec(&me).unwrap_or_default();
-            if node::create_dir_with_file(rt, node, LOCK_DIR, HOLDER, json).await? {
+            let taken = match node::create_dir_with_file(rt, node, LOCK_DIR, HOLDER, json).await {
+                // Whether the command took the lock is unknown: the holder file, our id or not, says.
+                Err(ClusterError::LostExit { .. }) => read_holder(rt, node).await?.is_some_and(|h| h.id == me.id),
+                taken => taken?,
+            };
+            if taken {
                 return Ok(Self::held(rt, node, me));
             }
             match read_holder(rt, node).await? {

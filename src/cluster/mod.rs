@@ -27,6 +27,11 @@ pub use resolve::{resolve_live, resolve_stored};
 pub const CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
 pub const ROLE_LABEL: &str = "io.x-k8s.kind.role";
 
+/// How often a command that has not ended is checked for a lost exit, and how long its process must have
+/// been gone before the exit is taken as lost.
+const LOST_EXIT_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const LOST_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Output kept from a failed command, per stream.
 const OUTPUT_TAIL: usize = 8 * 1024;
 /// The most a collected (non-streamed) command may print.
@@ -63,6 +68,30 @@ pub enum ClusterError {
     NodeNotRunning { node: String, state: String },
     #[error(transparent)]
     Exec(#[from] ExecError),
+    /// The command's process ended but the runtime never reported its exit (see [`Runtime::lost_exit`]).
+    #[error(
+        "command `{}` on node {node} ended, but the container runtime still reports it running: its outcome is unknown\nhint: containerd's runc shim before 1.6.22 and 1.7.3 loses the exits of commands (containerd #8557); upgrade containerd (or Docker Engine), then run this again",
+        .command.join(" ")
+    )]
+    LostExit { node: String, command: Vec<String> },
+}
+
+/// Runs a command that may safely run twice (a read, `mkdir -p`, `rm -rf`, an atomic rewrite) once more if
+/// the runtime lost its exit the first time; anything else is returned as it is.
+pub async fn idempotent<T, F, Fut>(run: F) -> Result<T, ClusterError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    match run().await {
+        Err(ClusterError::LostExit { node, command }) => {
+            crate::util::trace(std::time::Instant::now(), || {
+                format!("{node}: running `{}` again", command.join(" "))
+            });
+            run().await
+        }
+        done => done,
+    }
 }
 
 fn existing_hint(existing: &[String]) -> String {
@@ -375,6 +404,48 @@ impl Runtime {
         Ok((created.id, started))
     }
 
+    /// Resolves only if the runtime lost a command's exit: its process is gone from this host while the
+    /// runtime still reports it running, for [`LOST_EXIT_GRACE`]. containerd's runc shim before 1.6.22 and
+    /// 1.7.3 can drop the exit of an exec when several execs of one container end at once (containerd #8557,
+    /// fixed by #8617); Docker then never ends the command's output stream, nor reports it finished, and a
+    /// client waiting for either waits forever. Never resolves where the runtime's processes are not visible
+    /// (a daemon in a VM or elsewhere): nothing can be concluded there.
+    async fn lost_exit(&self, node: &str, exec_id: &str) {
+        let mut gone_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::time::sleep(LOST_EXIT_POLL).await;
+            let pid = match self.docker.inspect_exec(exec_id).await {
+                Ok(i) if i.running == Some(true) => i.pid.unwrap_or(0),
+                _ => 0,
+            };
+            let gone = pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !gone {
+                gone_since = None;
+                continue;
+            }
+            let since = *gone_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= LOST_EXIT_GRACE && self.processes_visible(node).await {
+                crate::util::trace(since, || {
+                    format!("{node}: the runtime lost the exit of exec {exec_id} (pid {pid})")
+                });
+                return;
+            }
+        }
+    }
+
+    /// Whether this host sees the runtime's processes: the node's init process is in our /proc, in the
+    /// node's cgroup.
+    async fn processes_visible(&self, node: &str) -> bool {
+        let Ok(info) = self.docker.inspect_container(node, None).await else {
+            return false;
+        };
+        let (Some(id), Some(pid)) = (info.id, info.state.and_then(|s| s.pid)) else {
+            return false;
+        };
+        pid > 0
+            && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| !id.is_empty() && c.contains(&id))
+    }
+
     async fn exit_code(&self, exec_id: &str) -> Option<i64> {
         self.docker.inspect_exec(exec_id).await.ok().and_then(|i| i.exit_code)
     }
@@ -405,7 +476,10 @@ impl Runtime {
         let StartExecResults::Attached { mut output, .. } = started else {
             return Ok((-1, Vec::new(), Vec::new()));
         };
-        let (stdout, stderr) = collect(&mut output, node, argv).await?;
+        let (stdout, stderr) = tokio::select! {
+            got = collect(&mut output, node, argv) => got?,
+            () = self.lost_exit(node, &id) => return Err(lost_exit_error(node, argv)),
+        };
         let code = self.exit_code(&id).await.unwrap_or(-1);
         Ok((code, stdout, stderr))
     }
@@ -527,7 +601,13 @@ impl Runtime {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut input).await;
             copied
         });
-        let (stdout, stderr) = collect(&mut output, node, argv).await?;
+        let (stdout, stderr) = tokio::select! {
+            got = collect(&mut output, node, argv) => got?,
+            () = self.lost_exit(node, &id) => {
+                feed.abort();
+                return Err(lost_exit_error(node, argv));
+            }
+        };
         let fed = feed.await;
         let code = self.exit_code(&id).await;
         let fail = |extra: String| ExecError {
@@ -608,6 +688,18 @@ feeding standard input: {e}"
     }
 }
 
+/// A command whose exit the runtime lost: its outcome is unknown, so it failed.
+fn lost_exit_error(node: &str, argv: &[&str]) -> ClusterError {
+    ClusterError::LostExit {
+        node: node.into(),
+        command: argv_owned(argv),
+    }
+}
+
+fn argv_owned(argv: &[&str]) -> Vec<String> {
+    argv.iter().map(|s| s.to_string()).collect()
+}
+
 /// Collects a command's stdout and stderr, up to [`COLLECT_MAX`].
 async fn collect(
     output: &mut (impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
@@ -647,4 +739,63 @@ fn tail(s: &str) -> String {
         start += 1;
     }
     format!("...{}", &s[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> ClusterError {
+        lost_exit_error("n", &["cat", "/f"])
+    }
+
+    #[tokio::test]
+    async fn a_lost_exit_is_run_once_more_and_nothing_else_is() {
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let got = idempotent(|| async {
+            match runs.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(lost()),
+                _ => Ok("read"),
+            }
+        })
+        .await;
+        assert_eq!((got.ok(), runs.load(Ordering::SeqCst)), (Some("read"), 2));
+
+        // Lost twice: the second loss is the error, and there is no third run.
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let got: Result<(), _> = idempotent(|| async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err(lost())
+        })
+        .await;
+        assert!(matches!(got, Err(ClusterError::LostExit { .. })));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+        // A command that failed is not run again.
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let got: Result<(), _> = idempotent(|| async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err(ClusterError::NodeNotRunning {
+                node: "n".into(),
+                state: "exited".into(),
+            })
+        })
+        .await;
+        assert!(matches!(got, Err(ClusterError::NodeNotRunning { .. })));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_lost_exit_names_the_command_the_node_and_what_to_do() {
+        let msg = lost().to_string();
+        for part in [
+            "`cat /f`",
+            "node n",
+            "outcome is unknown",
+            "containerd #8557",
+            "upgrade containerd",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from {msg}");
+        }
+    }
 }

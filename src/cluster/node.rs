@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{ClusterError, ExecError, Runtime};
+use super::{ClusterError, ExecError, Runtime, idempotent};
 
 pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Where kind's containerd looks for per-registry hosts.toml files (`config_path` of the CRI registry).
@@ -137,14 +137,14 @@ fn image_name(image: &str, user_specified: &str, images: &[CriImage]) -> String 
 /// Running containers on a node, each with its image name.
 pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriContainer>, ClusterError> {
     let ps = ["crictl", "ps", "-o", "json"];
-    let out = rt.run(node, &ps).await?;
+    let out = idempotent(|| rt.run(node, &ps)).await?;
     let found = parse_ps(&out).map_err(|e| unreadable(node, &ps, &out, e))?;
     let images = if found
         .iter()
         .any(|(_, image, user)| is_image_id(image) && (user.is_empty() || is_image_id(user)))
     {
         let ls = ["crictl", "images", "-o", "json"];
-        let out = rt.run(node, &ls).await?;
+        let out = idempotent(|| rt.run(node, &ls)).await?;
         parse_images(&out).map_err(|e| unreadable(node, &ls, &out, e))?
     } else {
         Vec::new()
@@ -161,7 +161,7 @@ pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriConta
 /// ID of the running etcd container on a control-plane node.
 pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
     let argv = ["crictl", "ps", "--name", "^etcd$", "--state", "running", "-q"];
-    let out = rt.run(node, &argv).await?;
+    let out = idempotent(|| rt.run(node, &argv)).await?;
     out.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
@@ -181,31 +181,37 @@ pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterE
 /// Stops kubelet, then every running container, so nothing changes images or PV data. Node IPs are kept:
 /// the node containers themselves keep running.
 pub async fn quiesce(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
-    rt.run(node, &["systemctl", "stop", "kubelet"]).await?;
-    let ids = rt.run(node, &["crictl", "ps", "-q"]).await?;
+    idempotent(|| rt.run(node, &["systemctl", "stop", "kubelet"])).await?;
+    let ids = idempotent(|| rt.run(node, &["crictl", "ps", "-q"])).await?;
     let ids: Vec<&str> = ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if !ids.is_empty() {
         let mut argv = vec!["crictl", "stop", "--timeout", "30"];
         argv.extend(ids);
-        rt.run(node, &argv).await?;
+        // CRI StopContainer is a no-op for a container already stopped.
+        idempotent(|| rt.run(node, &argv)).await?;
     }
     Ok(())
 }
 
 /// Starts kubelet again; it restarts the node's static pods and containers.
 pub async fn resume(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
-    rt.run(node, &["systemctl", "start", "kubelet"]).await.map(|_| ())
+    idempotent(|| rt.run(node, &["systemctl", "start", "kubelet"]))
+        .await
+        .map(|_| ())
 }
 
 /// Kubernetes version of the node image (`/kind/version`).
 pub async fn k8s_version(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
-    Ok(rt.run(node, &["cat", "/kind/version"]).await?.trim().to_owned())
+    Ok(idempotent(|| rt.run(node, &["cat", "/kind/version"]))
+        .await?
+        .trim()
+        .to_owned())
 }
 
 /// Free bytes on the node's /var (the volume that holds etcd, containerd and the PVs).
 pub async fn free_bytes(rt: &Runtime, node: &str) -> Result<u64, ClusterError> {
     let argv = ["df", "-Pk", "/var"];
-    let out = rt.run(node, &argv).await?;
+    let out = idempotent(|| rt.run(node, &argv)).await?;
     parse_df(&out).ok_or_else(|| unreadable(node, &argv, &out, "no 'Available' column"))
 }
 
@@ -271,7 +277,7 @@ fn parse_containerd_config(dump: &str) -> Result<ContainerdConfig, toml::de::Err
 
 pub async fn containerd_config(rt: &Runtime, node: &str) -> Result<ContainerdConfig, ClusterError> {
     let argv = ["containerd", "config", "dump"];
-    let out = rt.run(node, &argv).await?;
+    let out = idempotent(|| rt.run(node, &argv)).await?;
     parse_containerd_config(&out).map_err(|e| unreadable(node, &argv, &out, e))
 }
 
@@ -307,15 +313,13 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
 /// The images a node holds, by name.
 pub async fn images(rt: &Runtime, node: &str) -> Result<Vec<ImageRecord>, ClusterError> {
     Ok(parse_images_ls(
-        &rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"]).await?,
+        &idempotent(|| rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"])).await?,
     ))
 }
 
 /// The digests of every blob in the node's content store (`ctr content ls -q`: one digest a line).
 pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collections::HashSet<String>, ClusterError> {
-    let out = rt
-        .run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"])
-        .await?;
+    let out = idempotent(|| rt.run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"])).await?;
     Ok(out
         .lines()
         .map(str::trim)
@@ -333,7 +337,7 @@ pub async fn read_files(rt: &Runtime, node: &str, files: &[(&str, u64)]) -> Resu
     }
     let mut argv = vec!["cat", "--"];
     argv.extend(files.iter().map(|(p, _)| *p));
-    let out = rt.run_bytes(node, &argv).await?;
+    let out = idempotent(|| rt.run_bytes(node, &argv)).await?;
     let sizes: Vec<u64> = files.iter().map(|(_, s)| *s).collect();
     split_by_sizes(&out, &sizes).ok_or_else(|| {
         ExecError {
@@ -360,7 +364,7 @@ pub async fn read_files_sized(rt: &Runtime, node: &str, paths: &[&str]) -> Resul
     let script = r#"for f; do n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f" || exit 1; done"#;
     let mut argv = vec!["sh", "-c", script, "sh"];
     argv.extend_from_slice(paths);
-    let out = rt.run_bytes(node, &argv).await?;
+    let out = idempotent(|| rt.run_bytes(node, &argv)).await?;
     parse_sized(&out, paths.len()).ok_or_else(|| {
         ExecError {
             node: node.into(),
@@ -425,7 +429,7 @@ pub async fn content_fetch(
         CONTAINERD_HOSTS_DIR,
         image,
     ];
-    rt.run(node, &argv).await.map(|_| ())
+    idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
 /// Argv importing an OCI archive from stdin the way kind loads images (kind nodeutils.LoadImageArchive).
@@ -691,7 +695,7 @@ pub async fn etcd_health(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
 
 /// `--name` and `--initial-advertise-peer-urls` of the node's etcd static pod manifest.
 pub async fn etcd_manifest_flags(rt: &Runtime, node: &str) -> Result<HashMap<String, String>, ClusterError> {
-    let manifest = rt.run(node, &["cat", "/etc/kubernetes/manifests/etcd.yaml"]).await?;
+    let manifest = idempotent(|| rt.run(node, &["cat", "/etc/kubernetes/manifests/etcd.yaml"])).await?;
     Ok(parse_manifest_flags(&manifest))
 }
 
@@ -769,15 +773,22 @@ pub async fn write_file(rt: &Runtime, node: &str, path: &str, bytes: Vec<u8>) ->
     let dir = path
         .rsplit_once('/')
         .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
-    let tmp = format!("{path}.tmp-{}", crate::util::nonce());
     let script = r#"mkdir -p "$1" && cat > "$2" && mv -f "$2" "$3""#;
-    rt.run_with_stdin(
-        node,
-        &["sh", "-c", script, "sh", dir, &tmp, path],
-        std::io::Cursor::new(bytes),
-    )
+    // Run again, it writes the same bytes again, through a temp file of its own.
+    idempotent(|| {
+        let tmp = format!("{path}.tmp-{}", crate::util::nonce());
+        let bytes = bytes.clone();
+        async move {
+            rt.run_with_stdin(
+                node,
+                &["sh", "-c", script, "sh", dir, &tmp, path],
+                std::io::Cursor::new(bytes),
+            )
+            .await
+            .map(|_| ())
+        }
+    })
     .await
-    .map(|_| ())
 }
 
 /// Replaces a file through the archive API: works while the node is paused, but is not atomic (readers must
@@ -833,7 +844,8 @@ pub async fn rename(rt: &Runtime, node: &str, from: &str, to: &str) -> Result<()
 
 /// `mkdir -p`.
 pub async fn mkdir_p(rt: &Runtime, node: &str, path: &str) -> Result<(), ClusterError> {
-    rt.run(node, &["mkdir", "-p", path]).await.map(|_| ())
+    let argv = ["mkdir", "-p", path];
+    idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
 /// `rm -rf` of each path (absent paths are fine).
@@ -843,7 +855,7 @@ pub async fn remove_all(rt: &Runtime, node: &str, paths: &[&str]) -> Result<(), 
     }
     let mut argv = vec!["rm", "-rf", "--"];
     argv.extend_from_slice(paths);
-    rt.run(node, &argv).await.map(|_| ())
+    idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
 /// Removes `paths`, then directory `dir` if its file `file` contains `token` (an ownership check), in one
@@ -859,13 +871,13 @@ pub async fn remove_all_then_owned(
     let script = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d"; fi"#;
     let mut argv = vec!["sh", "-c", script, "sh", dir, file, token];
     argv.extend_from_slice(paths);
-    rt.run(node, &argv).await.map(|_| ())
+    idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
 /// Regular files under `path` (a name with a newline counts more than once, never less).
 pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, ClusterError> {
     let argv = ["sh", "-c", r#"find "$1" -type f | wc -l"#, "sh", path];
-    let out = rt.run(node, &argv).await?;
+    let out = idempotent(|| rt.run(node, &argv)).await?;
     out.trim().parse().map_err(|e| unreadable(node, &argv, &out, e))
 }
 
