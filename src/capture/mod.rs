@@ -223,14 +223,9 @@ async fn create_locked(
         let images_ahead = images_ahead?;
         phases.push(p.finish());
 
-        // 3. images, per node, blobs shared; meanwhile the etcd copy (every Secret) leaves the node
+        // 3. images, per node, blobs shared (the etcd copy, every Secret, has left the node already)
         let p = progress.phase("exporting images");
-        let copy_only = [copy.as_str()];
-        let (images, _) = tokio::join!(
-            capture_images(rt, req.images, images_ahead, &sink, &mut warnings, &p),
-            node::remove_all(rt, &bootstrap.name, &copy_only)
-        );
-        let images = images?;
+        let images = capture_images(rt, req.images, images_ahead, &sink, &mut warnings, &p).await?;
         phases.push(p.finish());
         crate::util::pause_point("create:images", None).await;
 

@@ -522,6 +522,60 @@ impl Runtime {
         Ok(out.stdout)
     }
 
+    /// Starts a command whose standard output is streamed, not collected (a file too large to hold in memory).
+    /// Read the [`ExecStream`] to its end, then [`ExecStream::finish`] it for the exit status.
+    pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<ExecStream, ClusterError> {
+        let (id, started) = self.start(node, argv).await?;
+        let StartExecResults::Attached { output, .. } = started else {
+            return Err(ClusterError::Runtime {
+                context: format!("running `{}` on node {node}", argv.join(" ")),
+                cause: bollard::errors::Error::RequestTimeoutError,
+            });
+        };
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (kept, context) = (
+            std::sync::Arc::clone(&stderr),
+            format!("reading output of `{}` on node {node}", argv.join(" ")),
+        );
+        // Standard error is kept aside (its tail), standard output is what is read; it ends early if the
+        // runtime loses the command's exit (finish says so).
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = {
+            let (rt, node, id, lost) = (self.clone(), node.to_owned(), id.clone(), std::sync::Arc::clone(&lost));
+            async move {
+                rt.lost_exit(&node, &id).await;
+                lost.store(true, Ordering::SeqCst);
+            }
+        };
+        let stdout = output.take_until(Box::pin(watch)).filter_map(move |item| {
+            let out = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => Some(Ok(message)),
+                Ok(LogOutput::StdErr { message }) => {
+                    let mut kept = kept.lock().expect("stderr buffer");
+                    kept.extend_from_slice(&message);
+                    if kept.len() > 2 * OUTPUT_TAIL {
+                        let cut = kept.len() - OUTPUT_TAIL;
+                        kept.drain(..cut);
+                    }
+                    None
+                }
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(io::Error::other(format!("{context}: {e}")))),
+            };
+            std::future::ready(out)
+        });
+        Ok(ExecStream {
+            rt: self.clone(),
+            node: node.to_owned(),
+            argv: argv_owned(argv),
+            id,
+            stdout: StreamReader::new(Box::pin(stdout)),
+            stderr,
+            lost,
+            t0: std::time::Instant::now(),
+        })
+    }
+
     /// Streams `path` out of a node as a tar archive (Docker's archive API; works on any container state).
     pub fn copy_out(&self, node: &str, path: &str) -> impl AsyncRead + Send + Unpin + 'static {
         let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
@@ -684,6 +738,61 @@ feeding standard input: {e}"
                 context: format!("checking {path} on node {node}"),
                 cause: e,
             }),
+        }
+    }
+}
+
+type StdoutStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A running command's standard output, from [`Runtime::exec_stream`].
+pub struct ExecStream {
+    rt: Runtime,
+    node: String,
+    argv: Vec<String>,
+    id: String,
+    stdout: StreamReader<StdoutStream, Bytes>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Set when the runtime lost the command's exit (the output was cut there).
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    t0: std::time::Instant,
+}
+
+impl AsyncRead for ExecStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl ExecStream {
+    /// Waits for the command to end (output not read yet is discarded) and fails, with its standard error,
+    /// unless it exited 0.
+    pub async fn finish(mut self) -> Result<(), ClusterError> {
+        let drained = tokio::io::copy(&mut self.stdout, &mut tokio::io::sink()).await;
+        if self.lost.load(Ordering::SeqCst) {
+            let argv: Vec<&str> = self.argv.iter().map(String::as_str).collect();
+            return Err(lost_exit_error(&self.node, &argv));
+        }
+        let code = self.rt.exit_code(&self.id).await;
+        let (node, argv) = (self.node.clone(), self.argv.join(" "));
+        crate::util::trace(self.t0, || {
+            format!("{node}: {argv} -> (stream) exit {}", code.unwrap_or(-1))
+        });
+        let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned();
+        let fail = |extra: String| ExecError {
+            node: self.node.clone(),
+            command: self.argv.clone(),
+            code,
+            stdout: String::new(),
+            stderr: tail(&format!("{stderr}{extra}")),
+        };
+        match drained {
+            Err(e) => Err(fail(format!("\n{e}")).into()),
+            Ok(_) if code != Some(0) => Err(fail(String::new()).into()),
+            Ok(_) => Ok(()),
         }
     }
 }

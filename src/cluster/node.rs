@@ -7,7 +7,9 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{ClusterError, ExecError, Runtime, idempotent};
+use tokio::io::AsyncReadExt;
+
+use super::{ClusterError, ExecError, ExecStream, Runtime, idempotent};
 
 pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Where kind's containerd looks for per-registry hosts.toml files (`config_path` of the CRI registry).
@@ -484,14 +486,54 @@ async fn etcd_exec(rt: &Runtime, node: &str, id: &str, args: &[String]) -> Resul
     rt.run(node, &argv).await
 }
 
-/// `etcdctl snapshot save PATH` inside the node's etcd container: a consistent snapshot taken while etcd
-/// serves, in the etcd container `id` (from [`etcd_container`]). PATH must be under /var/lib/etcd, the one
-/// directory the container shares with the node.
-pub async fn etcd_snapshot_save(rt: &Runtime, node: &str, id: &str, path: &str) -> Result<(), ClusterError> {
-    let mut all = vec!["etcdctl".to_owned()];
-    all.extend(etcdctl_tls());
-    all.extend(["snapshot".to_owned(), "save".to_owned(), path.to_owned()]);
-    etcd_exec(rt, node, id, &all).await.map(|_| ())
+/// `etcdctl snapshot save PATH` inside the node's etcd container (`id`, from [`etcd_container`]): a consistent
+/// snapshot taken while etcd serves. Then, in the same round trip, the node prints the file's size and a
+/// newline, streams the file and removes it (on every exit of the script: it holds every Secret). PATH must
+/// be under /var/lib/etcd, the one directory the container shares with the node. Returns the size and the
+/// stream of the file's bytes; [`ExecStream::finish`] it after reading them.
+pub async fn etcd_snapshot_out(
+    rt: &Runtime,
+    node: &str,
+    id: &str,
+    path: &str,
+) -> Result<(u64, ExecStream), ClusterError> {
+    // etcdctl's own output (its log, "Snapshot saved at") goes to standard error: standard output is the file.
+    let script = r#"f=$1; shift; trap 'rm -f -- "$f"' EXIT; "$@" >&2 || exit $?; n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f""#;
+    let tls = etcdctl_tls();
+    let mut argv = vec!["sh", "-c", script, "sh", path, "crictl", "exec", id, "etcdctl"];
+    argv.extend(tls.iter().map(String::as_str));
+    argv.extend(["snapshot", "save", path]);
+    let mut out = rt.exec_stream(node, &argv).await?;
+    let mut line = Vec::new();
+    while line.len() <= 20 {
+        match out.read_u8().await {
+            Ok(b'\n') => break,
+            Ok(b) => line.push(b),
+            Err(_) => break,
+        }
+    }
+    match parse_size_line(&line) {
+        Some(size) => Ok((size, out)),
+        None => {
+            out.finish().await?;
+            Err(ExecError {
+                node: node.into(),
+                command: argv_of(&argv),
+                code: Some(0),
+                stdout: String::from_utf8_lossy(&line).into_owned(),
+                stderr: "the snapshot's size was not printed".into(),
+            }
+            .into())
+        }
+    }
+}
+
+/// The size `wc -c < FILE` printed (busybox pads it with spaces, coreutils does not).
+fn parse_size_line(line: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(line).ok()?.trim();
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
+        .flatten()
 }
 
 /// `etcdctl` with TLS, inside the node's etcd container.
@@ -895,6 +937,17 @@ mod tests {
         assert_eq!(parse_sized(out, 4), None, "a record missing");
         assert_eq!(parse_sized(b"5\nabc", 1), None, "short");
         assert_eq!(parse_sized(b"x\nabc", 1), None, "not a size");
+    }
+
+    #[test]
+    fn the_snapshot_size_line_is_a_number_and_nothing_else() {
+        // `wc -c < FILE`: coreutils (kindest/node) prints the number, busybox pads it.
+        assert_eq!(parse_size_line(b"20500512"), Some(20_500_512));
+        assert_eq!(parse_size_line(b"   22528"), Some(22528));
+        assert_eq!(parse_size_line(b""), None);
+        assert_eq!(parse_size_line(b"-1"), None);
+        assert_eq!(parse_size_line(b"{\"level\":\"info\"}"), None, "a log line is no size");
+        assert_eq!(parse_size_line(b"99999999999999999999"), None, "beyond u64");
     }
 
     #[test]
