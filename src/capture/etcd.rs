@@ -14,14 +14,8 @@ pub fn copy_path(id: &str) -> String {
     format!("/var/lib/etcd/kubectl-snapshot-{id}.db")
 }
 
-pub async fn capture(
-    rt: &Runtime,
-    node_name: &str,
-    container: &str,
-    path: &str,
-    sink: &BundleSink,
-) -> Result<EtcdInfo, CaptureError> {
-    let (size, mut out) = node::etcd_snapshot_out(rt, node_name, container, path).await?;
+pub async fn capture(rt: &Runtime, node_name: &str, path: &str, sink: &BundleSink) -> Result<EtcdInfo, CaptureError> {
+    let (size, mut out) = node::etcd_snapshot_out(rt, node_name, path).await?;
     let added = sink.add_file(ETCD_ENTRY, size, 0o600, &mut out).await;
     // The command's own failure says more than a stream that ended short.
     match out.finish().await {

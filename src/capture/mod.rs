@@ -101,14 +101,6 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         let (rt, nodes, mode) = (rt.clone(), nodes.clone(), req.images);
         Task::spawn(async move { plan_images(&rt, &nodes, mode, locked).await })
     };
-    let etcd_id = {
-        let rt = rt.clone();
-        let bootstrap = nodes
-            .iter()
-            .find(|n| n.role == Role::ControlPlane)
-            .map(|n| n.name.clone());
-        Task::spawn(async move { node::etcd_container(&rt, &bootstrap.unwrap_or_default()).await })
-    };
     // The lock first: it names an interrupted operation that left nodes paused.
     let lock = journal::begin(rt, &req.cluster, &nodes, "create")
         .await
@@ -122,7 +114,6 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let ahead = Ahead {
         facts,
         plans,
-        etcd_id,
         lock: &lock,
     };
     let result = create_locked(rt, &req, nodes, progress, p, ahead).await;
@@ -138,8 +129,6 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
 struct Ahead<'a> {
     facts: Task<Result<Inspected, CaptureError>>,
     plans: Task<Result<Vec<images::Plan>, CaptureError>>,
-    /// The bootstrap control plane's etcd container.
-    etcd_id: Task<Result<String, ClusterError>>,
     lock: &'a Mutex<Option<journal::Lock>>,
 }
 
@@ -152,12 +141,7 @@ async fn create_locked(
     ahead: Ahead<'_>,
 ) -> Result<Outcome, CaptureError> {
     let cluster_name = backends::ClusterName::new(&req.cluster)?;
-    let Ahead {
-        facts,
-        plans,
-        etcd_id,
-        lock,
-    } = ahead;
+    let Ahead { facts, plans, lock } = ahead;
     let holder = lock
         .lock()
         .expect("lock slot")
@@ -202,10 +186,7 @@ async fn create_locked(
         // 2. etcd, hot (the journal names the copy the node holds meanwhile); the image plans finish meanwhile
         let p = progress.phase("etcd snapshot");
         phase("etcd snapshot", journal.write(rt, &bootstrap.name).await)?;
-        let etcd = async {
-            let id = etcd_id.join().await?;
-            etcd::capture(rt, &bootstrap.name, &id, &copy, &sink).await
-        };
+        let etcd = etcd::capture(rt, &bootstrap.name, &copy, &sink);
         // Once planned, the first node's blobs are read meanwhile.
         let images_ahead = async {
             let mut plans = plans.join().await?.into_iter();

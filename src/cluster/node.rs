@@ -486,21 +486,18 @@ async fn etcd_exec(rt: &Runtime, node: &str, id: &str, args: &[String]) -> Resul
     rt.run(node, &argv).await
 }
 
-/// `etcdctl snapshot save PATH` inside the node's etcd container (`id`, from [`etcd_container`]): a consistent
-/// snapshot taken while etcd serves. Then, in the same round trip, the node prints the file's size and a
-/// newline, streams the file and removes it (on every exit of the script: it holds every Secret). PATH must
-/// be under /var/lib/etcd, the one directory the container shares with the node. Returns the size and the
-/// stream of the file's bytes; [`ExecStream::finish`] it after reading them.
-pub async fn etcd_snapshot_out(
-    rt: &Runtime,
-    node: &str,
-    id: &str,
-    path: &str,
-) -> Result<(u64, ExecStream), ClusterError> {
-    // etcdctl's own output (its log, "Snapshot saved at") goes to standard error: standard output is the file.
-    let script = r#"f=$1; shift; trap 'rm -f -- "$f"' EXIT; "$@" >&2 || exit $?; n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f""#;
+/// `etcdctl snapshot save PATH` inside the node's running etcd container: a consistent snapshot taken while
+/// etcd serves. Then, in the same round trip, the node prints the file's size and a newline, streams the file
+/// and removes it (on every exit of the script: it holds every Secret). PATH must be under /var/lib/etcd, the
+/// one directory the container shares with the node. Returns the size and the stream of the file's bytes;
+/// [`ExecStream::finish`] it after reading them.
+pub async fn etcd_snapshot_out(rt: &Runtime, node: &str, path: &str) -> Result<(u64, ExecStream), ClusterError> {
+    // The container is looked up in the same script (what `etcd_container` does): one exec fewer competing
+    // with create's other reads. etcdctl's own output (its log, "Snapshot saved at") goes to standard error:
+    // standard output is the file.
+    let script = r#"f=$1; shift; ids=$(crictl ps --name '^etcd$' --state running -q) || exit $?; id=$(echo "$ids" | head -n 1); [ -n "$id" ] || { echo "no running etcd container: is the control plane healthy?" >&2; exit 1; }; trap 'rm -f -- "$f"' EXIT; crictl exec "$id" "$@" >&2 || exit $?; n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f""#;
     let tls = etcdctl_tls();
-    let mut argv = vec!["sh", "-c", script, "sh", path, "crictl", "exec", id, "etcdctl"];
+    let mut argv = vec!["sh", "-c", script, "sh", path, "etcdctl"];
     argv.extend(tls.iter().map(String::as_str));
     argv.extend(["snapshot", "save", path]);
     let mut out = rt.exec_stream(node, &argv).await?;

@@ -2,8 +2,6 @@
 
 use crate::util::*;
 
-/// Replaces `ctr` in a node with a wrapper that runs `action` when reading image content (`ctr content
-/// get`, what the image phase of create uses) and is `ctr` otherwise.
 fn assert_nothing_left(store: &Store, cluster: &str) {
     let files = store.files(cluster);
     assert!(files.is_empty(), "files left in the store: {files:?}");
@@ -43,6 +41,38 @@ fn failed_image_read_leaves_cluster_running() {
         run.stderr
     );
     assert_nothing_left(&store, &cluster.name);
+    cluster.assert_running();
+}
+
+/// etcd not running on the bootstrap control plane (its kubelet stopped, so nothing restarts it): create fails
+/// in its etcd phase saying so, before anything is frozen, and leaves no bundle, copy, journal or lock.
+#[test]
+fn create_without_a_running_etcd_fails_saying_so_and_leaves_nothing() {
+    let cluster = Cluster::up("noetcd", 1, 0);
+    let store = Store::new();
+    let cp = cluster.cp(1);
+    cluster.sh(
+        &cp,
+        "systemctl stop kubelet && crictl stop $(crictl ps --name '^etcd$' -q) >/dev/null",
+    );
+    let run = store.run(&["create", &cluster.name, "no-etcd"]).fails();
+    assert_eq!(run.code, Some(1));
+    for want in ["etcd snapshot", "no running etcd container", &cp, "exit code 1"] {
+        assert!(run.stderr.contains(want), "stderr lacks {want:?}:\n{}", run.stderr);
+    }
+    assert_nothing_left(&store, &cluster.name);
+    let left = cluster.sh(
+        &cp,
+        "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
+    );
+    assert_eq!(left.trim(), "", "left behind: {left}");
+    // Nothing was frozen or stopped by create: the other pods still run.
+    assert_eq!(
+        cluster.inspect(&cp, "{{.State.Status}} {{.State.Paused}}"),
+        "running false"
+    );
+    assert!(cluster.sh(&cp, "crictl ps -q | wc -l").trim() != "0");
+    cluster.sh(&cp, "systemctl start kubelet");
     cluster.assert_running();
 }
 
