@@ -445,13 +445,16 @@ where
 {
     let first = import_argv(snapshotter, true);
     let first: Vec<&str> = first.iter().map(String::as_str).collect();
-    match rt.run_with_stdin(node, &first, archive()).await {
+    // Importing the same archive again is harmless: run again if the runtime lost the exit.
+    match idempotent(|| rt.run_with_stdin(node, &first, archive())).await {
         Ok(_) => Ok(()),
         // containerd's import: "content digest sha256:…: not found" for a platform's blobs not in the archive.
         Err(ClusterError::Exec(e)) if e.stderr.contains("content digest") => {
             let second = import_argv(snapshotter, false);
             let second: Vec<&str> = second.iter().map(String::as_str).collect();
-            rt.run_with_stdin(node, &second, archive()).await.map(|_| ())
+            idempotent(|| rt.run_with_stdin(node, &second, archive()))
+                .await
+                .map(|_| ())
         }
         Err(e) => Err(e),
     }
@@ -878,7 +881,24 @@ pub async fn create_dir_with_file(
 /// Renames `from` to `to` (one `rename(2)`: both on the same filesystem). `-T`: never moves `from` *into* an
 /// existing directory `to` (coreutils and busybox both refuse or replace only an empty one).
 pub async fn rename(rt: &Runtime, node: &str, from: &str, to: &str) -> Result<(), ClusterError> {
-    rt.run(node, &["mv", "-T", from, to]).await.map(|_| ())
+    match rt.run(node, &["mv", "-T", from, to]).await {
+        // The runtime lost its exit: the filesystem says what happened. `from` gone means renamed (under the
+        // cluster's lock nothing else moves it); still there, not renamed, so it is run again.
+        Err(ClusterError::LostExit { .. }) => {
+            let argv = [
+                "sh",
+                "-c",
+                r#"[ -e "$1" ] || [ -L "$1" ] && echo there || echo gone"#,
+                "sh",
+                from,
+            ];
+            match idempotent(|| rt.run(node, &argv)).await?.trim() {
+                "gone" => Ok(()),
+                _ => rt.run(node, &["mv", "-T", from, to]).await.map(|_| ()),
+            }
+        }
+        done => done.map(|_| ()),
+    }
 }
 
 /// `mkdir -p`.
