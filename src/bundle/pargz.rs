@@ -23,6 +23,47 @@ use sha2::{Digest, Sha256};
 /// is negligible, small enough that in-flight memory stays a few MiB.
 pub const CHUNK: usize = 1 << 20;
 
+/// Every chunk buffer, in or out, can hold a whole chunk stored (5 bytes a 64 KiB block, the gzip header and
+/// trailer): one size, so any spare buffer serves.
+const BUF_CAP: usize = CHUNK + CHUNK / 65535 * 5 + 256;
+
+/// Spare chunk buffers. Input chunks and compressed chunks are recycled rather than freed: the same few stay
+/// resident, where freeing one per chunk left glibc holding tens of MiB across its thread arenas.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    /// Spares kept; more are freed.
+    const KEEP: usize = 24;
+
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| Vec::with_capacity(BUF_CAP))
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < BUF_CAP || buf.capacity() > 2 * BUF_CAP {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut p) = self.0.lock()
+            && p.len() < Self::KEEP
+        {
+            p.push(buf);
+        }
+    }
+
+    /// Returns a chunk the output threads shared, from whichever of them lets go of it last.
+    fn give_shared(&self, chunk: Arc<Vec<u8>>) {
+        if let Ok(buf) = Arc::try_unwrap(chunk) {
+            self.give(buf);
+        }
+    }
+}
+
 struct Job {
     seq: u64,
     data: Vec<u8>,
@@ -71,13 +112,15 @@ enum ToHash {
 const OUT_DEPTH: usize = 4;
 
 impl<W: Write + Send + 'static> Sinks<W> {
-    fn start(mut out: W) -> io::Result<Self> {
+    fn start(mut out: W, pool: Pool) -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Arc<Vec<u8>>>(OUT_DEPTH);
+        let spares = pool.clone();
         let writer = std::thread::Builder::new().name("bundle-out".into()).spawn(move || {
             let mut hasher = Sha256::new();
             while let Ok(chunk) = rx.recv() {
                 out.write_all(&chunk)?;
                 hasher.update(&*chunk);
+                spares.give_shared(chunk);
             }
             out.flush()?;
             Ok((out, hasher.finalize().into()))
@@ -87,7 +130,10 @@ impl<W: Write + Send + 'static> Sinks<W> {
             let (mut h, mut done) = (Sha256::new(), Vec::new());
             while let Ok(msg) = hrx.recv() {
                 match msg {
-                    ToHash::Chunk(c) => h.update(&*c),
+                    ToHash::Chunk(c) => {
+                        h.update(&*c);
+                        pool.give_shared(c);
+                    }
                     ToHash::Cut => done.push(h.finalize_reset().into()),
                 }
             }
@@ -154,6 +200,7 @@ pub struct ParGzWriter<W: Write + Send + 'static> {
     written: u64,
     level: Compression,
     buf: Vec<u8>,
+    pool: Pool,
     buf_store: bool,
     next_seq: u64,
     next_write: u64,
@@ -198,10 +245,12 @@ impl<W: Write + Send + 'static> ParGzWriter<W> {
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = sync_channel::<Done>(threads * 4);
         let level = Compression::new(level.min(9));
+        let pool = Pool::default();
         let workers = (0..threads)
             .map(|_| {
                 let rx = Arc::clone(&job_rx);
                 let tx = done_tx.clone();
+                let pool = pool.clone();
                 std::thread::Builder::new().name("pargz".into()).spawn(move || {
                     loop {
                         let job = match rx.lock().map(|r| r.recv()) {
@@ -210,8 +259,9 @@ impl<W: Write + Send + 'static> ParGzWriter<W> {
                         };
                         let store = job.store || incompressible(&job.data);
                         let lvl = if store { Compression::none() } else { level };
-                        let mut enc = GzEncoder::new(Vec::with_capacity(job.data.len() / 2 + 64), lvl);
+                        let mut enc = GzEncoder::new(pool.take(), lvl);
                         let res = enc.write_all(&job.data).and_then(|()| enc.finish());
+                        pool.give(job.data);
                         if tx.send((job.seq, res)).is_err() {
                             return;
                         }
@@ -221,7 +271,8 @@ impl<W: Write + Send + 'static> ParGzWriter<W> {
             .collect::<io::Result<Vec<_>>>()
             .expect("spawning compression threads");
         Self {
-            sinks: Sinks::start(out).expect("spawning the bundle output threads"),
+            sinks: Sinks::start(out, pool.clone()).expect("spawning the bundle output threads"),
+            pool,
             written: 0,
             level,
             buf: Vec::with_capacity(CHUNK),
@@ -287,7 +338,7 @@ impl<W: Write + Send + 'static> ParGzWriter<W> {
         while self.in_flight >= self.max_in_flight {
             self.collect_one()?;
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let data = std::mem::replace(&mut self.buf, self.pool.take());
         let job = Job {
             seq: self.next_seq,
             data,
