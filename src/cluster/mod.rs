@@ -387,7 +387,7 @@ impl Runtime {
             attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            cmd: Some(argv.iter().map(|s| s.to_string()).collect()),
+            cmd: Some(argv_of(argv)),
             ..Default::default()
         };
         let ctx = || format!("running `{}` on node {node}", argv.join(" "));
@@ -496,7 +496,7 @@ impl Runtime {
         if code != 0 {
             return Err(ExecError {
                 node: node.into(),
-                command: argv.iter().map(|s| s.to_string()).collect(),
+                command: argv_of(argv),
                 code: Some(code),
                 stdout: String::new(),
                 stderr: tail(&String::from_utf8_lossy(&stderr)),
@@ -512,7 +512,7 @@ impl Runtime {
         if out.code != 0 {
             return Err(ExecError {
                 node: node.into(),
-                command: argv.iter().map(|s| s.to_string()).collect(),
+                command: argv_of(argv),
                 code: Some(out.code),
                 stdout: tail(&out.stdout),
                 stderr: tail(&out.stderr),
@@ -527,10 +527,14 @@ impl Runtime {
     pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<ExecStream, ClusterError> {
         let (id, started) = self.start(node, argv).await?;
         let StartExecResults::Attached { output, .. } = started else {
-            return Err(ClusterError::Runtime {
-                context: format!("running `{}` on node {node}", argv.join(" ")),
-                cause: bollard::errors::Error::RequestTimeoutError,
-            });
+            return Err(ExecError {
+                node: node.into(),
+                command: argv_of(argv),
+                code: None,
+                stdout: String::new(),
+                stderr: "the runtime started the command without attaching its output".into(),
+            }
+            .into());
         };
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (kept, context) = (
@@ -567,7 +571,7 @@ impl Runtime {
         Ok(ExecStream {
             rt: self.clone(),
             node: node.to_owned(),
-            argv: argv_owned(argv),
+            argv: argv_of(argv),
             id,
             stdout: StreamReader::new(Box::pin(stdout)),
             stderr,
@@ -666,7 +670,7 @@ impl Runtime {
         let code = self.exit_code(&id).await;
         let fail = |extra: String| ExecError {
             node: node.into(),
-            command: argv.iter().map(|s| s.to_string()).collect(),
+            command: argv_of(argv),
             code,
             stdout: tail(&String::from_utf8_lossy(&stdout)),
             stderr: tail(&format!("{}{extra}", String::from_utf8_lossy(&stderr))),
@@ -801,11 +805,12 @@ impl ExecStream {
 fn lost_exit_error(node: &str, argv: &[&str]) -> ClusterError {
     ClusterError::LostExit {
         node: node.into(),
-        command: argv_owned(argv),
+        command: argv_of(argv),
     }
 }
 
-fn argv_owned(argv: &[&str]) -> Vec<String> {
+/// A command line as owned strings (for errors and the runtime's API).
+fn argv_of(argv: &[&str]) -> Vec<String> {
     argv.iter().map(|s| s.to_string()).collect()
 }
 
@@ -828,7 +833,7 @@ async fn collect(
         if stdout.len() + stderr.len() > COLLECT_MAX {
             return Err(ExecError {
                 node: node.into(),
-                command: argv.iter().map(|s| s.to_string()).collect(),
+                command: argv_of(argv),
                 code: None,
                 stdout: String::new(),
                 stderr: format!("output exceeded {} MiB", COLLECT_MAX >> 20),

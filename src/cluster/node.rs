@@ -9,15 +9,11 @@ use serde::Deserialize;
 
 use tokio::io::AsyncReadExt;
 
-use super::{ClusterError, ExecError, ExecStream, Runtime, idempotent};
+use super::{ClusterError, ExecError, ExecStream, Runtime, argv_of, idempotent};
 
 pub const ETCD_PKI: &str = "/etc/kubernetes/pki/etcd";
 /// Where kind's containerd looks for per-registry hosts.toml files (`config_path` of the CRI registry).
 pub const CONTAINERD_HOSTS_DIR: &str = "/etc/containerd/certs.d";
-
-fn argv_of(argv: &[&str]) -> Vec<String> {
-    argv.iter().map(|s| s.to_string()).collect()
-}
 
 /// An error for output a command printed that this layer cannot read.
 fn unreadable(node: &str, argv: &[&str], out: &str, why: impl std::fmt::Display) -> ClusterError {
@@ -160,6 +156,9 @@ pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriConta
         .collect())
 }
 
+/// What a control plane without a running etcd container answers.
+const NO_ETCD: &str = "no running etcd container: is the control plane healthy?";
+
 /// ID of the running etcd container on a control-plane node.
 pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterError> {
     let argv = ["crictl", "ps", "--name", "^etcd$", "--state", "running", "-q"];
@@ -174,7 +173,7 @@ pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterE
                 command: argv_of(&argv),
                 code: Some(0),
                 stdout: String::new(),
-                stderr: "no running etcd container: is the control plane healthy?".into(),
+                stderr: NO_ETCD.into(),
             }
             .into()
         })
@@ -498,9 +497,9 @@ pub async fn etcd_snapshot_out(rt: &Runtime, node: &str, path: &str) -> Result<(
     // The container is looked up in the same script (what `etcd_container` does): one exec fewer competing
     // with create's other reads. etcdctl's own output (its log, "Snapshot saved at") goes to standard error:
     // standard output is the file.
-    let script = r#"f=$1; shift; ids=$(crictl ps --name '^etcd$' --state running -q) || exit $?; id=$(echo "$ids" | head -n 1); [ -n "$id" ] || { echo "no running etcd container: is the control plane healthy?" >&2; exit 1; }; trap 'rm -f -- "$f"' EXIT; crictl exec "$id" "$@" >&2 || exit $?; n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f""#;
+    let script = r#"m=$1; f=$2; shift 2; ids=$(crictl ps --name '^etcd$' --state running -q) || exit $?; id=$(echo "$ids" | head -n 1); [ -n "$id" ] || { echo "$m" >&2; exit 1; }; trap 'rm -f -- "$f"' EXIT; crictl exec "$id" "$@" >&2 || exit $?; n=$(wc -c < "$f") || exit 1; echo $n; cat -- "$f""#;
     let tls = etcdctl_tls();
-    let mut argv = vec!["sh", "-c", script, "sh", path, "etcdctl"];
+    let mut argv = vec!["sh", "-c", script, "sh", NO_ETCD, path, "etcdctl"];
     argv.extend(tls.iter().map(String::as_str));
     argv.extend(["snapshot", "save", path]);
     let mut out = rt.exec_stream(node, &argv).await?;
