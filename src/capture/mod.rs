@@ -8,8 +8,10 @@
 //!    must be in before anything is frozen
 //! 4. quiesce by freezing (`docker pause`, workers first, control planes last): no process restarts, no pod
 //!    notices beyond the pause; where freezing fails, kubelet and containers are stopped instead, and said so
-//! 5. PVs per node, read through the archive API (it reads a frozen container's files)
-//! 6. resume: thawed in the reverse order (or kubelet started again, control planes first)
+//! 5. PVs, read through the archive API (it reads a frozen container's files), every node at once: the first
+//!    root streams into the bundle, the others into spools beside it that the bundle reads behind them
+//! 6. resume as soon as the last byte has left the nodes: thawed in the reverse order (or kubelet started
+//!    again, control planes first), while the bundle takes in what was spooled
 //! 7. metadata last, archive finished (meanwhile the nodes are cleaned up and the lock released), sidecar
 //!    and metadata copy published, archive linked in
 
@@ -17,6 +19,7 @@ mod addons;
 mod etcd;
 pub mod images;
 mod pvs;
+mod spool;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -226,15 +229,29 @@ async fn create_locked(
         phases.push(p.finish());
         crate::util::pause_point("create:quiesced", None).await;
 
-        // 5. PVs
+        // 5. PVs, every node at once; 6. resumed as soon as the last byte has left the nodes, while the
+        // bundle takes in what was spooled
         let p = progress.phase("copying volumes");
-        let pvs = capture_pvs(rt, &nodes, &sink).await?;
-        phases.push(p.finish());
-
-        // 6. resume as soon as the volumes are read
-        let p = progress.phase("resuming cluster");
-        thaw(rt, &nodes, &quiesced).await?;
-        phases.push(p.finish());
+        let (read_tx, read) = tokio::sync::oneshot::channel();
+        let spool_dir = staged.parent().unwrap_or(std::path::Path::new("."));
+        let (pvs, thawed) = tokio::join!(capture_pvs(rt, &nodes, spool_dir, &sink, read_tx), async {
+            // Unsent when the capture failed: thawed all the same.
+            let _ = read.await;
+            phases.push(p.finish());
+            let p = progress.phase("resuming cluster");
+            let thawed = thaw(rt, &nodes, &quiesced).await;
+            phases.push(p.finish());
+            thawed
+        });
+        let pvs = match (pvs, thawed) {
+            (Ok(pvs), Ok(())) => pvs,
+            (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+            // The nodes still quiesced matter more; the copy's failure is kept with it.
+            (Err(e), Err(CaptureError::Resume(r))) => {
+                return Err(CaptureError::Resume(format!("{r} (after copying volumes failed: {e})")));
+            }
+            (Err(_), Err(t)) => return Err(t),
+        };
 
         // 7. metadata, last entry; meanwhile the nodes are left as they were and the lock is released
         let p = progress.phase("writing bundle");
@@ -518,23 +535,29 @@ async fn quiesce(
     Ok(())
 }
 
-/// Every kubelet node's local-path volumes into the bundle.
-async fn capture_pvs(rt: &Runtime, nodes: &[Node], sink: &BundleSink) -> Result<PvsInfo, CaptureError> {
-    let mut per_node = BTreeMap::new();
+/// Every kubelet node's local-path volumes into the bundle, read at once (spooled in `spool_dir`); `read` is
+/// told when every byte has left the nodes.
+async fn capture_pvs(
+    rt: &Runtime,
+    nodes: &[Node],
+    spool_dir: &std::path::Path,
+    sink: &BundleSink,
+    read: tokio::sync::oneshot::Sender<()>,
+) -> Result<PvsInfo, CaptureError> {
+    let names: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
+    let captured = phase("copying volumes", pvs::capture(rt, &names, spool_dir, sink, read).await)?;
+    let mut per_node: BTreeMap<String, Vec<String>> = names.into_iter().map(|n| (n, Vec::new())).collect();
     let mut digest = Sha256::new();
     let (mut size, mut files) = (0, 0);
-    for n in kubelet_nodes(nodes) {
-        let roots = phase("copying volumes", pvs::capture(rt, &n.name, sink).await)?;
-        for (root, summary) in &roots {
-            digest.update(format!("{}\0{root}\0{}\n", n.name, summary.digest).as_bytes());
-            size += summary.bytes;
-            files += summary
-                .entries
-                .iter()
-                .filter(|e| e.kind == crate::bundle::writer::EntryKind::File)
-                .count();
-        }
-        per_node.insert(n.name.clone(), roots.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
+    for pvs::Captured { node, root, summary } in &captured {
+        digest.update(format!("{node}\0{root}\0{}\n", summary.digest).as_bytes());
+        size += summary.bytes;
+        files += summary
+            .entries
+            .iter()
+            .filter(|e| e.kind == crate::bundle::writer::EntryKind::File)
+            .count();
+        per_node.entry(node.clone()).or_default().push((*root).to_owned());
     }
     Ok(PvsInfo {
         digest: format!("sha256:{}", hex::encode(digest.finalize())),
