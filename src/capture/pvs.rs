@@ -46,6 +46,7 @@ pub async fn capture(
         let _ = read.send(());
         return Ok(Vec::new());
     };
+    let t0 = std::time::Instant::now();
     let spools = rest
         .iter()
         .map(|(node, root)| {
@@ -66,43 +67,39 @@ pub async fn capture(
         root: first_root,
         summary,
     });
-    let t0 = std::time::Instant::now();
-    let (appended, copied) = tokio::join!(
-        async {
-            for (spool, (node, root)) in spools.iter().zip(rest) {
-                let summary = sink
-                    .add_tar(
-                        spool.reader(),
-                        rename(node, root),
-                        crate::bundle::writer::Grouping::Grouped,
-                    )
-                    .await?;
-                out.push(Captured {
-                    node: (*node).clone(),
-                    root,
-                    summary,
-                });
-            }
-            Ok::<_, CaptureError>(())
-        },
-        async {
-            let copied = futures_util::future::try_join_all(spools.iter().map(Spool::copied)).await;
-            if let Ok(bytes) = &copied {
-                crate::util::trace(t0, || {
-                    format!(
-                        "volumes of the other {} roots all read ({} bytes spooled)",
-                        rest.len(),
-                        bytes.iter().sum::<u64>()
-                    )
-                });
-                let _ = read.send(());
-            }
-            copied
+    let appending = async {
+        for (spool, (node, root)) in spools.iter().zip(rest) {
+            let summary = sink
+                .add_tar(
+                    spool.reader(),
+                    rename(node, root),
+                    crate::bundle::writer::Grouping::Grouped,
+                )
+                .await?;
+            out.push(Captured {
+                node: (*node).clone(),
+                root,
+                summary,
+            });
         }
-    );
-    // A failed copy fails its reader too; the reader's error carries the bundle's context.
-    appended?;
-    copied.map_err(|e| CaptureError::Bundle(BundleError::Source(e)))?;
+        Ok::<_, CaptureError>(())
+    };
+    let copying = async {
+        let bytes = futures_util::future::try_join_all(spools.iter().map(Spool::copied))
+            .await
+            .map_err(|e| CaptureError::Bundle(BundleError::Source(e)))?;
+        crate::util::trace(t0, || {
+            format!(
+                "volumes of the other {} roots all read ({} bytes spooled)",
+                rest.len(),
+                bytes.iter().sum::<u64>()
+            )
+        });
+        let _ = read.send(());
+        Ok(())
+    };
+    // Whichever fails first ends both: the nodes are thawed at once, not after the other copies.
+    futures_util::future::try_join(appending, copying).await?;
     Ok(out)
 }
 

@@ -1,5 +1,7 @@
 //! A create that fails or is interrupted leaves every node running and no bundle behind.
 
+use std::process::Command;
+
 use crate::util::*;
 
 fn assert_nothing_left(store: &Store, cluster: &str) {
@@ -109,4 +111,75 @@ fn sigint_while_images_are_read_leaves_nothing() {
 #[test]
 fn sigterm_while_frozen_thaws_the_cluster() {
     interrupt("TERM", 143, "create:quiesced");
+}
+
+/// A disk that fills up while the volumes are read (the store on an 8 MiB tmpfs; the worker holds 32 MiB of
+/// volume data, spooled there while the control plane's volumes stream into the bundle): create fails saying
+/// so, the nodes are thawed, and nothing is left in the store, on the disk or in the nodes.
+#[test]
+fn a_disk_that_fills_up_while_volumes_are_read_fails_and_leaves_the_cluster_running() {
+    let cluster = Cluster::up("full", 1, 1);
+    let worker = cluster.worker(1);
+    cluster.sh(
+        &worker,
+        "d=$(ls -d /var/local-path-provisioner/*/ | head -n1); head -c 33554432 /dev/urandom > $d/big.bin",
+    );
+    let store = Store::new();
+    let _tmpfs = Tmpfs::mount(store.root(), "8m");
+    let run = store.run(&["create", &cluster.name, "full"]).fails();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    for want in [
+        "copying volumes",
+        "No space left on device",
+        &store.root().display().to_string(),
+    ] {
+        assert!(run.stderr.contains(want), "stderr lacks {want:?}:\n{}", run.stderr);
+    }
+    assert_nothing_left(&store, &cluster.name);
+    let used = Command::new("df")
+        .args(["--output=used", "-B1"])
+        .arg(store.root())
+        .output()
+        .expect("df");
+    let used: u64 = String::from_utf8_lossy(&used.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df's used bytes");
+    assert!(used < 1 << 20, "{used} bytes still used on the store's filesystem");
+    for n in cluster.nodes() {
+        let left = cluster.sh(
+            &n,
+            "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
+        );
+        assert_eq!(left.trim(), "", "{n}: left behind: {left}");
+    }
+    cluster.assert_running();
+}
+
+/// A tmpfs of `size` mounted on `dir` (this suite runs as root, as it must to reach Docker's socket here),
+/// unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs on {} failed (the suite must run as root, as tests/run does): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
