@@ -157,20 +157,20 @@ fn a_disk_that_fills_up_while_volumes_are_read_fails_and_leaves_the_cluster_runn
     cluster.assert_running();
 }
 
-/// A tmpfs of `size` mounted on `dir` (this suite runs as root, as it must to reach Docker's socket here),
-/// unmounted when dropped.
+/// A tmpfs of `size` mounted on `dir`, unmounted when dropped: as root, or through `sudo -n` (as tests/run
+/// installs its packages).
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     fn mount(dir: &std::path::Path, size: &str) -> Self {
-        let out = Command::new("mount")
+        let out = as_root("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(dir)
             .output()
             .expect("running mount");
         assert!(
             out.status.success(),
-            "mounting a tmpfs on {} failed (the suite must run as root, as tests/run does): {}",
+            "mounting a tmpfs on {} failed (run the suite as root or with passwordless sudo): {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -180,6 +180,18 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = as_root("umount").arg(&self.0).status();
     }
+}
+
+/// `program`, run as root: directly when this is root, else through `sudo -n`.
+fn as_root(program: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"if [ "$(id -u)" -eq 0 ]; then exec "$@"; else exec sudo -n "$@"; fi"#,
+        "sh",
+        program,
+    ]);
+    cmd
 }
