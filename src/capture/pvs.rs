@@ -88,13 +88,15 @@ pub async fn capture(
         let bytes = futures_util::future::try_join_all(spools.iter().map(Spool::copied))
             .await
             .map_err(|e| CaptureError::Bundle(BundleError::Source(e)))?;
-        crate::util::trace(t0, || {
-            format!(
-                "volumes of the other {} roots all read ({} bytes spooled)",
-                rest.len(),
-                bytes.iter().sum::<u64>()
-            )
-        });
+        if !rest.is_empty() {
+            crate::util::trace(t0, || {
+                format!(
+                    "volumes of the other {} roots all read ({} bytes spooled)",
+                    rest.len(),
+                    bytes.iter().sum::<u64>()
+                )
+            });
+        }
         let _ = read.send(());
         Ok(())
     };
