@@ -38,6 +38,23 @@ impl<T> Drop for Task<T> {
     }
 }
 
+/// Reads from `src` into `buf` until it holds `limit` bytes or `src` ends; true at the end. Callers hand on
+/// whole buffers: the runtime's reads are small (~25 KiB from the archive API), and each hand-off costs a
+/// wake-up or a system call.
+pub async fn fill(
+    src: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut bytes::BytesMut,
+    limit: usize,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    while buf.len() < limit {
+        if src.read_buf(buf).await? == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// When `-v` was given: the time the command started, which trace lines count from.
 static VERBOSE: OnceLock<Instant> = OnceLock::new();
 

@@ -12,7 +12,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 
 use super::BundleError;
@@ -194,23 +194,15 @@ impl BundleSink {
 /// Copies `src` into the channel. A read error is passed to the writer (so it stops) and returned.
 async fn pump(mut src: impl AsyncRead + Unpin, tx: mpsc::Sender<io::Result<Bytes>>) -> io::Result<()> {
     loop {
-        // Filled before it is sent: the runtime's reads are small (~25 KiB from the archive API), and each
-        // message wakes the writer thread.
+        // Filled before it is sent: each message wakes the writer thread.
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut eof = false;
-        while buf.len() < READ_CHUNK {
-            match src.read_buf(&mut buf).await {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
-                    return Err(e);
-                }
+        let eof = match crate::util::fill(&mut src, &mut buf, READ_CHUNK).await {
+            Ok(eof) => eof,
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string()))).await;
+                return Err(e);
             }
-        }
+        };
         if !buf.is_empty() && tx.send(Ok(buf.freeze())).await.is_err() {
             return Ok(()); // the writer stopped; its own error says why
         }

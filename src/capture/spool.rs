@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::watch;
 use tokio_util::io::StreamReader;
 
@@ -108,20 +108,13 @@ async fn copy(mut src: impl AsyncRead + Unpin, file: Arc<File>, tx: watch::Sende
     let mut buf = BytesMut::with_capacity(CHUNK);
     loop {
         buf.clear();
-        let mut eof = false;
-        while buf.len() < CHUNK {
-            match src.read_buf(&mut buf).await {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(State::Failed(e.kind(), e.to_string()));
-                    return;
-                }
+        let eof = match crate::util::fill(&mut src, &mut buf, CHUNK).await {
+            Ok(eof) => eof,
+            Err(e) => {
+                let _ = tx.send(State::Failed(e.kind(), e.to_string()));
+                return;
             }
-        }
+        };
         if !buf.is_empty() {
             let (f, data) = (Arc::clone(&file), std::mem::take(&mut buf));
             let written = tokio::task::spawn_blocking(move || f.write_all_at(&data, at).map(|()| data)).await;
@@ -152,7 +145,7 @@ async fn copy(mut src: impl AsyncRead + Unpin, file: Arc<File>, tx: watch::Sende
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A reader started before the source wrote anything gets every byte, in order, as the source writes it.
     #[tokio::test]

@@ -9,6 +9,17 @@ fn assert_nothing_left(store: &Store, cluster: &str) {
     assert!(files.is_empty(), "files left in the store: {files:?}");
 }
 
+/// No etcd snapshot copy, journal or lock left in any node.
+fn assert_nothing_in_nodes(cluster: &Cluster) {
+    for n in cluster.nodes() {
+        let left = cluster.sh(
+            &n,
+            "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
+        );
+        assert_eq!(left.trim(), "", "{n}: left behind: {left}");
+    }
+}
+
 #[test]
 fn failed_image_read_leaves_cluster_running() {
     let cluster = Cluster::up("fail", 1, 1);
@@ -93,13 +104,7 @@ fn interrupt(signal: &str, code: i32, phase: &str) {
         run.stderr
     );
     assert_nothing_left(&store, &cluster.name);
-    for n in cluster.nodes() {
-        let left = cluster.sh(
-            &n,
-            "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
-        );
-        assert_eq!(left.trim(), "", "{n}: left behind: {left}");
-    }
+    assert_nothing_in_nodes(&cluster);
     cluster.assert_running();
 }
 
@@ -147,13 +152,7 @@ fn a_disk_that_fills_up_while_volumes_are_read_fails_and_leaves_the_cluster_runn
         .and_then(|l| l.trim().parse().ok())
         .expect("df's used bytes");
     assert!(used < 1 << 20, "{used} bytes still used on the store's filesystem");
-    for n in cluster.nodes() {
-        let left = cluster.sh(
-            &n,
-            "ls /var/lib/etcd /var/lib/kubectl-snapshot 2>/dev/null | grep -e '\\.db$' -e journal -e lock || true",
-        );
-        assert_eq!(left.trim(), "", "{n}: left behind: {left}");
-    }
+    assert_nothing_in_nodes(&cluster);
     cluster.assert_running();
 }
 
