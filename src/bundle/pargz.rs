@@ -23,9 +23,9 @@ use sha2::{Digest, Sha256};
 /// is negligible, small enough that in-flight memory stays a few MiB.
 pub const CHUNK: usize = 1 << 20;
 
-/// Every chunk buffer, in or out, can hold a whole chunk stored (5 bytes a 64 KiB block, the gzip header and
-/// trailer): one size, so any spare buffer serves.
-const BUF_CAP: usize = CHUNK + CHUNK / 65535 * 5 + 256;
+/// Every chunk buffer, in or out, can hold a whole chunk stored ([`stored_member`]: 5 bytes a block, the gzip
+/// header and trailer, with room to spare): one size, so any spare buffer serves.
+const BUF_CAP: usize = CHUNK + CHUNK.div_ceil(STORED_BLOCK) * 5 + 256;
 
 /// Spare chunk buffers. Input chunks and compressed chunks are recycled rather than freed: the same few stay
 /// resident, where freeing one per chunk left glibc holding tens of MiB across its thread arenas.
