@@ -239,7 +239,7 @@ async fn create_locked(
             let _ = read.await;
             phases.push(p.finish());
             let p = progress.phase("resuming cluster");
-            let thawed = thaw(rt, &nodes, &quiesced).await;
+            let thawed = thaw(rt, &nodes, &quiesced, true).await;
             phases.push(p.finish());
             thawed
         });
@@ -314,7 +314,7 @@ async fn create_locked(
     }
 
     // Resumed whatever happened above; then nothing is left in the nodes.
-    let resumed = thaw(rt, &nodes, &quiesced).await;
+    let resumed = thaw(rt, &nodes, &quiesced, false).await;
     if resumed.is_ok() && !left.load(std::sync::atomic::Ordering::SeqCst) {
         leave(rt, &nodes, &bootstrap.name, &copy).await;
     }
@@ -519,7 +519,7 @@ async fn quiesce(
         return Ok(());
     };
     // A runtime that cannot freeze (rootless Podman on cgroup v1).
-    thaw(rt, nodes, quiesced)
+    thaw(rt, nodes, quiesced, true)
         .await
         .map_err(|t| CaptureError::Resume(format!("{e}; then {t}")))?;
     warnings.push(format!(
@@ -619,27 +619,40 @@ async fn freeze(rt: &Runtime, order: &[&Node], quiesced: &Mutex<Quiesced>) -> Re
     Ok(())
 }
 
-/// Thaws the frozen nodes in the reverse order and starts the stopped ones again; idempotent (each node is
-/// taken off the list once resumed).
-async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>) -> Result<(), CaptureError> {
+/// Thaws the frozen nodes in the reverse order and starts the stopped ones again. Idempotent, and safe to
+/// cancel (create's work is dropped on a signal): a node leaves the list only once it is thawed, or once its
+/// attempt to start again ended, so the thaw on the way out resumes whatever a cancelled one had not reached.
+/// A thaw inside the work (`in_work`) stops at the pause point `create:thawing` after its first node.
+async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work: bool) -> Result<(), CaptureError> {
     let (frozen, stopped) = {
-        let mut q = quiesced.lock().expect("quiesced list");
-        (std::mem::take(&mut q.frozen), std::mem::take(&mut q.stopped))
+        let q = quiesced.lock().expect("quiesced list");
+        (q.frozen.clone(), q.stopped.clone())
     };
+    let thawed = |n: &str| quiesced.lock().expect("quiesced list").frozen.retain(|f| f != n);
     let mut errors = Vec::new();
-    for n in frozen.iter().rev() {
+    for (i, n) in frozen.iter().rev().enumerate() {
         match rt.pause_state(n).await {
-            Ok(true) => {
-                if let Err(e) = rt.unpause(n).await {
-                    errors.push(format!("{n}: {e}"));
-                }
-            }
-            Ok(false) => {}
+            Ok(true) => match rt.unpause(n).await {
+                Ok(()) => thawed(n),
+                Err(e) => errors.push(format!("{n}: {e}")),
+            },
+            Ok(false) => thawed(n),
             Err(e) => errors.push(format!("{n}: {e}")),
         }
+        if in_work && i == 0 && frozen.len() > 1 {
+            crate::util::pause_point("create:thawing", None).await;
+        }
     }
-    if let Err(e) = resume(rt, nodes, &stopped).await {
-        errors.push(e.to_string());
+    if !stopped.is_empty() {
+        let started = resume(rt, nodes, &stopped).await;
+        quiesced
+            .lock()
+            .expect("quiesced list")
+            .stopped
+            .retain(|n| !stopped.contains(n));
+        if let Err(e) = started {
+            errors.push(e.to_string());
+        }
     }
     if errors.is_empty() {
         Ok(())

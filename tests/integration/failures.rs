@@ -118,6 +118,13 @@ fn sigterm_while_frozen_thaws_the_cluster() {
     interrupt("TERM", 143, "create:quiesced");
 }
 
+/// A signal while the nodes are being thawed (the control plane thawed, the worker not yet): the worker is
+/// thawed on the way out too.
+#[test]
+fn sigterm_while_thawing_thaws_every_node() {
+    interrupt("TERM", 143, "create:thawing");
+}
+
 /// A disk that fills up while the volumes are read (the store on an 8 MiB tmpfs; the worker holds 32 MiB of
 /// volume data, spooled there while the control plane's volumes stream into the bundle): create fails saying
 /// so, the nodes are thawed, and nothing is left in the store, on the disk or in the nodes.
