@@ -525,6 +525,7 @@ impl Runtime {
     /// Starts a command whose standard output is streamed, not collected (a file too large to hold in memory).
     /// Read the [`ExecStream`] to its end, then [`ExecStream::finish`] it for the exit status.
     pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<ExecStream, ClusterError> {
+        let t0 = std::time::Instant::now();
         let (id, started) = self.start(node, argv).await?;
         let StartExecResults::Attached { output, .. } = started else {
             return Err(ExecError {
@@ -576,7 +577,7 @@ impl Runtime {
             stdout: StreamReader::new(Box::pin(stdout)),
             stderr,
             lost,
-            t0: std::time::Instant::now(),
+            t0,
         })
     }
 
