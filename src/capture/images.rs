@@ -147,23 +147,20 @@ pub struct Plan {
     blobs_dir: String,
 }
 
-/// Reads which images a node holds and what each consists of, fetching discarded layers with
+/// What a surveyed node's images consist of, fetching discarded layers with
 /// [`ImagesMode::All`] once `locked` says the cluster's lock is held (`mode` is `All` or `Local`: with `None`
 /// it is not called). Writes nothing else.
 pub async fn plan(
     rt: &Runtime,
-    node: &str,
+    survey: &node::Survey,
     platform: &str,
     mode: ImagesMode,
     mut locked: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Plan, CaptureError> {
+    let node = survey.node();
     let mut out = NodeCapture::default();
-    let (records, config, present) = tokio::try_join!(
-        node::images(rt, node),
-        node::containerd_config(rt, node),
-        node::content_digests(rt, node)
-    )?;
-    let mut present = present;
+    let (records, config) = (survey.images()?, survey.containerd_config()?);
+    let mut present = survey.content_digests()?;
     let mut needed: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut documents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut index_entries = Vec::new();

@@ -96,13 +96,15 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     let p = progress.phase("inspecting cluster");
     let nodes = rt.nodes(&req.cluster).await?;
     let (locked_tx, locked) = tokio::sync::watch::channel(false);
+    // Each node is surveyed once, for both: the plans first, as they are awaited first.
+    let (surveyed_tx, surveyed) = tokio::sync::oneshot::channel();
     let facts = {
         let (rt, nodes) = (rt.clone(), nodes.clone());
-        Task::spawn(async move { inspect(&rt, &nodes).await })
+        Task::spawn(async move { inspect(&rt, &nodes, surveyed).await })
     };
     let plans = {
         let (rt, nodes, mode) = (rt.clone(), nodes.clone(), req.images);
-        Task::spawn(async move { plan_images(&rt, &nodes, mode, locked).await })
+        Task::spawn(async move { plan_images(&rt, &nodes, mode, locked, surveyed_tx).await })
     };
     // The lock first: it names an interrupted operation that left nodes paused.
     let lock = journal::begin(rt, &req.cluster, &nodes, "create")
@@ -379,23 +381,25 @@ fn preflight(nodes: &[Node]) -> Result<(), CaptureError> {
     Ok(())
 }
 
-/// Versions, platform, addons and the etcd image: every node asked at once.
+/// Versions, platform, addons and the etcd image, from every node's survey (see [`plan_images`]).
 /// (Called before [`preflight`] has run, while the lock is taken: create checks the nodes' states itself.)
-async fn inspect(rt: &Runtime, nodes: &[Node]) -> Result<Inspected, CaptureError> {
+async fn inspect(
+    rt: &Runtime,
+    nodes: &[Node],
+    surveyed: tokio::sync::oneshot::Receiver<Vec<node::Survey>>,
+) -> Result<Inspected, CaptureError> {
     let bootstrap = nodes
         .iter()
         .find(|n| n.role == Role::ControlPlane)
         .ok_or_else(|| CaptureError::Invalid("the cluster has no control-plane node".into()))?;
-    let running = kubelet_nodes(nodes)
-        .into_iter()
-        .map(|n| node::running_containers(rt, &n.name));
-    let (k8s_version, platform, running) = tokio::join!(
-        node::k8s_version(rt, &bootstrap.name),
-        rt.platform(),
-        futures_util::future::try_join_all(running)
-    );
+    let (k8s_version, platform, surveys) =
+        tokio::join!(node::k8s_version(rt, &bootstrap.name), rt.platform(), surveyed);
     let k8s_version = phase("inspecting cluster", k8s_version)?;
     let platform = phase("inspecting cluster", platform)?;
+    // Unsent only when surveying failed, which the plans, awaited first, report.
+    let surveys =
+        surveys.map_err(|_| CaptureError::Invalid("inspecting cluster: the nodes were not surveyed".into()))?;
+    let running = futures_util::future::try_join_all(surveys.iter().map(|s| s.running_containers(rt))).await;
     let running: Vec<_> = phase("inspecting cluster", running)?.into_iter().flatten().collect();
     Ok(Inspected {
         k8s_version,
@@ -427,21 +431,28 @@ fn topology(nodes: &[Node]) -> Topology {
     }
 }
 
-/// What every kubelet node's images consist of, all nodes at once (exec round trips that overlap). Fetching
-/// layers a node discarded waits until `locked` says the cluster's lock is held.
+/// Surveys every kubelet node (one round trip each, all at once), hands the surveys to [`inspect`], then
+/// reads what every node's images consist of, all nodes at once. Fetching layers a node discarded waits until
+/// `locked` says the cluster's lock is held.
 async fn plan_images(
     rt: &Runtime,
     nodes: &[Node],
     mode: ImagesMode,
     locked: tokio::sync::watch::Receiver<bool>,
+    surveyed: tokio::sync::oneshot::Sender<Vec<node::Survey>>,
 ) -> Result<Vec<images::Plan>, CaptureError> {
+    let kubelet = kubelet_nodes(nodes);
+    let surveys = futures_util::future::try_join_all(kubelet.iter().map(|n| node::survey(rt, &n.name)));
+    let (surveys, platform) = tokio::join!(surveys, rt.platform());
+    let surveys = phase("inspecting cluster", surveys)?;
+    let _ = surveyed.send(surveys.clone());
     if mode == ImagesMode::None {
         return Ok(Vec::new());
     }
-    let platform = phase("exporting images", rt.platform().await)?;
-    let plans = kubelet_nodes(nodes)
-        .into_iter()
-        .map(|n| images::plan(rt, &n.name, &platform, mode, locked.clone()));
+    let platform = phase("exporting images", platform)?;
+    let plans = surveys
+        .iter()
+        .map(|s| images::plan(rt, s, &platform, mode, locked.clone()));
     futures_util::future::try_join_all(plans)
         .await
         .map_err(|e| CaptureError::Phase {

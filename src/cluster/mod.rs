@@ -455,8 +455,8 @@ impl Runtime {
         let t0 = std::time::Instant::now();
         let out = self.exec_inner(node, argv).await;
         crate::util::trace(t0, || match &out {
-            Ok(o) => format!("{node}: {} -> exit {}", argv.join(" "), o.code),
-            Err(e) => format!("{node}: {} -> {e}", argv.join(" ")),
+            Ok(o) => format!("{node}: {} -> exit {}", traced(argv), o.code),
+            Err(e) => format!("{node}: {} -> {e}", traced(argv)),
         });
         out
     }
@@ -489,8 +489,8 @@ impl Runtime {
         let t0 = std::time::Instant::now();
         let out = self.exec_raw(node, argv).await;
         crate::util::trace(t0, || match &out {
-            Ok((code, stdout, _)) => format!("{node}: {} -> exit {code}, {} bytes", argv.join(" "), stdout.len()),
-            Err(e) => format!("{node}: {} -> {e}", argv.join(" ")),
+            Ok((code, stdout, _)) => format!("{node}: {} -> exit {code}, {} bytes", traced(argv), stdout.len()),
+            Err(e) => format!("{node}: {} -> {e}", traced(argv)),
         });
         let (code, stdout, stderr) = out?;
         if code != 0 {
@@ -845,7 +845,19 @@ async fn collect(
     Ok((stdout, stderr))
 }
 
-fn tail(s: &str) -> String {
+/// A command as `-v` shows it: a script of several lines (`sh -c`) is shown by its first line only, its
+/// arguments in full.
+fn traced(argv: &[&str]) -> String {
+    match argv {
+        ["sh", "-c", script, rest @ ..] if script.contains('\n') => {
+            let first = script.lines().next().unwrap_or_default();
+            format!("sh -c '{first}; …' {}", rest.join(" "))
+        }
+        _ => argv.join(" "),
+    }
+}
+
+pub(crate) fn tail(s: &str) -> String {
     if s.len() <= OUTPUT_TAIL {
         return s.to_owned();
     }

@@ -132,18 +132,16 @@ fn image_name(image: &str, user_specified: &str, images: &[CriImage]) -> String 
         .unwrap_or_else(|| image.to_owned())
 }
 
-/// Running containers on a node, each with its image name.
-pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriContainer>, ClusterError> {
-    let ps = ["crictl", "ps", "-o", "json"];
-    let out = idempotent(|| rt.run(node, &ps)).await?;
-    let found = parse_ps(&out).map_err(|e| unreadable(node, &ps, &out, e))?;
+/// The containers `crictl ps -o json` printed, each with its image name: where the CRI reports only an image
+/// ID (containerd before cri-api v0.28 has no user-specified image), `crictl images -o json` names it.
+async fn containers_of(rt: &Runtime, node: &str, ps: &str) -> Result<Vec<CriContainer>, ClusterError> {
+    let found = parse_ps(ps).map_err(|e| unreadable(node, PS, ps, e))?;
     let images = if found
         .iter()
         .any(|(_, image, user)| is_image_id(image) && (user.is_empty() || is_image_id(user)))
     {
-        let ls = ["crictl", "images", "-o", "json"];
-        let out = idempotent(|| rt.run(node, &ls)).await?;
-        parse_images(&out).map_err(|e| unreadable(node, &ls, &out, e))?
+        let out = idempotent(|| rt.run(node, CRI_IMAGES)).await?;
+        parse_images(&out).map_err(|e| unreadable(node, CRI_IMAGES, &out, e))?
     } else {
         Vec::new()
     };
@@ -154,6 +152,12 @@ pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriConta
             name,
         })
         .collect())
+}
+
+/// Running containers on a node, each with its image name.
+pub async fn running_containers(rt: &Runtime, node: &str) -> Result<Vec<CriContainer>, ClusterError> {
+    let ps = idempotent(|| rt.run(node, PS)).await?;
+    containers_of(rt, node, &ps).await
 }
 
 /// What a control plane without a running etcd container answers.
@@ -277,9 +281,8 @@ fn parse_containerd_config(dump: &str) -> Result<ContainerdConfig, toml::de::Err
 }
 
 pub async fn containerd_config(rt: &Runtime, node: &str) -> Result<ContainerdConfig, ClusterError> {
-    let argv = ["containerd", "config", "dump"];
-    let out = idempotent(|| rt.run(node, &argv)).await?;
-    parse_containerd_config(&out).map_err(|e| unreadable(node, &argv, &out, e))
+    let out = idempotent(|| rt.run(node, CONFIG_DUMP)).await?;
+    parse_containerd_config(&out).map_err(|e| unreadable(node, CONFIG_DUMP, &out, e))
 }
 
 /// An image record in containerd's `k8s.io` namespace: its name and the descriptor it points at.
@@ -313,20 +316,161 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
 
 /// The images a node holds, by name.
 pub async fn images(rt: &Runtime, node: &str) -> Result<Vec<ImageRecord>, ClusterError> {
-    Ok(parse_images_ls(
-        &idempotent(|| rt.run(node, &["ctr", "--namespace=k8s.io", "images", "ls"])).await?,
-    ))
+    Ok(parse_images_ls(&idempotent(|| rt.run(node, IMAGES_LS)).await?))
 }
 
 /// The digests of every blob in the node's content store (`ctr content ls -q`: one digest a line).
 pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collections::HashSet<String>, ClusterError> {
-    let out = idempotent(|| rt.run(node, &["ctr", "--namespace=k8s.io", "content", "ls", "-q"])).await?;
-    Ok(out
-        .lines()
+    Ok(parse_content_ls(&idempotent(|| rt.run(node, CONTENT_LS)).await?))
+}
+
+/// `ctr content ls -q`: one digest a line.
+fn parse_content_ls(out: &str) -> std::collections::HashSet<String> {
+    out.lines()
         .map(str::trim)
         .filter(|l| l.starts_with("sha256:"))
         .map(str::to_owned)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// several reads in one round trip
+
+const PS: &[&str] = &["crictl", "ps", "-o", "json"];
+const CRI_IMAGES: &[&str] = &["crictl", "images", "-o", "json"];
+const IMAGES_LS: &[&str] = &["ctr", "--namespace=k8s.io", "images", "ls"];
+const CONTENT_LS: &[&str] = &["ctr", "--namespace=k8s.io", "content", "ls", "-q"];
+const CONFIG_DUMP: &[&str] = &["containerd", "config", "dump"];
+
+/// One command's outcome in [`run_all`]: what it printed, or how it failed.
+pub type Ran = Result<String, ExecError>;
+
+/// Runs each positional argument as a command (split on white space, never globbed), all at once, each
+/// into its own files; then prints, per command in order, `EXIT STDOUT-BYTES STDERR-BYTES`, a newline, and
+/// both outputs. The files are in a temporary directory (kind mounts a tmpfs on the node's /tmp).
+const RUN_ALL: &str = r#"# each argument a command, all at once
+set -f
+t=$(mktemp -d) || exit 1
+trap 'rm -rf "$t"' EXIT
+n=0
+for c; do n=$((n+1)); { $c >"$t/$n.o" 2>"$t/$n.e"; echo $? >"$t/$n.c"; } & done
+wait
+i=0
+while [ $i -lt $n ]; do i=$((i+1)); echo "$(cat "$t/$i.c") $(wc -c <"$t/$i.o") $(wc -c <"$t/$i.e")" && cat "$t/$i.o" "$t/$i.e" || exit 1; done"#;
+
+/// Runs read-only commands in one round trip, all at once, each with its own exit code and output: every
+/// exec costs a round trip and a runc exec in the node, and when every node is asked the same questions at
+/// once, they contend for the same cores (docs/design.md, step 1, has the measurement).
+/// No token of a command may hold white space.
+pub async fn run_all(rt: &Runtime, node: &str, cmds: &[&[&str]]) -> Result<Vec<Ran>, ClusterError> {
+    let joined: Vec<String> = cmds
+        .iter()
+        .map(|c| {
+            debug_assert!(c.iter().all(|t| !t.is_empty() && !t.contains(char::is_whitespace)));
+            c.join(" ")
+        })
+        .collect();
+    let mut argv = vec!["sh", "-c", RUN_ALL, "sh"];
+    argv.extend(joined.iter().map(String::as_str));
+    let out = idempotent(|| rt.run_bytes(node, &argv)).await?;
+    let frames = parse_frames(&out, cmds.len()).ok_or_else(|| ExecError {
+        node: node.into(),
+        command: argv_of(&argv),
+        code: Some(0),
+        stdout: String::new(),
+        stderr: format!("output of {} bytes is not {} framed results", out.len(), cmds.len()),
+    })?;
+    Ok(frames
+        .into_iter()
+        .zip(cmds)
+        .map(|((code, stdout, stderr), cmd)| {
+            let stdout = String::from_utf8_lossy(stdout).into_owned();
+            if code == 0 {
+                return Ok(stdout);
+            }
+            Err(ExecError {
+                node: node.into(),
+                command: argv_of(cmd),
+                code: Some(code),
+                stdout: super::tail(&stdout),
+                stderr: super::tail(&String::from_utf8_lossy(stderr)),
+            })
+        })
         .collect())
+}
+
+/// One command's result as [`RUN_ALL`] prints it: `(exit code, stdout, stderr)`.
+type Frame<'a> = (i64, &'a [u8], &'a [u8]);
+
+/// `count` results as [`RUN_ALL`] prints them, and nothing after them.
+fn parse_frames(mut out: &[u8], count: usize) -> Option<Vec<Frame<'_>>> {
+    let mut frames = Vec::with_capacity(count);
+    for _ in 0..count {
+        let nl = out.iter().position(|b| *b == b'\n')?;
+        let mut head = std::str::from_utf8(&out[..nl]).ok()?.split_whitespace();
+        let code: i64 = head.next()?.parse().ok()?;
+        let olen: usize = head.next()?.parse().ok()?;
+        let elen: usize = head.next()?.parse().ok()?;
+        if head.next().is_some() {
+            return None;
+        }
+        let (stdout, rest) = out[nl + 1..].split_at_checked(olen)?;
+        let (stderr, rest) = rest.split_at_checked(elen)?;
+        frames.push((code, stdout, stderr));
+        out = rest;
+    }
+    out.is_empty().then_some(frames)
+}
+
+/// What a node runs and holds, read in one round trip: the CRI's containers, and containerd's image records,
+/// content store and configuration.
+#[derive(Debug, Clone)]
+pub struct Survey {
+    node: String,
+    ps: Ran,
+    images_ls: Ran,
+    content_ls: Ran,
+    config_dump: Ran,
+}
+
+pub async fn survey(rt: &Runtime, node: &str) -> Result<Survey, ClusterError> {
+    let ran = run_all(rt, node, &[PS, IMAGES_LS, CONTENT_LS, CONFIG_DUMP]).await?;
+    let [ps, images_ls, content_ls, config_dump]: [Ran; 4] = ran
+        .try_into()
+        .map_err(|_| unreadable(node, PS, "", "not one result per command"))?;
+    Ok(Survey {
+        node: node.to_owned(),
+        ps,
+        images_ls,
+        content_ls,
+        config_dump,
+    })
+}
+
+impl Survey {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Running containers, each with its image name (which may take a round trip more, see [`containers_of`]).
+    pub async fn running_containers(&self, rt: &Runtime) -> Result<Vec<CriContainer>, ClusterError> {
+        containers_of(rt, &self.node, self.ps.as_ref().map_err(|e| e.clone())?).await
+    }
+
+    /// The images the node holds, by name.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, ClusterError> {
+        Ok(parse_images_ls(self.images_ls.as_ref().map_err(|e| e.clone())?))
+    }
+
+    /// The digests of every blob in the node's content store.
+    pub fn content_digests(&self) -> Result<std::collections::HashSet<String>, ClusterError> {
+        Ok(parse_content_ls(self.content_ls.as_ref().map_err(|e| e.clone())?))
+    }
+
+    pub fn containerd_config(&self) -> Result<ContainerdConfig, ClusterError> {
+        let out = self.config_dump.as_ref().map_err(|e| e.clone())?;
+        parse_containerd_config(out).map_err(|e| unreadable(&self.node, CONFIG_DUMP, out, e))
+    }
 }
 
 /// Reads several small files of known sizes in one round trip (`cat` of them all, split by size): the
@@ -953,6 +1097,54 @@ mod tests {
         assert_eq!(parse_sized(out, 4), None, "a record missing");
         assert_eq!(parse_sized(b"5\nabc", 1), None, "short");
         assert_eq!(parse_sized(b"x\nabc", 1), None, "not a size");
+    }
+
+    /// The script itself, run by this machine's `sh` (dash, as in kindest/node): each command's exit code and
+    /// outputs come back framed, in order, whatever each printed or however it failed.
+    #[test]
+    fn commands_run_together_come_back_each_with_its_own_outcome() {
+        let cmds: &[&[&str]] = &[
+            &["printf", "%s\\n", "one", "two"],
+            &["sh", "-c", "echo${IFS}out;echo${IFS}err>&2;exit${IFS}3"],
+            &["no-such-tool-here", "x"],
+            &["printf", "*"],
+            &["true"],
+        ];
+        let joined: Vec<String> = cmds.iter().map(|c| c.join(" ")).collect();
+        let out = std::process::Command::new("sh")
+            .args(["-c", RUN_ALL, "sh"])
+            .args(&joined)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let frames = parse_frames(&out.stdout, cmds.len()).expect("framed");
+        assert_eq!(frames[0], (0, &b"one\ntwo\n"[..], &b""[..]));
+        assert_eq!(frames[1], (3, &b"out\n"[..], &b"err\n"[..]));
+        assert_eq!(frames[2].0, 127);
+        assert!(
+            String::from_utf8_lossy(frames[2].2).contains("not found"),
+            "{:?}",
+            frames[2]
+        );
+        assert_eq!(frames[3], (0, &b"*"[..], &b""[..]), "never globbed");
+        assert_eq!(frames[4], (0, &b""[..], &b""[..]));
+        assert_eq!(parse_frames(&out.stdout, cmds.len() + 1), None, "a result missing");
+        assert_eq!(parse_frames(&out.stdout, cmds.len() - 1), None, "trailing bytes");
+    }
+
+    #[test]
+    fn framed_results_are_parsed_by_their_lengths_and_anything_else_refused() {
+        // Outputs holding newlines and what looks like a header; busybox's `wc -c` pads with spaces.
+        let out = b"0 6 0\na\n1 2\n1       0       4\nerr\n";
+        assert_eq!(
+            parse_frames(out, 2),
+            Some(vec![(0, &b"a\n1 2\n"[..], &b""[..]), (1, &b""[..], &b"err\n"[..])])
+        );
+        assert_eq!(parse_frames(b"0 5 0\nabc", 1), None, "short");
+        assert_eq!(parse_frames(b"0 x 0\n", 1), None, "not a length");
+        assert_eq!(parse_frames(b"0 0 0 0\n", 1), None, "a field too many");
+        assert_eq!(parse_frames(b"0 0\n", 1), None, "a field missing");
+        assert_eq!(parse_frames(b"", 0), Some(vec![]));
     }
 
     #[test]

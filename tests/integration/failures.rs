@@ -57,6 +57,43 @@ fn failed_image_read_leaves_cluster_running() {
     cluster.assert_running();
 }
 
+/// A node whose containerd configuration no longer parses (an edit gone wrong; the running daemon still uses
+/// the old one): create fails before anything is frozen, naming the command, among the several that survey
+/// every node at once, the node and what containerd printed, once; it leaves nothing behind.
+#[test]
+fn a_failing_survey_command_is_named_with_its_node_and_output() {
+    let cluster = Cluster::up("badcfg", 1, 1);
+    let store = Store::new();
+    let worker = cluster.worker(1);
+    cluster.sh(&worker, "echo '[plugins' >> /etc/containerd/config.toml");
+    let run = store.run(&["create", &cluster.name, "broken"]).fails();
+    assert_eq!(run.code, Some(1));
+    let lower = run.stderr.to_lowercase();
+    // containerd's own words (cmd/containerd/server/config: "failed to unmarshal TOML")
+    for want in [
+        "exporting images",
+        "`containerd config dump`",
+        &worker,
+        "exit code 1",
+        "failed to unmarshal toml",
+    ] {
+        assert!(lower.contains(want), "stderr lacks {want:?}:\n{}", run.stderr);
+    }
+    assert_eq!(
+        lower.matches("failed to unmarshal toml").count(),
+        1,
+        "error printed more than once:\n{}",
+        run.stderr
+    );
+    assert!(
+        !lower.contains("each argument"),
+        "the survey's script is shown:\n{}",
+        run.stderr
+    );
+    assert_nothing_left(&store, &cluster.name);
+    cluster.assert_running();
+}
+
 /// etcd not running on the bootstrap control plane (its kubelet stopped, so nothing restarts it): create fails
 /// in its etcd phase saying so, before anything is frozen, and leaves no bundle, copy, journal or lock.
 #[test]
