@@ -18,6 +18,8 @@ pub use writer::{BundleSink, WriterOptions};
 pub const ETCD_ENTRY: &str = "etcd/snapshot.db";
 pub const METADATA_ENTRY: &str = "metadata.json";
 pub const IMAGE_BLOBS_DIR: &str = "images/blobs/sha256";
+/// Each node's image index is `<IMAGE_NODES_DIR>/<node>/index.json`.
+pub const IMAGE_NODES_DIR: &str = "images/nodes";
 pub const PVS_DIR: &str = "pvs";
 /// local-path-provisioner roots a bundle may carry, as paths inside a node (stock kind: /var; upstream: /opt).
 pub const PV_ROOTS: &[&str] = &["/var/local-path-provisioner", "/opt/local-path-provisioner"];

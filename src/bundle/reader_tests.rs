@@ -398,6 +398,10 @@ async fn write_members(
     sink.add_bytes(&format!("images/blobs/sha256/{}", sha(&layer)), 0o644, &layer)
         .await
         .unwrap();
+    let node_index = format!("{{\"manifests\":[{{\"digest\":\"sha256:{}\"}}]}}", sha(&layer));
+    sink.add_bytes(&format!("images/nodes/{NODE}/index.json"), 0o644, node_index.as_bytes())
+        .await
+        .unwrap();
     let mut tar = tar::Builder::new(Vec::new());
     for (path, data) in pv_files {
         let mut h = tar::Header::new_gnu();
@@ -454,6 +458,8 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
         ("pvc-1/z.txt", b"z".to_vec()),
     ];
     let (a, ia) = write_members(dir.path(), "a", b"etcd one", &files_a).await;
+    // A second later (the snapshot of the same cluster a minute later): no header may carry the time.
+    tokio::time::sleep(std::time::Duration::from_millis(1001)).await;
     let (b, ib) = write_members(dir.path(), "b", b"etcd two, longer", &files_b).await;
     let member = |bytes: &[u8], index: &backends::BundleIndex, holds: &str| {
         let m = index
@@ -463,7 +469,7 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
             .unwrap_or_else(|| panic!("no member holds {holds}: {:?}", index.members));
         bytes[m.offset as usize..(m.offset + m.size) as usize].to_vec()
     };
-    for holds in ["images/blobs/sha256/", "pvc-1/big.bin"] {
+    for holds in ["images/blobs/sha256/", "images/nodes/", "pvc-1/big.bin"] {
         let (ma, mb) = (member(&a, &ia, holds), member(&b, &ib, holds));
         assert_eq!(ma, mb, "{holds}: the same content must be the same member bytes");
     }
@@ -485,10 +491,11 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
     let holds: Vec<&str> = ia.members.iter().map(|m| m.holds.as_str()).collect();
     assert!(holds.iter().any(|h| h.ends_with("pvc-1/z.txt")), "{holds:?}");
     assert_eq!(holds.last(), Some(&METADATA_ENTRY));
-    // Every tar entry is counted in the member it starts in: etcd, the blob, the PV files, the metadata.
+    // Every tar entry is counted in the member it starts in: etcd, the blob, the node's image index, the PV
+    // files, the metadata.
     assert_eq!(
         ia.members.iter().map(|m| m.entries).sum::<u64>(),
-        files_a.len() as u64 + 3,
+        files_a.len() as u64 + 4,
         "{:?}",
         ia.members.iter().map(|m| (&m.holds, m.entries)).collect::<Vec<_>>()
     );

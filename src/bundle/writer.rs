@@ -531,10 +531,13 @@ fn new_header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::He
     h
 }
 
-/// Content-addressed entries get headers that depend on nothing but their path and size.
+/// Image entries get headers that depend on nothing but their path, size (and, for a node's image index,
+/// mode): a blob, or the index of a node whose images did not change, is then the same member in every bundle.
 fn fix_header(path: &str, h: &mut tar::Header) {
     if path.starts_with(super::IMAGE_BLOBS_DIR) {
         h.set_mode(0o444);
+    }
+    if path.starts_with(super::IMAGE_BLOBS_DIR) || path.starts_with(super::IMAGE_NODES_DIR) {
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);

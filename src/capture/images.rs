@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::metadata::{ImageRef, ImagesMode, NodeImages};
-use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR};
+use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR, IMAGE_NODES_DIR};
 use crate::cluster::Runtime;
 use crate::cluster::node::{self, ImageRecord};
 use crate::oci;
@@ -286,7 +286,7 @@ pub async fn write(
     }
     let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-    sink.add_bytes(&format!("images/nodes/{node}/index.json"), 0o644, &index)
+    sink.add_bytes(&format!("{IMAGE_NODES_DIR}/{node}/index.json"), 0o644, &index)
         .await?;
 
     out.images.blobs = needed.into_keys().collect();
