@@ -48,24 +48,47 @@ pub struct Live {
     pub restore_tools: Vec<(String, Result<Option<RestoreTool>, String>)>,
 }
 
+/// Every node and control plane asked at once: each probe is a round trip or more, and none depends on another
+/// (but a control plane's restore tool, probed only where its etcd is healthy).
 pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     let cps: Vec<&Node> = nodes
         .iter()
         .filter(|n| n.role == Role::ControlPlane && n.state == NodeState::Running)
         .collect();
     let first = cps.first().map(|n| n.name.clone());
-    let k8s_version = match &first {
-        Some(n) => node::k8s_version(rt, n).await.map_err(|e| e.to_string()),
-        None => Err("no running control-plane node".into()),
+    const NO_CP: &str = "no running control-plane node";
+    let k8s_version = async {
+        match &first {
+            Some(n) => node::k8s_version(rt, n).await.map_err(|e| e.to_string()),
+            None => Err(NO_CP.to_owned()),
+        }
     };
-    let platform = rt.platform().await.map_err(|e| e.to_string());
+    let free = async {
+        match &first {
+            Some(n) => node::free_bytes(rt, n).await.map_err(|e| e.to_string()),
+            None => Err(NO_CP.to_owned()),
+        }
+    };
+    let platform = async { rt.platform().await.map_err(|e| e.to_string()) };
+    let running = futures_util::future::join_all(
+        nodes
+            .iter()
+            .filter(|n| n.role.runs_kubelet() && n.state == NodeState::Running)
+            .map(|n| node::running_containers(rt, &n.name)),
+    );
+    let etcd = futures_util::future::join_all(cps.iter().map(|n| async move {
+        let health = node::etcd_health(rt, &n.name).await.map_err(|e| e.to_string());
+        let tool = match health {
+            Ok(()) => Some(node::etcd_restore_tool(rt, &n.name).await.map_err(|e| e.to_string())),
+            Err(_) => None,
+        };
+        (n.name.clone(), health, tool)
+    }));
+    let (k8s_version, free, platform, running, etcd) = tokio::join!(k8s_version, free, platform, running, etcd);
     let mut images = Vec::new();
     let mut addons_err = None;
-    for n in nodes
-        .iter()
-        .filter(|n| n.role.runs_kubelet() && n.state == NodeState::Running)
-    {
-        match node::running_containers(rt, &n.name).await {
+    for r in running {
+        match r {
             Ok(cs) => images.extend(cs.into_iter().map(|c| c.image)),
             Err(e) => addons_err = Some(e.to_string()),
         }
@@ -74,21 +97,16 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
         Some(e) => Err(e),
         None => Ok(crate::capture::detect_addons(images.iter().map(String::as_str))),
     };
-    let (mut etcd, mut restore_tools) = (Vec::new(), Vec::new());
-    for n in &cps {
-        let health = node::etcd_health(rt, &n.name).await.map_err(|e| e.to_string());
-        if health.is_ok() {
-            restore_tools.push((
-                n.name.clone(),
-                node::etcd_restore_tool(rt, &n.name).await.map_err(|e| e.to_string()),
-            ));
-        }
-        etcd.push((n.name.clone(), health));
-    }
-    let free = match &first {
-        Some(n) => node::free_bytes(rt, n).await.map_err(|e| e.to_string()),
-        None => Err("no running control-plane node".into()),
-    };
+    let mut restore_tools = Vec::new();
+    let etcd = etcd
+        .into_iter()
+        .map(|(name, health, tool)| {
+            if let Some(t) = tool {
+                restore_tools.push((name.clone(), t));
+            }
+            (name, health)
+        })
+        .collect();
     Live {
         nodes,
         k8s_version,
