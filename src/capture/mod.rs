@@ -582,31 +582,47 @@ async fn capture_pvs(
 /// every control plane again.
 pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result<(), CaptureError> {
     let mut errors = Vec::new();
-    let ordered = nodes
-        .iter()
-        .filter(|n| n.role == Role::ControlPlane)
-        .chain(nodes.iter().filter(|n| n.role != Role::ControlPlane));
-    for n in ordered.filter(|n| quiesced.contains(&n.name)) {
+    let cp = |n: &&Node| n.role == Role::ControlPlane;
+    // The control planes one after another, in order: etcd members started at the same moment each wait out
+    // their peers' initial corruption check (`--experimental-initial-corrupt-check`, set by kubeadm): the peer
+    // port is bound but not yet served, so each hash request times out (7 s), and three members took 14 s to
+    // elect a leader. The other nodes then at once.
+    for n in nodes.iter().filter(|n| cp(n) && quiesced.contains(&n.name)) {
         if let Err(e) = node::resume(rt, &n.name).await {
             errors.push(format!("{}: {e}", n.name));
         }
     }
-    for n in nodes
+    let started = nodes
         .iter()
-        .filter(|n| n.role == Role::ControlPlane && quiesced.contains(&n.name))
-    {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if node::etcd_container(rt, &n.name).await.is_ok() {
-                break;
+        .filter(|n| !cp(n) && quiesced.contains(&n.name))
+        .map(|n| async move { node::resume(rt, &n.name).await.map_err(|e| format!("{}: {e}", n.name)) });
+    errors.extend(
+        futures_util::future::join_all(started)
+            .await
+            .into_iter()
+            .filter_map(Result::err),
+    );
+    let etcd_up = nodes
+        .iter()
+        .filter(|n| cp(n) && quiesced.contains(&n.name))
+        .map(|n| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if node::etcd_container(rt, &n.name).await.is_ok() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("{}: etcd did not start again within 60s", n.name));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            if tokio::time::Instant::now() > deadline {
-                errors.push(format!("{}: etcd did not start again within 60s", n.name));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+        });
+    errors.extend(
+        futures_util::future::join_all(etcd_up)
+            .await
+            .into_iter()
+            .filter_map(Result::err),
+    );
     if errors.is_empty() {
         Ok(())
     } else {

@@ -186,7 +186,19 @@ pub async fn etcd_container(rt: &Runtime, node: &str) -> Result<String, ClusterE
 /// Stops kubelet, then every running container, so nothing changes images or PV data. Node IPs are kept:
 /// the node containers themselves keep running.
 pub async fn quiesce(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
-    idempotent(|| rt.run(node, &["systemctl", "stop", "kubelet"])).await?;
+    stop_kubelet(rt, node).await?;
+    stop_containers(rt, node).await
+}
+
+/// Stops kubelet; the containers it started keep running.
+pub async fn stop_kubelet(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
+    idempotent(|| rt.run(node, &["systemctl", "stop", "kubelet"]))
+        .await
+        .map(|_| ())
+}
+
+/// Stops every running container (with kubelet stopped, nothing starts them again).
+pub async fn stop_containers(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
     let ids = idempotent(|| rt.run(node, &["crictl", "ps", "-q"])).await?;
     let ids: Vec<&str> = ids.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if !ids.is_empty() {

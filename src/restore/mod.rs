@@ -470,14 +470,20 @@ async fn quiesce_and_switch(
     phases: &mut Vec<PhaseRecord>,
 ) -> Result<(), Step> {
     let p = progress.phase("quiescing nodes");
-    let order = kubelet
-        .iter()
-        .filter(|n| n.role == Role::Worker)
-        .chain(kubelet.iter().filter(|n| n.role == Role::ControlPlane).rev());
-    for n in order {
-        node::quiesce(rt, &n.name)
-            .await
-            .map_err(|e| ("quiescing nodes", RestoreError::from(e)))?;
+    // Every kubelet at once (its containers keep running), then the workers' containers at once, then the
+    // control planes' one node after another, the bootstrap one last: etcd members stopped at the same moment
+    // hand leadership to each other as each shuts down (etcd transfers it on SIGTERM), and one such stop
+    // took 7 s instead of well under 1 s.
+    let step = |e: ClusterError| ("quiescing nodes", RestoreError::from(e));
+    futures_util::future::try_join_all(kubelet.iter().map(|n| node::stop_kubelet(rt, &n.name)))
+        .await
+        .map_err(step)?;
+    let workers = kubelet.iter().filter(|n| n.role == Role::Worker);
+    futures_util::future::try_join_all(workers.map(|n| node::stop_containers(rt, &n.name)))
+        .await
+        .map_err(step)?;
+    for n in kubelet.iter().filter(|n| n.role == Role::ControlPlane).rev() {
+        node::stop_containers(rt, &n.name).await.map_err(step)?;
     }
     phases.push(p.finish());
     crate::util::pause_point("restore:quiesced", Some(signals)).await;
@@ -499,11 +505,14 @@ async fn quiesce_and_switch(
 /// roots were kept.
 async fn finish(rt: &Runtime, journals: &mut BTreeMap<String, Journal>) -> BTreeMap<String, Vec<String>> {
     let mut kept = BTreeMap::new();
-    for (n, j) in journals.iter_mut() {
+    futures_util::future::join_all(journals.iter_mut().map(|(n, j)| async move {
         j.phase = Phase::Done;
         let _ = j.write(rt, n).await;
         let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
         let _ = node::remove_all(rt, n, &left).await;
+    }))
+    .await;
+    for (n, j) in journals.iter() {
         let aside: Vec<String> = j
             .switches
             .iter()
@@ -520,12 +529,16 @@ async fn finish(rt: &Runtime, journals: &mut BTreeMap<String, Journal>) -> BTree
 /// Marks every journal committed, the lock node's last (until it says so, undoing is always right).
 async fn commit(rt: &Runtime, nodes: &[Node], journals: &mut BTreeMap<String, Journal>) -> Result<(), ClusterError> {
     let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
-    let mut order: Vec<String> = journals.keys().cloned().collect();
-    order.sort_by_key(|n| *n == lock_at);
-    for n in &order {
-        let j = journals.get_mut(n).expect("journal");
-        j.phase = Phase::Committed;
-        j.write(rt, n).await?;
+    // The others at once, then the lock node's.
+    for last in [false, true] {
+        let wave = journals
+            .iter_mut()
+            .filter(|(n, _)| (**n == lock_at) == last)
+            .map(|(n, j)| async move {
+                j.phase = Phase::Committed;
+                j.write(rt, n).await
+            });
+        futures_util::future::try_join_all(wave).await?;
     }
     Ok(())
 }
@@ -627,13 +640,14 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
     loop {
         let mut ok = true;
         let mut views = Vec::new();
-        for n in cps {
-            if let Err(e) = node::etcd_health(rt, &n.name).await {
-                ok = false;
-                last = format!("{}: {e}", n.name);
-                break;
-            }
-            match node::etcd_members(rt, &n.name).await {
+        // Every control plane asked at once.
+        let asked = futures_util::future::join_all(cps.iter().map(|n| async move {
+            node::etcd_health(rt, &n.name).await?;
+            node::etcd_members(rt, &n.name).await
+        }))
+        .await;
+        for (n, view) in cps.iter().zip(asked) {
+            match view {
                 Ok(m) => views.push(m),
                 Err(e) => {
                     ok = false;
