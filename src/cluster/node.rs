@@ -756,10 +756,16 @@ fn bundled_etcdctls(listing: &str) -> Vec<String> {
     found.into_iter().rev().map(|(_, f)| f).collect()
 }
 
-/// Finds the tool that restores snapshots inside the etcd container, without relying on a shell or on
-/// error texts: etcdutl (etcd's own images, 3.6.5+ and etcd-io's 3.5), else an etcdctl of 3.5 or older
-/// (3.6 dropped `etcdctl snapshot restore`), else a bundled `etcdctl-3.5.x` of registry.k8s.io/etcd images
-/// (found through their shell). `None`: no tool in this container can restore.
+/// Lists the bundled `etcdctl-<version>` of a registry.k8s.io/etcd image with shell built-ins only: those
+/// images are distroless with bash-static copied to `/bin/sh` (kubernetes `cluster/images/etcd/Dockerfile`),
+/// and have no `ls` or any other file tool. A glob that matches nothing prints itself, which is no version.
+const LIST_BUNDLED_ETCDCTLS: &str = r#"for f in /usr/local/bin/etcdctl-*; do echo "${f##*/}"; done"#;
+
+/// Finds the tool that restores snapshots inside the etcd container, without relying on error texts or on
+/// any binary but the candidates themselves: etcdutl (etcd's own images, 3.6.5+ and etcd-io's 3.5), else an
+/// etcdctl of 3.5 or older (3.6 dropped `etcdctl snapshot restore`: asked for it, etcdctl 3.6 prints the
+/// `snapshot` help and exits 0), else a bundled `etcdctl-3.5.x` of registry.k8s.io/etcd images up to
+/// 3.6.4-0 (listed by their shell's built-ins). `None`: no tool in this container can restore.
 pub async fn etcd_restore_tool(rt: &Runtime, node: &str) -> Result<Option<RestoreTool>, ClusterError> {
     let id = etcd_container(rt, node).await?;
     let works = |program: &str| {
@@ -777,8 +783,7 @@ pub async fn etcd_restore_tool(rt: &Runtime, node: &str) -> Result<Option<Restor
         program = Some("etcdutl".to_owned());
     } else if works("etcdctl").await.is_some_and(|v| v < (3, 6)) {
         program = Some("etcdctl".to_owned());
-    } else if let Ok(listing) = etcd_exec(rt, node, &id, &["sh".into(), "-c".into(), "ls /usr/local/bin".into()]).await
-    {
+    } else if let Ok(listing) = etcd_exec(rt, node, &id, &argv_of(&["sh", "-c", LIST_BUNDLED_ETCDCTLS])).await {
         for candidate in bundled_etcdctls(&listing) {
             if works(&candidate).await.is_some_and(|v| v < (3, 6)) {
                 program = Some(candidate);
