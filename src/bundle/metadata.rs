@@ -111,6 +111,11 @@ pub struct NodeImages {
 pub struct ImageRef {
     pub name: String,
     pub digest: String,
+    /// The image record's labels in the node's containerd (the CRI's `io.cri-containerd.image=managed`, kind's
+    /// `io.cri-containerd.pinned=pinned`), set again when the image is re-imported. Absent in bundles written
+    /// before they were recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -25,8 +25,14 @@ use crate::oci;
 
 use super::CaptureError;
 
-/// How long fetching one image's missing layers from its registry may take.
+/// How long fetching one blob a node lacks from its registry may take.
 const FETCH_TIMEOUT_SECS: u64 = 300;
+/// How long the registry may take to start serving a blob when asked whether it has it.
+const PROBE_TIMEOUT_SECS: u64 = 30;
+/// An index or manifest a node lacks is fetched into memory up to this size.
+const DOCUMENT_MAX: u64 = 4 << 20;
+/// Levels of documents fetched at most (an index of indexes is two).
+const FETCH_LEVELS: usize = 4;
 /// Blobs up to this size are read ahead, in memory, several per `cat`, while earlier ones are written: each
 /// archive read costs a round trip (serialized per node by the runtime) that dwarfs a small blob's bytes.
 const PREFETCH_MAX: u64 = 1 << 20;
@@ -58,16 +64,21 @@ fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureErr
 }
 
 /// An image's content for one platform: every blob (digest → media type, size), the documents' bytes, and
-/// the digests the content store lacks.
+/// the digests the content store lacks (`unread`: those of them that are documents, whose children are not
+/// known).
 #[derive(Default)]
 struct Walk {
     blobs: BTreeMap<String, (String, u64)>,
     documents: BTreeMap<String, Vec<u8>>,
     missing: BTreeSet<String>,
+    unread: BTreeSet<String>,
 }
 
-/// Every image's content, walked level by level (index → manifests → configs and layers): each level's
-/// documents, for all images at once, read in one round trip straight from the content store `dir`.
+/// Every image's content, walked level by level (index → manifest → config and layers): each level's
+/// documents, for all images at once, read in one round trip straight from the content store `dir`, or taken
+/// from `fetched` (documents the node lacks, fetched from their registry). Of an index's entries, the one
+/// containerd's CRI pulls for the platform is walked: the best ranked one the node holds, else the best
+/// ranked (see [`oci::children`]).
 async fn walk_all(
     rt: &Runtime,
     node: &str,
@@ -75,6 +86,7 @@ async fn walk_all(
     dir: &str,
     images: &[&ImageRecord],
     present: &HashSet<String>,
+    fetched: &HashMap<String, Vec<u8>>,
 ) -> Result<Vec<Walk>, CaptureError> {
     let mut walks: Vec<Walk> = images.iter().map(|_| Walk::default()).collect();
     let mut frontier: Vec<(usize, String, String)> = images
@@ -86,7 +98,7 @@ async fn walk_all(
         let wanted: BTreeSet<&str> = frontier
             .iter()
             .map(|(_, d, _)| d.as_str())
-            .filter(|d| present.contains(*d))
+            .filter(|d| present.contains(*d) && !fetched.contains_key(*d))
             .collect();
         let mut read: HashMap<String, Vec<u8>> = HashMap::new();
         let wanted: Vec<&str> = wanted.into_iter().collect();
@@ -99,8 +111,9 @@ async fn walk_all(
         let mut next = Vec::new();
         for (i, digest, media_type) in frontier {
             let w = &mut walks[i];
-            if !present.contains(&digest) {
-                w.missing.insert(digest);
+            if !present.contains(&digest) && !fetched.contains_key(&digest) {
+                w.missing.insert(digest.clone());
+                w.unread.insert(digest);
                 continue;
             }
             if w.documents.contains_key(&digest) {
@@ -108,6 +121,7 @@ async fn walk_all(
             }
             let bytes = read
                 .get(&digest)
+                .or_else(|| fetched.get(&digest))
                 .cloned()
                 .ok_or_else(|| CaptureError::Invalid(format!("{digest} was not read from {node}")))?;
             check_digest(node, &digest, &bytes)?;
@@ -116,7 +130,12 @@ async fn walk_all(
                 .map_err(|e| CaptureError::Invalid(format!("{image} on {node}: {digest}: {e}")))?;
             w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
             w.documents.insert(digest, bytes);
-            next.extend(children.documents.into_iter().map(|(d, m)| (i, d, m)));
+            let pulled = children
+                .documents
+                .iter()
+                .find(|(d, _)| present.contains(d) || fetched.contains_key(d))
+                .or(children.documents.first());
+            next.extend(pulled.map(|(d, m)| (i, d.clone(), m.clone())));
             for d in children.blobs {
                 if !present.contains(&d.digest) {
                     w.missing.insert(d.digest.clone());
@@ -143,53 +162,45 @@ pub struct Plan {
     out: NodeCapture,
     needed: BTreeMap<String, (String, u64)>,
     documents: BTreeMap<String, Vec<u8>>,
+    /// Blobs the node lacks that its registry serves: digest → the image whose repository has them.
+    remote: HashMap<String, String>,
     index_entries: Vec<serde_json::Value>,
     blobs_dir: String,
 }
 
-/// What a surveyed node's images consist of, fetching discarded layers with
-/// [`ImagesMode::All`] once `locked` says the cluster's lock is held (`mode` is `All` or `Local`: with `None`
-/// it is not called). Writes nothing else.
-pub async fn plan(
-    rt: &Runtime,
-    survey: &node::Survey,
-    platform: &str,
-    mode: ImagesMode,
-    mut locked: tokio::sync::watch::Receiver<bool>,
-) -> Result<Plan, CaptureError> {
+/// What a surveyed node's images consist of (`mode` is `All` or `Local`: with `None` it is not called). With
+/// [`ImagesMode::All`], what the node lacks (layers kind's containerd discarded after a pull) is asked of the
+/// image's registry by digest, from inside the node: documents are fetched into memory, layers are only
+/// checked to be served, and streamed into the bundle when written. Nothing in the node changes.
+pub async fn plan(rt: &Runtime, survey: &node::Survey, platform: &str, mode: ImagesMode) -> Result<Plan, CaptureError> {
     let node = survey.node();
     let mut out = NodeCapture::default();
     let (records, config) = (survey.images()?, survey.containerd_config()?);
-    let mut present = survey.content_digests()?;
+    let present = survey.content_digests()?;
     let mut needed: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut documents: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut remote: HashMap<String, String> = HashMap::new();
     let mut index_entries = Vec::new();
     let mut kept = Vec::new();
-    // Every image walked at once; fetching, rare, is done one by one below.
+    // Every image walked at once; asking registries, rare, is done one image at a time below.
     let dir = config.content_blobs();
     let all: Vec<&ImageRecord> = records.iter().collect();
-    let walks = walk_all(rt, node, platform, &dir, &all, &present).await?;
+    let walks = walk_all(rt, node, platform, &dir, &all, &present, &HashMap::new()).await?;
     for (image, w) in records.iter().zip(walks) {
         let mut w = w;
         let mut why = "its layers are not in the node's content store (discarded after a pull) and --images local fetches nothing".to_owned();
         if !w.missing.is_empty() && mode == ImagesMode::All {
-            if locked.wait_for(|held| *held).await.is_err() {
-                return Err(CaptureError::Invalid("the cluster's lock was not taken".into()));
-            }
-            match node::content_fetch(rt, node, &image.name, platform, FETCH_TIMEOUT_SECS).await {
-                Ok(()) => {
-                    present = node::content_digests(rt, node).await?;
-                    w = walk_all(rt, node, platform, &dir, &[image], &present)
-                        .await?
-                        .pop()
-                        .unwrap_or_default();
-                    why = "its registry served an incomplete image".into();
+            match from_registry(rt, node, platform, &dir, image, &present, w).await {
+                Ok(walked) => {
+                    remote.extend(walked.missing.iter().map(|d| (d.clone(), image.name.clone())));
+                    w = Walk {
+                        missing: BTreeSet::new(),
+                        ..walked
+                    };
                 }
-                Err(e) => {
-                    why = format!(
-                        "its layers are not in the node and fetching them from its registry failed: {}",
-                        fetch_failure(&e)
-                    )
+                Err((walked, e)) => {
+                    w = walked;
+                    why = format!("its layers are not in the node and its registry does not serve them: {e}");
                 }
             }
         }
@@ -201,6 +212,7 @@ pub async fn plan(
             kept.push(ImageRef {
                 name: image.name.clone(),
                 digest: image.digest.clone(),
+                labels: image.labels.clone(),
             });
             continue;
         }
@@ -217,6 +229,7 @@ pub async fn plan(
         out.images.images.push(ImageRef {
             name: image.name.clone(),
             digest: image.digest.clone(),
+            labels: image.labels.clone(),
         });
     }
 
@@ -226,9 +239,48 @@ pub async fn plan(
         out,
         needed,
         documents,
+        remote,
         index_entries,
         blobs_dir: config.content_blobs(),
     })
+}
+
+/// Completes an image's walk from its registry: the documents the node lacks are fetched (level by level),
+/// then the registry is asked for every blob still missing, which [`Walk::missing`] then lists. On failure,
+/// the walk as far as it got, and why (the registry client's last words).
+async fn from_registry(
+    rt: &Runtime,
+    node: &str,
+    platform: &str,
+    dir: &str,
+    image: &ImageRecord,
+    present: &HashSet<String>,
+    mut w: Walk,
+) -> Result<Walk, (Walk, String)> {
+    let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
+    for _ in 0..FETCH_LEVELS {
+        if w.unread.is_empty() {
+            break;
+        }
+        for digest in &w.unread {
+            match node::fetch_blob_bytes(rt, node, &image.name, digest, DOCUMENT_MAX, FETCH_TIMEOUT_SECS).await {
+                Ok(bytes) => fetched.insert(digest.clone(), bytes),
+                Err(e) => return Err((w, fetch_failure(&e))),
+            };
+        }
+        w = match walk_all(rt, node, platform, dir, &[image], present, &fetched).await {
+            Ok(mut walks) => walks.pop().unwrap_or_default(),
+            Err(e) => return Err((w, e.to_string())),
+        };
+    }
+    if !w.unread.is_empty() {
+        return Err((w, format!("more than {FETCH_LEVELS} levels of indexes")));
+    }
+    let digests: Vec<&str> = w.missing.iter().map(String::as_str).collect();
+    match node::registry_serves(rt, node, &image.name, &digests, PROBE_TIMEOUT_SECS).await {
+        Ok(()) => Ok(w),
+        Err(e) => Err((w, fetch_failure(&e))),
+    }
 }
 
 /// Streams a planned node's blobs into the bundle (those already in `bundled`, from another node, are not
@@ -243,6 +295,7 @@ pub async fn write(
         node,
         mut out,
         needed,
+        remote,
         index_entries,
         dir,
         todo,
@@ -258,6 +311,22 @@ pub async fn write(
             .ok_or_else(|| CaptureError::Invalid(format!("reading {digest} from {node} stopped")))?;
         let written = match read? {
             Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
+            // Discarded by the node, served by its registry (checked when planned).
+            None if let Some(image) = remote.get(&digest) => {
+                let fetching = |e: crate::cluster::ClusterError| {
+                    CaptureError::Invalid(format!(
+                        "fetching {digest} of {image} from its registry inside {node}: {}",
+                        fetch_failure(&e)
+                    ))
+                };
+                let mut stream = node::fetch_blob_stream(rt, node, image, &digest, FETCH_TIMEOUT_SECS)
+                    .await
+                    .map_err(fetching)?;
+                let added = sink.add_file(&entry, size, 0o444, &mut stream).await;
+                // The command's own failure says more than a stream that ended short.
+                stream.finish().await.map_err(fetching)?;
+                added?
+            }
             None => {
                 let want = hex.clone();
                 let entry = entry.clone();
@@ -298,6 +367,7 @@ pub struct Reading {
     node: String,
     out: NodeCapture,
     needed: BTreeMap<String, (String, u64)>,
+    remote: HashMap<String, String>,
     index_entries: Vec<serde_json::Value>,
     dir: String,
     /// (digest, hex, size) of each blob to write, in order.
@@ -321,6 +391,7 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
         mut out,
         needed,
         documents,
+        remote,
         index_entries,
         blobs_dir: dir,
     } = plan;
@@ -335,19 +406,22 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
         let hex = digest.trim_start_matches("sha256:");
         todo.push((digest.clone(), hex.to_owned(), *size, documents.get(digest).cloned()));
     }
+    // What the node lacks is streamed from its registry by the writer, never read from the node.
+    let in_node: Vec<bool> = todo.iter().map(|(d, ..)| !remote.contains_key(d)).collect();
     // Small blobs are read ahead, in order, while the writer takes earlier ones; large ones are streamed.
     let (tx, rx) = tokio::sync::mpsc::channel(PREFETCH_AHEAD);
     let ahead = {
         let (rt, node, dir) = (rt.clone(), node.clone(), dir.clone());
         // The documents move to the reader, which hands them back in order.
-        let wanted: Vec<(String, u64, Option<Vec<u8>>)> = todo
+        let wanted: Vec<(String, u64, Option<Vec<u8>>, bool)> = todo
             .iter_mut()
-            .map(|(_, hex, size, doc)| (hex.clone(), *size, doc.take()))
+            .zip(in_node)
+            .map(|((_, hex, size, doc), in_node)| (hex.clone(), *size, doc.take(), in_node))
             .collect();
         async move {
             let mut wanted = wanted.into_iter().peekable();
-            while let Some((hex, size, doc)) = wanted.next() {
-                if doc.is_none() && size > PREFETCH_MAX {
+            while let Some((hex, size, doc, in_node)) = wanted.next() {
+                if doc.is_none() && (size > PREFETCH_MAX || !in_node) {
                     if tx.send(Ok(None)).await.is_err() {
                         return;
                     }
@@ -356,9 +430,11 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
                 // A run of documents (in memory) and small blobs; the blobs read in one round trip.
                 let (mut total, mut files) = if doc.is_none() { (size, 1) } else { (0, 0) };
                 let mut window = vec![(hex, size, doc)];
-                let small = |size: u64, doc: &Option<Vec<u8>>| doc.is_some() || size <= PREFETCH_MAX;
-                while let Some((_, next, doc)) = wanted.peek()
-                    && small(*next, doc)
+                let small = |size: u64, doc: &Option<Vec<u8>>, in_node: bool| {
+                    doc.is_some() || (size <= PREFETCH_MAX && in_node)
+                };
+                while let Some((_, next, doc, in_node)) = wanted.peek()
+                    && small(*next, doc, *in_node)
                     && total + next <= PREFETCH_BATCH
                     && files < PREFETCH_FILES
                 {
@@ -366,7 +442,8 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
                         total += next;
                         files += 1;
                     }
-                    window.push(wanted.next().expect("peeked"));
+                    let (hex, size, doc, _) = wanted.next().expect("peeked");
+                    window.push((hex, size, doc));
                 }
                 let paths: Vec<(String, u64)> = window
                     .iter()
@@ -394,6 +471,7 @@ pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result
         node,
         out,
         needed,
+        remote,
         index_entries,
         dir,
         todo: todo.into_iter().map(|(d, h, s, _)| (d, h, s)).collect(),

@@ -91,11 +91,10 @@ fn phase<T>(name: &'static str, r: Result<T, impl Into<CaptureError>>) -> Result
 }
 
 pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<Outcome, CaptureError> {
-    // 1. inspect. Reads that need no lock start at once, while it is taken: the metadata's facts, and what
-    // each node's images consist of (fetching layers a node discarded writes, so it waits for the lock).
+    // 1. inspect. Reads start at once, while the lock is taken: the metadata's facts, and what each node's
+    // images consist of (layers a node discarded are asked of their registry: nothing in the node changes).
     let p = progress.phase("inspecting cluster");
     let nodes = rt.nodes(&req.cluster).await?;
-    let (locked_tx, locked) = tokio::sync::watch::channel(false);
     // Each node is surveyed once, for both: the plans first, as they are awaited first.
     let (surveyed_tx, surveyed) = tokio::sync::oneshot::channel();
     let facts = {
@@ -104,7 +103,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     };
     let plans = {
         let (rt, nodes, mode) = (rt.clone(), nodes.clone(), req.images);
-        Task::spawn(async move { plan_images(&rt, &nodes, mode, locked, surveyed_tx).await })
+        Task::spawn(async move { plan_images(&rt, &nodes, mode, surveyed_tx).await })
     };
     // The lock first: it names an interrupted operation that left nodes paused.
     let lock = journal::begin(rt, &req.cluster, &nodes, "create")
@@ -114,7 +113,6 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
         lock.release().await;
         return Err(e);
     }
-    let _ = locked_tx.send(true);
     let lock = Mutex::new(Some(lock));
     let ahead = Ahead {
         facts,
@@ -432,13 +430,11 @@ fn topology(nodes: &[Node]) -> Topology {
 }
 
 /// Surveys every kubelet node (one round trip each, all at once), hands the surveys to [`inspect`], then
-/// reads what every node's images consist of, all nodes at once. Fetching layers a node discarded waits until
-/// `locked` says the cluster's lock is held.
+/// reads what every node's images consist of, all nodes at once.
 async fn plan_images(
     rt: &Runtime,
     nodes: &[Node],
     mode: ImagesMode,
-    locked: tokio::sync::watch::Receiver<bool>,
     surveyed: tokio::sync::oneshot::Sender<Vec<node::Survey>>,
 ) -> Result<Vec<images::Plan>, CaptureError> {
     let kubelet = kubelet_nodes(nodes);
@@ -450,9 +446,7 @@ async fn plan_images(
         return Ok(Vec::new());
     }
     let platform = phase("exporting images", platform)?;
-    let plans = surveys
-        .iter()
-        .map(|s| images::plan(rt, s, &platform, mode, locked.clone()));
+    let plans = surveys.iter().map(|s| images::plan(rt, s, &platform, mode));
     futures_util::future::try_join_all(plans)
         .await
         .map_err(|e| CaptureError::Phase {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use tokio::io::AsyncReadExt;
 
@@ -297,17 +298,19 @@ pub async fn containerd_config(rt: &Runtime, node: &str) -> Result<ContainerdCon
     parse_containerd_config(&out).map_err(|e| unreadable(node, CONFIG_DUMP, &out, e))
 }
 
-/// An image record in containerd's `k8s.io` namespace: its name and the descriptor it points at.
+/// An image record in containerd's `k8s.io` namespace: its name, the descriptor it points at, its labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecord {
     pub name: String,
     pub media_type: String,
     pub digest: String,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `ctr images ls` (containerd cmd/ctr/commands/images/images.go): `REF TYPE DIGEST SIZE PLATFORMS LABELS`,
-/// columns separated by white space. The CRI's own `sha256:<id>` records are left out: containerd recreates
-/// them on import.
+/// columns separated by white space (SIZE holds one, `780.0 B`); LABELS is `-` or the sorted `key=value`
+/// pairs joined by commas. The CRI's own `sha256:<id>` records are left out: containerd recreates them on
+/// import.
 fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
     let mut refs: Vec<ImageRecord> = out
         .lines()
@@ -315,10 +318,19 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
         .filter_map(|line| {
             let mut cols = line.split_whitespace();
             let (name, media_type, digest) = (cols.next()?, cols.next()?, cols.next()?);
+            let labels = match cols.next_back() {
+                Some(l) if l != "-" && l.contains('=') => l
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                _ => Default::default(),
+            };
             (!name.starts_with("sha256:") && digest.starts_with("sha256:")).then(|| ImageRecord {
                 name: name.to_owned(),
                 media_type: media_type.to_owned(),
                 digest: digest.to_owned(),
+                labels,
             })
         })
         .collect();
@@ -329,11 +341,6 @@ fn parse_images_ls(out: &str) -> Vec<ImageRecord> {
 /// The images a node holds, by name.
 pub async fn images(rt: &Runtime, node: &str) -> Result<Vec<ImageRecord>, ClusterError> {
     Ok(parse_images_ls(&idempotent(|| rt.run(node, IMAGES_LS)).await?))
-}
-
-/// The digests of every blob in the node's content store (`ctr content ls -q`: one digest a line).
-pub async fn content_digests(rt: &Runtime, node: &str) -> Result<std::collections::HashSet<String>, ClusterError> {
-    Ok(parse_content_ls(&idempotent(|| rt.run(node, CONTENT_LS)).await?))
 }
 
 /// `ctr content ls -q`: one digest a line.
@@ -563,30 +570,86 @@ fn split_by_sizes(out: &[u8], sizes: &[u64]) -> Option<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Fetches the content an image lacks from its registry, inside the node (as containerd would for a pull),
-/// for one platform, through kind's registry hosts configuration; bounded by `timeout_secs`.
-pub async fn content_fetch(
-    rt: &Runtime,
-    node: &str,
-    image: &str,
-    platform: &str,
-    timeout_secs: u64,
-) -> Result<(), ClusterError> {
-    let secs = timeout_secs.to_string();
-    let argv = [
+/// `ctr content fetch-blob`: one blob of `image`'s repository, by digest, from its registry, through kind's
+/// registry hosts configuration, to standard output. It reads nothing from and writes nothing to the node's
+/// containerd: no content, no lease and, unlike `ctr content fetch`, no image record (`client.Fetch` ends in
+/// `createNewImage`, an `ImageService.Update` that drops the CRI's labels and repoints a tag that moved in the
+/// registry; containerd `client/client.go`, `client/pull.go`). The tag in `image` is not resolved: only its
+/// repository is used (`remotes.FetcherByDigest`).
+fn fetch_blob_argv(image: &str, digest: &str, timeout_secs: u64) -> Vec<String> {
+    argv_of(&[
         "timeout",
-        &secs,
+        &timeout_secs.to_string(),
         "ctr",
         "--namespace=k8s.io",
         "content",
-        "fetch",
-        "--platform",
-        platform,
+        "fetch-blob",
         "--hosts-dir",
         CONTAINERD_HOSTS_DIR,
         image,
-    ];
+        digest,
+    ])
+}
+
+/// A small blob (an index or manifest the node lacks) fetched from `image`'s registry into memory, checked
+/// against `digest`; refused above `limit` bytes.
+pub async fn fetch_blob_bytes(
+    rt: &Runtime,
+    node: &str,
+    image: &str,
+    digest: &str,
+    limit: u64,
+    timeout_secs: u64,
+) -> Result<Vec<u8>, ClusterError> {
+    let argv = fetch_blob_argv(image, digest, timeout_secs);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = idempotent(|| rt.run_bytes(node, &argv)).await?;
+    let got = format!("sha256:{}", hex::encode(Sha256::digest(&out)));
+    if out.len() as u64 > limit || got != digest {
+        return Err(unreadable(
+            node,
+            &argv,
+            "",
+            format!("the registry served {} bytes hashing to {got}", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether `image`'s registry serves every one of `digests`, asked from inside the node: the first byte of
+/// each is read, then the transfer is dropped. Fails with the registry client's own last words.
+pub async fn registry_serves(
+    rt: &Runtime,
+    node: &str,
+    image: &str,
+    digests: &[&str],
+    timeout_secs: u64,
+) -> Result<(), ClusterError> {
+    let script = r#"h=$1; r=$2; t=$3; shift 3
+e=$(mktemp) || exit 1
+trap 'rm -f "$e"' EXIT
+for d; do
+  n=$(timeout "$t" ctr --namespace=k8s.io content fetch-blob --hosts-dir "$h" "$r" "$d" 2>"$e" | head -c 1 | wc -c)
+  [ $((n)) -eq 1 ] || { echo "$d: nothing served within ${t}s" >&2; cat "$e" >&2; exit 1; }
+done"#;
+    let secs = timeout_secs.to_string();
+    let mut argv = vec!["sh", "-c", script, "sh", CONTAINERD_HOSTS_DIR, image, &secs];
+    argv.extend_from_slice(digests);
     idempotent(|| rt.run(node, &argv)).await.map(|_| ())
+}
+
+/// Streams one blob of `image`'s repository from its registry (see [`fetch_blob_argv`]); read it to its end,
+/// then [`ExecStream::finish`] it.
+pub async fn fetch_blob_stream(
+    rt: &Runtime,
+    node: &str,
+    image: &str,
+    digest: &str,
+    timeout_secs: u64,
+) -> Result<ExecStream, ClusterError> {
+    let argv = fetch_blob_argv(image, digest, timeout_secs);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    rt.exec_stream(node, &argv).await
 }
 
 /// Argv importing an OCI archive from stdin the way kind loads images (kind nodeutils.LoadImageArchive).
@@ -615,13 +678,33 @@ where
     }
 }
 
+/// kind's `LoadImageArchive` argv less `--digests`: every image of the archive is named (its index's
+/// `io.containerd.image.name`), and `--digests` would add an `import-<date>@sha256:…` record for each (containerd
+/// `core/transfer/image/imagestore.go` WithDigestRef), which the next snapshot would list as images.
 fn import_argv(snapshotter: &str, all_platforms: bool) -> Vec<String> {
     let mut argv = argv_of(&["ctr", "--namespace=k8s.io", "images", "import"]);
     if all_platforms {
         argv.push("--all-platforms".into());
     }
-    argv.extend(["--digests".into(), format!("--snapshotter={snapshotter}"), "-".into()]);
+    argv.extend([format!("--snapshotter={snapshotter}"), "-".into()]);
     argv
+}
+
+/// Sets labels on an image record (`ctr images label`, which keeps the others): what an imported image had
+/// when it was captured, kind's `io.cri-containerd.pinned=pinned` among them.
+pub async fn label_image(
+    rt: &Runtime,
+    node: &str,
+    image: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ClusterError> {
+    if labels.is_empty() {
+        return Ok(());
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut argv = vec!["ctr", "--namespace=k8s.io", "images", "label", image];
+    argv.extend(pairs.iter().map(String::as_str));
+    idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1336,6 +1419,16 @@ sha256:d5a046d553a7a958ec794d35b1dcf9e6ab666eae200d6d6e6ed4d7b11a391aca       ap
         assert_eq!(got[1].name, "registry.k8s.io/pause:3.10");
         assert_eq!(got[1].media_type, "application/vnd.oci.image.index.v1+json");
         assert!(got[0].digest.starts_with("sha256:e4063c"));
+        assert_eq!(
+            got[1]
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            ["io.cri-containerd.image=managed", "io.cri-containerd.pinned=pinned"]
+        );
+        let unlabelled = "REF TYPE DIGEST SIZE PLATFORMS LABELS\nx/y:1 application/vnd.oci.image.manifest.v1+json sha256:ab 1.0 KiB linux/amd64 -\n";
+        assert!(parse_images_ls(unlabelled)[0].labels.is_empty());
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub async fn restore_node(
         })
     };
     node::import_images(rt, node_name, &snap, archive).await?;
+    // The labels each had (the import sets none), one record after another: few images have any.
+    for image in want.images.iter().filter(|i| missing.contains(&i.name)) {
+        node::label_image(rt, node_name, &image.name, &image.labels).await?;
+    }
     Ok(missing.into_iter().collect())
 }
 

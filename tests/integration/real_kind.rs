@@ -7,7 +7,9 @@
 //!   (containerd 2.x) or without it (containerd 1.7: names come from `crictl images`);
 //! - restore with each etcd image layout (k8s-3.5: no etcdutl, bash-static as sh and no `ls`; k8s-3.6: the same
 //!   with an etcdctl 3.6 that cannot restore, on one and on three control planes; official: no shell);
-//! - the etcd revision moves forward across a restore (`--bump-revision`).
+//! - the etcd revision moves forward across a restore (`--bump-revision`);
+//! - create changes no image record, not even one the CRI pulled whose tag moved in the registry since, and
+//!   re-import gives a record back its labels.
 
 use crate::util::*;
 
@@ -154,6 +156,102 @@ fn create_fetches_discarded_layers_from_the_kind_local_registry_so_the_bundle_re
         "{restored}"
     );
     assert!(complete(&cluster, &worker, PULLED), "the restored image lacks blobs");
+    cluster.assert_running();
+}
+
+/// Every image record of a node as `ctr images ls` prints it: name, target (type, digest, size), platforms
+/// and labels.
+fn image_records(cluster: &Cluster, node: &str) -> Vec<String> {
+    let out = cluster.sh(node, "ctr --namespace=k8s.io images ls");
+    let mut lines: Vec<String> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A snapshot leaves the cluster as it was: no node's image record changes, not even that of an image the
+/// kubelet pulled (through the CRI: its labels, its `repo@digest` record, its layers discarded) whose tag has
+/// moved in the registry since. Before, create fetched the discarded layers with `ctr content fetch TAG`, which
+/// resolved the tag anew and rewrote the record (containerd `client.Fetch` → `createNewImage`): the tag then
+/// named the registry's new image, and the snapshot kept the old one by reference. Re-import then restores the
+/// record's labels (kind's pin among them) and adds no `import-<date>@` records.
+#[test]
+fn create_leaves_every_image_record_as_it_was_though_a_pulled_tag_moved() {
+    let cluster = Cluster::up_with("records", 1, 1, &["--registry"]);
+    let store = Store::new();
+    let nodes = cluster.nodes();
+    for n in &nodes {
+        let socket = cluster.containerd_socket(n);
+        kubectl_snapshot_testkit::cri::pull(&socket, PULLED)
+            .unwrap_or_else(|e| panic!("{n}: the kubelet's pull through the CRI (needs root: {socket}): {e}"));
+        // kind pins the images it preloads (kind pkg/build/nodeimage/imageimporter.go)
+        cluster.sh(
+            n,
+            &format!("ctr --namespace=k8s.io images label {PULLED} io.cri-containerd.pinned=pinned >/dev/null"),
+        );
+        assert!(
+            !complete(&cluster, n, PULLED),
+            "{n}: the CRI's pull should have discarded the layers"
+        );
+    }
+    let pulled_digest = |n: &str| {
+        image_records(&cluster, n)
+            .into_iter()
+            .find(|l| l.starts_with(&format!("{PULLED} ")))
+            .and_then(|l| l.split(' ').nth(2).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let old = pulled_digest(&nodes[0]);
+    let before: Vec<Vec<String>> = nodes.iter().map(|n| image_records(&cluster, n)).collect();
+    assert!(
+        before[0]
+            .iter()
+            .any(|l| l.starts_with(&format!("{PULLED} ")) && l.contains("io.cri-containerd.image=managed")),
+        "{before:?}"
+    );
+    // The tag moves in the registry: someone pushed a new image under it.
+    cluster.fixture(&["registry-push", &cluster.name, PULLED, "2"]);
+
+    let v = store.run(&["create", &cluster.name, "snap", "--json"]).ok().json();
+    let after: Vec<Vec<String>> = nodes.iter().map(|n| image_records(&cluster, n)).collect();
+    assert_eq!(before, after, "create changed image records");
+    for n in &nodes {
+        let node = &v["metadata"]["images"]["nodes"][n];
+        let bundled = node["images"].as_array().unwrap().iter().find(|r| r["name"] == PULLED);
+        assert_eq!(
+            bundled.map(|r| r["digest"].clone()),
+            Some(old.clone().into()),
+            "{n}: {node}"
+        );
+        assert!(!complete(&cluster, n, PULLED), "{n}: create stored layers in the node");
+    }
+
+    // Removed from the worker, then restored: the record is back as it was, labels included, and nothing else.
+    let worker = cluster.worker(1);
+    cluster.sh(
+        &worker,
+        &format!("ctr --namespace=k8s.io images rm --sync {PULLED} >/dev/null"),
+    );
+    let restored = store.run(&["restore", &cluster.name, "snap", "--json"]).ok().json();
+    assert!(
+        restored["importedImages"][&worker]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i == PULLED)),
+        "{restored}"
+    );
+    let records = image_records(&cluster, &worker);
+    let line = records
+        .iter()
+        .find(|l| l.starts_with(&format!("{PULLED} ")))
+        .expect("re-imported");
+    assert!(
+        line.contains(&old) && line.contains("io.cri-containerd.pinned=pinned"),
+        "{line}"
+    );
+    assert!(!records.iter().any(|l| l.starts_with("import-")), "{records:#?}");
     cluster.assert_running();
 }
 

@@ -172,6 +172,28 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// `tests/fixtures/cluster ARGS…`, asserting success.
+    pub fn fixture(&self, args: &[&str]) {
+        let mut cmd = Command::new(repo().join("tests/fixtures/cluster"));
+        cmd.args(args);
+        let out = run_timeout(cmd, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "tests/fixtures/cluster {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The host's path to a node's containerd socket (through its init process's root: needs root).
+    pub fn containerd_socket(&self, node: &str) -> String {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", node])
+            .output()
+            .expect("docker inspect");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        format!("/proc/{pid}/root/run/containerd/containerd.sock")
+    }
+
     /// `docker exec NODE sh -c SCRIPT`, asserting success; returns stdout.
     pub fn sh(&self, node: &str, script: &str) -> String {
         let mut cmd = Command::new("docker");
