@@ -79,6 +79,8 @@ pub struct Outcome {
     pub sha256: String,
     pub size: u64,
     pub phases: Vec<PhaseRecord>,
+    /// How long the nodes were frozen (or stopped): from the first pause to the last thaw.
+    pub frozen: Option<Duration>,
     /// What the user should know though the snapshot was written (images kept by reference).
     pub warnings: Vec<String>,
 }
@@ -182,6 +184,7 @@ async fn create_locked(
         leftovers: vec![copy.clone()],
     };
     let mut warnings = Vec::new();
+    let mut frozen = None;
     // Set once the nodes were cleaned up and the lock released on the way (the success path).
     let left = std::sync::atomic::AtomicBool::new(false);
 
@@ -244,7 +247,18 @@ async fn create_locked(
             thawed
         });
         let pvs = match (pvs, thawed) {
-            (Ok(pvs), Ok(())) => pvs,
+            (Ok(pvs), Ok(())) => {
+                let lasted = quiesced.lock().expect("quiesced list").lasted;
+                if let Some(lasted) = lasted {
+                    let at = std::time::Instant::now()
+                        .checked_sub(lasted)
+                        .unwrap_or_else(std::time::Instant::now);
+                    crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
+                    warnings.extend(long_freeze(lasted, &pvs));
+                }
+                frozen = lasted;
+                pvs
+            }
             (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
             // The nodes still quiesced matter more; the copy's failure is kept with it.
             (Err(e), Err(CaptureError::Resume(r))) => {
@@ -343,8 +357,34 @@ async fn create_locked(
         sha256,
         size,
         phases,
+        frozen,
         warnings,
     })
+}
+
+/// Longer than this frozen, and controllers may restart: kube-controller-manager and kube-scheduler renew
+/// their leader-election lease with a 10 s deadline (`--leader-elect-renew-deadline`), and the clock runs on
+/// while they are frozen.
+const FREEZE_WARN: Duration = Duration::from_secs(5);
+
+/// A warning when the nodes stayed frozen long enough to matter, naming what was read meanwhile.
+fn long_freeze(lasted: Duration, pvs: &PvsInfo) -> Option<String> {
+    if lasted <= FREEZE_WARN {
+        return None;
+    }
+    let roots: Vec<String> = pvs
+        .nodes
+        .iter()
+        .flat_map(|(n, roots)| roots.iter().map(move |r| format!("{n}:{r}")))
+        .collect();
+    Some(format!(
+        "the nodes were frozen for {:.1} s while {} of volumes were read ({}): over {} s, kube-controller-manager \
+         and kube-scheduler may miss their 10 s leader-election deadline and restart",
+        lasted.as_secs_f64(),
+        crate::util::human_bytes(pvs.size),
+        roots.join(", "),
+        FREEZE_WARN.as_secs()
+    ))
 }
 
 /// Removes what create left in the nodes: the etcd copy and every journal, all nodes at once.
@@ -531,6 +571,10 @@ async fn quiesce(
         "could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart"
     ));
     journal.quiesce = Some(Quiesce::Stop);
+    {
+        let mut q = quiesced.lock().expect("quiesced list");
+        (q.since, q.lasted) = (Some(std::time::Instant::now()), None);
+    }
     for n in order {
         phase("quiescing nodes", journal.write(rt, &n.name).await)?;
         quiesced.lock().expect("quiesced list").stopped.push(n.name.clone());
@@ -629,12 +673,20 @@ pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result
 struct Quiesced {
     frozen: Vec<String>,
     stopped: Vec<String>,
+    /// When the first node was frozen (or stopped), and for how long the nodes stayed so: until the last was
+    /// resumed.
+    since: Option<std::time::Instant>,
+    lasted: Option<Duration>,
 }
 
 /// Pauses each node in `order`, recording each before it is paused.
 async fn freeze(rt: &Runtime, order: &[&Node], quiesced: &Mutex<Quiesced>) -> Result<(), ClusterError> {
     for n in order {
-        quiesced.lock().expect("quiesced list").frozen.push(n.name.clone());
+        {
+            let mut q = quiesced.lock().expect("quiesced list");
+            q.since.get_or_insert_with(std::time::Instant::now);
+            q.frozen.push(n.name.clone());
+        }
         rt.pause(&n.name).await?;
     }
     Ok(())
@@ -675,9 +727,37 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
             errors.push(e.to_string());
         }
     }
+    {
+        let mut q = quiesced.lock().expect("quiesced list");
+        if q.frozen.is_empty() && q.stopped.is_empty() && q.lasted.is_none() {
+            q.lasted = q.since.map(|t| t.elapsed());
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(CaptureError::Resume(errors.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_freeze_is_said_with_the_volumes_that_made_it() {
+        let pvs = PvsInfo {
+            digest: String::new(),
+            size: 3 << 30,
+            files: 2,
+            nodes: BTreeMap::from([("kind-worker".into(), vec!["/var/local-path-provisioner".into()])]),
+        };
+        assert_eq!(long_freeze(Duration::from_millis(4900), &pvs), None);
+        let w = long_freeze(Duration::from_millis(7300), &pvs).expect("a warning");
+        assert!(
+            w.contains("7.3 s") && w.contains("kind-worker:/var/local-path-provisioner"),
+            "{w}"
+        );
+        assert!(w.contains("3.00 GiB") && w.contains("leader-election"), "{w}");
     }
 }

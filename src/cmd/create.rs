@@ -55,6 +55,8 @@ struct CreateResult<'a> {
     size: u64,
     sha256: &'a str,
     phases: &'a [PhaseRecord],
+    /// Seconds the nodes were frozen (or stopped), from the first pause to the last thaw.
+    frozen_seconds: Option<f64>,
     metadata: &'a Metadata,
     warnings: &'a [String],
 }
@@ -111,13 +113,18 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             size: out.size,
             sha256: &out.sha256,
             phases: &out.phases,
+            frozen_seconds: out.frozen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
             metadata: &out.metadata,
             warnings: &out.warnings,
         };
         crate::util::out!("{}", serde_json::to_string_pretty(&result)?);
     } else {
+        let frozen = out
+            .frozen
+            .map(|d| format!(", nodes frozen {:.2} s", d.as_secs_f64()))
+            .unwrap_or_default();
         crate::util::out!(
-            "Created snapshot {:?} (size: {}, k8s: {}) at {}",
+            "Created snapshot {:?} (size: {}, k8s: {}{frozen}) at {}",
             name.as_str(),
             human_bytes(out.size),
             out.metadata.k8s_version,

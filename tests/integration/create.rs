@@ -157,6 +157,18 @@ fn create_and_check(cluster: &Cluster, store: &Store, snap: &str) -> serde_json:
     ] {
         assert!(phases.contains(&p), "phase {p} missing: {phases:?}");
     }
+    // How long the nodes were frozen, first pause to last thaw: a fraction of the whole.
+    let frozen = result["frozenSeconds"].as_f64().expect("frozenSeconds");
+    let total: f64 = result["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["durationSeconds"].as_f64())
+        .sum();
+    assert!(
+        frozen > 0.0 && (total == 0.0 || frozen < total),
+        "frozen {frozen} s of {total} s"
+    );
 
     // The cluster is back, with the same node IPs, and nothing is left behind in the nodes.
     cluster.assert_running();
