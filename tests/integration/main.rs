@@ -13,6 +13,7 @@ mod failures;
 mod hostile;
 mod krew;
 mod oci;
+mod providers;
 mod real_kind;
 mod remote;
 mod restore;
