@@ -1312,6 +1312,21 @@ mod tests {
         );
     }
 
+    /// containerd 2.3 (kind v0.32+) dumps version 4 (`version/version.go` ConfigVersion = 4); its migration
+    /// moves only grpc/ttrpc/debug/metrics into a server section, and the CRI images plugin keeps `snapshotter`
+    /// (`internal/cri/config/config.go`, `plugins/cri/images/plugin.go` at v2.3.4).
+    #[test]
+    fn containerd_config_v4() {
+        let v4 = DUMP_V3
+            .replace("version = 3", "version = 4")
+            .replace("'overlayfs'", "'native'");
+        let c = parse_containerd_config(&v4).unwrap();
+        assert_eq!(
+            (c.root.as_str(), c.snapshotter.as_str()),
+            ("/var/lib/containerd", "native")
+        );
+    }
+
     #[test]
     fn containerd_config_garbage_is_an_error() {
         assert!(parse_containerd_config("root = '/x\n[[[").is_err());
