@@ -500,3 +500,54 @@ async fn the_same_blob_is_the_same_member_in_two_bundles() {
         ia.members.iter().map(|m| (&m.holds, m.entries)).collect::<Vec<_>>()
     );
 }
+
+/// A volume root streamed as the runtime's archive API streams it (`local-path-provisioner/<volume>/…`): the
+/// summary counts each volume's file bytes, which create names when a freeze was long.
+#[tokio::test]
+async fn a_tar_summary_counts_the_bytes_below_each_top_directory() {
+    use crate::bundle::writer::Grouping;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = BundleSink::create(&dir.path().join("b.tar.gz"), WriterOptions::default()).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, size) in [
+        ("local-path-provisioner/", None),
+        ("local-path-provisioner/pvc-a_default_db/", None),
+        ("local-path-provisioner/pvc-a_default_db/x", Some(5)),
+        ("local-path-provisioner/pvc-a_default_db/sub/y", Some(3)),
+        ("local-path-provisioner/pvc-b_default_web/z", Some(7)),
+        ("local-path-provisioner/loose-file", Some(11)),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        match size {
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                tar.append_data(&mut h, path, std::io::empty()).unwrap();
+            }
+            Some(n) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(n);
+                tar.append_data(&mut h, path, &vec![b'x'; n as usize][..]).unwrap();
+            }
+        }
+    }
+    let tar = tar.into_inner().unwrap();
+    let summary = sink
+        .add_tar(
+            &tar[..],
+            Box::new(|p| Some(format!("pvs/{NODE}{ROOT}{}", p.strip_prefix("local-path-provisioner")?))),
+            Grouping::Grouped,
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.bytes, 26);
+    assert_eq!(
+        summary.bytes_below,
+        BTreeMap::from([
+            ("loose-file".to_owned(), 11),
+            ("pvc-a_default_db".to_owned(), 8),
+            ("pvc-b_default_web".to_owned(), 7)
+        ])
+    );
+}

@@ -72,6 +72,9 @@ pub struct TarSummary {
     /// sha256 over every written entry's name, type, mode, size, link target and data, in order.
     pub digest: String,
     pub bytes: u64,
+    /// Bytes of regular files under each directory one level below the stream's top directory (for the
+    /// volumes, each volume's), by its name.
+    pub bytes_below: std::collections::BTreeMap<String, u64>,
 }
 
 /// Maps a path inside a nested tar to its path in the bundle; `None` leaves the entry out.
@@ -749,6 +752,11 @@ impl State {
                 }
             }
             summary.bytes += size;
+            if let Some(child) = src_path.split('/').filter(|c| !c.is_empty() && *c != ".").nth(1)
+                && kind == EntryKind::File
+            {
+                *summary.bytes_below.entry(child.to_owned()).or_default() += size;
+            }
             summary.entries.push(EntrySummary {
                 kind,
                 size,

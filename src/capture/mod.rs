@@ -247,14 +247,14 @@ async fn create_locked(
             thawed
         });
         let pvs = match (pvs, thawed) {
-            (Ok(pvs), Ok(())) => {
+            (Ok((pvs, volumes)), Ok(())) => {
                 let lasted = quiesced.lock().expect("quiesced list").lasted;
                 if let Some(lasted) = lasted {
                     let at = std::time::Instant::now()
                         .checked_sub(lasted)
                         .unwrap_or_else(std::time::Instant::now);
                     crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
-                    warnings.extend(long_freeze(lasted, &pvs));
+                    warnings.extend(long_freeze(lasted, pvs.size, volumes));
                 }
                 frozen = lasted;
                 pvs
@@ -367,22 +367,30 @@ async fn create_locked(
 /// while they are frozen.
 const FREEZE_WARN: Duration = Duration::from_secs(5);
 
-/// A warning when the nodes stayed frozen long enough to matter, naming what was read meanwhile.
-fn long_freeze(lasted: Duration, pvs: &PvsInfo) -> Option<String> {
+/// Volumes named in that warning, the largest first.
+const FREEZE_NAMED: usize = 3;
+
+/// A warning when the nodes stayed frozen long enough to matter, naming the largest volumes read meanwhile
+/// (`node:directory`, bytes).
+fn long_freeze(lasted: Duration, total: u64, mut volumes: Vec<(String, u64)>) -> Option<String> {
     if lasted <= FREEZE_WARN {
         return None;
     }
-    let roots: Vec<String> = pvs
-        .nodes
+    volumes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut named: Vec<String> = volumes
         .iter()
-        .flat_map(|(n, roots)| roots.iter().map(move |r| format!("{n}:{r}")))
+        .take(FREEZE_NAMED)
+        .map(|(v, bytes)| format!("{v} {}", crate::util::human_bytes(*bytes)))
         .collect();
+    if volumes.len() > FREEZE_NAMED {
+        named.push(format!("{} more", volumes.len() - FREEZE_NAMED));
+    }
     Some(format!(
         "the nodes were frozen for {:.1} s while {} of volumes were read ({}): over {} s, kube-controller-manager \
          and kube-scheduler may miss their 10 s leader-election deadline and restart",
         lasted.as_secs_f64(),
-        crate::util::human_bytes(pvs.size),
-        roots.join(", "),
+        crate::util::human_bytes(total),
+        named.join(", "),
         FREEZE_WARN.as_secs()
     ))
 }
@@ -592,13 +600,20 @@ async fn capture_pvs(
     spool_dir: &std::path::Path,
     sink: &BundleSink,
     read: tokio::sync::oneshot::Sender<()>,
-) -> Result<PvsInfo, CaptureError> {
+) -> Result<(PvsInfo, Vec<(String, u64)>), CaptureError> {
     let names: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
     let captured = phase("copying volumes", pvs::capture(rt, &names, spool_dir, sink, read).await)?;
     let mut per_node: BTreeMap<String, Vec<String>> = names.into_iter().map(|n| (n, Vec::new())).collect();
     let mut digest = Sha256::new();
     let (mut size, mut files) = (0, 0);
+    let mut volumes = Vec::new();
     for pvs::Captured { node, root, summary } in &captured {
+        volumes.extend(
+            summary
+                .bytes_below
+                .iter()
+                .map(|(dir, bytes)| (format!("{node}:{root}/{dir}"), *bytes)),
+        );
         digest.update(format!("{node}\0{root}\0{}\n", summary.digest).as_bytes());
         size += summary.bytes;
         files += summary
@@ -608,12 +623,13 @@ async fn capture_pvs(
             .count();
         per_node.entry(node.clone()).or_default().push((*root).to_owned());
     }
-    Ok(PvsInfo {
+    let info = PvsInfo {
         digest: format!("sha256:{}", hex::encode(digest.finalize())),
         size,
         files,
         nodes: per_node,
-    })
+    };
+    Ok((info, volumes))
 }
 
 /// Resumes the quiesced nodes, control planes first (so etcd regains quorum), and waits until etcd runs on
@@ -746,18 +762,20 @@ mod tests {
 
     #[test]
     fn a_long_freeze_is_said_with_the_volumes_that_made_it() {
-        let pvs = PvsInfo {
-            digest: String::new(),
-            size: 3 << 30,
-            files: 2,
-            nodes: BTreeMap::from([("kind-worker".into(), vec!["/var/local-path-provisioner".into()])]),
-        };
-        assert_eq!(long_freeze(Duration::from_millis(4900), &pvs), None);
-        let w = long_freeze(Duration::from_millis(7300), &pvs).expect("a warning");
-        assert!(
-            w.contains("7.3 s") && w.contains("kind-worker:/var/local-path-provisioner"),
-            "{w}"
-        );
-        assert!(w.contains("3.00 GiB") && w.contains("leader-election"), "{w}");
+        let root = "kind-worker:/var/local-path-provisioner";
+        let volumes: Vec<(String, u64)> = [
+            ("pvc-a_db", 3 << 30),
+            ("pvc-b_x", 1 << 10),
+            ("pvc-c_y", 2 << 20),
+            ("pvc-d_z", 0),
+        ]
+        .into_iter()
+        .map(|(v, b)| (format!("{root}/{v}"), b))
+        .collect();
+        assert_eq!(long_freeze(Duration::from_millis(4900), 3 << 30, volumes.clone()), None);
+        let w = long_freeze(Duration::from_millis(7300), 3 << 30, volumes).expect("a warning");
+        assert!(w.contains("7.3 s") && w.contains("leader-election"), "{w}");
+        let named = format!("({root}/pvc-a_db 3.00 GiB, {root}/pvc-c_y 2.00 MiB, {root}/pvc-b_x 1.00 KiB, 1 more)");
+        assert!(w.contains(&named), "{w}");
     }
 }

@@ -143,6 +143,13 @@ fn create_fetches_discarded_layers_from_the_kind_local_registry_so_the_bundle_re
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let worker = remove_pulled_from_the_worker_and_restore(&cluster, &store);
+    assert!(complete(&cluster, &worker, PULLED), "the restored image lacks blobs");
+    cluster.assert_running();
+}
+
+/// Removes the pulled image from the worker and restores snapshot `snap`, which re-imports it there.
+fn remove_pulled_from_the_worker_and_restore(cluster: &Cluster, store: &Store) -> String {
     let worker = cluster.worker(1);
     cluster.sh(
         &worker,
@@ -155,8 +162,7 @@ fn create_fetches_discarded_layers_from_the_kind_local_registry_so_the_bundle_re
             .is_some_and(|a| a.iter().any(|i| i == PULLED)),
         "{restored}"
     );
-    assert!(complete(&cluster, &worker, PULLED), "the restored image lacks blobs");
-    cluster.assert_running();
+    worker
 }
 
 /// Every image record of a node as `ctr images ls` prints it: name, target (type, digest, size), platforms
@@ -230,18 +236,7 @@ fn create_leaves_every_image_record_as_it_was_though_a_pulled_tag_moved() {
     }
 
     // Removed from the worker, then restored: the record is back as it was, labels included, and nothing else.
-    let worker = cluster.worker(1);
-    cluster.sh(
-        &worker,
-        &format!("ctr --namespace=k8s.io images rm --sync {PULLED} >/dev/null"),
-    );
-    let restored = store.run(&["restore", &cluster.name, "snap", "--json"]).ok().json();
-    assert!(
-        restored["importedImages"][&worker]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|i| i == PULLED)),
-        "{restored}"
-    );
+    let worker = remove_pulled_from_the_worker_and_restore(&cluster, &store);
     let records = image_records(&cluster, &worker);
     let line = records
         .iter()
