@@ -2,7 +2,7 @@
 //! first and without it when content is missing, kind #3795), for the images a node had at snapshot time
 //! and lacks now. The OCI archive is assembled on the fly from the staged blobs.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::bundle::extract::Staged;
 use crate::bundle::metadata::NodeImages;
@@ -92,7 +92,7 @@ pub async fn restore_node(
     node::import_images(rt, node_name, &snap, archive).await?;
     // The labels each had (the import sets none), one record after another: few images have any.
     for image in want.images.iter().filter(|i| missing.contains(&i.name)) {
-        node::label_image(rt, node_name, &image.name, &image.labels).await?;
+        node::label_image(rt, node_name, &image.name, &cri_labels(&image.labels)).await?;
     }
     Ok(missing.into_iter().collect())
 }
@@ -103,4 +103,49 @@ fn append_bytes<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[
     h.set_mode(0o644);
     h.set_entry_type(tar::EntryType::Regular);
     b.append_data(&mut h, name, data)
+}
+
+/// Of an image's recorded labels, those restore sets again: the CRI's own (`io.cri-containerd.*`: managed,
+/// pinned), with plain keys and values. A bundle may come from anyone, and other labels steer containerd
+/// itself (`containerd.io/gc.*` decides what its garbage collector removes), so no other is set.
+fn cri_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let plain = |s: &str, extra: &[char]| {
+        !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    labels
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with("io.cri-containerd.") && plain(k, &['.', '-', '_', '/']) && plain(v, &['.', '-', '_'])
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_cri_labels_are_set_again() {
+        let recorded: BTreeMap<String, String> = [
+            ("io.cri-containerd.pinned", "pinned"),
+            ("io.cri-containerd.image", "managed"),
+            ("containerd.io/gc.expire", "2026-01-01T00:00:00Z"),
+            ("containerd.io/gc.ref.content.l.0", "sha256:00"),
+            ("io.cri-containerd.x=y", "z"),
+            ("io.cri-containerd.odd", "a,b=c"),
+            ("org.example/team", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let kept: Vec<String> = cri_labels(&recorded)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            kept,
+            ["io.cri-containerd.image=managed", "io.cri-containerd.pinned=pinned"]
+        );
+    }
 }
