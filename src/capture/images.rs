@@ -257,8 +257,13 @@ async fn from_registry(
     present: &HashSet<String>,
     mut w: Walk,
 ) -> Result<Walk, (Walk, String)> {
+    // Digests become arguments of the registry client: only well-formed sha256 ones are asked for.
+    let malformed = |w: &Walk| w.missing.iter().find(|d| blob_path("", d).is_err()).cloned();
     let mut fetched: HashMap<String, Vec<u8>> = HashMap::new();
     for _ in 0..FETCH_LEVELS {
+        if let Some(d) = malformed(&w) {
+            return Err((w, format!("unsupported digest {d}")));
+        }
         if w.unread.is_empty() {
             break;
         }
@@ -275,6 +280,9 @@ async fn from_registry(
     }
     if !w.unread.is_empty() {
         return Err((w, format!("more than {FETCH_LEVELS} levels of indexes")));
+    }
+    if let Some(d) = malformed(&w) {
+        return Err((w, format!("unsupported digest {d}")));
     }
     let digests: Vec<&str> = w.missing.iter().map(String::as_str).collect();
     match node::registry_serves(rt, node, &image.name, &digests, PROBE_TIMEOUT_SECS).await {
