@@ -19,9 +19,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::node::{self, STATE_DIR};
+use super::node;
 use super::{ClusterError, NodeState, Runtime};
 
+/// kubectl-snapshot's lock and journal live in a node's /var/lib/kubectl-snapshot: on the node's /var volume,
+/// which survives a restart of the node container.
 pub const LOCK_DIR: &str = "/var/lib/kubectl-snapshot/lock";
 pub const JOURNAL: &str = "/var/lib/kubectl-snapshot/journal.json";
 const HOLDER: &str = "holder.json";
@@ -30,6 +32,9 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// A holder silent for this long is dead (it missed nine heartbeats).
 pub const STALE_AFTER: Duration = Duration::from_secs(90);
 const MAX_STATE_FILE: usize = 1 << 20;
+/// A lock directory this old without a holder file was left by a process killed while creating it (the
+/// holder file is written in the same round trip, and [`read_holder`] waits 2 s for it).
+const UNDESCRIBED_AFTER_SECS: u64 = 2;
 
 /// What a holder file written for `h` contains, and no other holder's does: its id, as the compact JSON that
 /// [`Lock::acquire`] and the heartbeat write.
@@ -202,13 +207,12 @@ impl Lock {
                         holder: Box::new(h),
                     });
                 }
-                // Dead, or never written (killed between mkdir and the write): take it over. The rename is
-                // atomic, so of two processes taking over the same stale lock only one succeeds.
-                _ => {
-                    let aside = format!("{STATE_DIR}/lock.stale-{}", crate::util::nonce());
-                    if node::rename(rt, node, LOCK_DIR, &aside).await.is_ok() {
-                        let _ = node::remove_all(rt, node, &[&aside]).await;
-                    }
+                // Dead, or never written (killed between mkdir and the write): take over that lock, and only
+                // that one (see `node::take_over_lock`); then try again, as everyone else does.
+                dead => {
+                    let token = dead.as_ref().map(owner_token);
+                    let dead = dead.as_ref().zip(token.as_deref()).map(|(h, t)| (t, h.id.as_str()));
+                    node::take_over_lock(rt, node, LOCK_DIR, HOLDER, dead, UNDESCRIBED_AFTER_SECS).await?;
                 }
             }
         }

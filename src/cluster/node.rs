@@ -999,10 +999,6 @@ fn parse_manifest_flags(manifest: &str) -> HashMap<String, String> {
 // files and directories: POSIX tools every kind node has (coreutils in kindest/node), and the archive API
 // where the node may be paused (it reads and writes a paused container's filesystem; exec cannot).
 
-/// Where kubectl-snapshot keeps its lock and journal in a node: on the node's /var volume, which survives a
-/// restart of the node container.
-pub const STATE_DIR: &str = "/var/lib/kubectl-snapshot";
-
 /// Reads a small file through the archive API, whatever the node's state (paused included). `None` if absent.
 pub async fn read_small_file(
     rt: &Runtime,
@@ -1170,10 +1166,51 @@ pub async fn remove_all_then_owned(
     file: &str,
     token: &str,
 ) -> Result<(), ClusterError> {
-    let script = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d"; fi"#;
+    // Also the tombstones of locks taken over (see `take_over_lock`): a process that judged one of them dead
+    // checks and renames in two statements of one script, microseconds apart, and the holder releasing has run
+    // a whole operation since.
+    let script = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d" "$d".stale-*; fi"#;
     let mut argv = vec!["sh", "-c", script, "sh", dir, file, token];
     argv.extend_from_slice(paths);
     idempotent(|| rt.run(node, &argv)).await.map(|_| ())
+}
+
+/// Takes over the lock directory `lock` of a dead holder: renames it to a tombstone named after that holder
+/// (`<lock>.stale-<id>`), or, when it never got a holder file (killed between creating it and describing
+/// itself), after the directory itself (`<lock>.stale-ino<inode>`, once it is `min_age_secs` old). Tombstones
+/// are kept for ten minutes: a rename onto an existing non-empty directory fails, so of all the processes that
+/// judged the same lock dead, exactly one moves it, and none can move the live lock one of them took next.
+/// `dead_token` is what only the dead holder's file contains (`None`: it had none); `Ok(false)`: `lock` is not
+/// that lock any more, or another process took it over first.
+pub async fn take_over_lock(
+    rt: &Runtime,
+    node: &str,
+    lock: &str,
+    holder_file: &str,
+    dead: Option<(&str, &str)>,
+    min_age_secs: u64,
+) -> Result<bool, ClusterError> {
+    let script = r#"l=$1; f=$2; t=$3; id=$4; age=$5
+find "${l%/*}" -maxdepth 1 -name "${l##*/}.stale-*" -mmin +10 -exec rm -rf {} \; 2>/dev/null
+if [ -n "$t" ]; then
+  grep -qF -- "$t" "$l/$f" 2>/dev/null || exit 3
+  dest="$l.stale-$id"
+else
+  [ -e "$l/$f" ] && exit 3
+  i=$(stat -c %i "$l" 2>/dev/null) && m=$(stat -c %Y "$l") || exit 3
+  [ $(( $(date +%s) - m )) -ge "$age" ] || exit 3
+  dest="$l.stale-ino$i"
+fi
+mv -T "$l" "$dest" 2>/dev/null || exit 3"#;
+    let (token, id) = dead.unwrap_or(("", ""));
+    let id: String = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let age = min_age_secs.to_string();
+    let argv = ["sh", "-c", script, "sh", lock, holder_file, token, &id, &age];
+    match rt.run(node, &argv).await {
+        Ok(_) => Ok(true),
+        Err(ClusterError::Exec(e)) if e.code == Some(3) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Regular files under `path` (a name with a newline counts more than once, never less).

@@ -3,6 +3,9 @@
 //! nothing is left in the nodes, and the workloads were not restarted by a create.
 //! Phases are reached through the documented pause points (`KUBECTL_SNAPSHOT_PAUSE_AT`).
 
+use std::process::Command;
+use std::time::Duration;
+
 use crate::util::*;
 
 const KEY: &str = "/registry/test/crash";
@@ -317,4 +320,104 @@ fn a_stopped_control_plane_is_named_before_anything_is_tried() {
         let want = format!("node {cp} is exited, not running; start the cluster first (`docker start {cp}`)");
         assert!(run.stderr.contains(&want), "{args:?}: {}", run.stderr);
     }
+}
+
+/// The lock is exclusive under every interleaving: creates started together over a stale lock (its holder's
+/// heartbeat stopped long ago) take it over once. Exactly one proceeds (it stops at a pause point, holding the
+/// lock), the lock is its own, and every other says the cluster is busy. Before, a takeover renamed away
+/// whatever `lock` was by then, so a second create could move the first one's fresh lock aside, take its own,
+/// then fail on the first one's journal (telling the user to run `resume` meanwhile) and release: the first
+/// create ran on without a lock.
+#[test]
+fn creates_started_together_over_a_stale_lock_take_it_over_once() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let cluster = Cluster::up("takeover", 1, 0);
+    let store = Store::new();
+    let cp = cluster.cp(1);
+    const RACERS: usize = 4;
+    for round in 0..12 {
+        let stale = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600)).to_string();
+        cluster.sh(
+            &cp,
+            &format!(
+                "rm -rf /var/lib/kubectl-snapshot/lock && mkdir -p /var/lib/kubectl-snapshot/lock && printf '%s' \
+                 '{{\"pid\":4242,\"host\":\"another-host\",\"command\":\"restore\",\"since\":\"{stale}\",\
+                 \"heartbeat\":\"{stale}\",\"id\":\"dead{round}x{}\"}}' > /var/lib/kubectl-snapshot/lock/holder.json",
+                std::process::id()
+            ),
+        );
+        let mut racers: Vec<std::process::Child> = (0..RACERS)
+            .map(|i| {
+                store
+                    .command(&["create", &cluster.name, &format!("r{round}-{i}"), "--images", "none"])
+                    .env("KUBECTL_SNAPSHOT_PAUSE_AT", "create:images")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        // Each racer either exits (it did not get the lock) or stops at the pause point holding it.
+        let logs: Vec<std::sync::Arc<std::sync::Mutex<String>>> = racers
+            .iter_mut()
+            .map(|c| {
+                let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+                let (mut err, sink) = (c.stderr.take().unwrap(), log.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = err.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                });
+                log
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let (mut exited, mut paused) = (Vec::new(), Vec::new());
+        loop {
+            exited.clear();
+            paused.clear();
+            for (i, c) in racers.iter_mut().enumerate() {
+                if let Some(status) = c.try_wait().unwrap() {
+                    exited.push((i, status));
+                } else if logs[i].lock().unwrap().contains("paused at create:images") {
+                    paused.push(i);
+                }
+            }
+            if exited.len() + paused.len() == RACERS {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: racers neither exited nor paused"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let holder = cluster.sh(&cp, "cat /var/lib/kubectl-snapshot/lock/holder.json 2>&1 || true");
+        for i in &paused {
+            let _ = Command::new("kill")
+                .args(["-TERM", &racers[*i].id().to_string()])
+                .status();
+        }
+        for c in racers.iter_mut() {
+            let _ = c.wait();
+        }
+        assert_eq!(paused.len(), 1, "round {round}: {} racers hold the lock", paused.len());
+        let pid = racers[paused[0]].id();
+        assert!(
+            holder.contains(&format!("\"pid\":{pid},")),
+            "round {round}: the lock is not the holder's: {holder}"
+        );
+        for (i, status) in &exited {
+            let err = logs[*i].lock().unwrap().clone();
+            assert_eq!(status.code(), Some(1), "round {round}: {err}");
+            assert!(err.contains("is busy"), "round {round}: {err}");
+        }
+    }
+    assert_clean(&cluster);
 }
