@@ -374,6 +374,10 @@ pub struct Switch {
     pub aside: String,
     /// Whether `live` existed before the switch.
     pub had_live: bool,
+    /// Where rolling back moves what is live (instead of removing it): set when a completed restore is
+    /// rolled back, since the cluster has written there since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_live: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,18 +509,26 @@ pub fn backward(s: &Switch, exists: &dyn Fn(&str) -> bool) -> Vec<Action> {
         Some(staged) => !exists(staged) && exists(&s.live) && (!s.had_live || exists(&s.aside)),
         None => false,
     };
+    // What is live goes: kept aside where the switch says so, else removed.
+    let away = |out: &mut Vec<Action>| match &s.keep_live {
+        Some(keep) if !exists(keep) => out.push(Action::Rename {
+            from: s.live.clone(),
+            to: keep.clone(),
+        }),
+        _ => out.push(Action::RemoveAll(s.live.clone())),
+    };
     if s.had_live {
         if exists(&s.aside) {
             if exists(&s.live) {
-                out.push(Action::RemoveAll(s.live.clone()));
+                away(&mut out);
             }
             out.push(Action::Rename {
                 from: s.aside.clone(),
                 to: s.live.clone(),
             });
         }
-    } else if new_is_live {
-        out.push(Action::RemoveAll(s.live.clone()));
+    } else if new_is_live || (s.keep_live.is_some() && exists(&s.live)) {
+        away(&mut out);
     }
     if let Some(staged) = &s.staged
         && exists(staged)
@@ -592,6 +604,7 @@ mod tests {
             staged: staged.then(|| "/var/lib/etcd.new".into()),
             aside: "/var/lib/etcd.old".into(),
             had_live,
+            keep_live: None,
         };
         let fs = |live: bool, staged: bool| {
             let mut f = Fs::new();
@@ -631,6 +644,44 @@ mod tests {
                 assert_eq!(fs.get(&sw.aside).copied(), sw.had_live.then_some("old"), "{sw:?}");
                 // Idempotent: nothing left to do.
                 assert!(forward(&sw, &|p| fs.contains_key(p)).is_empty(), "{sw:?} {fs:?}");
+            }
+        }
+    }
+
+    /// Rolling back a completed restore: the cluster has written to the live data since ("work"). From every
+    /// state an interrupted rollback can leave, the old data ends live and the work is kept, never removed.
+    #[test]
+    fn rolling_back_a_completed_restore_keeps_what_was_live() {
+        for (sw, start) in cases() {
+            let mut fs = start.clone();
+            let plan = forward(&sw, &|p| fs.contains_key(p));
+            run(&mut fs, &plan);
+            if let Some(v) = fs.get_mut(&sw.live) {
+                *v = "work";
+            }
+            let had_work = fs.contains_key(&sw.live);
+            let sw = Switch {
+                keep_live: Some("/var/lib/etcd.old-rolled-back".into()),
+                ..sw
+            };
+            let mut prefixes = vec![fs.clone()];
+            let mut step = fs.clone();
+            for a in backward(&sw, &|p| step.contains_key(p)) {
+                run(&mut step, std::slice::from_ref(&a));
+                prefixes.push(step.clone());
+            }
+            for mut fs in prefixes {
+                let plan = backward(&sw, &|p| fs.contains_key(p));
+                run(&mut fs, &plan);
+                let mut want = Fs::new();
+                if sw.had_live {
+                    want.insert(sw.live.clone(), "old");
+                }
+                if had_work {
+                    want.insert("/var/lib/etcd.old-rolled-back".into(), "work");
+                }
+                assert_eq!(fs, want, "{sw:?}");
+                assert!(backward(&sw, &|p| fs.contains_key(p)).is_empty(), "{sw:?} {fs:?}");
             }
         }
     }

@@ -1,7 +1,11 @@
 //! `kubectl snapshot resume [CLUSTER] [--rollback]`: brings a cluster back after an interrupted or failed
 //! operation, from the journal each node keeps: thaws nodes a killed `create` left frozen, completes a restore
 //! that had committed (or removes what an uncommitted one staged), and starts kubelet everywhere, control
-//! planes first. `--rollback` puts back the etcd data and volumes from before the last restore.
+//! planes first. `--rollback` puts back the etcd data and volumes from before the last restore: at once when
+//! that restore did not finish, after a y/N (or `--yes`) naming it when it completed, since the cluster has
+//! run on its data since; what is live then is kept aside on the nodes, and named.
+
+use std::io::{BufRead, IsTerminal};
 
 use anyhow::Result;
 
@@ -15,6 +19,9 @@ pub struct Args {
     /// Undo the last restore instead: the previous etcd data and volumes (kept aside by it) go back.
     #[arg(long)]
     pub rollback: bool,
+    /// With --rollback: roll back a restore that completed without asking (for scripts).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Print what was done as JSON.
     #[arg(long)]
     pub json: bool,
@@ -26,7 +33,22 @@ pub struct Args {
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let json = args.json || args.output.is_some();
     let (rt, cluster) = ctx.live_cluster(args.cluster.as_deref()).await?;
-    let report = recover::resume(&rt, &cluster, args.rollback).await?;
+    let report = match recover::resume(&rt, &cluster, args.rollback, args.yes).await {
+        Err(crate::restore::RestoreError::ConfirmRollback { snapshot, since }) if std::io::stdin().is_terminal() => {
+            eprint!(
+                "The last restore, of snapshot {snapshot:?} ({since}), completed. Roll it back? What is live now \
+                 is kept aside on the nodes. [y/N] "
+            );
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                eprintln!("Aborted; nothing was changed.");
+                return Ok(());
+            }
+            recover::resume(&rt, &cluster, true, true).await?
+        }
+        r => r?,
+    };
     if json {
         crate::util::out!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

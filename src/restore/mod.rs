@@ -48,6 +48,13 @@ pub enum RestoreError {
     Capture(#[from] crate::capture::CaptureError),
     #[error("{0}")]
     Invalid(String),
+    /// `resume --rollback` found only a completed restore: rolling it back must be confirmed.
+    #[error(
+        "the last restore, of snapshot {snapshot:?} ({since}), completed: rolling it back puts back the etcd data and \
+         volumes from before it (what is live now is kept aside on the nodes)\nhint: run `kubectl snapshot resume \
+         --rollback --yes` to do so"
+    )]
+    ConfirmRollback { snapshot: String, since: String },
     #[error("pre-flight failed; nothing was changed:\n{}", list(.0))]
     Preflight(Vec<Check>),
     #[error("interrupted by {signal}: {state}")]
@@ -359,7 +366,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
     if let Some((step, e)) = failed {
         let names: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
         return Err(match recover::undo(rt, nodes, &journals).await {
-            Ok(()) => RestoreError::RolledBack {
+            Ok(_) => RestoreError::RolledBack {
                 step,
                 inner: Box::new(e),
             },
@@ -437,6 +444,7 @@ async fn plan(
                 staged: Some(etcd::staged_dir(id)),
                 aside: format!("{}.old-{stamp}", etcd::LIVE),
                 had_live: true,
+                keep_live: None,
             });
             leftovers.extend([etcd::side_dir(id), etcd::staged_db(id)]);
         }

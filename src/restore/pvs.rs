@@ -47,6 +47,7 @@ pub async fn plan(
             staged: in_bundle.then(|| format!("{}/{base}", stage_dir(root, id))),
             aside: format!("{root}.old-{stamp}"),
             had_live,
+            keep_live: None,
         });
     }
     Ok(out)

@@ -36,14 +36,38 @@ pub async fn discard(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, J
 
 /// Undoes every node's switch and removes the journals, the lock node's last; first marks every journal
 /// rolling-back (the lock node's first), so that an interruption is only ever finished backwards.
-async fn roll_back(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Journal>) -> Result<(), RestoreError> {
+/// A completed restore's live data has been written to since: its rollback keeps it aside
+/// (`<live>.old-<time>`, see [`journal::Switch::keep_live`]), recorded in the journal before anything moves.
+/// Returns where it is kept, per node.
+async fn roll_back(
+    rt: &Runtime,
+    nodes: &[Node],
+    journals: &BTreeMap<String, Journal>,
+) -> Result<Vec<(String, String)>, RestoreError> {
     let lock_at = journal::lock_node(nodes).map(|n| n.name.clone()).unwrap_or_default();
-    let order = lock_node_last(journals, &lock_at);
+    let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let mut journals = journals.clone();
+    for j in journals.values_mut().filter(|j| j.phase == Phase::Done) {
+        for s in &mut j.switches {
+            s.keep_live = Some(format!("{}.old-{stamp}", s.live));
+        }
+    }
+    let order = lock_node_last(&journals, &lock_at);
     for (n, j) in order.iter().rev() {
         if j.phase != Phase::Preparing && j.phase != Phase::RollingBack {
             let mut j = (*j).clone();
             j.phase = Phase::RollingBack;
             j.write(rt, n).await?;
+        }
+    }
+    let mut kept = Vec::new();
+    for (n, j) in &order {
+        for s in &j.switches {
+            if let Some(k) = &s.keep_live
+                && rt.path_exists(n, &s.live).await.unwrap_or(false)
+            {
+                kept.push(((*n).clone(), k.clone()));
+            }
         }
     }
     let mut errors = Vec::new();
@@ -58,7 +82,7 @@ async fn roll_back(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Jou
     for (n, _) in &order {
         Journal::remove(rt, n).await?;
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Applies `plan` to a node's switches and removes its leftovers.
@@ -70,9 +94,15 @@ async fn clean(rt: &Runtime, node_name: &str, j: &Journal, plan: journal::Plan) 
 }
 
 /// Undoes a committed restore on every node (already quiesced, or partly), then restarts the cluster.
-pub async fn undo(rt: &Runtime, nodes: &[Node], journals: &BTreeMap<String, Journal>) -> Result<(), RestoreError> {
-    roll_back(rt, nodes, journals).await?;
-    restart(rt, nodes).await
+/// Returns where what was live is kept, per node (see [`roll_back`]).
+pub async fn undo(
+    rt: &Runtime,
+    nodes: &[Node],
+    journals: &BTreeMap<String, Journal>,
+) -> Result<Vec<(String, String)>, RestoreError> {
+    let kept = roll_back(rt, nodes, journals).await?;
+    restart(rt, nodes).await?;
+    Ok(kept)
 }
 
 async fn restart(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
@@ -98,11 +128,28 @@ async fn quiesce_all(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub actions: Vec<String>,
+    /// Where a rollback kept the data that was live before it (`node:path`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
+}
+
+impl Report {
+    fn rolled_back(&mut self, snapshot: &str, kept: &[(String, String)]) {
+        self.actions.push(format!(
+            "rolled back the restore of {snapshot:?}: etcd data and volumes are the ones from before it"
+        ));
+        self.kept = kept.iter().map(|(n, p)| format!("{n}:{p}")).collect();
+        if !kept.is_empty() {
+            self.actions
+                .push(format!("what was live until now is kept in {}", self.kept.join(", ")));
+        }
+    }
 }
 
 /// `resume [--rollback]`: thaws paused nodes, then finishes or undoes what the journals record, and restarts
 /// the cluster.
-pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool) -> Result<Report, RestoreError> {
+/// `yes`: a completed restore may be rolled back (else [`RestoreError::ConfirmRollback`] names it first).
+pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool, yes: bool) -> Result<Report, RestoreError> {
     let mut report = Report::default();
     let nodes = rt.nodes(cluster).await?;
     let kubelet: Vec<&Node> = kubelet_nodes(&nodes);
@@ -155,7 +202,7 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool) -> Result<Repor
         if rollback { "resume --rollback" } else { "resume" },
     )
     .await?;
-    let result = resume_locked(rt, &nodes, &lock_at, journals, rollback, &mut report).await;
+    let result = resume_locked(rt, &nodes, &lock_at, journals, (rollback, yes), &mut report).await;
     lock.release().await;
     result.map(|()| report)
 }
@@ -165,7 +212,7 @@ async fn resume_locked(
     nodes: &[Node],
     lock_at: &str,
     journals: BTreeMap<String, Journal>,
-    rollback: bool,
+    (rollback, yes): (bool, bool),
     report: &mut Report,
 ) -> Result<(), RestoreError> {
     let (creates, restores): (BTreeMap<_, _>, BTreeMap<_, _>) =
@@ -204,20 +251,30 @@ async fn resume_locked(
                 "removed what an interrupted restore of {snapshot:?} had staged or switched: etcd data and volumes are the ones from before it"
             ));
         }
+        Some(Phase::Done) if rollback && !yes => {
+            let since = restores.values().next().map(|j| j.holder.since);
+            return Err(RestoreError::ConfirmRollback {
+                snapshot,
+                since: since.map_or_else(String::new, |t| {
+                    let ago = jiff::Timestamp::now().duration_since(t).as_secs().max(0) as u64;
+                    format!(
+                        "started {}, {} ago",
+                        t.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                        humantime::format_duration(std::time::Duration::from_secs(ago))
+                    )
+                }),
+            });
+        }
         Some(Phase::RollingBack) => {
             quiesce_all(rt, nodes).await?;
-            undo(rt, nodes, &restores).await?;
-            report.actions.push(format!(
-                "rolled back the restore of {snapshot:?}: etcd data and volumes are the ones from before it"
-            ));
+            let kept = undo(rt, nodes, &restores).await?;
+            report.rolled_back(&snapshot, &kept);
             return Ok(());
         }
         Some(_) if rollback => {
             quiesce_all(rt, nodes).await?;
-            undo(rt, nodes, &restores).await?;
-            report.actions.push(format!(
-                "rolled back the restore of {snapshot:?}: etcd data and volumes are the ones from before it"
-            ));
+            let kept = undo(rt, nodes, &restores).await?;
+            report.rolled_back(&snapshot, &kept);
             return Ok(());
         }
         Some(Phase::Committed) | Some(Phase::Quiesced) => {

@@ -120,8 +120,8 @@ fn sigkill_during_restore_then_resume_completes_or_undoes_it() {
         assert_clean(&cluster);
         cluster.assert_running();
     }
-    // The last restore completed: --rollback puts the data from before it back.
-    let rolled = store.run(&["resume", &cluster.name, "--rollback"]).ok();
+    // The last restore completed: --rollback puts the data from before it back, once confirmed.
+    let rolled = store.run(&["resume", &cluster.name, "--rollback", "--yes"]).ok();
     assert!(rolled.stdout.contains("rolled back the restore"), "{}", rolled.stdout);
     assert_eq!(state(&cluster), "live");
     assert_clean(&cluster);
@@ -420,4 +420,63 @@ fn creates_started_together_over_a_stale_lock_take_it_over_once() {
         }
     }
     assert_clean(&cluster);
+}
+
+/// `resume --rollback` never destroys data. Rolling back a restore that completed (the cluster has run on its
+/// data since, for days perhaps) must be confirmed: without `--yes` and off a terminal it is refused, naming
+/// that restore, and nothing changes. Confirmed, the data from before the restore comes back, and what was
+/// live is kept aside on the nodes, named. Before, it rolled back at once, and the work written since was
+/// deleted from etcd and the volumes and kept nowhere.
+#[test]
+fn rolling_back_a_completed_restore_asks_first_and_keeps_what_was_live() {
+    let (cluster, store) = ready("rollback");
+    set(&cluster, "live");
+    store.run(&["restore", &cluster.name, "snap"]).ok();
+    assert_eq!(state(&cluster), "snap");
+    // Work done on the restored cluster.
+    cluster.etcdctl(&cluster.cp(1), &["put", KEY, "work"]);
+    for n in cluster.nodes() {
+        cluster.sh(
+            &n,
+            "for d in /var/local-path-provisioner/*/; do echo work > $d/crash.txt; done",
+        );
+    }
+
+    let refused = store.run(&["resume", &cluster.name, "--rollback"]).fails();
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    for w in [
+        "the last restore, of snapshot \"snap\"",
+        "completed",
+        "--rollback --yes",
+    ] {
+        assert!(refused.stderr.contains(w), "stderr lacks {w:?}:\n{}", refused.stderr);
+    }
+    let work = cluster.etcdctl(&cluster.cp(1), &["get", KEY, "--print-value-only"]);
+    assert_eq!(work.trim(), "work", "a refused rollback changed etcd");
+
+    let v = store
+        .run(&["resume", &cluster.name, "--rollback", "--yes", "--json"])
+        .ok()
+        .json();
+    assert_eq!(state(&cluster), "live");
+    let kept: Vec<String> = v["kept"]
+        .as_array()
+        .expect("kept")
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    for n in cluster.nodes() {
+        let pv = kept
+            .iter()
+            .find_map(|k| k.strip_prefix(&format!("{n}:/var/local-path-provisioner.old-")))
+            .unwrap_or_else(|| panic!("{n}: its volumes are not kept: {kept:?}"));
+        let got = cluster.sh(&n, &format!("cat /var/local-path-provisioner.old-{pv}/*/crash.txt"));
+        assert_eq!(got.trim(), "work", "{n}");
+    }
+    assert!(
+        kept.iter()
+            .any(|k| k.starts_with(&format!("{}:/var/lib/etcd.old-", cluster.cp(1)))),
+        "{kept:?}"
+    );
+    cluster.assert_running();
 }
