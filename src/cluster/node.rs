@@ -1213,6 +1213,36 @@ mv -T "$l" "$dest" 2>/dev/null || exit 3"#;
     }
 }
 
+/// Removes, beside each of `lives`, the copies earlier restores and rollbacks kept (`<live>.old-*`) but those
+/// in `keep`, and what dead restores staged (`<live>.kubectl-snapshot-new-*`,
+/// `<parent>/.kubectl-snapshot-stage-*`). Run under the cluster's lock, once a restore completed: nothing else
+/// is using them. Returns what was removed.
+pub async fn remove_stale_copies(
+    rt: &Runtime,
+    node: &str,
+    lives: &[&str],
+    keep: &[&str],
+) -> Result<Vec<String>, ClusterError> {
+    let script = r#"k='
+'; while [ "$1" != "--" ]; do k="$k$1
+"; shift; done; shift
+for l; do
+  for d in "$l".old-* "$l".kubectl-snapshot-new-* "${l%/*}"/.kubectl-snapshot-stage-*; do
+    [ -e "$d" ] || continue
+    case "$k" in *"
+$d
+"*) continue ;; esac
+    rm -rf -- "$d" && echo "$d"
+  done
+done"#;
+    let mut argv = vec!["sh", "-c", script, "sh"];
+    argv.extend_from_slice(keep);
+    argv.push("--");
+    argv.extend_from_slice(lives);
+    let out = idempotent(|| rt.run(node, &argv)).await?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
 /// Regular files under `path` (a name with a newline counts more than once, never less).
 pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, ClusterError> {
     let argv = ["sh", "-c", r#"find "$1" -type f | wc -l"#, "sh", path];

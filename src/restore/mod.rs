@@ -518,6 +518,15 @@ async fn finish(rt: &Runtime, journals: &mut BTreeMap<String, Journal>) -> BTree
         let _ = j.write(rt, n).await;
         let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
         let _ = node::remove_all(rt, n, &left).await;
+        // This restore's copies are the ones kept (for `resume --rollback`); older ones, and what dead restores
+        // staged, go.
+        let lives: Vec<&str> = j.switches.iter().map(|s| s.live.as_str()).collect();
+        let keep: Vec<&str> = j.switches.iter().map(|s| s.aside.as_str()).collect();
+        if let Ok(gone) = node::remove_stale_copies(rt, n, &lives, &keep).await
+            && !gone.is_empty()
+        {
+            crate::util::trace(std::time::Instant::now(), || format!("{n}: removed {}", gone.join(" ")));
+        }
     }))
     .await;
     for (n, j) in journals.iter() {

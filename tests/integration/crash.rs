@@ -480,3 +480,34 @@ fn rolling_back_a_completed_restore_asks_first_and_keeps_what_was_live() {
     );
     cluster.assert_running();
 }
+
+/// Old copies have a lifecycle: once a restore completes, the nodes keep only its own copies of the data it
+/// replaced (for `resume --rollback`); older ones, and what dead restores staged, are removed. Before, every
+/// restore left a full etcd copy (every Secret in it) and a volume copy behind, forever.
+#[test]
+fn after_five_restores_only_the_last_ones_copies_remain() {
+    let (cluster, store) = ready("copies");
+    let worker = cluster.worker(1);
+    cluster.sh(&worker, "mkdir -p /var/.kubectl-snapshot-stage-deadbeef/x");
+    for _ in 0..5 {
+        store.run(&["restore", &cluster.name, "snap"]).ok();
+    }
+    for n in cluster.nodes() {
+        let copies = cluster.sh(
+            &n,
+            "for d in /var/lib/etcd.old-* /var/local-path-provisioner.old-* /var/.kubectl-snapshot-stage-*; do \
+             [ -e \"$d\" ] && echo \"$d\"; done; true",
+        );
+        let copies: Vec<&str> = copies.lines().collect();
+        let journal = cluster.sh(&n, "cat /var/lib/kubectl-snapshot/journal.json");
+        let want = if n == cluster.cp(1) { 2 } else { 1 };
+        assert_eq!(copies.len(), want, "{n}: {copies:?}");
+        for c in copies {
+            assert!(
+                journal.contains(&format!("\"aside\": \"{c}\"")),
+                "{n}: {c} is not the last restore's"
+            );
+        }
+    }
+    cluster.assert_running();
+}
