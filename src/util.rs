@@ -96,6 +96,8 @@ pub fn nonce() -> String {
 pub enum Signal {
     Int,
     Term,
+    /// The terminal closed: handled as SIGTERM is.
+    Hup,
 }
 
 impl Signal {
@@ -103,6 +105,7 @@ impl Signal {
         match self {
             Signal::Int => "SIGINT",
             Signal::Term => "SIGTERM",
+            Signal::Hup => "SIGHUP",
         }
     }
 
@@ -111,6 +114,7 @@ impl Signal {
         match self {
             Signal::Int => 130,
             Signal::Term => 143,
+            Signal::Hup => 129,
         }
     }
 }
@@ -121,18 +125,18 @@ impl std::fmt::Display for Signal {
     }
 }
 
-/// Resolves when SIGINT or SIGTERM arrives, naming it.
+/// Resolves when SIGINT, SIGTERM or SIGHUP arrives, naming it.
 pub async fn interrupted() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c().await,
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            return ctrl_c().await;
         };
         tokio::select! {
             s = ctrl_c() => s,
             _ = term.recv() => Signal::Term,
+            _ = hup.recv() => Signal::Hup,
         }
     }
     #[cfg(not(unix))]
@@ -141,7 +145,7 @@ pub async fn interrupted() -> Signal {
     }
 }
 
-/// SIGINT and SIGTERM caught for the whole of an operation that must not die between two steps (restore):
+/// SIGINT, SIGTERM and SIGHUP (a closed terminal) caught for the whole of an operation that must not die between two steps (restore):
 /// the first one is remembered, and the operation asks [`Signals::pending`] where it can stop safely.
 pub struct Signals {
     got: std::sync::Arc<std::sync::OnceLock<Signal>>,
@@ -160,14 +164,16 @@ impl Signals {
             use tokio::signal::unix::{SignalKind, signal};
             let int = signal(SignalKind::interrupt());
             let term = signal(SignalKind::terminate());
+            let hup = signal(SignalKind::hangup());
             tokio::spawn(async move {
-                let (Ok(mut int), Ok(mut term)) = (int, term) else {
+                let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (int, term, hup) else {
                     return;
                 };
                 loop {
                     let s = tokio::select! {
                         _ = int.recv() => Signal::Int,
                         _ = term.recv() => Signal::Term,
+                        _ = hup.recv() => Signal::Hup,
                     };
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if seen.set(s).is_ok() {

@@ -383,8 +383,10 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
 
     let p = progress.phase("resuming cluster");
     let all: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
-    // A signal that already arrived lets the restore complete; only one more cuts the wait for etcd short.
-    let seen = signals.count();
+    // A signal lets the restore complete, whether it arrived before or during the wait for etcd; only a second
+    // one cuts the wait short.
+    let seen = signals.count().max(1);
+    crate::util::pause_point("restore:resuming", Some(signals)).await;
     let resumed = async {
         capture::resume(rt, nodes, &all).await?;
         tokio::select! {
