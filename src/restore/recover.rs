@@ -60,16 +60,6 @@ async fn roll_back(
             j.write(rt, n).await?;
         }
     }
-    let mut kept = Vec::new();
-    for (n, j) in &order {
-        for s in &j.switches {
-            if let Some(k) = &s.keep_live
-                && rt.path_exists(n, &s.live).await.unwrap_or(false)
-            {
-                kept.push(((*n).clone(), k.clone()));
-            }
-        }
-    }
     let mut errors = Vec::new();
     for (n, j) in &order {
         if let Err(e) = clean(rt, n, j, journal::backward).await {
@@ -78,6 +68,15 @@ async fn roll_back(
     }
     if !errors.is_empty() {
         return Err(RestoreError::Invalid(errors.join("; ")));
+    }
+    // What is kept, as it is now (also after an interrupted rollback that had moved it already).
+    let mut kept = Vec::new();
+    for (n, j) in &order {
+        for k in j.switches.iter().filter_map(|s| s.keep_live.as_deref()) {
+            if rt.path_exists(n, k).await? {
+                kept.push(((*n).clone(), k.to_owned()));
+            }
+        }
     }
     for (n, _) in &order {
         Journal::remove(rt, n).await?;
