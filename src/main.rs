@@ -75,7 +75,8 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS; // `kubectl snapshot list | head`
             }
-            eprintln!("error: {e:#}");
+            // Error chains carry remote and bundle text: what a terminal would act on is escaped.
+            eprintln!("error: {}", util::printable(&format!("{e:#}")));
             ExitCode::from(cli::exit::code_for(&e))
         }
     }

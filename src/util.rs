@@ -2,13 +2,56 @@
 
 /// `println!` that returns the write error instead of panicking: a closed stdout (`kubectl snapshot list |
 /// head`) ends the command quietly (main treats a broken pipe as success) instead of with a panic.
+/// Lines may hold text from a bundle or a remote: control characters are escaped ([`printable`]).
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        let line = format!($($arg)*);
+        writeln!(std::io::stdout().lock(), "{}", $crate::util::printable(&line))?
     }};
 }
 pub(crate) use out;
+
+/// Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, and the Unicode marks that
+/// reorder text on screen (bidirectional embeddings, overrides and isolates).
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape_into(out: &mut String, c: char) {
+    use std::fmt::Write as _;
+    let _ = match u32::from(c) {
+        n @ 0..=0x7f => write!(out, "\\x{n:02x}"),
+        n => write!(out, "\\u{{{n:x}}}"),
+    };
+}
+
+/// `text` safe to print: every character a terminal would act on (an escape sequence that sets the title, clears
+/// the screen or moves the cursor; a carriage return that overwrites a line) is shown escaped (`\x1b`), except
+/// newlines and tabs. Text from bundles, remotes and error chains goes through this before it is printed.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escaped(text, |c| c == '\n' || c == '\t')
+}
+
+/// [`printable`] for one line or table cell: newlines and tabs are escaped too.
+pub fn printable_line(text: &str) -> std::borrow::Cow<'_, str> {
+    escaped(text, |_| false)
+}
+
+fn escaped(text: &str, keep: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| acts_on_terminal(c) && !keep(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts_on_terminal(c) && !keep(c) {
+            escape_into(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -314,6 +357,18 @@ pub fn age(created: jiff::Timestamp, now: jiff::Timestamp) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn what_a_terminal_acts_on_is_escaped() {
+        use super::{printable, printable_line};
+        let hostile = "v1.31\x1b]0;pwned\x07\x1b[2J\rall snapshots verified ok\u{9b}31m\u{202e}gpj.exe\n\tnext";
+        assert_eq!(
+            printable(hostile),
+            "v1.31\\x1b]0;pwned\\x07\\x1b[2J\\x0dall snapshots verified ok\\u{9b}31m\\u{202e}gpj.exe\n\tnext"
+        );
+        assert_eq!(printable_line("a\nb\tc"), "a\\x0ab\\x09c");
+        assert!(matches!(printable("plain: ünïcode ✓"), std::borrow::Cow::Borrowed(_)));
+    }
+
     use super::*;
 
     #[test]

@@ -28,6 +28,11 @@ pub trait Raw: Send + Sync {
     /// Turns a complete schema-2 snapshot into a push that stopped after its members: the commit marker and
     /// sidecar are removed, the index stays. False when the store has no such state.
     async fn uncommit(&self, cluster: &ClusterName, name: &SnapshotName) -> bool;
+    /// Plants what a teammate's other tools may leave in a shared remote: objects outside the layout (names
+    /// with a control character, tags that are not snapshots) under `cluster` and at the top, and `broken`, a
+    /// snapshot that looks complete but cannot be read (an invalid member index, a manifest declaring a 1 GiB
+    /// metadata blob).
+    async fn plant_odd_objects(&self, cluster: &ClusterName, broken: &SnapshotName);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -154,6 +159,7 @@ pub async fn run_all(store: &dyn SnapshotStore, raw: &dyn Raw, scratch: &Path) {
     an_interrupted_push_keeps_its_members(store, raw, scratch).await;
     a_corrupt_shared_member_is_refused(store, raw, scratch).await;
     hostile_member_indexes_are_refused(store, scratch).await;
+    odd_objects_do_not_break_a_shared_remote(store, raw, scratch).await;
 }
 
 fn names(c: &str, n: &str) -> (ClusterName, SnapshotName) {
@@ -555,4 +561,48 @@ pub async fn an_interrupted_push_keeps_its_members(store: &dyn SnapshotStore, ra
     store.delete(&c, &n).await.expect("delete the incomplete snapshot");
     store.collect_garbage(&[], false).await.expect("collect");
     assert!(!raw.has_member(&sha256_hex(&x)).await);
+}
+
+/// One object a store does not understand never breaks list, delete or collection for everyone: objects outside
+/// the layout are skipped, a snapshot that cannot be read is listed with the reason, and nothing that a good
+/// snapshot uses is collected.
+pub async fn odd_objects_do_not_break_a_shared_remote(store: &dyn SnapshotStore, raw: &dyn Raw, scratch: &Path) {
+    let (c, good) = names("conf-odd", "good");
+    let broken = SnapshotName::new("broken").unwrap();
+    let (x, y) = (part(61, 7000), part(62, 9000));
+    put_members(store, &c, &good, &member_bundle(scratch, "odd-good", &[&x, &y]))
+        .await
+        .expect("push");
+    raw.plant_odd_objects(&c, &broken).await;
+    let listed = store.list(&c).await.expect("list with odd objects in the remote");
+    let by_name = |n: &str| listed.iter().find(|s| s.name.as_str() == n);
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["broken", "good"],
+        "objects outside the layout are skipped, a broken snapshot is listed"
+    );
+    let ok = by_name("good").unwrap();
+    assert!(ok.complete && ok.problem.is_none(), "{ok:?}");
+    let bad = by_name("broken").unwrap();
+    let why = bad
+        .problem
+        .as_deref()
+        .expect("a snapshot that cannot be read is listed with the reason");
+    assert!(!why.chars().any(char::is_control), "raw control characters in {why:?}");
+    assert!(
+        store.head(&c, &broken).await.is_err(),
+        "head reads a snapshot that cannot be read"
+    );
+    // Collection runs, and keeps what the good snapshot uses.
+    store
+        .collect_garbage(&[], false)
+        .await
+        .expect("collection with odd objects in the remote");
+    for m in [&x, &y] {
+        assert!(raw.has_member(&sha256_hex(m)).await, "a good snapshot lost a member");
+    }
+    store.delete(&c, &broken).await.expect("delete the broken snapshot");
+    store.delete(&c, &good).await.expect("delete the good snapshot");
+    assert!(store.list(&c).await.expect("list").is_empty());
+    store.collect_garbage(&[], false).await.expect("collect");
 }

@@ -11,6 +11,7 @@
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod listing;
 pub mod local;
 pub mod members;
 pub mod name;
@@ -52,11 +53,27 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// An object in a remote that is not what kubectl-snapshot writes (another tool's, or hostile).
+    #[error("{remote}: {object}: {reason}")]
+    Unrecognized {
+        remote: String,
+        object: String,
+        reason: String,
+    },
     #[error("{0}")]
     Config(String),
 }
 
 impl Error {
+    /// What is wrong, without the remote's name (for a listing that names it once).
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Integrity { message, .. } => message.clone(),
+            Self::Unrecognized { object, reason, .. } => format!("{object}: {reason}"),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),

@@ -352,6 +352,7 @@ impl OciStore {
 
     /// Our manifest for a snapshot, or `None` when the tag does not exist.
     async fn manifest(&self, r: &Reference) -> Result<Option<OciImageManifest>, Error> {
+        use oci_client::errors::OciDistributionError as E;
         // A read is retried like an upload: a proxy that refused a request may have closed the pooled
         // connection the next request goes out on.
         let mut attempt = 1;
@@ -362,6 +363,22 @@ impl OciStore {
                 }
                 Ok(_) => return Ok(None),
                 Err(e) if not_found_like(&e) => return Ok(None),
+                // A tag whose manifest is not one a registry client can read: not usable, but listed so that
+                // it can be deleted.
+                Err(
+                    e @ (E::ManifestParsingError(_)
+                    | E::JsonError(_)
+                    | E::ManifestEncodingError(_)
+                    | E::UnsupportedMediaTypeError(_)
+                    | E::UnsupportedSchemaVersionError(_)
+                    | E::VersionedParsingError(_)),
+                ) => {
+                    return Err(Error::Unrecognized {
+                        remote: self.description.clone(),
+                        object: r.to_string(),
+                        reason: format!("manifest cannot be read: {}", crate::chain(&e)),
+                    });
+                }
                 Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                     attempt += 1;
@@ -372,10 +389,15 @@ impl OciStore {
     }
 
     async fn config(&self, r: &Reference, m: &OciImageManifest) -> Result<Vec<u8>, Error> {
-        if m.config.size > crate::SMALL_FILE_MAX as i64 {
-            return Err(Error::Remote {
+        if !(0..=crate::SMALL_FILE_MAX as i64).contains(&m.config.size) {
+            return Err(Error::Unrecognized {
                 remote: self.description.clone(),
-                message: format!("{r}: metadata blob of {} bytes", m.config.size),
+                object: r.to_string(),
+                reason: format!(
+                    "its manifest declares a metadata blob of {} bytes, more than a snapshot's {}",
+                    m.config.size,
+                    crate::SMALL_FILE_MAX
+                ),
             });
         }
         let mut out = Vec::new();
@@ -412,6 +434,7 @@ impl OciStore {
                 .map_or(std::time::SystemTime::UNIX_EPOCH, std::time::SystemTime::from),
             metadata: Some(metadata),
             sha256,
+            problem: None,
         }
     }
 
@@ -1096,11 +1119,26 @@ impl SnapshotStore for OciStore {
             .map_err(|e| self.err("authenticating", e))?;
         let read = |name: SnapshotName| async move {
             let r = self.reference(cluster, &name)?;
-            let Some(m) = self.manifest(&r).await? else {
-                return Ok(None);
+            let found = async {
+                let Some(m) = self.manifest(&r).await? else {
+                    return Ok(None);
+                };
+                let metadata = self.config(&r, &m).await?;
+                Ok::<_, Error>(Some(self.snapshot(name.clone(), &m, metadata)))
             };
-            let metadata = self.config(&r, &m).await?;
-            Ok::<_, Error>(Some(self.snapshot(name, &m, metadata)))
+            match found.await {
+                // A tag that cannot be read is listed with the reason; the others still list.
+                Err(e @ (Error::Unrecognized { .. } | Error::Integrity { .. })) => Ok(Some(RemoteSnapshot {
+                    name,
+                    complete: true,
+                    size: 0,
+                    modified: std::time::SystemTime::UNIX_EPOCH,
+                    metadata: None,
+                    sha256: None,
+                    problem: Some(e.reason()),
+                })),
+                other => other,
+            }
         };
         let mut out: Vec<RemoteSnapshot> = futures_util::stream::iter(names)
             .map(read)
@@ -1248,11 +1286,16 @@ impl SnapshotStore for OciStore {
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
-        if self.manifest(&r).await?.is_none() {
-            return Err(Error::NotFound {
-                cluster: cluster.to_string(),
-                name: name.to_string(),
-            });
+        match self.manifest(&r).await {
+            // A tag whose manifest cannot be read is listed as a snapshot, so it can be deleted as one.
+            Ok(Some(_)) | Err(Error::Unrecognized { .. }) => {}
+            Ok(None) => {
+                return Err(Error::NotFound {
+                    cluster: cluster.to_string(),
+                    name: name.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
         }
         let digest = self
             .client

@@ -79,6 +79,9 @@ pub struct RemoteSnapshot {
     pub metadata: Option<Vec<u8>>,
     /// The sidecar's digest, when present and well-formed.
     pub sha256: Option<String>,
+    /// Why this snapshot cannot be read (an invalid index, metadata too big to be ours): it is listed, so that it
+    /// can be deleted, and never counted as ok. Remote text: may hold any character.
+    pub problem: Option<String>,
 }
 
 /// What a download brought, after verification.
@@ -219,9 +222,10 @@ impl ObjectSnapshotStore {
     async fn small(&self, key: &Key) -> Result<Option<Vec<u8>>, Error> {
         match self.store.head(key).await {
             Ok(meta) if meta.size > SMALL_MAX => {
-                return Err(Error::Remote {
+                return Err(Error::Unrecognized {
                     remote: self.description.clone(),
-                    message: format!("{key} is {} bytes: not a snapshot file", meta.size),
+                    object: key.to_string(),
+                    reason: format!("{} bytes, more than a snapshot's {SMALL_MAX}", meta.size),
                 });
             }
             Ok(_) => {}
@@ -350,7 +354,12 @@ impl ObjectSnapshotStore {
             let mut marks = self.store.list(Some(&self.key(&[GC_MARKS])));
             let mut running = None;
             while let Some(item) = marks.next().await {
-                let meta = item.map_err(|e| self.err("listing collection marks", e))?;
+                let meta = match item {
+                    Ok(meta) => meta,
+                    // A name object_store cannot represent (a control character, a `..` segment) is not ours.
+                    Err(object_store::Error::InvalidPath { .. }) => continue,
+                    Err(e) => return Err(self.err("listing collection marks", e)),
+                };
                 let at = std::time::SystemTime::from(meta.last_modified);
                 let age = now.duration_since(at).unwrap_or_default();
                 if age < GC_STALE {
@@ -704,7 +713,12 @@ impl SnapshotStore for ObjectSnapshotStore {
         let mut found: std::collections::BTreeMap<String, Seen> = Default::default();
         let depth = prefix.parts().count();
         while let Some(item) = objects.next().await {
-            let meta = item.map_err(|e| self.err("listing", e))?;
+            let meta = match item {
+                Ok(meta) => meta,
+                // A name object_store cannot represent (a control character, a `..` segment) is not ours.
+                Err(object_store::Error::InvalidPath { .. }) => continue,
+                Err(e) => return Err(self.err("listing", e)),
+            };
             let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
             // <prefix>/<snapshot>/<file>; anything else under the prefix is not ours and is ignored.
             let [snap, file] = &parts[depth.min(parts.len())..] else {
@@ -731,33 +745,44 @@ impl SnapshotStore for ObjectSnapshotStore {
         }
         let mut out = Vec::new();
         for (snap, seen) in found {
-            let name = SnapshotName::new(&snap).map_err(|_| Error::Remote {
-                remote: self.description.clone(),
-                message: format!("bad name {snap}"),
-            })?;
+            let Ok(name) = SnapshotName::new(&snap) else { continue };
             let data = seen.bundle.is_some() || seen.index;
             let complete = data && seen.sidecar && seen.metadata;
+            let mut problem = None;
             let (metadata, sha256, size) = if complete {
-                let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
-                let s = self
-                    .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
-                    .await?
-                    .and_then(|b| parse_sidecar(&b));
-                let size = match seen.bundle {
-                    Some(size) => size,
-                    None => self.index_of(cluster, &name).await?.map_or(0, |i| i.size),
+                // What a snapshot's objects hold is untrusted: one that cannot be read is listed with the
+                // reason (so that it can be deleted), and the others still list.
+                let read = async {
+                    let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
+                    let s = self
+                        .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
+                        .await?
+                        .and_then(|b| parse_sidecar(&b));
+                    let size = match seen.bundle {
+                        Some(size) => size,
+                        None => self.index_of(cluster, &name).await?.map_or(0, |i| i.size),
+                    };
+                    Ok::<_, Error>((m, s, size))
                 };
-                (m, s, size)
+                match read.await {
+                    Ok(found) => found,
+                    Err(e @ (Error::Integrity { .. } | Error::Unrecognized { .. })) => {
+                        problem = Some(e.reason());
+                        (None, None, seen.bundle.unwrap_or(0))
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
                 (None, None, seen.bundle.unwrap_or(0))
             };
             out.push(RemoteSnapshot {
                 name,
-                complete: complete && metadata.is_some(),
+                complete: complete && (metadata.is_some() || problem.is_some()),
                 size,
                 modified: seen.modified.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
                 metadata,
                 sha256,
+                problem,
             });
         }
         Ok(out)
@@ -795,6 +820,7 @@ impl SnapshotStore for ObjectSnapshotStore {
             modified,
             metadata: Some(metadata),
             sha256,
+            problem: None,
         })
     }
 
@@ -915,7 +941,12 @@ impl ObjectSnapshotStore {
         let root = self.key(&[]);
         let mut all = self.store.list(if base == 0 { None } else { Some(&root) });
         while let Some(item) = all.next().await {
-            let meta = item.map_err(|e| self.err("listing", e))?;
+            let meta = match item {
+                Ok(meta) => meta,
+                // A name object_store cannot represent (a control character, a `..` segment) is not ours.
+                Err(object_store::Error::InvalidPath { .. }) => continue,
+                Err(e) => return Err(self.err("listing", e)),
+            };
             let parts: Vec<String> = meta.location.parts().map(|p| p.as_ref().to_owned()).collect();
             match &parts[base.min(parts.len())..] {
                 [b, algo, hex] if b == BLOBS && algo == "sha256" && crate::Sha256::parse(hex).is_some() => {
@@ -932,13 +963,26 @@ impl ObjectSnapshotStore {
         }
         let mut referenced = std::collections::HashSet::new();
         for key in &indexes {
-            let Some(bytes) = self.small(key).await? else { continue };
-            // An index that cannot be read might name any blob: nothing is collected.
-            let index = BundleIndex::parse(&bytes).map_err(|e| Error::Remote {
-                remote: self.description.clone(),
-                message: format!("{key}: {e}; no blob was removed (delete that snapshot first)"),
-            })?;
-            referenced.extend(index.members.into_iter().map(|m| m.sha256));
+            // An index that cannot be read might name any blob: nothing is collected, and the command that
+            // asked goes on (its snapshot is listed as unreadable; deleting it lets the next collection run).
+            let index = match self.small(key).await {
+                Ok(Some(bytes)) => BundleIndex::parse(&bytes).map_err(|e| e.to_string()),
+                Ok(None) => continue,
+                Err(e @ Error::Unrecognized { .. }) => Err(e.reason()),
+                Err(e) => return Err(e),
+            };
+            match index {
+                Ok(index) => referenced.extend(index.members.into_iter().map(|m| m.sha256)),
+                Err(reason) => {
+                    return Ok(Collected {
+                        note: Some(format!(
+                            "every blob is kept: the member index {key} cannot be read ({reason}); \
+                             once that snapshot is deleted, the next prune or delete collects"
+                        )),
+                        ..Collected::default()
+                    });
+                }
+            }
         }
         let (unreferenced, kept): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|(hex, _)| !referenced.contains(hex));
         if !dry_run {

@@ -300,6 +300,8 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
         .with_client_options(client)
         .with_allow_http(o.insecure)
         .with_retry(retry)
+        // Listing pages without the keys object_store cannot name (src/listing.rs).
+        .with_http_connector(crate::listing::Connector)
         .with_virtual_hosted_style_request(virtual_hosted);
     if !aws || o.endpoint.is_some() {
         b = b.with_endpoint(&store_endpoint);

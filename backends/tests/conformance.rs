@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kubectl_snapshot_backends::conformance::{self, Raw};
 use kubectl_snapshot_backends::oci::{self, OciOptions};
-use kubectl_snapshot_backends::remote::{BLOBS, BUNDLE, GC_MARKS, METADATA, SIDECAR};
+use kubectl_snapshot_backends::remote::{BLOBS, BUNDLE, GC_MARKS, INDEX, METADATA, SIDECAR};
 use kubectl_snapshot_backends::s3::{Credentials, S3Options, Secret, Sourced};
 use kubectl_snapshot_backends::{ClusterName, Error, LocalMembers, SnapshotName, SnapshotStore, Upload, url};
 
@@ -32,6 +32,9 @@ mod registry;
 struct ObjectRaw {
     store: Arc<dyn ObjectStore>,
     folder: Vec<String>,
+    /// The directory the store keeps its objects in, one file per key (both test stores do): names that
+    /// object_store cannot write are planted there.
+    files: std::path::PathBuf,
 }
 
 impl ObjectRaw {
@@ -95,6 +98,24 @@ impl Raw for ObjectRaw {
         }
         true
     }
+    async fn plant_odd_objects(&self, c: &ClusterName, broken: &SnapshotName) {
+        // Keys with a control character (a terminal escape), as another tool can write them: in a snapshot's
+        // place under the cluster, and at the top, where collection lists.
+        let folder = self.folder.iter().fold(self.files.clone(), |p, f| p.join(f));
+        let odd = folder.join(c.as_str()).join("x\x1b]0;pwned\x07");
+        std::fs::create_dir_all(&odd).unwrap();
+        std::fs::write(odd.join(METADATA), b"{}").unwrap();
+        std::fs::write(folder.join("notes\x1b[2J"), b"not a snapshot").unwrap();
+        // A snapshot that looks complete, with an index that is not one.
+        let put = |file: &str, body: &[u8]| {
+            let key = self.key(c, broken, file);
+            let body = PutPayload::from(body.to_vec());
+            async move { self.store.put(&key, body).await.unwrap() }
+        };
+        put(INDEX, b"{\"indexVersion\": \"\x1b[31mnot an index").await;
+        put(SIDECAR, format!("{}  bundle.tar.gz\n", "ab".repeat(32)).as_bytes()).await;
+        put(METADATA, br#"{"schemaVersion":2,"name":"broken"}"#).await;
+    }
 }
 
 #[tokio::test]
@@ -105,6 +126,7 @@ async fn local_directory() {
     let raw = ObjectRaw {
         store: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path().join("remote")).unwrap()),
         folder: vec![],
+        files: dir.path().join("remote"),
     };
     conformance::run_all(&store, &raw, scratch.path()).await;
 }
@@ -213,6 +235,7 @@ async fn s3() {
     let raw = ObjectRaw {
         store: Arc::new(raw_store),
         folder: vec!["team".into(), "a".into()],
+        files: server.dir.path().join("snapshots"),
     };
     conformance::run_all(&store, &raw, scratch.path()).await;
 }
@@ -297,6 +320,53 @@ impl Raw for RegistryRaw<'_> {
     async fn remove_collection_marks(&self) {}
     async fn uncommit(&self, _: &ClusterName, _: &SnapshotName) -> bool {
         false
+    }
+    async fn plant_odd_objects(&self, c: &ClusterName, broken: &SnapshotName) {
+        use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let repo = format!("team/snapshots/{c}");
+        let auth = oci_client::secrets::RegistryAuth::Basic(USER.into(), PASS.into());
+        let push = |tag: &str, artifact: Option<&'static str>, config_size: i64| {
+            let r = oci_client::Reference::with_tag(self.addr.clone(), repo.clone(), tag.to_owned());
+            let (client, auth) = (&client, &auth);
+            async move {
+                client
+                    .auth(&r, auth, oci_client::RegistryOperation::Push)
+                    .await
+                    .unwrap();
+                let blob =
+                    |data: &[u8]| format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data)));
+                let (config, layer) = (b"{}".to_vec(), vec![9u8; 2048]);
+                client.push_blob(&r, config.clone(), &blob(&config)).await.unwrap();
+                client.push_blob(&r, layer.clone(), &blob(&layer)).await.unwrap();
+                let manifest = OciImageManifest {
+                    schema_version: 2,
+                    media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+                    config: OciDescriptor {
+                        media_type: oci::CONFIG_TYPE.into(),
+                        digest: blob(&config),
+                        size: config_size,
+                        ..Default::default()
+                    },
+                    layers: vec![OciDescriptor {
+                        media_type: oci::BUNDLE_TYPE.into(),
+                        digest: blob(&layer),
+                        size: layer.len() as i64,
+                        ..Default::default()
+                    }],
+                    subject: None,
+                    artifact_type: artifact.map(str::to_owned),
+                    annotations: None,
+                };
+                client.push_manifest(&r, &OciManifest::Image(manifest)).await.unwrap();
+            }
+        };
+        // A snapshot whose manifest declares a 1 GiB metadata blob, and an image that is not a snapshot.
+        push(broken.as_str(), Some(oci::ARTIFACT_TYPE), 1 << 30).await;
+        push("not-a-snapshot", None, 2).await;
     }
 }
 

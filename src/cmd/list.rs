@@ -97,7 +97,19 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             r.status.to_string(),
         ]);
     }
-    print_table(&table)
+    print_table(&table)?;
+    // Why each snapshot that cannot be used is so, after the table (stderr, as kubectl prints warnings).
+    for r in &rows {
+        if let Some(why) = &r.error {
+            eprintln!(
+                "Warning: snapshot {:?} is {}: {}",
+                r.name,
+                r.status,
+                crate::util::printable_line(why)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Left-aligned columns, as kubectl prints them.
@@ -107,7 +119,9 @@ pub fn print_table(rows: &[Vec<String>]) -> Result<()> {
         .minwidth(6)
         .padding(3);
     for r in rows {
-        writeln!(tw, "{}", r.join("\t"))?;
+        // Cells may hold bundle or remote text: one line each, nothing a terminal acts on.
+        let cells: Vec<_> = r.iter().map(|c| crate::util::printable_line(c)).collect();
+        writeln!(tw, "{}", cells.join("\t"))?;
     }
     tw.flush()?;
     Ok(())

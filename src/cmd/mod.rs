@@ -193,6 +193,8 @@ pub struct Entry {
     pub metadata: Result<Metadata, String>,
     /// Local: computed by hashing on demand ([`Entry::status`]); remote: completeness.
     pub remote_complete: Option<bool>,
+    /// A remote snapshot that cannot be read (the reason is the metadata's error).
+    pub problem: bool,
     pub sha256: Option<String>,
     pub location: String,
     local: Option<LocalSnapshot>,
@@ -205,6 +207,7 @@ impl Entry {
         use crate::bundle::Status;
         let s = match (&self.local, self.remote_complete) {
             (Some(l), _) => reader::verify(&l.paths.bundle, &l.paths.sidecar),
+            (None, _) if self.problem => Status::Corrupt,
             (None, Some(true)) => Status::Ok,
             (None, _) => Status::Incomplete,
         };
@@ -233,6 +236,7 @@ pub async fn entries(
                 location: i.local.paths.bundle.display().to_string(),
                 metadata: i.metadata,
                 remote_complete: None,
+                problem: false,
                 local: Some(i.local),
             })
             .collect(),
@@ -241,9 +245,10 @@ pub async fn entries(
             .await?
             .into_iter()
             .map(|r| {
-                let metadata = match &r.metadata {
-                    Some(b) => Metadata::from_json(b).map_err(|e| e.to_string()),
-                    None => Err("incomplete upload: no metadata".to_string()),
+                let metadata = match (&r.problem, &r.metadata) {
+                    (Some(why), _) => Err(format!("cannot be read: {why}")),
+                    (None, Some(b)) => Metadata::from_json(b).map_err(|e| e.to_string()),
+                    (None, None) => Err("incomplete upload: no metadata".to_string()),
                 };
                 let created = metadata
                     .as_ref()
@@ -256,6 +261,7 @@ pub async fn entries(
                     size: r.size,
                     metadata,
                     remote_complete: Some(r.complete),
+                    problem: r.problem.is_some(),
                     sha256: r.sha256,
                     local: None,
                 }

@@ -145,7 +145,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         out.push_str(&super::collect_garbage(r, &deleting, true).await?);
         out.push('\n');
     }
-    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
+    std::io::Write::write_all(&mut std::io::stdout().lock(), crate::util::printable(&out).as_bytes())?;
     std::io::stdout().flush()?;
     if del_count == 0 || args.dry_run {
         return Ok(());

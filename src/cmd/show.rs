@@ -86,15 +86,22 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     ];
     let mut out = String::new();
     let width = 16;
+    // Every value is bundle text: one line each, nothing a terminal acts on.
+    let line = |v: &str| crate::util::printable_line(v).into_owned();
     for (k, v) in lines.drain(..) {
-        out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
+        out.push_str(&format!("{:<width$}{}\n", format!("{k}:"), line(&v)));
     }
     out.push_str("Addons:\n");
     if m.addons.is_empty() {
         out.push_str("  (none detected)\n");
     }
     for (k, v) in &m.addons {
-        out.push_str(&format!("  {:<w$}{v}\n", format!("{k}:"), w = width.max(k.len() + 2)));
+        out.push_str(&format!(
+            "  {:<w$}{}\n",
+            format!("{}:", line(k)),
+            line(v),
+            w = width.max(k.len() + 2)
+        ));
     }
     let rest = [
         ("Etcd Digest", m.etcd.digest.clone()),
@@ -119,7 +126,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         ("Path", path),
     ];
     for (k, v) in rest {
-        out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
+        out.push_str(&format!("{:<width$}{}\n", format!("{k}:"), line(&v)));
     }
     let by_ref: Vec<String> = m
         .images
@@ -128,7 +135,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         .flat_map(|(node, i)| {
             i.by_reference
                 .iter()
-                .map(move |r| format!("  {node}: {} ({})\n", r.name, r.digest))
+                .map(move |r| format!("  {}: {} ({})\n", line(node), line(&r.name), line(&r.digest)))
         })
         .collect();
     if !by_ref.is_empty() {

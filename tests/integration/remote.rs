@@ -856,3 +856,104 @@ fn the_s3_proxy_overrides_the_environment_and_dns_lookup_reaches_the_bucket_host
     let listed = run(&store, with(&["list", "c", "-o", "json"], &dns), &env).ok().json();
     assert_eq!(listed[0]["name"], "viaproxy");
 }
+
+/// One odd object in a shared bucket (another tool's key with a terminal escape in it, a snapshot whose index is
+/// not one, metadata written to attack a terminal) breaks nothing for the team: list, prune and delete work, the
+/// unreadable snapshot is listed as corrupt with the reason, and no raw control character reaches the terminal.
+#[test]
+fn a_shared_bucket_with_odd_objects_still_lists_prunes_and_deletes() {
+    let s3 = S3::start();
+    let store = Store::new();
+    fake_snapshot(&store, "a", "old", 2048, 30);
+    fake_snapshot(&store, "a", "new", 2048, 1);
+    fake_snapshot(&store, "a", "evil", 2048, 2);
+    // A teammate's snapshot whose metadata was written to act on terminals.
+    let meta_path = store.root().join("a/evil.metadata.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["k8sVersion"] = "v1.33.1\u{1b}]0;pwned\u{7}\u{1b}[2J\rall snapshots verified ok".into();
+    meta["addons"] = serde_json::json!({"cni\u{1b}[31m": "kindnet\u{202e}"});
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    for n in ["old", "new", "evil"] {
+        run(&store, with(&["push", "a", n], &s3.args()), ENV).ok();
+    }
+    let team = s3.dir.path().join("snaps/team");
+    // Another tool's key, with a terminal escape in it, in a snapshot's place and at the top.
+    let odd = team.join("a/x\u{1b}]0;pwned\u{7}");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(odd.join("metadata.json"), b"{}").unwrap();
+    std::fs::write(team.join("notes\u{1b}[2J"), b"not a snapshot").unwrap();
+    // A snapshot that looks complete, with an index that is not one (and an escape in it).
+    let broken = team.join("a/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("index.json"), b"{\"indexVersion\": \"\x1b[31m").unwrap();
+    std::fs::write(
+        broken.join("bundle.tar.gz.sha256"),
+        format!("{}  bundle.tar.gz\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    std::fs::copy(team.join("a/new/metadata.json"), broken.join("metadata.json")).unwrap();
+    let clean = |r: &Run| {
+        for text in [&r.stdout, &r.stderr] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+                "a raw control character reached the terminal: {text:?}"
+            );
+        }
+    };
+
+    let listed = run(&store, with(&["list", "a"], &s3.args()), ENV).ok();
+    clean(&listed);
+    let row = |name: &str| {
+        listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} is not listed:\n{}", listed.stdout))
+            .to_owned()
+    };
+    assert!(row("broken").ends_with("corrupt"), "{}", listed.stdout);
+    assert!(row("new").ends_with("ok"), "{}", listed.stdout);
+    assert!(row("evil").contains("v1.33.1\\x1b]0;pwned\\x07"), "{}", listed.stdout);
+    assert!(
+        !listed.stdout.contains("pwned\u{7}/"),
+        "a key outside the layout is listed"
+    );
+    assert!(
+        listed.stderr.contains("\"broken\" is corrupt") && listed.stderr.contains("index"),
+        "the reason is not given: {}",
+        listed.stderr
+    );
+    assert_eq!(
+        remote_names(&store, &s3, "a", "ok"),
+        ["new", "evil", "old"],
+        "the broken snapshot is counted as ok"
+    );
+    let shown = run(&store, with(&["show", "a", "evil"], &s3.args()), ENV).ok();
+    clean(&shown);
+
+    let pruned = run(
+        &store,
+        with(&["prune", "a", "--older-than", "24h", "--yes"], &s3.args()),
+        ENV,
+    )
+    .ok();
+    clean(&pruned);
+    assert!(
+        !team.join("a/old").join("metadata.json").exists(),
+        "prune did not delete"
+    );
+    let deleted = run(&store, with(&["delete", "a", "broken"], &s3.args()), ENV).ok();
+    clean(&deleted);
+    assert!(
+        !broken.join("index.json").exists(),
+        "the broken snapshot is still there"
+    );
+    assert_eq!(remote_names(&store, &s3, "a", "ok"), ["new", "evil"]);
+
+    // Pulled, the hostile metadata is local: listed and shown escaped there too.
+    store.run(&["delete", "a", "evil"]).ok();
+    run(&store, with(&["pull", "a", "evil"], &s3.args()), ENV).ok();
+    for args in [&["list", "a"][..], &["show", "a", "evil"]] {
+        clean(&store.run(args));
+    }
+}
