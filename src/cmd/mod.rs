@@ -366,12 +366,53 @@ pub fn describe_moved(moved: &backends::Moved, verb: &str, reused: &str) -> Stri
     }
 }
 
+/// Free space a pull leaves on the store's filesystem unless told otherwise (`--min-free-space`): the default
+/// store shares its disk with Docker, which a full disk stops.
+pub const PULL_MIN_FREE: &str = "1G";
+
+/// Not enough free space for a download (exit 1; nothing was written).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not enough free space in {store} to pull snapshot {name:?}: it is {size}, {free} are free, and \
+     --min-free-space keeps {margin} free; free space, pull into another store (--dir), or lower \
+     --min-free-space; nothing was downloaded"
+)]
+pub struct NoSpace {
+    store: String,
+    name: String,
+    size: String,
+    free: String,
+    margin: String,
+}
+
+/// Refuses a download of `size` bytes (the size the remote declares: untrusted, so a limit) that would leave
+/// less than `margin` free on the filesystem holding `dir`.
+pub fn check_free_space(dir: &std::path::Path, name: &SnapshotName, size: u64, margin: u64) -> Result<()> {
+    use crate::util::human_bytes;
+    let free = rustix::fs::statvfs(dir)
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
+        .with_context(|| format!("reading the free space of {}", dir.display()))?;
+    if free >= size.saturating_add(margin) {
+        return Ok(());
+    }
+    Err(NoSpace {
+        store: dir.display().to_string(),
+        name: name.to_string(),
+        size: human_bytes(size),
+        free: human_bytes(free),
+        margin: human_bytes(margin),
+    }
+    .into())
+}
+
 /// Downloads a remote snapshot into the local store; verified against its sidecar before it is published.
+/// Refused first when its declared size would leave less than `min_free` free on the store's filesystem.
 pub async fn pull_snapshot(
     ctx: &Ctx,
     cluster: &ClusterName,
     name: &SnapshotName,
     remote: &dyn backends::SnapshotStore,
+    min_free: u64,
     show_progress: bool,
 ) -> Result<(LocalSnapshot, backends::Moved)> {
     if ctx.store.exists(cluster, name) {
@@ -386,6 +427,8 @@ pub async fn pull_snapshot(
         .await
         .with_context(|| format!("looking up {:?} on {}", name.as_str(), remote.describe()))?;
     ctx.store.ensure_cluster_dir(cluster)?;
+    // Copies of members local bundles hold take space too: the whole declared size is needed.
+    check_free_space(&ctx.store.cluster_dir(cluster), name, head.size, min_free)?;
     let staged = ctx.store.staging_path(cluster, name);
     // A partial download, removed unless published.
     let guard = tempfile::TempPath::try_from_path(staged.clone()).context("the store's path")?;

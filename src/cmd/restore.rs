@@ -27,7 +27,8 @@ pub struct Args {
     /// Free space the cluster's container root must have for the restore to start (base-2 suffixes).
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
     pub min_free_space: u64,
-    /// Where to pull the snapshot from when it is not local (default: the default remote).
+    /// Where to pull the snapshot from when it is not local (default: the default remote). The download
+    /// leaves at least 1 GiB free on the local store's filesystem (`pull --min-free-space`).
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -47,6 +48,7 @@ struct RestoreResult<'a> {
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let json = args.json || args.output.is_some();
+    let pull_margin = crate::util::parse_size(super::PULL_MIN_FREE).map_err(anyhow::Error::msg)?;
     let (cluster, name) = cluster_and_snapshot(&args.args, "restore")?;
     let (rt, cluster) = ctx.live_cluster(cluster).await?;
     let progress = Progress::new(!json);
@@ -66,7 +68,20 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
         let meta = crate::bundle::Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
         let live = restore::preflight::gather(&rt, rt.nodes(&cluster).await?).await;
-        let checks = restore::preflight::compat(&meta, &live, args.min_free_space);
+        let mut checks = restore::preflight::compat(&meta, &live, args.min_free_space);
+        // The download goes to the local store first: its filesystem is checked with the others.
+        let store_dir = ctx.store.cluster_dir(&cluster_name);
+        let probe = std::iter::successors(Some(store_dir.as_path()), |p| p.parent()).find(|p| p.exists());
+        checks.push(
+            match probe.map(|dir| super::check_free_space(dir, &name, head.size, pull_margin)) {
+                Some(Ok(())) => restore::Check::pass(
+                    "store space",
+                    format!("{} to download", crate::util::human_bytes(head.size)),
+                ),
+                Some(Err(e)) => restore::Check::fail("store space", e.to_string()),
+                None => restore::Check::fail("store space", format!("{} cannot be created", store_dir.display())),
+            },
+        );
         if checks.iter().any(|c| !c.ok) {
             if json {
                 let out = RestoreResult {
@@ -81,7 +96,7 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             }
             return Err(RestoreError::Preflight(checks).into());
         }
-        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), !json).await?;
+        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), pull_margin, !json).await?;
         if !json {
             eprintln!(
                 "Pulled {:?} from {} (sha256 verified)",

@@ -957,3 +957,63 @@ fn a_shared_bucket_with_odd_objects_still_lists_prunes_and_deletes() {
         clean(&store.run(args));
     }
 }
+
+/// A pull that would leave less than `--min-free-space` free in the store is refused before anything is
+/// downloaded, judged by the size the remote declares: a hostile index declaring 1 PiB is refused at once.
+#[test]
+fn pull_checks_free_space_against_the_declared_size_first() {
+    let s3 = S3::start();
+    let store = Store::new();
+    fake_snapshot(&store, "a", "small", 2048, 1);
+    run(&store, with(&["push", "a", "small"], &s3.args()), ENV).ok();
+    store.run(&["delete", "a", "small"]).ok();
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(store.root().join("a"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let before = listing();
+    let refused = run(
+        &store,
+        with(&["pull", "a", "small", "--min-free-space", "100000T"], &s3.args()),
+        ENV,
+    )
+    .fails();
+    assert!(
+        refused.stderr.contains("not enough free space") && refused.stderr.contains("--min-free-space"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(listing(), before, "a refused pull wrote into the store");
+    run(&store, with(&["pull", "a", "small"], &s3.args()), ENV).ok();
+
+    // A snapshot whose index declares one member of 1 PiB.
+    let huge = s3.dir.path().join("snaps/team/a/huge");
+    std::fs::create_dir_all(&huge).unwrap();
+    let digest = "cd".repeat(32);
+    let index = serde_json::json!({
+        "indexVersion": 1, "sha256": digest, "size": 1u64 << 50,
+        "members": [{"offset": 0, "size": 1u64 << 50, "sha256": "ef".repeat(32), "holds": "etcd/snapshot.db", "entries": 1}]
+    });
+    std::fs::write(huge.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(huge.join("bundle.tar.gz.sha256"), format!("{digest}  bundle.tar.gz\n")).unwrap();
+    std::fs::copy(
+        s3.dir.path().join("snaps/team/a/small/metadata.json"),
+        huge.join("metadata.json"),
+    )
+    .unwrap();
+    let before = listing();
+    let refused = run(&store, with(&["pull", "a", "huge"], &s3.args()), ENV).fails();
+    assert!(
+        refused.stderr.contains("not enough free space") && refused.stderr.contains("1.00 PiB"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(listing(), before, "a refused pull wrote into the store");
+}
