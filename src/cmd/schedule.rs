@@ -479,11 +479,38 @@ fn home() -> Result<PathBuf> {
         .context("HOME is not set")
 }
 
+/// A path a unit file, a plist and a crontab line can all carry: UTF-8 without control characters (a newline
+/// would end the setting or the cron line and start another).
+fn carried(what: &str, how: &str, path: &Path) -> Result<String> {
+    let Some(text) = path.to_str() else {
+        bail!(
+            "{what} {} is not valid UTF-8, which a service file cannot carry; {how}",
+            path.display()
+        );
+    };
+    if text.chars().any(char::is_control) {
+        bail!(
+            "{what} {:?} holds a control character (a newline would start another setting or cron job), which a \
+             service file cannot carry; {how}",
+            crate::util::printable_line(text)
+        );
+    }
+    Ok(text.to_owned())
+}
+
 fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
     let exe = std::env::current_exe().context("locating this executable")?;
-    let exe = exe.display().to_string();
-    let config = crate::remote::config_path()?.display().to_string();
-    let store = ctx.store.root().display().to_string();
+    let exe = carried("this executable's path", "install it elsewhere", &exe)?;
+    let config = carried(
+        "the config file",
+        "set KUBECTL_SNAPSHOT_CONFIG to another path",
+        &crate::remote::config_path()?,
+    )?;
+    let store = carried(
+        "the snapshot store",
+        "use another --dir or KUBECTL_SNAPSHOT_DIR",
+        ctx.store.root(),
+    )?;
     let env = [
         ("KUBECTL_SNAPSHOT_DIR", store.as_str()),
         ("KUBECTL_SNAPSHOT_CONFIG", config.as_str()),
@@ -495,10 +522,14 @@ fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
                 None => home()?.join(".config"),
             }
             .join("systemd/user");
-            let environment: String = env.iter().map(|(k, v)| format!("Environment=\"{k}={v}\"\n")).collect();
+            let environment: String = env
+                .iter()
+                .map(|(k, v)| format!("Environment={}\n", systemd_quoted(&format!("{k}={v}"), false)))
+                .collect();
             let service = format!(
                 "[Unit]\nDescription=kubectl-snapshot: run the snapshot schedules that are due\n\n[Service]\nType=oneshot\n\
-                 {environment}ExecStart=\"{exe}\" schedule run\n"
+                 {environment}ExecStart={} schedule run\n",
+                systemd_quoted(&exe, true)
             );
             let timer = "[Unit]\nDescription=kubectl-snapshot: check the snapshot schedules every minute\n\n[Timer]\n\
                  OnCalendar=*-*-* *:*:00\nAccuracySec=1s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
@@ -548,12 +579,36 @@ fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
                 activate: Vec::new(),
                 deactivate: Vec::new(),
                 note: Some(format!(
-                    "add this line to your crontab (`crontab -e`):\n* * * * * {vars}{} schedule run",
-                    shell_quote(&exe)
+                    "add this line to your crontab (`crontab -e`):\n* * * * * {}",
+                    cron_command(&format!("{vars}{} schedule run", shell_quote(&exe)))
                 )),
             }
         }
     })
+}
+
+/// One word of a systemd unit setting, double-quoted: `\\` and `"` escaped, `%` doubled (a specifier otherwise,
+/// systemd.unit(5)), and in a command line (`exec`) `$` doubled (variable expansion, systemd.service(5) "Command
+/// lines"). systemd.syntax(7): quoted words take C-style escapes.
+fn systemd_quoted(s: &str, exec: bool) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' if exec => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A crontab command: cron turns an unescaped `%` into a newline (crontab(5)), even inside shell quotes.
+fn cron_command(s: &str) -> String {
+    s.replace('%', "\\%")
 }
 
 fn xml(s: &str) -> String {
@@ -598,15 +653,16 @@ fn install(a: InstallArgs, ctx: &Ctx, installing: bool) -> Result<()> {
         return Ok(());
     }
     if installing {
+        // Units systemd would reject are never written: they are verified first, as the files they will be.
+        if manager == Manager::Systemd {
+            verify_units(&p.files)?;
+        }
         for (path, text) in &p.files {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
             backends::local::write_atomic(path, text.as_bytes())?;
             crate::util::out!("Wrote {}", path.display());
-        }
-        if manager == Manager::Systemd {
-            verify_units(&p.files.iter().map(|(p, _)| p.as_path()).collect::<Vec<_>>())?;
         }
     }
     let commands = if installing { &p.activate } else { &p.deactivate };
@@ -649,11 +705,19 @@ fn install(a: InstallArgs, ctx: &Ctx, installing: bool) -> Result<()> {
     Ok(())
 }
 
-/// `systemd-analyze verify` of the generated units, where systemd-analyze exists.
-fn verify_units(files: &[&Path]) -> Result<()> {
+/// `systemd-analyze verify` of the generated units (written under their names in a temporary directory), where
+/// systemd-analyze exists.
+fn verify_units(files: &[(PathBuf, String)]) -> Result<()> {
+    let dir = tempfile::tempdir().context("creating a directory to verify the units in")?;
+    let mut paths = Vec::new();
+    for (path, text) in files {
+        let at = dir.path().join(path.file_name().context("a unit file name")?);
+        std::fs::write(&at, text).with_context(|| format!("writing {}", at.display()))?;
+        paths.push(at);
+    }
     let Ok(out) = std::process::Command::new("systemd-analyze")
         .arg("verify")
-        .args(files)
+        .args(&paths)
         .stdin(std::process::Stdio::null())
         .output()
     else {
@@ -661,7 +725,7 @@ fn verify_units(files: &[&Path]) -> Result<()> {
     };
     if !out.status.success() {
         bail!(
-            "systemd-analyze verify rejected the generated units:\n{}",
+            "systemd-analyze verify rejected the generated units; nothing was written:\n{}",
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
     }

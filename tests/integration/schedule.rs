@@ -350,3 +350,63 @@ fn install_writes_verified_units_and_uninstall_removes_them() {
         .ok();
     assert!(!service.exists() && !timer.exists());
 }
+
+/// The paths a unit and a crontab line name are escaped for what reads them (systemd specifiers and quoting,
+/// cron's `%`), and a path neither can carry (a newline would start another setting or cron job) is refused
+/// before any file is written.
+#[test]
+fn install_escapes_paths_for_systemd_and_cron_and_refuses_what_they_cannot_carry() {
+    let store = Store::new();
+    let xdg = tempfile::tempdir().unwrap();
+    let odd = tempfile::tempdir().unwrap();
+    let config = odd.path().join("we%h\"ird $HOME\\x 'q/config.toml");
+    let config_text = config.display().to_string();
+    let xdg_path = xdg.path().display().to_string();
+    let vars = [
+        ("XDG_CONFIG_HOME", xdg_path.as_str()),
+        ("KUBECTL_SNAPSHOT_CONFIG", config_text.as_str()),
+    ];
+    let service = xdg.path().join("systemd/user/kubectl-snapshot-schedule.service");
+    store
+        .run_env(&["schedule", "install", "--manager", "systemd", "--no-enable"], &vars)
+        .ok();
+    let unit = std::fs::read_to_string(&service).unwrap();
+    let quoted = config_text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%");
+    assert!(
+        unit.contains(&format!("Environment=\"KUBECTL_SNAPSHOT_CONFIG={quoted}\"\n")),
+        "{unit}"
+    );
+    let cron = store
+        .run_env(&["schedule", "install", "--manager", "cron", "--dry-run"], &vars)
+        .ok();
+    assert!(
+        cron.stdout.contains("we\\%h") && !cron.stdout.contains("we%h"),
+        "cron would turn % into a newline: {}",
+        cron.stdout
+    );
+    store
+        .run_env(&["schedule", "uninstall", "--manager", "systemd", "--no-enable"], &vars)
+        .ok();
+    assert!(!service.exists());
+
+    let injected = odd
+        .path()
+        .join("x\nExecStartPre=/bin/sh -c 'touch /tmp/pwned'\n/config.toml")
+        .display()
+        .to_string();
+    let vars = [
+        ("XDG_CONFIG_HOME", xdg_path.as_str()),
+        ("KUBECTL_SNAPSHOT_CONFIG", injected.as_str()),
+    ];
+    for manager in ["systemd", "cron"] {
+        let refused = store
+            .run_env(&["schedule", "install", "--manager", manager, "--no-enable"], &vars)
+            .fails();
+        assert!(refused.stderr.contains("control character"), "{}", refused.stderr);
+        assert!(!refused.stdout.contains("\nExecStartPre"), "{}", refused.stdout);
+    }
+    assert!(!service.exists(), "a unit was written for a path it cannot carry");
+}
