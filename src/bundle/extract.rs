@@ -92,23 +92,44 @@ fn node_name_ok(s: &str) -> bool {
         && !s.starts_with('.')
 }
 
-/// Resolves a relative symlink target against the link's directory (both relative to the PV root);
-/// `None` if it would leave the root.
-fn resolve_within(link_dir: &[String], target: &str) -> Option<Vec<String>> {
+/// How many symlinks one resolution may follow (Linux's limit, MAXSYMLINKS).
+const MAX_LINKS_FOLLOWED: usize = 40;
+
+/// Resolves a relative symlink target against the link's directory (both relative to the PV root) as the kernel
+/// would, following the volume's other symlinks (`links`: path -> target) met on the way; `None` if it would
+/// leave the root at any step or loop. `a/l -> ..` with `a/m -> l/../..` leaves it, though the text of `m`'s
+/// target does not.
+fn resolve_within(links: &BTreeMap<String, String>, link_dir: &[String], target: &str) -> Option<Vec<String>> {
+    let mut budget = MAX_LINKS_FOLLOWED;
+    resolve_from(links, link_dir.to_vec(), target, &mut budget)
+}
+
+fn resolve_from(
+    links: &BTreeMap<String, String>,
+    mut at: Vec<String>,
+    target: &str,
+    budget: &mut usize,
+) -> Option<Vec<String>> {
     if target.starts_with('/') {
         return None;
     }
-    let mut stack: Vec<String> = link_dir.to_vec();
     for part in target.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                stack.pop()?;
+                at.pop()?;
             }
-            p => stack.push(p.to_owned()),
+            p => {
+                at.push(p.to_owned());
+                if let Some(next) = links.get(&at.join("/")) {
+                    *budget = budget.checked_sub(1)?;
+                    at.pop();
+                    at = resolve_from(links, at, next, budget)?;
+                }
+            }
         }
     }
-    Some(stack)
+    Some(at)
 }
 
 struct PvRoot {
@@ -116,7 +137,8 @@ struct PvRoot {
     path: Option<PathBuf>,
     base: String,
     files: HashSet<String>,
-    symlinks: Vec<String>,
+    /// Symlinks so far: path (relative to the root) -> target.
+    symlinks: BTreeMap<String, String>,
 }
 
 struct Pass {
@@ -347,13 +369,13 @@ impl Pass {
                     path,
                     base,
                     files: HashSet::new(),
-                    symlinks: Vec::new(),
+                    symlinks: BTreeMap::new(),
                 },
             );
         }
         let rel = rest.join("/");
         let pv = self.roots.get_mut(&key).expect("inserted above");
-        if pv.symlinks.iter().any(|l| rel.starts_with(&format!("{l}/"))) {
+        if pv.symlinks.keys().any(|l| rel.starts_with(&format!("{l}/"))) {
             let msg = format!("unsafe entry {joined:?}: it lies below a symlink");
             self.problem(msg);
             return Ok(());
@@ -399,12 +421,12 @@ impl Pass {
                     .iter()
                     .map(|s| s.to_string())
                     .collect();
-                if rest.is_empty() || resolve_within(&dir, &target).is_none() {
+                if rest.is_empty() || resolve_within(&pv.symlinks, &dir, &target).is_none() {
                     let msg = format!("unsafe symlink {joined:?} -> {target:?}: it points outside its volume");
                     self.problem(msg);
                     return Ok(());
                 }
-                pv.symlinks.push(rel.clone());
+                pv.symlinks.insert(rel.clone(), target.clone());
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_size(0);
                 if let Some(t) = pv.tar.as_mut() {
@@ -591,6 +613,18 @@ impl Pass {
     fn finish_staging(&mut self) -> Option<Staged> {
         let mut staged = self.stage.take();
         for (key, mut root) in std::mem::take(&mut self.roots) {
+            // A link added later changes where an earlier one leads: every link is resolved again, with all.
+            for (rel, target) in &root.symlinks {
+                let mut dir: Vec<String> = rel.split('/').map(str::to_owned).collect();
+                dir.pop();
+                if resolve_within(&root.symlinks, &dir, target).is_none() {
+                    let (node, pv_root) = &key;
+                    self.problem(format!(
+                        "unsafe symlink {PVS_DIR}/{node}{pv_root}/{rel} -> {target:?}: through the volume's other \
+                         links it points outside its volume"
+                    ));
+                }
+            }
             if let Some(t) = root.tar.take() {
                 if let Err(e) = t.into_inner().and_then(|f| f.sync_all()) {
                     self.problem(format!("staging PV data: {e}"));
@@ -657,11 +691,30 @@ mod tests {
     #[test]
     fn symlink_resolution_stays_inside() {
         let d = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert!(resolve_within(&d(&["pvc", "sub"]), "../hello.txt").is_some());
-        assert!(resolve_within(&d(&["pvc"]), "../../etc/passwd").is_none());
-        assert!(resolve_within(&d(&[]), "..").is_none());
-        assert!(resolve_within(&d(&["pvc"]), "/etc/passwd").is_none());
-        assert!(resolve_within(&d(&["a"]), "./b/../c").is_some());
+        let none = BTreeMap::new();
+        assert!(resolve_within(&none, &d(&["pvc", "sub"]), "../hello.txt").is_some());
+        assert!(resolve_within(&none, &d(&["pvc"]), "../../etc/passwd").is_none());
+        assert!(resolve_within(&none, &d(&[]), "..").is_none());
+        assert!(resolve_within(&none, &d(&["pvc"]), "/etc/passwd").is_none());
+        assert!(resolve_within(&none, &d(&["a"]), "./b/../c").is_some());
+    }
+
+    #[test]
+    fn symlink_resolution_follows_the_volumes_other_links() {
+        let d = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let links: BTreeMap<String, String> = [("pvc/l", ".."), ("pvc/up", "sub/.."), ("pvc/loop", "loop")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // `pvc/l` is the root: `l/../..` is two levels above it, though its text stays inside.
+        assert!(resolve_within(&links, &d(&["pvc"]), "l/../..").is_none());
+        assert!(resolve_within(&links, &d(&["pvc"]), "l/..").is_none());
+        assert_eq!(resolve_within(&links, &d(&["pvc"]), "l/pvc/x"), Some(d(&["pvc", "x"])));
+        assert_eq!(resolve_within(&links, &d(&["pvc"]), "up/y"), Some(d(&["pvc", "y"])));
+        assert!(
+            resolve_within(&links, &d(&["pvc"]), "loop/x").is_none(),
+            "a loop is followed for ever"
+        );
     }
 
     #[test]

@@ -237,6 +237,22 @@ fn every_hostile_bundle_is_refused_with_its_reason_and_nothing_escapes() {
             Box::new(move |b| raw(b, &format!("{}/evil", pv()), Symlink, Some("../../../../etc"), b"")),
         ),
         (
+            "symlink-through-a-link",
+            "points outside its volume",
+            Box::new(move |b| {
+                raw(b, &format!("{}/l", pv()), Symlink, Some(".."), b"");
+                raw(b, &format!("{}/m", pv()), Symlink, Some("l/../.."), b"");
+            }),
+        ),
+        (
+            "symlink-through-a-later-link",
+            "points outside its volume",
+            Box::new(move |b| {
+                raw(b, &format!("{}/m", pv()), Symlink, Some("l/../.."), b"");
+                raw(b, &format!("{}/l", pv()), Symlink, Some(".."), b"");
+            }),
+        ),
+        (
             "through-symlink",
             "below a symlink",
             Box::new(move |b| {

@@ -46,6 +46,17 @@ fn hostile_bundles_are_refused() {
         &rest,
     );
     corpus.push(("symlink-escape", "points outside its volume"));
+    // Each link's text stays inside; through the first, the second leads to the node's `/`.
+    kit::craft(
+        &dir,
+        "symlink-through-a-link",
+        |b| {
+            kit::raw(b, &format!("{pv}/l"), Symlink, Some(".."), b"", None);
+            kit::raw(b, &format!("{pv}/m"), Symlink, Some("l/../.."), b"", None);
+        },
+        &rest,
+    );
+    corpus.push(("symlink-through-a-link", "points outside its volume"));
     // A decompression bomb: 64 MiB of zeros (a few KiB compressed) in a volume whose metadata declares a few
     // KiB. Refused while reading, once past the declared size.
     kit::craft(
