@@ -214,8 +214,11 @@ impl LocalStore {
         ))
     }
 
-    /// Makes a finished bundle visible as `name`: metadata and sidecar first, then the archive itself,
-    /// linked in without replacing an existing snapshot. `staged` is removed.
+    /// Makes a finished bundle visible as `name`. Its small files are written first under names that carry this
+    /// process's pid (removed by [`Self::remove_leftovers`] if it dies), then the archive is linked in without
+    /// replacing an existing snapshot, then the small files are renamed into place. A failure or a kill leaves no
+    /// metadata or sidecar without its archive; at worst (killed between the link and the renames) an archive
+    /// without its sidecar, which is listed as incomplete and deleted like any snapshot. `staged` is removed.
     pub fn publish(
         &self,
         cluster: &ClusterName,
@@ -232,48 +235,71 @@ impl LocalStore {
                 name: name.to_string(),
             });
         }
-        write_atomic(&paths.metadata, metadata)?;
-        write_atomic(&paths.sidecar, sidecar.as_bytes())?;
-        match index {
-            Some(index) => write_atomic(&paths.index, &index.to_json())?,
-            None => match fs::remove_file(&paths.index) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", paths.index.display()), e)),
-            },
+        let index_json = index.map(|i| i.to_json());
+        let mut files: Vec<(&Path, &[u8])> = vec![(&paths.metadata, metadata), (&paths.sidecar, sidecar.as_bytes())];
+        if let Some(json) = &index_json {
+            files.push((&paths.index, json));
         }
-        match fs::hard_link(staged, &paths.bundle) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists {
+        let mut pending = Vec::new();
+        let written = (|| {
+            for (path, bytes) in &files {
+                pending.push((write_pending(path, bytes)?, path.to_path_buf()));
+            }
+            if index.is_none() {
+                match fs::remove_file(&paths.index) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(format!("removing {}", paths.index.display()), e)),
+                }
+            }
+            match fs::hard_link(staged, &paths.bundle) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
                     cluster: cluster.to_string(),
                     name: name.to_string(),
-                });
+                }),
+                Err(e) => Err(Error::io(format!("publishing {}", paths.bundle.display()), e)),
             }
-            Err(e) => return Err(Error::io(format!("publishing {}", paths.bundle.display()), e)),
+        })();
+        if let Err(e) = written {
+            for (tmp, _) in &pending {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
+        for (tmp, path) in &pending {
+            fs::rename(tmp, path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
         let _ = fs::remove_file(staged);
         sync_dir(&self.cluster_dir(cluster));
         Ok(paths)
     }
 
-    /// Deletes a snapshot: the archive first (so it stops being listed), then its sidecar and metadata.
+    /// Deletes a snapshot: the archive first (so it stops being listed), then its sidecar, metadata and index —
+    /// also those an older version's interrupted publish left without an archive. Not found when none exists.
     pub fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
         let paths = self.paths(cluster, name);
-        match fs::remove_file(&paths.bundle) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(cluster, name)),
-            Err(e) => return Err(Error::io(format!("deleting {}", paths.bundle.display()), e)),
-        }
-        for p in [&paths.sidecar, &paths.metadata, &paths.index] {
+        let mut any = false;
+        for p in [&paths.bundle, &paths.sidecar, &paths.metadata, &paths.index] {
             match fs::remove_file(p) {
-                Ok(()) => {}
+                Ok(()) => any = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(format!("deleting {}", p.display()), e)),
             }
         }
+        if !any {
+            return Err(self.not_found(cluster, name));
+        }
         sync_dir(&self.cluster_dir(cluster));
         Ok(())
+    }
+
+    /// Whether any file of the snapshot is there (its archive, or what an interrupted publish left).
+    pub fn has_files(&self, cluster: &ClusterName, name: &SnapshotName) -> bool {
+        let paths = self.paths(cluster, name);
+        [&paths.bundle, &paths.sidecar, &paths.metadata, &paths.index]
+            .iter()
+            .any(|p| fs::symlink_metadata(p).is_ok())
     }
 }
 
@@ -322,20 +348,30 @@ pub fn nonce() -> String {
 
 /// Writes `bytes` to `path` through a new file at a random name in the same directory and a rename (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = write_pending(path, bytes)?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(format!("writing {}", path.display()), e));
+    }
+    Ok(())
+}
+
+/// Writes `bytes`, synced, to a new hidden file beside `path` whose name carries this process's pid
+/// (`.<file>.partial-<pid>-<nonce>`, what [`LocalStore::remove_leftovers`] removes once the pid is gone); returns it.
+fn write_pending(path: &Path, bytes: &[u8]) -> Result<PathBuf, Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", nonce()));
+    let tmp = dir.join(format!(".{file_name}.partial-{}-{}", std::process::id(), nonce()));
     let res = (|| {
         let mut f = create_private_file(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
     if let Err(e) = res {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(format!("writing {}", path.display()), e));
     }
-    Ok(())
+    Ok(tmp)
 }
 
 /// Creates a new file, 0600, failing if anything exists at `path` — a symlink planted there included (O_EXCL
@@ -439,6 +475,60 @@ mod tests {
         assert!(store.list(&c).unwrap().is_empty());
         assert!(!store.paths(&c, &n).sidecar.exists());
         assert!(matches!(store.delete(&c, &n), Err(Error::NotFound { .. })));
+    }
+
+    /// A publish that fails (here: the staged archive is gone) leaves no metadata, sidecar or index without an
+    /// archive, and no temporary file; files an older version left that way are deleted with the snapshot.
+    #[test]
+    fn a_failed_publish_leaves_nothing_and_delete_removes_orphans() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path());
+        let (c, n) = names();
+        store.ensure_cluster_dir(&c).unwrap();
+        let index = crate::BundleIndex {
+            index_version: crate::members::INDEX_VERSION,
+            sha256: "ab".repeat(32),
+            size: 1,
+            members: vec![],
+        };
+        let missing = store.staging_path(&c, &n);
+        store
+            .publish(&c, &n, &missing, "x  base.tar.gz\n", b"{}", Some(&index))
+            .expect_err("published an archive that is not there");
+        let left: Vec<_> = fs::read_dir(store.cluster_dir(&c))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "a failed publish left {left:?}");
+        assert!(!store.has_files(&c, &n));
+
+        let paths = store.paths(&c, &n);
+        fs::write(&paths.metadata, b"{}").unwrap();
+        fs::write(&paths.sidecar, b"x  base.tar.gz\n").unwrap();
+        assert!(store.has_files(&c, &n));
+        store.delete(&c, &n).expect("deleting what an interrupted publish left");
+        assert!(!paths.metadata.exists() && !paths.sidecar.exists());
+    }
+
+    #[test]
+    fn temporary_files_name_their_process_and_go_when_it_is_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(tmp.path());
+        let (c, n) = names();
+        let dir = store.ensure_cluster_dir(&c).unwrap();
+        let pending = write_pending(&store.paths(&c, &n).metadata, b"{}").unwrap();
+        let file_name = pending.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(leftover_pid(&file_name), Some(std::process::id()), "{file_name}");
+        assert!(
+            store.remove_leftovers(&c).is_empty(),
+            "a live process's file was removed"
+        );
+        // The same name with a pid no process has.
+        let dead = dir.join(file_name.replace(&format!("-{}-", std::process::id()), &format!("-{}-", u32::MAX / 2)));
+        fs::rename(&pending, &dead).unwrap();
+        assert_eq!(store.remove_leftovers(&c), std::slice::from_ref(&dead));
+        assert!(!dead.exists());
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         .map(|e| e.name)
         .collect();
     // All or nothing: any unknown name fails the command before anything is deleted.
+    // Locally, what an interrupted publish left without an archive is deleted like a snapshot.
     let missing: Vec<&str> = names
         .iter()
-        .filter(|n| !present.contains(n))
+        .filter(|n| !(present.contains(n) || remote.is_none() && ctx.store.has_files(&cluster, n)))
         .map(|n| n.as_str())
         .collect();
     if !missing.is_empty() {
