@@ -15,8 +15,9 @@
 //!   `io.kubectl-snapshot.snapshot`, `io.kubectl-snapshot.k8s-version`.
 //!
 //! Blobs are pushed first (skipped when already present), the manifest last: the tag is the commit marker.
-//! Credentials: `--oci-username` with a password, else the Docker config (`~/.docker/config.json`, credential
-//! helpers) or Podman's auth file, else anonymous.
+//! Credentials: `--oci-username` with a password, else the Docker config (`$DOCKER_CONFIG/config.json`, else
+//! `~/.docker/config.json`; credential helpers) or Podman's auth file, else anonymous. A Docker config that is
+//! there but unusable (malformed, a failing helper) is an error, not anonymous access.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,6 +122,46 @@ fn is_path_component(s: &str) -> bool {
             .all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-'))
 }
 
+/// The Docker config file, as the Docker CLI finds it: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn docker_config_path() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".docker")))?;
+    Some(dir.join("config.json"))
+}
+
+/// The Docker config's credential for `registry`: `None` when there is no config or it names none; an error when
+/// it is there but cannot be used (malformed, a helper that fails), never a silent fall back to anonymous access.
+fn docker_credential_for(registry: &str) -> Result<Option<(docker_credential::DockerCredential, String)>, Error> {
+    use docker_credential::CredentialRetrievalError as E;
+    let Some(path) = docker_config_path() else {
+        return Ok(None);
+    };
+    let from = format!("the Docker config ({})", path.display());
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Config(format!("{from}: {e}"))),
+    };
+    match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), registry) {
+        Ok(c) => Ok(Some((c, from))),
+        Err(E::NoCredentialConfigured) => Ok(None),
+        Err(E::ConfigReadError) => Err(Error::Config(format!(
+            "{from} is not valid JSON; fix it, or pass --oci-username with --oci-password-stdin"
+        ))),
+        // A helper's output may hold the secret: only its name and what failed are shown.
+        Err(E::HelperFailure { helper, .. }) => Err(Error::Config(format!(
+            "{from}: its credential helper docker-credential-{helper} failed for {registry}; run \
+             `docker login {registry}`, or pass --oci-username with --oci-password-stdin"
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "{from}: the credential for {registry} cannot be read ({e}); run `docker login {registry}`, or pass \
+             --oci-username with --oci-password-stdin"
+        ))),
+    }
+}
+
 fn credentials(o: &OciOptions) -> Result<(RegistryAuth, String), Error> {
     match (&o.username, &o.password) {
         (Some(u), Some(p)) => {
@@ -136,16 +177,15 @@ fn credentials(o: &OciOptions) -> Result<(RegistryAuth, String), Error> {
         }
         _ => {}
     }
-    let from_docker = docker_credential::get_credential(&o.registry);
-    let found = match from_docker {
-        Ok(c) => Some((c, "the Docker config (~/.docker/config.json)")),
-        Err(_) => docker_credential::get_podman_credential(&o.registry)
+    let found = match docker_credential_for(&o.registry)? {
+        Some(found) => Some(found),
+        None => docker_credential::get_podman_credential(&o.registry)
             .ok()
-            .map(|c| (c, "Podman's auth file")),
+            .map(|c| (c, "Podman's auth file".to_owned())),
     };
     match found {
         Some((docker_credential::DockerCredential::UsernamePassword(u, p), from)) => {
-            Ok((RegistryAuth::Basic(u, p), from.into()))
+            Ok((RegistryAuth::Basic(u, p), from))
         }
         Some((docker_credential::DockerCredential::IdentityToken(_), from)) => Err(Error::Config(format!(
             "{from} holds an identity token for {}, which is not supported; use --oci-username",

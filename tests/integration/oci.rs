@@ -199,6 +199,35 @@ fn wrong_password_is_refused_without_printing_it() {
     assert!(!r.stderr.contains("kst-wrong-registry-password"));
 }
 
+/// A Docker config that is there but unusable is an error naming the file that DOCKER_CONFIG points to, never
+/// a silent fall back to anonymous access (which a registry answers with a confusing "denied").
+#[test]
+fn a_malformed_docker_config_is_an_error_naming_it() {
+    let reg = start();
+    let store = Store::new();
+    let docker = tempfile::tempdir().unwrap();
+    let config = docker.path().join("config.json");
+    std::fs::write(&config, r#"{"auths": {"127.0.0.1": "#).unwrap();
+    let env = [
+        ("DOCKER_CONFIG", docker.path().to_str().unwrap()),
+        ("REGISTRY_AUTH_FILE", "/nonexistent"),
+    ];
+    let r = run(&store, args(&reg, &["list", "c"]), &env).fails();
+    assert!(
+        r.stderr.contains(&config.display().to_string()) && r.stderr.contains("not valid JSON"),
+        "{}",
+        r.stderr
+    );
+    // A config for the registry read from DOCKER_CONFIG is named as that file in errors too.
+    docker_config(docker.path(), reg.port, "kst-wrong-registry-password");
+    let r = run(&store, args(&reg, &["list", "c"]), &env).fails();
+    assert!(
+        r.stderr.contains(&config.display().to_string()) && r.stderr.contains("access denied"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn prune_then_pull_through_a_registry() {
     let reg = start();
