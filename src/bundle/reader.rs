@@ -63,20 +63,91 @@ pub fn hash_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Checks `bundle` against `sidecar`.
-pub fn verify(bundle: &Path, sidecar: &Path) -> Status {
+/// Checks `bundle` against `sidecar` and, when the store keeps a member index beside it (`index`: its path), the
+/// index against both: its digest and size, and every member's bytes, in the same pass. An index that lies is
+/// what a push would refuse and a pull would copy wrong members by: the snapshot is corrupt. The reason comes
+/// with a status other than ok.
+pub fn verify_with_index(bundle: &Path, sidecar: &Path, index: Option<&Path>) -> (Status, Option<String>) {
     let expected = match std::fs::read_to_string(sidecar) {
         Ok(text) => match parse_sidecar(&text) {
             Ok(hex) => hex,
-            Err(_) => return Status::Corrupt,
+            Err(e) => return (Status::Corrupt, Some(format!("its sidecar is malformed: {e}"))),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Status::Incomplete,
-        Err(_) => return Status::Corrupt,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (Status::Incomplete, Some("no sidecar".into())),
+        Err(e) => return (Status::Corrupt, Some(format!("its sidecar cannot be read: {e}"))),
     };
-    match hash_file(bundle) {
-        Ok(actual) if actual == expected => Status::Ok,
-        _ => Status::Corrupt,
+    let index = match index.map(std::fs::read) {
+        None => None,
+        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
+        Some(Err(e)) => return (Status::Corrupt, Some(format!("its member index cannot be read: {e}"))),
+        Some(Ok(bytes)) => match backends::BundleIndex::parse(&bytes) {
+            Ok(i) => Some(i),
+            Err(e) => return (Status::Corrupt, Some(format!("its member index: {e}"))),
+        },
+    };
+    let (actual, members) = match hash_file_and_members(bundle, index.as_ref()) {
+        Ok(found) => found,
+        Err(e) => return (Status::Corrupt, Some(format!("the archive cannot be read: {e}"))),
+    };
+    if actual != expected {
+        return (
+            Status::Corrupt,
+            Some(format!("sha256 mismatch: sidecar={expected}, archive={actual}")),
+        );
     }
+    if let Some(index) = &index {
+        if index.sha256 != expected {
+            return (Status::Corrupt, Some("its member index names another archive".into()));
+        }
+        let lying = index.members.iter().zip(&members).position(|(m, got)| m.sha256 != *got);
+        if members.len() != index.members.len() || lying.is_some() {
+            return (
+                Status::Corrupt,
+                Some(format!(
+                    "its member index does not describe the archive (member {} of {})",
+                    lying.unwrap_or(members.len()),
+                    index.members.len()
+                )),
+            );
+        }
+    }
+    (Status::Ok, None)
+}
+
+/// sha256 of a file and of each member `index` declares in it, in one streamed pass. Members past the end of the
+/// file are missing from the result.
+fn hash_file_and_members(path: &Path, index: Option<&backends::BundleIndex>) -> io::Result<(String, Vec<String>)> {
+    let mut f = File::open(path)?;
+    let size = f.metadata()?.len();
+    if index.is_some_and(|i| i.size != size) {
+        // The member boundaries would not fall where the index says: no member can match.
+        return Ok((hash_file(path)?, Vec::new()));
+    }
+    let bounds: Vec<u64> = index.map_or_else(Vec::new, |i| i.members.iter().map(|m| m.offset + m.size).collect());
+    let mut whole = Sha256::new();
+    let mut member = Sha256::new();
+    let mut members = Vec::with_capacity(bounds.len());
+    let mut at = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            let Some(end) = bounds.get(members.len()) else { break };
+            let take = usize::try_from((end - at).min(chunk.len() as u64)).unwrap_or(chunk.len());
+            member.update(&chunk[..take]);
+            at += take as u64;
+            chunk = &chunk[take..];
+            if at == *end {
+                members.push(hex::encode(std::mem::take(&mut member).finalize()));
+            }
+        }
+    }
+    Ok((hex::encode(whole.finalize()), members))
 }
 
 /// The largest metadata.json accepted: it lists images and PV roots, never data.

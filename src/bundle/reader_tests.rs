@@ -567,3 +567,58 @@ async fn a_tar_summary_counts_the_bytes_below_each_top_directory() {
         ])
     );
 }
+
+/// A member index kept beside a local bundle is checked with it: one that lies about a member (which a push
+/// would refuse, and by which a pull would copy wrong bytes) makes the snapshot corrupt, with the reason.
+#[test]
+fn a_local_member_index_that_lies_makes_the_snapshot_corrupt() {
+    use super::Status;
+    use backends::{BundleIndex, members::INDEX_VERSION, members::Member};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (vec![1u8; 3000], vec![2u8; 5000]);
+    let bundle = dir.path().join("x.tar.gz");
+    std::fs::write(&bundle, [a.clone(), b.clone()].concat()).unwrap();
+    let whole = sha(&[a.clone(), b.clone()].concat());
+    let side = dir.path().join("x.tar.gz.sha256");
+    std::fs::write(&side, format!("{whole}  x.tar.gz\n")).unwrap();
+    let member = |offset: u64, bytes: &[u8]| Member {
+        offset,
+        size: bytes.len() as u64,
+        sha256: sha(bytes),
+        holds: "part".into(),
+        entries: 1,
+    };
+    let index = BundleIndex {
+        index_version: INDEX_VERSION,
+        sha256: whole.clone(),
+        size: 8000,
+        members: vec![member(0, &a), member(3000, &b)],
+    };
+    let at = dir.path().join("x.index.json");
+    let check = |i: &BundleIndex| {
+        std::fs::write(&at, i.to_json()).unwrap();
+        reader::verify_with_index(&bundle, &side, Some(&at))
+    };
+    assert_eq!(check(&index), (Status::Ok, None));
+    assert_eq!(
+        reader::verify_with_index(&bundle, &side, Some(&dir.path().join("none.json"))),
+        (Status::Ok, None),
+        "a bundle without an index is checked against its sidecar alone"
+    );
+    let mut lying = index.clone();
+    lying.members[1].sha256 = sha(b"something else");
+    let (status, why) = check(&lying);
+    assert_eq!(status, Status::Corrupt);
+    assert!(why.unwrap().contains("member 1 of 2"));
+    // Boundaries moved: the digests are the members', the bytes they cover are not.
+    let mut moved = index.clone();
+    moved.members[0].size = 2000;
+    moved.members[1].offset = 2000;
+    moved.members[1].size = 6000;
+    assert_eq!(check(&moved).0, Status::Corrupt);
+    let mut other = index.clone();
+    other.sha256 = sha(b"another archive");
+    assert_eq!(check(&other).0, Status::Corrupt);
+    std::fs::write(&at, b"{not an index").unwrap();
+    assert_eq!(reader::verify_with_index(&bundle, &side, Some(&at)).0, Status::Corrupt);
+}

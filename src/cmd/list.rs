@@ -47,6 +47,7 @@ pub struct Row {
 }
 
 pub fn row(cluster: &str, e: &Entry) -> Row {
+    let (status, error) = e.check();
     Row {
         name: e.name.to_string(),
         cluster: cluster.to_owned(),
@@ -55,10 +56,10 @@ pub fn row(cluster: &str, e: &Entry) -> Row {
         k8s_version: e.metadata.as_ref().ok().map(|m| m.k8s_version.clone()),
         addons: e.metadata.as_ref().map(|m| m.addons.clone()).unwrap_or_default(),
         addons_summary: e.metadata.as_ref().map(|m| m.addons_summary()).unwrap_or_default(),
-        status: e.status(),
+        status,
         sha256: e.sha256.clone(),
         path: e.location.clone(),
-        error: e.metadata.as_ref().err().cloned(),
+        error,
     }
 }
 

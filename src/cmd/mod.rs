@@ -191,7 +191,7 @@ pub struct Entry {
     pub created: jiff::Timestamp,
     pub size: u64,
     pub metadata: Result<Metadata, String>,
-    /// Local: computed by hashing on demand ([`Entry::status`]); remote: completeness.
+    /// Local: computed by hashing on demand ([`Entry::check`]); remote: completeness.
     pub remote_complete: Option<bool>,
     /// A remote snapshot that cannot be read (the reason is the metadata's error).
     pub problem: bool,
@@ -201,20 +201,21 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Local: the archive against its sidecar. Remote: `ok` when bundle, sidecar and metadata are all there
-    /// (a remote bundle is verified when it is pulled).
-    pub fn status(&self) -> crate::bundle::Status {
+    /// The status and, when it is not ok, why. Local: the archive against its sidecar, and its member index
+    /// against both. Remote: `ok` when bundle, sidecar and metadata are all there and readable (a remote bundle
+    /// is verified when it is pulled).
+    pub fn check(&self) -> (crate::bundle::Status, Option<String>) {
         use crate::bundle::Status;
-        let s = match (&self.local, self.remote_complete) {
-            (Some(l), _) => reader::verify(&l.paths.bundle, &l.paths.sidecar),
-            (None, _) if self.problem => Status::Corrupt,
-            (None, Some(true)) => Status::Ok,
-            (None, _) => Status::Incomplete,
+        let (s, why) = match (&self.local, self.remote_complete) {
+            (Some(l), _) => reader::verify_with_index(&l.paths.bundle, &l.paths.sidecar, Some(&l.paths.index)),
+            (None, _) if self.problem => (Status::Corrupt, None),
+            (None, Some(true)) => (Status::Ok, None),
+            (None, _) => (Status::Incomplete, None),
         };
-        if self.metadata.is_err() && s == Status::Ok {
-            Status::Corrupt
-        } else {
-            s
+        match &self.metadata {
+            Err(e) if s == Status::Ok => (Status::Corrupt, Some(e.clone())),
+            Err(e) => (s, Some(why.unwrap_or_else(|| e.clone()))),
+            Ok(_) => (s, why),
         }
     }
 }

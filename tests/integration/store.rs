@@ -239,3 +239,31 @@ fn the_store_is_private_and_cleans_up_after_killed_runs() {
         "something was written there"
     );
 }
+
+/// A local snapshot whose member index lies (what a pull from a hostile remote or a damaged disk can leave) is
+/// listed as corrupt with the reason, not ok: a push would refuse it, a pull would copy wrong members from it.
+#[test]
+fn a_local_snapshot_whose_index_lies_is_listed_corrupt() {
+    let store = Store::new();
+    fake_snapshot(&store, "c", "x", 4096, 1);
+    let dir = store.root().join("c");
+    let bundle = std::fs::read(dir.join("x.tar.gz")).unwrap();
+    let digest = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let index = |second: &str| {
+        serde_json::json!({
+            "indexVersion": 1, "sha256": digest(&bundle), "size": 4096,
+            "members": [
+                {"offset": 0, "size": 1024, "sha256": digest(&bundle[..1024]), "holds": "metadata.json", "entries": 1},
+                {"offset": 1024, "size": 3072, "sha256": second, "holds": "etcd/snapshot.db", "entries": 1}
+            ]
+        })
+        .to_string()
+    };
+    let status = || store.run(&["list", "c", "-o", "json"]).ok().json()[0]["status"].clone();
+    std::fs::write(dir.join("x.index.json"), index(&digest(&bundle[1024..]))).unwrap();
+    assert_eq!(status(), "ok");
+    std::fs::write(dir.join("x.index.json"), index(&"ab".repeat(32))).unwrap();
+    assert_eq!(status(), "corrupt");
+    let table = store.run(&["list", "c"]).ok();
+    assert!(table.stderr.contains("member index"), "{}", table.stderr);
+}
