@@ -50,17 +50,7 @@ pub fn sidecar_line(sha256: &str, file_name: &str) -> String {
 
 /// sha256 of a file, streamed.
 pub fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(hash_file_and_members(path, None)?.0)
 }
 
 /// Checks `bundle` against `sidecar` and, when the store keeps a member index beside it (`index`: its path), the

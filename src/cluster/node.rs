@@ -1243,6 +1243,30 @@ done"#;
     Ok(out.lines().map(str::to_owned).collect())
 }
 
+/// The copies a node keeps of each of `lives` (`<live>.old-*`: what restores and rollbacks moved aside), with
+/// their size in bytes (`du -sk`, POSIX, as busybox and coreutils have it).
+pub async fn kept_copies(rt: &Runtime, node: &str, lives: &[&str]) -> Result<Vec<(String, u64)>, ClusterError> {
+    let script = r#"for l; do
+  for d in "$l".old-*; do
+    [ -e "$d" ] || continue
+    s=$(du -sk -- "$d" 2>/dev/null | cut -f1)
+    echo "${s:-0} $d"
+  done
+done"#;
+    let mut argv = vec!["sh", "-c", script, "sh"];
+    argv.extend_from_slice(lives);
+    let out = idempotent(|| rt.run(node, &argv)).await?;
+    out.lines()
+        .map(|l| {
+            let (k, path) = l
+                .split_once(' ')
+                .ok_or_else(|| unreadable(node, &argv, &out, "no size"))?;
+            let k: u64 = k.parse().map_err(|e| unreadable(node, &argv, &out, e))?;
+            Ok((path.to_owned(), k.saturating_mul(1024)))
+        })
+        .collect()
+}
+
 /// Regular files under `path` (a name with a newline counts more than once, never less).
 pub async fn count_files(rt: &Runtime, node: &str, path: &str) -> Result<usize, ClusterError> {
     let argv = ["sh", "-c", r#"find "$1" -type f | wc -l"#, "sh", path];

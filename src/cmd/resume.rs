@@ -57,5 +57,14 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         crate::util::out!("  {a}");
     }
     crate::util::out!("Resumed cluster {cluster:?}");
+    if !report.kept_on_nodes.is_empty() {
+        // Each etcd copy holds every Secret: say what is there and what it takes.
+        crate::util::out!(
+            "Kept on the nodes (the data the last restore or rollback replaced; the next restore removes it):"
+        );
+        for k in &report.kept_on_nodes {
+            crate::util::out!("  {}:{} ({})", k.node, k.path, crate::util::human_bytes(k.size));
+        }
+    }
     Ok(())
 }

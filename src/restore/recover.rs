@@ -125,11 +125,24 @@ async fn quiesce_all(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
 
 /// What `resume` did.
 #[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     pub actions: Vec<String>,
     /// Where a rollback kept the data that was live before it (`node:path`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<String>,
+    /// Every copy the nodes keep once resume is done (what the last restore or a rollback moved aside), and
+    /// its size: the disk it takes, and what `resume --rollback` or a person could bring back.
+    pub kept_on_nodes: Vec<KeptCopy>,
+}
+
+/// A copy of data a restore or rollback replaced, kept on a node.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptCopy {
+    pub node: String,
+    pub path: String,
+    pub size: u64,
 }
 
 impl Report {
@@ -202,6 +215,19 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool, yes: bool) -> R
     )
     .await?;
     let result = resume_locked(rt, &nodes, &lock_at, journals, (rollback, yes), &mut report).await;
+    if result.is_ok() {
+        let mut lives = vec![super::etcd::LIVE];
+        lives.extend_from_slice(crate::bundle::PV_ROOTS);
+        for n in kubelet_nodes(&nodes) {
+            for (path, size) in node::kept_copies(rt, &n.name, &lives).await.unwrap_or_default() {
+                report.kept_on_nodes.push(KeptCopy {
+                    node: n.name.clone(),
+                    path,
+                    size,
+                });
+            }
+        }
+    }
     lock.release().await;
     result.map(|()| report)
 }

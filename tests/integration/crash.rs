@@ -497,6 +497,7 @@ fn after_five_restores_only_the_last_ones_copies_remain() {
     for _ in 0..5 {
         store.run(&["restore", &cluster.name, "snap"]).ok();
     }
+    let mut all = Vec::new();
     for n in cluster.nodes() {
         let copies = cluster.sh(
             &n,
@@ -507,12 +508,27 @@ fn after_five_restores_only_the_last_ones_copies_remain() {
         let journal = cluster.sh(&n, "cat /var/lib/kubectl-snapshot/journal.json");
         let want = if n == cluster.cp(1) { 2 } else { 1 };
         assert_eq!(copies.len(), want, "{n}: {copies:?}");
-        for c in copies {
+        for c in &copies {
             assert!(
                 journal.contains(&format!("\"aside\": \"{c}\"")),
                 "{n}: {c} is not the last restore's"
             );
         }
+        all.extend(copies.iter().map(|c| format!("{n}:{c}")));
     }
+    // resume names what is kept and what it takes.
+    let report = store.run(&["resume", &cluster.name, "-o", "json"]).ok().json();
+    let mut named: Vec<String> = report["keptOnNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert!(k["size"].as_u64().unwrap() > 0, "{k}");
+            format!("{}:{}", k["node"].as_str().unwrap(), k["path"].as_str().unwrap())
+        })
+        .collect();
+    named.sort();
+    all.sort();
+    assert_eq!(named, all);
     cluster.assert_running();
 }
