@@ -63,8 +63,7 @@ const RANGES_IN_FLIGHT: usize = 4;
 /// The most a metadata or sidecar object may be (they are small; anything bigger is not ours).
 use crate::sidecar::SMALL_FILE_MAX as SMALL_MAX;
 
-/// Reports bytes moved, for progress bars.
-pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+pub use crate::members::Progress;
 
 /// A snapshot as a remote lists it.
 #[derive(Debug, Clone)]
