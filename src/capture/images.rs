@@ -217,7 +217,10 @@ pub async fn plan(rt: &Runtime, survey: &node::Survey, platform: &str, mode: Ima
             continue;
         }
         let size = w.blobs.get(&image.digest).map_or(0, |(_, s)| *s);
-        let tag = super::addons::split_image(&image.name).1.unwrap_or("latest").to_owned();
+        let tag = crate::cluster::addons::split_image(&image.name)
+            .1
+            .unwrap_or("latest")
+            .to_owned();
         index_entries.push(serde_json::json!({
             "mediaType": image.media_type,
             "digest": image.digest,

@@ -15,7 +15,6 @@
 //! 7. metadata last, archive finished (meanwhile the nodes are cleaned up and the lock released), sidecar
 //!    and metadata copy published, archive linked in
 
-mod addons;
 mod etcd;
 pub mod images;
 mod pvs;
@@ -34,8 +33,6 @@ use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
 use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 use crate::util::Task;
-
-pub use addons::detect as detect_addons;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -450,7 +447,7 @@ async fn inspect(
     Ok(Inspected {
         k8s_version,
         platform,
-        addons: addons::detect(running.iter().map(|c| c.image.as_str())),
+        addons: crate::cluster::addons::detect(running.iter().map(|c| c.image.as_str())),
         etcd_image: running
             .iter()
             .find(|c| c.name == "etcd")
@@ -632,58 +629,6 @@ async fn capture_pvs(
     Ok((info, volumes))
 }
 
-/// Resumes the quiesced nodes, control planes first (so etcd regains quorum), and waits until etcd runs on
-/// every control plane again.
-pub async fn resume(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result<(), CaptureError> {
-    let mut errors = Vec::new();
-    let cp = |n: &&Node| n.role == Role::ControlPlane;
-    // The control planes one after another, in order: etcd members started at the same moment each wait out
-    // their peers' initial corruption check (`--experimental-initial-corrupt-check`, set by kubeadm): the peer
-    // port is bound but not yet served, so each hash request times out (7 s), and three members took 14 s to
-    // elect a leader. The other nodes then at once.
-    for n in nodes.iter().filter(|n| cp(n) && quiesced.contains(&n.name)) {
-        if let Err(e) = node::resume(rt, &n.name).await {
-            errors.push(format!("{}: {e}", n.name));
-        }
-    }
-    let started = nodes
-        .iter()
-        .filter(|n| !cp(n) && quiesced.contains(&n.name))
-        .map(|n| async move { node::resume(rt, &n.name).await.map_err(|e| format!("{}: {e}", n.name)) });
-    errors.extend(
-        futures_util::future::join_all(started)
-            .await
-            .into_iter()
-            .filter_map(Result::err),
-    );
-    let etcd_up = nodes
-        .iter()
-        .filter(|n| cp(n) && quiesced.contains(&n.name))
-        .map(|n| async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if node::etcd_container(rt, &n.name).await.is_ok() {
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!("{}: etcd did not start again within 60s", n.name));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        });
-    errors.extend(
-        futures_util::future::join_all(etcd_up)
-            .await
-            .into_iter()
-            .filter_map(Result::err),
-    );
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CaptureError::Resume(errors.join("; ")))
-    }
-}
-
 /// The nodes quiesced so far, and how.
 #[derive(Default)]
 struct Quiesced {
@@ -733,7 +678,7 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
         }
     }
     if !stopped.is_empty() {
-        let started = resume(rt, nodes, &stopped).await;
+        let started = crate::cluster::quiesce::resume_nodes(rt, nodes, &stopped).await;
         quiesced
             .lock()
             .expect("quiesced list")

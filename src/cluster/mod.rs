@@ -3,8 +3,10 @@
 //! through the archive API. What is done with the nodes lives in `capture` (and `restore`); nothing outside
 //! this module talks to bollard.
 
+pub mod addons;
 pub mod journal;
 pub mod node;
+pub mod quiesce;
 mod resolve;
 
 use std::collections::BTreeSet;
@@ -866,6 +868,26 @@ pub(crate) fn tail(s: &str) -> String {
         start += 1;
     }
     format!("...{}", &s[start..])
+}
+
+/// A tar stream produced by `build` on a blocking thread (bounded memory: a 1 MiB pipe).
+pub fn tar_stream<F>(build: F) -> impl AsyncRead + Send + Unpin + 'static
+where
+    F: FnOnce(&mut tar::Builder<tokio_util::io::SyncIoBridge<tokio::io::DuplexStream>>) -> io::Result<()>
+        + Send
+        + 'static,
+{
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    tokio::task::spawn_blocking(move || {
+        let mut b = tar::Builder::new(tokio_util::io::SyncIoBridge::new(writer));
+        let res = build(&mut b).and_then(|()| b.finish());
+        if let Ok(mut w) = b.into_inner() {
+            let _ = std::io::Write::flush(&mut w);
+            let _ = w.shutdown();
+        }
+        res
+    });
+    reader
 }
 
 #[cfg(test)]

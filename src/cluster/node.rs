@@ -1076,7 +1076,7 @@ pub async fn write_file(rt: &Runtime, node: &str, path: &str, bytes: Vec<u8>) ->
 /// tolerate a missing or partial file for a moment).
 pub async fn put_file(rt: &Runtime, node: &str, dir: &str, name: &str, bytes: Vec<u8>) -> Result<(), ClusterError> {
     let name = name.to_owned();
-    let stream = crate::restore::tar_stream(move |b| {
+    let stream = super::tar_stream(move |b| {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o600);

@@ -16,7 +16,8 @@ use std::path::Path;
 use crate::cluster::Runtime;
 use crate::cluster::node::{self, RestoreArgs, RestoreTool};
 
-use super::{RestoreError, tar_stream};
+use super::RestoreError;
+use crate::cluster::tar_stream;
 
 pub const LIVE: &str = "/var/lib/etcd";
 

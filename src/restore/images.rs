@@ -10,7 +10,8 @@ use crate::cluster::Runtime;
 use crate::cluster::node;
 use crate::oci;
 
-use super::{RestoreError, tar_stream};
+use super::RestoreError;
+use crate::cluster::tar_stream;
 
 pub async fn restore_node(
     rt: &Runtime,

@@ -20,16 +20,14 @@ mod pvs;
 pub mod recover;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::time::Duration;
 
 use backends::{ClusterName, LocalStore, SnapshotName};
-use tokio::io::AsyncRead;
 
 use crate::bundle::Metadata;
 use crate::bundle::extract::{self, Staged};
-use crate::capture;
 use crate::cluster::journal::{self, Holder, Journal, LockError, Op, Phase, Quiesce, Switch};
+use crate::cluster::quiesce::{self, ResumeFailed};
 use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 use crate::util::Signals;
@@ -44,8 +42,10 @@ pub enum RestoreError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Store(#[from] backends::Error),
-    #[error(transparent)]
-    Capture(#[from] crate::capture::CaptureError),
+    #[error(
+        "resuming the cluster failed: {0}\nhint: run `kubectl snapshot resume CLUSTER`: it thaws frozen nodes and starts kubelet again"
+    )]
+    Resume(#[from] ResumeFailed),
     #[error("{0}")]
     Invalid(String),
     /// `resume --rollback` found only a completed restore: rolling it back must be confirmed.
@@ -122,26 +122,6 @@ pub struct Outcome {
     /// tools could not bump.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_revision_bump: Option<u64>,
-}
-
-/// A tar stream produced by `build` on a blocking thread (bounded memory: a 1 MiB pipe).
-pub fn tar_stream<F>(build: F) -> impl AsyncRead + Send + Unpin + 'static
-where
-    F: FnOnce(&mut tar::Builder<tokio_util::io::SyncIoBridge<tokio::io::DuplexStream>>) -> io::Result<()>
-        + Send
-        + 'static,
-{
-    let (reader, writer) = tokio::io::duplex(1 << 20);
-    tokio::task::spawn_blocking(move || {
-        let mut b = tar::Builder::new(tokio_util::io::SyncIoBridge::new(writer));
-        let res = build(&mut b).and_then(|()| b.finish());
-        if let Ok(mut w) = b.into_inner() {
-            let _ = std::io::Write::flush(&mut w);
-            let _ = w.shutdown();
-        }
-        res
-    });
-    reader
 }
 
 /// Free bytes for an unprivileged user on the filesystem holding `path` (statvfs); 0 when it cannot be read,
@@ -388,7 +368,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
     let seen = signals.count().max(1);
     crate::util::pause_point("restore:resuming", Some(signals)).await;
     let resumed = async {
-        capture::resume(rt, nodes, &all).await?;
+        quiesce::resume_nodes(rt, nodes, &all).await?;
         tokio::select! {
             r = wait_healthy(rt, &cps) => r,
             _ = signals.wait_beyond(seen) => Err(RestoreError::Invalid("stopped waiting for etcd on a second signal".into())),

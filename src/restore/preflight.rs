@@ -95,7 +95,7 @@ pub async fn gather(rt: &Runtime, nodes: Vec<Node>) -> Live {
     }
     let addons = match addons_err {
         Some(e) => Err(e),
-        None => Ok(crate::capture::detect_addons(images.iter().map(String::as_str))),
+        None => Ok(crate::cluster::addons::detect(images.iter().map(String::as_str))),
     };
     let mut restore_tools = Vec::new();
     let etcd = etcd

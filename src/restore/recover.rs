@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::capture;
 use crate::cluster::journal::{self, Journal, Lock, Op, Phase, Quiesce};
 use crate::cluster::{Node, NodeState, Role, Runtime, kubelet_nodes, node};
 
@@ -106,7 +105,7 @@ pub async fn undo(
 
 async fn restart(rt: &Runtime, nodes: &[Node]) -> Result<(), RestoreError> {
     let all: Vec<String> = kubelet_nodes(nodes).into_iter().map(|n| n.name.clone()).collect();
-    capture::resume(rt, nodes, &all).await?;
+    crate::cluster::quiesce::resume_nodes(rt, nodes, &all).await?;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
     wait_healthy(rt, &cps).await
 }

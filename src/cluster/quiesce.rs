@@ -1,0 +1,63 @@
+//! Bringing quiesced nodes back, as create (after reading volumes) and restore (after switching data) both do.
+//! How a node is quiesced or resumed is in [`super::node`]; this is the order across a cluster.
+
+use std::time::Duration;
+
+use super::{Node, Role, Runtime, node};
+
+/// Nodes that could not be resumed: one failure per node, each naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ResumeFailed(pub Vec<String>);
+
+/// Resumes the quiesced nodes, control planes first (so etcd regains quorum), and waits until etcd runs on
+/// every control plane again.
+pub async fn resume_nodes(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> Result<(), ResumeFailed> {
+    let mut errors = Vec::new();
+    let cp = |n: &&Node| n.role == Role::ControlPlane;
+    // The control planes one after another, in order: etcd members started at the same moment each wait out
+    // their peers' initial corruption check (`--experimental-initial-corrupt-check`, set by kubeadm): the peer
+    // port is bound but not yet served, so each hash request times out (7 s), and three members took 14 s to
+    // elect a leader. The other nodes then at once.
+    for n in nodes.iter().filter(|n| cp(n) && quiesced.contains(&n.name)) {
+        if let Err(e) = node::resume(rt, &n.name).await {
+            errors.push(format!("{}: {e}", n.name));
+        }
+    }
+    let started = nodes
+        .iter()
+        .filter(|n| !cp(n) && quiesced.contains(&n.name))
+        .map(|n| async move { node::resume(rt, &n.name).await.map_err(|e| format!("{}: {e}", n.name)) });
+    errors.extend(
+        futures_util::future::join_all(started)
+            .await
+            .into_iter()
+            .filter_map(Result::err),
+    );
+    let etcd_up = nodes
+        .iter()
+        .filter(|n| cp(n) && quiesced.contains(&n.name))
+        .map(|n| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if node::etcd_container(rt, &n.name).await.is_ok() {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("{}: etcd did not start again within 60s", n.name));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    errors.extend(
+        futures_util::future::join_all(etcd_up)
+            .await
+            .into_iter()
+            .filter_map(Result::err),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ResumeFailed(errors))
+    }
+}
