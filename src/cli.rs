@@ -1,10 +1,9 @@
 //! The command line: `kubectl snapshot <command>`.
 
-use std::path::PathBuf;
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-use crate::cmd;
+use crate::cmd::{self, Ctx, Global};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,19 +21,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct Global {
-    /// Local snapshot store (default: $XDG_DATA_HOME/kubectl-snapshot/snapshots).
-    #[arg(long, global = true, env = "KUBECTL_SNAPSHOT_DIR", value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// When to use colour: auto (honours NO_COLOR and whether stderr is a terminal), always, never.
-    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
-    pub color: clap::ColorChoice,
-    /// Log every command run in a node and every runtime call, with its duration, to stderr (`-v`).
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,18 +56,24 @@ pub enum Command {
     Man,
 }
 
-/// `-o/--output` for list and show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Json,
-    Yaml,
-}
-
-/// `-o/--output` for commands that print one result (create, restore, resume): `-o json` is `--json`, as kubectl
-/// users type it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ResultOutput {
-    Json,
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new(&cli.global)?;
+    match cli.command {
+        Command::Create(a) => cmd::create::run(a, &ctx).await,
+        Command::List(a) => cmd::list::run(a, &ctx).await,
+        Command::Show(a) => cmd::show::run(a, &ctx).await,
+        Command::Prune(a) => cmd::prune::run(a, &ctx).await,
+        Command::Delete(a) => cmd::delete::run(a, &ctx).await,
+        Command::Restore(a) => cmd::restore::run(a, &ctx).await,
+        Command::Push(a) => cmd::push::run(a, &ctx).await,
+        Command::Pull(a) => cmd::pull::run(a, &ctx).await,
+        Command::Remote(a) => cmd::remote::run(a).await,
+        Command::Completion(a) => cmd::completion::run(a, Cli::command()),
+        Command::Man => cmd::completion::man(Cli::command()),
+        Command::Resume(a) => cmd::resume::run(a, &ctx).await,
+        Command::Schedule(a) => cmd::schedule::run(a, &ctx).await,
+    }
 }
 
 /// Exit codes (documented in docs/commands.md, "Exit codes", and the README).

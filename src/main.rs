@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit::FAILURE);
         }
     };
-    let result = runtime.block_on(cmd::run(cli));
+    let result = runtime.block_on(cli::run(cli));
     // Do not wait for stray blocking tasks (e.g. a bundle writer fed by an interrupted stream).
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
@@ -97,5 +97,69 @@ fn color_choice(argv: &[String]) -> clap::ColorChoice {
         Some("always") => clap::ColorChoice::Always,
         Some("never") => clap::ColorChoice::Never,
         _ => clap::ColorChoice::Auto,
+    }
+}
+
+/// The layering rule of docs/design.md ("Layers"), checked on the sources: a layer never imports one above it,
+/// and capture and restore never import each other.
+#[cfg(test)]
+mod layering {
+    fn sources(dir: &str) -> Vec<(String, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let path = root.join(dir);
+        let files: Vec<std::path::PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()).collect()
+        } else {
+            vec![root.join(format!("{dir}.rs"))]
+        };
+        files
+            .into_iter()
+            .map(|f| (f.display().to_string(), std::fs::read_to_string(&f).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn no_layer_imports_one_above_it() {
+        let rules: &[(&str, &[&str])] = &[
+            (
+                "cluster",
+                &["capture", "restore", "cmd", "cli", "bundle", "remote", "schedule"],
+            ),
+            (
+                "bundle",
+                &["capture", "restore", "cmd", "cli", "cluster", "remote", "schedule"],
+            ),
+            ("capture", &["restore", "cmd", "cli"]),
+            ("restore", &["capture", "cmd", "cli"]),
+            ("cmd", &["cli"]),
+            ("util", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
+            ("progress", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
+            ("oci", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
+        ];
+        let mut broken = Vec::new();
+        for (layer, above) in rules {
+            for (file, text) in sources(layer) {
+                // `crate::x::…`, `crate::x;`, and `crate::{x, …}` groups.
+                let grouped: Vec<&str> = text
+                    .split("crate::{")
+                    .skip(1)
+                    .flat_map(|g| g.split('}').next().unwrap_or("").split([',', ' ', '\n']))
+                    .map(|w| w.split("::").next().unwrap_or(""))
+                    .collect();
+                for a in *above {
+                    if text.contains(&format!("crate::{a}::"))
+                        || text.contains(&format!("crate::{a};"))
+                        || grouped.contains(a)
+                    {
+                        broken.push(format!("{file} imports crate::{a}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            broken.is_empty(),
+            "imports against the layering of docs/design.md:\n{}",
+            broken.join("\n")
+        );
     }
 }

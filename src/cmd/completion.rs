@@ -7,9 +7,6 @@
 use std::io::Write;
 
 use anyhow::Result;
-use clap::CommandFactory;
-
-use crate::cli::Cli;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Shell {
@@ -31,7 +28,8 @@ pub struct Args {
     pub shell: Shell,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// `cli`: the whole command line's definition (the command tree lives above the commands).
+pub fn run(args: Args, mut cli: clap::Command) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let generator = match args.shell {
         Shell::Kubectl => {
@@ -44,17 +42,16 @@ pub fn run(args: Args) -> Result<()> {
         Shell::Powershell => clap_complete::Shell::PowerShell,
         Shell::Elvish => clap_complete::Shell::Elvish,
     };
-    let mut cmd = Cli::command();
     // Into a buffer first: clap_complete panics on a closed pipe, our own writes report it as an error.
     let mut script = Vec::new();
-    clap_complete::generate(generator, &mut cmd, "kubectl-snapshot", &mut script);
+    clap_complete::generate(generator, &mut cli, "kubectl-snapshot", &mut script);
     out.write_all(&script)?;
     Ok(())
 }
 
 /// `kubectl snapshot man`: the man page, generated from the CLI definition (roff on stdout).
-pub fn man() -> Result<()> {
-    let cmd = Cli::command().name("kubectl-snapshot");
+pub fn man(cli: clap::Command) -> Result<()> {
+    let cmd = cli.name("kubectl-snapshot");
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(cmd).render(&mut out)?;
     Ok(())

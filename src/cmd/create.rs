@@ -26,7 +26,7 @@ pub struct Args {
     pub json: bool,
     /// `-o json`: the same as --json.
     #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
-    pub output: Option<crate::cli::ResultOutput>,
+    pub output: Option<super::ResultOutput>,
     /// Which images to capture: all (fetch layers a node discarded after a pull from the image's registry,
     /// inside the node; an image that cannot be fetched is kept by reference, with a warning), local (only
     /// what the nodes hold; the rest by reference), none (etcd and volumes only, the fastest).

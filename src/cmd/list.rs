@@ -5,9 +5,9 @@ use std::io::Write;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::Output;
 use super::{Ctx, Entry, entries, print_structured};
 use crate::bundle::Status;
-use crate::cli::Output;
 use crate::remote::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 

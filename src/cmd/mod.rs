@@ -1,4 +1,4 @@
-//! One module per command; this file dispatches and holds what several commands share.
+//! One module per command (`cli.rs` parses and dispatches); this file holds what several commands share.
 
 pub mod completion;
 pub mod create;
@@ -15,11 +15,12 @@ pub mod show;
 
 use std::path::PathBuf;
 
+use clap::ValueEnum;
+
 use anyhow::{Context, Result};
 use backends::{ClusterName, LocalSnapshot, LocalStore, SnapshotName};
 
 use crate::bundle::{Metadata, reader};
-use crate::cli::{Cli, Command, Global, Output};
 use crate::cluster::{self, Runtime};
 
 /// Wrong use of the command line that clap cannot see (exit code 2).
@@ -27,23 +28,32 @@ use crate::cluster::{self, Runtime};
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-pub async fn run(cli: Cli) -> Result<()> {
-    let ctx = Ctx::new(&cli.global)?;
-    match cli.command {
-        Command::Create(a) => create::run(a, &ctx).await,
-        Command::List(a) => list::run(a, &ctx).await,
-        Command::Show(a) => show::run(a, &ctx).await,
-        Command::Prune(a) => prune::run(a, &ctx).await,
-        Command::Delete(a) => delete::run(a, &ctx).await,
-        Command::Restore(a) => restore::run(a, &ctx).await,
-        Command::Push(a) => push::run(a, &ctx).await,
-        Command::Pull(a) => pull::run(a, &ctx).await,
-        Command::Remote(a) => remote::run(a).await,
-        Command::Completion(a) => completion::run(a),
-        Command::Man => completion::man(),
-        Command::Resume(a) => resume::run(a, &ctx).await,
-        Command::Schedule(a) => schedule::run(a, &ctx).await,
-    }
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Local snapshot store (default: $XDG_DATA_HOME/kubectl-snapshot/snapshots).
+    #[arg(long, global = true, env = "KUBECTL_SNAPSHOT_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When to use colour: auto (honours NO_COLOR and whether stderr is a terminal), always, never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    pub color: clap::ColorChoice,
+    /// Log every command run in a node and every runtime call, with its duration, to stderr (`-v`).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// `-o/--output` for list and show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Json,
+    Yaml,
+}
+
+/// `-o/--output` for commands that print one result (create, restore, resume): `-o json` is `--json`, as kubectl
+/// users type it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResultOutput {
+    Json,
 }
 
 pub struct Ctx {
@@ -51,7 +61,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn new(global: &Global) -> Result<Self> {
+    pub fn new(global: &Global) -> Result<Self> {
         let root = match &global.dir {
             Some(d) => d.clone(),
             None => default_store_dir()?,

@@ -3,8 +3,8 @@
 use anyhow::{Result, bail};
 use backends::url::RemoteUrl;
 
+use super::Output;
 use super::print_structured;
-use crate::cli::Output;
 use crate::remote::{Config, RemoteConfig, config_path};
 
 #[derive(Debug, clap::Args)]

@@ -23,7 +23,7 @@ pub struct Args {
     pub json: bool,
     /// `-o json`: the same as --json.
     #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
-    pub output: Option<crate::cli::ResultOutput>,
+    pub output: Option<super::ResultOutput>,
     /// Free space the cluster's container root must have for the restore to start (base-2 suffixes).
     #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
     pub min_free_space: u64,

@@ -27,7 +27,7 @@ pub struct Args {
     pub json: bool,
     /// `-o json`: the same as --json.
     #[arg(short = 'o', long = "output", value_enum, value_name = "FORMAT")]
-    pub output: Option<crate::cli::ResultOutput>,
+    pub output: Option<super::ResultOutput>,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use backends::{ClusterName, SnapshotName};
 
+use super::Output;
 use super::{Ctx, UsageError, collect_garbage, delete_snapshot, entries, push_snapshot, snapshot_name};
 use crate::bundle::WriterOptions;
 use crate::bundle::metadata::ImagesMode;
 use crate::capture::{self, CaptureError, Request};
-use crate::cli::Output;
 use crate::cluster::journal::LockError;
 use crate::progress::Progress;
 use crate::remote::{Config, RemoteArgs, require};

@@ -3,9 +3,9 @@
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 
+use super::Output;
 use super::{Ctx, Info, cluster_and_snapshot, print_structured};
 use crate::bundle::Metadata;
-use crate::cli::Output;
 use crate::remote::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 
