@@ -318,3 +318,168 @@ fn topology(meta: &Metadata, nodes: &[Node]) -> Check {
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn node(name: &str, role: Role) -> Node {
+        Node {
+            name: name.into(),
+            id: format!("id-{name}"),
+            role,
+            image: "kindest/node:v1.33.1".into(),
+            state: NodeState::Running,
+        }
+    }
+
+    /// A two-node cluster's snapshot (control plane, worker, load balancer not counted) and the live cluster
+    /// it was taken of, as `gather` would find it.
+    fn matching() -> (Metadata, Live) {
+        let meta = Metadata::from_json(
+            serde_json::json!({
+                "schemaVersion": 2, "name": "s", "cluster": "kind", "created": "2026-12-01T00:00:00Z",
+                "toolVersion": "test", "k8sVersion": "v1.33.1", "nodeImage": "kindest/node:v1.33.1",
+                "provider": "docker", "platform": "linux/amd64",
+                "topology": {"controlPlanes": 1, "workers": 1, "loadBalancer": false, "nodes": [
+                    {"name": "kind-control-plane", "role": "control-plane", "containerId": "a", "image": "i"},
+                    {"name": "kind-worker", "role": "worker", "containerId": "b", "image": "i"}
+                ]},
+                "addons": {"coredns": "v1.12.0", "kindnetd": "v20250512"},
+                "etcd": {"node": "kind-control-plane", "image": "i", "size": 1, "digest": "sha256:0"},
+                "images": {"digest": "sha256:0", "size": 0, "blobs": 0, "nodes": {}},
+                "pvs": {"digest": "sha256:0", "size": 0, "files": 0, "nodes": {}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let live = Live {
+            nodes: vec![
+                node("kind-control-plane", Role::ControlPlane),
+                node("kind-worker", Role::Worker),
+            ],
+            k8s_version: Ok("v1.33.1".into()),
+            platform: Ok("linux/amd64".into()),
+            addons: Ok(meta.addons.clone()),
+            etcd: vec![("kind-control-plane".into(), Ok(()))],
+            free: Ok(20 * GIB),
+            restore_tools: vec![(
+                "kind-control-plane".into(),
+                Ok(Some(RestoreTool {
+                    program: "etcdutl".into(),
+                    bump_revision: true,
+                })),
+            )],
+        };
+        (meta, live)
+    }
+
+    fn failed(checks: &[Check]) -> Vec<(&'static str, &str)> {
+        checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.name, c.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_like_the_snapshot_passes_every_check() {
+        let (meta, live) = matching();
+        let checks = compat(&meta, &live, 8 * GIB);
+        assert_eq!(failed(&checks), []);
+        assert_eq!(checks.len(), 7, "{checks:?}");
+    }
+
+    #[test]
+    fn each_difference_fails_its_own_check_and_only_it() {
+        type Change = (&'static str, &'static str, fn(&mut Live));
+        let changes: &[Change] = &[
+            ("cluster running", "node kind-worker is exited", |l| {
+                l.nodes[1].state = NodeState::Other("exited".into())
+            }),
+            (
+                "cluster running",
+                "etcd on kind-control-plane is not reachable: connection refused",
+                |l| l.etcd[0].1 = Err("connection refused\nmore".into()),
+            ),
+            ("disk space", "not enough disk space: 1.00 GiB free", |l| {
+                l.free = Ok(GIB)
+            }),
+            ("k8s version", "snapshot=v1.33.1, live=v1.34.0", |l| {
+                l.k8s_version = Ok("v1.34.0".into())
+            }),
+            ("topology", "snapshot=2 nodes, live=3 nodes", |l| {
+                l.nodes.push(node("kind-worker2", Role::Worker))
+            }),
+            (
+                "topology",
+                "snapshot nodes kind-control-plane (control-plane), kind-worker (worker)",
+                |l| l.nodes[1].name = "other-worker".into(),
+            ),
+            ("etcd restore tool", "has no tool that can restore a snapshot", |l| {
+                l.restore_tools[0].1 = Ok(None)
+            }),
+            (
+                "addons",
+                "addon version mismatch: coredns snapshot=v1.12.0, live=v1.13.0",
+                |l| {
+                    if let Ok(a) = l.addons.as_mut() {
+                        a.insert("coredns".into(), "v1.13.0".into());
+                    }
+                },
+            ),
+            (
+                "addons",
+                "addon version mismatch: metallb snapshot=absent, live=v0.15.2",
+                |l| {
+                    if let Ok(a) = l.addons.as_mut() {
+                        a.insert("metallb".into(), "v0.15.2".into());
+                    }
+                },
+            ),
+            ("platform", "snapshot=linux/amd64, live=linux/arm64", |l| {
+                l.platform = Ok("linux/arm64".into())
+            }),
+        ];
+        for (check, says, change) in changes {
+            let (meta, mut live) = matching();
+            change(&mut live);
+            let failed = failed(&compat(&meta, &live, 8 * GIB))
+                .into_iter()
+                .map(|(n, m)| (n, m.to_owned()))
+                .collect::<Vec<_>>();
+            assert_eq!(failed.len(), 1, "{check}: {failed:?}");
+            assert_eq!(failed[0].0, *check);
+            assert!(failed[0].1.contains(says), "{check}: {:?} lacks {says:?}", failed[0].1);
+        }
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let (meta, mut live) = matching();
+        live.k8s_version = Ok("v1.34.0".into());
+        live.platform = Err("daemon gone".into());
+        live.free = Err("df: not found".into());
+        live.nodes.clear();
+        live.etcd.clear();
+        live.restore_tools.clear();
+        let names: Vec<&str> = failed(&compat(&meta, &live, 8 * GIB))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "cluster running",
+                "disk space",
+                "k8s version",
+                "topology",
+                "etcd restore tool",
+                "platform"
+            ]
+        );
+    }
+}
