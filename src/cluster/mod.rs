@@ -4,25 +4,16 @@
 //! this module talks to bollard.
 
 pub mod addons;
+mod docker;
 pub mod journal;
 pub mod node;
 pub mod quiesce;
 mod resolve;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use bollard::Docker;
-use bollard::container::LogOutput;
-use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::ExecConfig;
-use bollard::query_parameters::{DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder};
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio::io::AsyncRead;
-use tokio_util::io::StreamReader;
 
 pub use resolve::{resolve_live, resolve_stored};
 
@@ -237,11 +228,46 @@ pub fn kubelet_nodes(nodes: &[Node]) -> Vec<&Node> {
     nodes.iter().filter(|n| n.role.runs_kubelet()).collect()
 }
 
-/// A connection to the container runtime the kind nodes run on.
+/// A reader the runtime hands over or takes: a command's output, a tar stream, a command's standard input.
+pub type Reader = std::pin::Pin<Box<dyn AsyncRead + Send>>;
+
+/// What create and restore need from the runtime that runs the nodes: the seam between the steps and Docker.
+/// [`docker::DockerApi`] is the real one (bollard); unit tests use an in-memory one (`fake`). The command
+/// helpers the node layer uses ([`Runtime::run`], …) are built on these in [`Runtime`], once.
+#[async_trait::async_trait]
+pub trait NodeApi: Send + Sync {
+    /// What the daemon says it is.
+    fn provider(&self) -> Provider;
+    /// Names of all kind clusters (any node state), sorted.
+    async fn clusters(&self) -> Result<Vec<String>, ClusterError>;
+    /// The nodes of `cluster` (including stopped ones), sorted by name.
+    async fn nodes(&self, cluster: &str) -> Result<Vec<Node>, ClusterError>;
+    /// The platform nodes run, e.g. `linux/amd64`.
+    async fn platform(&self) -> Result<String, ClusterError>;
+    /// Runs a command in a node: its exit code, stdout and stderr (a non-zero exit is not an error here).
+    async fn exec(&self, node: &str, argv: &[&str]) -> Result<(i64, Vec<u8>, Vec<u8>), ClusterError>;
+    /// Starts a command whose standard output is streamed, not collected.
+    async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<ExecStream, ClusterError>;
+    /// Runs a command with `stdin` as its standard input (closed at its end); a non-zero exit is an
+    /// [`ExecError`]. Returns stdout.
+    async fn exec_with_stdin(&self, node: &str, argv: &[&str], stdin: Reader) -> Result<String, ClusterError>;
+    /// Streams `path` out of a node as a tar archive (works on any container state).
+    fn copy_out(&self, node: &str, path: &str) -> Reader;
+    /// Extracts the tar stream `tar` into directory `dir` of a node.
+    async fn copy_in(&self, node: &str, dir: &str, tar: Reader) -> Result<(), ClusterError>;
+    /// Freezes every process of a node (`docker pause`): its files can still be read, nothing runs.
+    async fn pause(&self, node: &str) -> Result<(), ClusterError>;
+    /// Whether a node is paused.
+    async fn pause_state(&self, node: &str) -> Result<bool, ClusterError>;
+    async fn unpause(&self, node: &str) -> Result<(), ClusterError>;
+    /// Whether `path` exists in a node (works on any container state).
+    async fn path_exists(&self, node: &str, path: &str) -> Result<bool, ClusterError>;
+}
+
+/// A connection to the runtime the kind nodes run on.
 #[derive(Clone)]
 pub struct Runtime {
-    docker: Docker,
-    provider: Provider,
+    api: std::sync::Arc<dyn NodeApi>,
 }
 
 impl Runtime {
@@ -250,221 +276,44 @@ impl Runtime {
     /// error naming it. With neither set, Docker's default socket is tried first and then Podman's, like kind.
     /// The provider recorded is what the daemon says it is.
     pub async fn connect() -> Result<Self, ClusterError> {
-        let explicit = std::env::var("KIND_EXPERIMENTAL_PROVIDER")
-            .ok()
-            .filter(|s| !s.is_empty());
-        let host_set = std::env::var_os("DOCKER_HOST").is_some_and(|h| !h.is_empty());
-        match explicit.as_deref() {
-            Some("docker") => Self::connect_as(Provider::Docker).await,
-            Some("podman") => Self::connect_as(Provider::Podman).await,
-            Some(other) => Err(ClusterError::UnsupportedProvider(other.to_owned())),
-            None if host_set => Self::connect_as(Provider::Docker).await,
-            None => match Self::connect_as(Provider::Docker).await {
-                Ok(rt) => Ok(rt),
-                Err(docker_err) => Self::connect_as(Provider::Podman).await.map_err(|_| docker_err),
-            },
+        Ok(Self::with(docker::DockerApi::connect().await?))
+    }
+
+    /// A runtime over any [`NodeApi`] (an in-memory one in unit tests).
+    pub fn with(api: impl NodeApi + 'static) -> Self {
+        Self {
+            api: std::sync::Arc::new(api),
         }
     }
 
-    async fn connect_as(provider: Provider) -> Result<Self, ClusterError> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("DOCKER_HOST={h}"))
-            .unwrap_or_else(|| "the default socket".into());
-        let err = |cause| ClusterError::Connect {
-            provider: provider.as_str().to_owned(),
-            host: host.clone(),
-            cause,
-        };
-        let docker = if provider == Provider::Podman && std::env::var_os("DOCKER_HOST").is_none() {
-            #[cfg(unix)]
-            {
-                Docker::connect_with_podman_defaults().map_err(err)?
-            }
-            #[cfg(not(unix))]
-            {
-                Docker::connect_with_defaults().map_err(err)?
-            }
-        } else {
-            Docker::connect_with_defaults().map_err(err)?
-        };
-        let docker = docker.negotiate_version().await.map_err(err)?;
-        docker.ping().await.map_err(err)?;
-        // What answered: Podman's Docker-compatible API names itself in its components.
-        let podman = docker.version().await.ok().is_some_and(|v| {
-            v.components
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.name.to_ascii_lowercase().contains("podman"))
-        });
-        Ok(Self {
-            docker,
-            provider: if podman { Provider::Podman } else { Provider::Docker },
-        })
-    }
-
     pub fn provider(&self) -> Provider {
-        self.provider
-    }
-
-    fn rt_err(context: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> ClusterError {
-        let context = context.into();
-        move |cause| ClusterError::Runtime { context, cause }
+        self.api.provider()
     }
 
     /// Names of all kind clusters (any node state), sorted.
     pub async fn clusters(&self) -> Result<Vec<String>, ClusterError> {
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&std::collections::HashMap::from([("label", vec![CLUSTER_LABEL])]))
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(Self::rt_err("listing containers"))?;
-        let names: BTreeSet<String> = list
-            .into_iter()
-            .filter_map(|c| c.labels.and_then(|l| l.get(CLUSTER_LABEL).cloned()))
-            .collect();
-        Ok(names.into_iter().collect())
+        self.api.clusters().await
     }
 
     /// The nodes of `cluster` (including stopped ones), sorted by name.
     pub async fn nodes(&self, cluster: &str) -> Result<Vec<Node>, ClusterError> {
-        let filter = format!("{CLUSTER_LABEL}={cluster}");
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&std::collections::HashMap::from([("label", vec![filter.as_str()])]))
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(Self::rt_err("listing containers"))?;
-        let mut nodes: Vec<Node> = list
-            .into_iter()
-            .map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                let name = c.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
-                Node {
-                    name: name.trim_start_matches('/').to_owned(),
-                    id: c.id.unwrap_or_default(),
-                    role: Role::from_label(labels.get(ROLE_LABEL).map(String::as_str).unwrap_or("")),
-                    image: c.image.unwrap_or_default(),
-                    state: NodeState::from_runtime(&c.state.map(|s| s.to_string()).unwrap_or_default()),
-                }
-            })
-            .collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(nodes)
+        self.api.nodes(cluster).await
     }
 
     /// The platform nodes run, e.g. `linux/amd64`.
     pub async fn platform(&self) -> Result<String, ClusterError> {
-        let info = self.docker.info().await.map_err(Self::rt_err("reading runtime info"))?;
-        let arch = match info.architecture.as_deref().unwrap_or("") {
-            "x86_64" | "amd64" => "amd64",
-            "aarch64" | "arm64" => "arm64",
-            other => other,
-        };
-        let os = info.os_type.unwrap_or_else(|| "linux".into());
-        Ok(format!("{os}/{arch}"))
-    }
-
-    async fn start(&self, node: &str, argv: &[&str]) -> Result<(String, StartExecResults), ClusterError> {
-        // A large read buffer: the default (8 KiB) frames bulk output such as image exports into tiny reads.
-        self.start_with(node, argv, false, 1 << 20).await
-    }
-
-    async fn start_with(
-        &self,
-        node: &str,
-        argv: &[&str],
-        stdin: bool,
-        capacity: usize,
-    ) -> Result<(String, StartExecResults), ClusterError> {
-        let cfg = ExecConfig {
-            attach_stdin: Some(stdin),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(argv_of(argv)),
-            ..Default::default()
-        };
-        let ctx = || format!("running `{}` on node {node}", argv.join(" "));
-        let created = self.docker.create_exec(node, cfg).await.map_err(Self::rt_err(ctx()))?;
-        let opts = StartExecOptions {
-            output_capacity: Some(capacity),
-            ..Default::default()
-        };
-        let started = self
-            .docker
-            .start_exec(&created.id, Some(opts))
-            .await
-            .map_err(Self::rt_err(ctx()))?;
-        Ok((created.id, started))
-    }
-
-    /// Resolves only if the runtime lost a command's exit: its process is gone from this host while the
-    /// runtime still reports it running, for [`LOST_EXIT_GRACE`]. containerd's runc shim before 1.6.22 and
-    /// 1.7.3 can drop the exit of an exec when several execs of one container end at once (containerd #8557,
-    /// fixed by #8617); Docker then never ends the command's output stream, nor reports it finished, and a
-    /// client waiting for either waits forever. Never resolves where the runtime's processes are not visible
-    /// (a daemon in a VM or elsewhere): nothing can be concluded there.
-    async fn lost_exit(&self, node: &str, exec_id: &str) {
-        let mut gone_since: Option<std::time::Instant> = None;
-        loop {
-            tokio::time::sleep(LOST_EXIT_POLL).await;
-            let pid = match self.docker.inspect_exec(exec_id).await {
-                Ok(i) if i.running == Some(true) => i.pid.unwrap_or(0),
-                _ => 0,
-            };
-            let gone = pid > 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            if !gone {
-                gone_since = None;
-                continue;
-            }
-            let since = *gone_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed() >= LOST_EXIT_GRACE && self.processes_visible(node).await {
-                crate::util::trace(since, || {
-                    format!("{node}: the runtime lost the exit of exec {exec_id} (pid {pid})")
-                });
-                return;
-            }
-        }
-    }
-
-    /// Whether this host sees the runtime's processes: the node's init process is in our /proc, in the
-    /// node's cgroup.
-    async fn processes_visible(&self, node: &str) -> bool {
-        let Ok(info) = self.docker.inspect_container(node, None).await else {
-            return false;
-        };
-        let (Some(id), Some(pid)) = (info.id, info.state.and_then(|s| s.pid)) else {
-            return false;
-        };
-        pid > 0
-            && std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| !id.is_empty() && c.contains(&id))
-    }
-
-    async fn exit_code(&self, exec_id: &str) -> Option<i64> {
-        self.docker.inspect_exec(exec_id).await.ok().and_then(|i| i.exit_code)
+        self.api.platform().await
     }
 
     /// Runs a command in a node and collects its output; a non-zero exit is not an error here.
     pub async fn exec(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
         let t0 = std::time::Instant::now();
-        let out = self.exec_inner(node, argv).await;
+        let out = self.api.exec(node, argv).await;
         crate::util::trace(t0, || match &out {
-            Ok(o) => format!("{node}: {} -> exit {}", traced(argv), o.code),
+            Ok((code, _, _)) => format!("{node}: {} -> exit {code}", traced(argv)),
             Err(e) => format!("{node}: {} -> {e}", traced(argv)),
         });
-        out
-    }
-
-    async fn exec_inner(&self, node: &str, argv: &[&str]) -> Result<ExecOutput, ClusterError> {
-        let (code, stdout, stderr) = self.exec_raw(node, argv).await?;
+        let (code, stdout, stderr) = out?;
         Ok(ExecOutput {
             code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -472,24 +321,10 @@ impl Runtime {
         })
     }
 
-    /// Runs a command and returns its exit code, stdout and stderr as bytes.
-    async fn exec_raw(&self, node: &str, argv: &[&str]) -> Result<(i64, Vec<u8>, Vec<u8>), ClusterError> {
-        let (id, started) = self.start(node, argv).await?;
-        let StartExecResults::Attached { mut output, .. } = started else {
-            return Ok((-1, Vec::new(), Vec::new()));
-        };
-        let (stdout, stderr) = tokio::select! {
-            got = collect(&mut output, node, argv) => got?,
-            () = self.lost_exit(node, &id) => return Err(lost_exit_error(node, argv)),
-        };
-        let code = self.exit_code(&id).await.unwrap_or(-1);
-        Ok((code, stdout, stderr))
-    }
-
     /// Runs a command whose output is binary; a non-zero exit is an [`ExecError`]. Returns stdout.
     pub async fn run_bytes(&self, node: &str, argv: &[&str]) -> Result<Vec<u8>, ClusterError> {
         let t0 = std::time::Instant::now();
-        let out = self.exec_raw(node, argv).await;
+        let out = self.api.exec(node, argv).await;
         crate::util::trace(t0, || match &out {
             Ok((code, stdout, _)) => format!("{node}: {} -> exit {code}, {} bytes", traced(argv), stdout.len()),
             Err(e) => format!("{node}: {} -> {e}", traced(argv)),
@@ -527,84 +362,12 @@ impl Runtime {
     /// Starts a command whose standard output is streamed, not collected (a file too large to hold in memory).
     /// Read the [`ExecStream`] to its end, then [`ExecStream::finish`] it for the exit status.
     pub async fn exec_stream(&self, node: &str, argv: &[&str]) -> Result<ExecStream, ClusterError> {
-        let t0 = std::time::Instant::now();
-        let (id, started) = self.start(node, argv).await?;
-        let StartExecResults::Attached { output, .. } = started else {
-            return Err(ExecError {
-                node: node.into(),
-                command: argv_of(argv),
-                code: None,
-                stdout: String::new(),
-                stderr: "the runtime started the command without attaching its output".into(),
-            }
-            .into());
-        };
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (kept, context) = (
-            std::sync::Arc::clone(&stderr),
-            format!("reading output of `{}` on node {node}", argv.join(" ")),
-        );
-        // Standard error is kept aside (its tail), standard output is what is read; it ends early if the
-        // runtime loses the command's exit (finish says so).
-        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watch = {
-            let (rt, node, id, lost) = (self.clone(), node.to_owned(), id.clone(), std::sync::Arc::clone(&lost));
-            async move {
-                rt.lost_exit(&node, &id).await;
-                lost.store(true, Ordering::SeqCst);
-            }
-        };
-        let stdout = output.take_until(Box::pin(watch)).filter_map(move |item| {
-            let out = match item {
-                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => Some(Ok(message)),
-                Ok(LogOutput::StdErr { message }) => {
-                    let mut kept = kept.lock().expect("stderr buffer");
-                    kept.extend_from_slice(&message);
-                    if kept.len() > 2 * OUTPUT_TAIL {
-                        let cut = kept.len() - OUTPUT_TAIL;
-                        kept.drain(..cut);
-                    }
-                    None
-                }
-                Ok(LogOutput::StdIn { .. }) => None,
-                Err(e) => Some(Err(io::Error::other(format!("{context}: {e}")))),
-            };
-            std::future::ready(out)
-        });
-        Ok(ExecStream {
-            rt: self.clone(),
-            node: node.to_owned(),
-            argv: argv_of(argv),
-            id,
-            stdout: StreamReader::new(Box::pin(stdout)),
-            stderr,
-            lost,
-            t0,
-        })
+        self.api.exec_stream(node, argv).await
     }
 
     /// Streams `path` out of a node as a tar archive (Docker's archive API; works on any container state).
-    pub fn copy_out(&self, node: &str, path: &str) -> impl AsyncRead + Send + Unpin + 'static {
-        let opts = DownloadFromContainerOptionsBuilder::new().path(path).build();
-        let context = format!("copying {path} out of node {node}");
-        let t0 = std::time::Instant::now();
-        let (what, bytes) = (
-            format!("{node}: archive read {path}"),
-            std::sync::Arc::new(AtomicU64::new(0)),
-        );
-        let counted = std::sync::Arc::clone(&bytes);
-        let stream = self
-            .docker
-            .download_from_container(node, Some(opts))
-            .map_err(move |e| io::Error::other(format!("{context}: {e}")))
-            .inspect_ok(move |b| {
-                counted.fetch_add(b.len() as u64, Ordering::Relaxed);
-            })
-            .chain(futures_util::stream::poll_fn(move |_| {
-                crate::util::trace(t0, || format!("{what}: {} bytes", bytes.load(Ordering::Relaxed)));
-                std::task::Poll::Ready(None)
-            }));
-        StreamReader::new(Box::pin(stream) as std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>)
+    pub fn copy_out(&self, node: &str, path: &str) -> Reader {
+        self.api.copy_out(node, path)
     }
 
     /// Extracts the tar stream `tar` into directory `dir` of a node (Docker's archive API, run by the
@@ -615,14 +378,7 @@ impl Runtime {
         dir: &str,
         tar: impl AsyncRead + Send + 'static,
     ) -> Result<(), ClusterError> {
-        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
-            .path(dir)
-            .build();
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024));
-        self.docker
-            .upload_to_container(node, Some(opts), body)
-            .await
-            .map_err(Self::rt_err(format!("copying into {dir} on node {node}")))
+        self.api.copy_in(node, dir, Box::pin(tar)).await
     }
 
     /// Runs a command with `stdin` as its standard input (closed at its end) and collects its output;
@@ -634,7 +390,7 @@ impl Runtime {
         stdin: impl AsyncRead + Send + Unpin + 'static,
     ) -> Result<String, ClusterError> {
         let t0 = std::time::Instant::now();
-        let out = self.run_with_stdin_inner(node, argv, stdin).await;
+        let out = self.api.exec_with_stdin(node, argv, Box::pin(stdin)).await;
         crate::util::trace(t0, || match &out {
             Ok(_) => format!("{node}: {} < (stream) -> exit 0", argv.join(" ")),
             Err(e) => format!("{node}: {} < (stream) -> {e}", argv.join(" ")),
@@ -642,126 +398,35 @@ impl Runtime {
         out
     }
 
-    async fn run_with_stdin_inner(
-        &self,
-        node: &str,
-        argv: &[&str],
-        stdin: impl AsyncRead + Send + Unpin + 'static,
-    ) -> Result<String, ClusterError> {
-        let ctx = || format!("running `{}` on node {node}", argv.join(" "));
-        let (id, started) = self.start_with(node, argv, true, 64 * 1024).await?;
-        let StartExecResults::Attached { mut output, mut input } = started else {
-            return Err(ClusterError::Runtime {
-                context: ctx(),
-                cause: bollard::errors::Error::RequestTimeoutError,
-            });
-        };
-        let feed = tokio::spawn(async move {
-            let mut stdin = stdin;
-            let copied = tokio::io::copy(&mut stdin, &mut input).await;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut input).await;
-            copied
-        });
-        let (stdout, stderr) = tokio::select! {
-            got = collect(&mut output, node, argv) => got?,
-            () = self.lost_exit(node, &id) => {
-                feed.abort();
-                return Err(lost_exit_error(node, argv));
-            }
-        };
-        let fed = feed.await;
-        let code = self.exit_code(&id).await;
-        let fail = |extra: String| ExecError {
-            node: node.into(),
-            command: argv_of(argv),
-            code,
-            stdout: tail(&String::from_utf8_lossy(&stdout)),
-            stderr: tail(&format!("{}{extra}", String::from_utf8_lossy(&stderr))),
-        };
-        if code != Some(0) {
-            return Err(fail(String::new()).into());
-        }
-        match fed {
-            Ok(Ok(_)) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
-            Ok(Err(e)) => Err(fail(format!(
-                "
-feeding standard input: {e}"
-            ))
-            .into()),
-            Err(e) => Err(fail(format!(
-                "
-feeding standard input: {e}"
-            ))
-            .into()),
-        }
-    }
-
     /// Freezes every process of a node (the cgroup freezer: `docker pause`). The archive API still reads
     /// its files; exec does not run until [`Runtime::unpause`].
     pub async fn pause(&self, node: &str) -> Result<(), ClusterError> {
-        let t0 = std::time::Instant::now();
-        let r = self
-            .docker
-            .pause_container(node)
-            .await
-            .map_err(Self::rt_err(format!("pausing node {node}")));
-        crate::util::trace(t0, || format!("{node}: pause"));
-        r
+        self.api.pause(node).await
     }
 
     /// Whether a node is paused.
     pub async fn pause_state(&self, node: &str) -> Result<bool, ClusterError> {
-        let info = self
-            .docker
-            .inspect_container(node, None)
-            .await
-            .map_err(Self::rt_err(format!("inspecting node {node}")))?;
-        Ok(info.state.and_then(|s| s.paused).unwrap_or(false))
+        self.api.pause_state(node).await
     }
 
     pub async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
-        let t0 = std::time::Instant::now();
-        let r = self
-            .docker
-            .unpause_container(node)
-            .await
-            .map_err(Self::rt_err(format!("unpausing node {node}")));
-        crate::util::trace(t0, || format!("{node}: unpause"));
-        r
+        self.api.unpause(node).await
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).
     pub async fn path_exists(&self, node: &str, path: &str) -> Result<bool, ClusterError> {
-        let opts = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new()
-            .path(path)
-            .build();
-        let t0 = std::time::Instant::now();
-        let got = self.docker.get_container_archive_info(node, Some(opts)).await;
-        crate::util::trace(t0, || format!("{node}: archive stat {path}"));
-        match got {
-            Ok(_) => Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
-            Err(e) => Err(ClusterError::Runtime {
-                context: format!("checking {path} on node {node}"),
-                cause: e,
-            }),
-        }
+        self.api.path_exists(node, path).await
     }
 }
 
-type StdoutStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+/// What finishes a streamed command, given how reading the rest of its output went.
+type Finish =
+    Box<dyn FnOnce(io::Result<u64>) -> futures_util::future::BoxFuture<'static, Result<(), ClusterError>> + Send>;
 
 /// A running command's standard output, from [`Runtime::exec_stream`].
 pub struct ExecStream {
-    rt: Runtime,
-    node: String,
-    argv: Vec<String>,
-    id: String,
-    stdout: StreamReader<StdoutStream, Bytes>,
-    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    /// Set when the runtime lost the command's exit (the output was cut there).
-    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    t0: std::time::Instant,
+    stdout: Reader,
+    finish: Finish,
 }
 
 impl AsyncRead for ExecStream {
@@ -770,37 +435,29 @@ impl AsyncRead for ExecStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.stdout).poll_read(cx, buf)
+        self.stdout.as_mut().poll_read(cx, buf)
     }
 }
 
 impl ExecStream {
+    /// `finish` gets how draining the output went and says how the command ended.
+    pub fn new(
+        stdout: Reader,
+        finish: impl FnOnce(io::Result<u64>) -> futures_util::future::BoxFuture<'static, Result<(), ClusterError>>
+        + Send
+        + 'static,
+    ) -> Self {
+        Self {
+            stdout,
+            finish: Box::new(finish),
+        }
+    }
+
     /// Waits for the command to end (output not read yet is discarded) and fails, with its standard error,
     /// unless it exited 0.
     pub async fn finish(mut self) -> Result<(), ClusterError> {
         let drained = tokio::io::copy(&mut self.stdout, &mut tokio::io::sink()).await;
-        if self.lost.load(Ordering::SeqCst) {
-            let argv: Vec<&str> = self.argv.iter().map(String::as_str).collect();
-            return Err(lost_exit_error(&self.node, &argv));
-        }
-        let code = self.rt.exit_code(&self.id).await;
-        let (node, argv) = (self.node.clone(), self.argv.join(" "));
-        crate::util::trace(self.t0, || {
-            format!("{node}: {argv} -> (stream) exit {}", code.unwrap_or(-1))
-        });
-        let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned();
-        let fail = |extra: String| ExecError {
-            node: self.node.clone(),
-            command: self.argv.clone(),
-            code,
-            stdout: String::new(),
-            stderr: tail(&format!("{stderr}{extra}")),
-        };
-        match drained {
-            Err(e) => Err(fail(format!("\n{e}")).into()),
-            Ok(_) if code != Some(0) => Err(fail(String::new()).into()),
-            Ok(_) => Ok(()),
-        }
+        (self.finish)(drained).await
     }
 }
 
@@ -815,36 +472,6 @@ fn lost_exit_error(node: &str, argv: &[&str]) -> ClusterError {
 /// A command line as owned strings (for errors and the runtime's API).
 fn argv_of(argv: &[&str]) -> Vec<String> {
     argv.iter().map(|s| s.to_string()).collect()
-}
-
-/// Collects a command's stdout and stderr, up to [`COLLECT_MAX`].
-async fn collect(
-    output: &mut (impl Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
-    node: &str,
-    argv: &[&str],
-) -> Result<(Vec<u8>, Vec<u8>), ClusterError> {
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    while let Some(item) = output.next().await {
-        match item.map_err(Runtime::rt_err(format!(
-            "reading output of `{}` on node {node}",
-            argv.join(" ")
-        )))? {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.extend_from_slice(&message),
-            LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-            LogOutput::StdIn { .. } => {}
-        }
-        if stdout.len() + stderr.len() > COLLECT_MAX {
-            return Err(ExecError {
-                node: node.into(),
-                command: argv_of(argv),
-                code: None,
-                stdout: String::new(),
-                stderr: format!("output exceeded {} MiB", COLLECT_MAX >> 20),
-            }
-            .into());
-        }
-    }
-    Ok((stdout, stderr))
 }
 
 /// A command as `-v` shows it: a script of several lines (`sh -c`) is shown by its first line only, its
@@ -892,6 +519,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     fn lost() -> ClusterError {
