@@ -5,6 +5,8 @@
 
 pub mod addons;
 mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod journal;
 pub mod node;
 pub mod quiesce;

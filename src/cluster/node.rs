@@ -1049,12 +1049,15 @@ pub async fn read_small_file(
     Err(fail(format!("{path} is not a regular file")))
 }
 
+/// [`write_file`]'s script: `$1` the directory, `$2` a temporary name, `$3` the file; standard input the bytes.
+pub(crate) const WRITE_FILE_SCRIPT: &str = r#"mkdir -p "$1" && cat > "$2" && mv -f "$2" "$3""#;
+
 /// Writes a file in a running node atomically: written beside it, then renamed over it.
 pub async fn write_file(rt: &Runtime, node: &str, path: &str, bytes: Vec<u8>) -> Result<(), ClusterError> {
     let dir = path
         .rsplit_once('/')
         .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
-    let script = r#"mkdir -p "$1" && cat > "$2" && mv -f "$2" "$3""#;
+    let script = WRITE_FILE_SCRIPT;
     // Run again, it writes the same bytes again, through a temp file of its own.
     idempotent(|| {
         let tmp = format!("{path}.tmp-{}", crate::util::nonce());
@@ -1087,6 +1090,10 @@ pub async fn put_file(rt: &Runtime, node: &str, dir: &str, name: &str, bytes: Ve
     rt.copy_in(node, dir, stream).await
 }
 
+/// [`create_dir_with_file`]'s script: `$1` the parent, `$2` the directory, `$3` a temporary name, `$4` the file;
+/// exit 17 when the directory was there.
+pub(crate) const CREATE_DIR_WITH_FILE_SCRIPT: &str = r#"mkdir -p "$1" || exit 1; mkdir "$2" 2>/dev/null || { [ -e "$2" ] && exit 17; mkdir "$2"; exit 1; }; cat > "$3" && mv -f "$3" "$4""#;
+
 /// Creates directory `dir` (its parents as needed), failing if it exists, and writes `bytes` into `dir/name`
 /// (temp file + rename), in one round trip. `Ok(false)`: `dir` already exists (nothing was written).
 pub async fn create_dir_with_file(
@@ -1102,7 +1109,7 @@ pub async fn create_dir_with_file(
     let tmp = format!("{dir}/.{name}.tmp");
     let file = format!("{dir}/{name}");
     // Exit 17 (EEXIST): the directory was there; any other failure is the command's error.
-    let script = r#"mkdir -p "$1" || exit 1; mkdir "$2" 2>/dev/null || { [ -e "$2" ] && exit 17; mkdir "$2"; exit 1; }; cat > "$3" && mv -f "$3" "$4""#;
+    let script = CREATE_DIR_WITH_FILE_SCRIPT;
     match rt
         .run_with_stdin(
             node,
@@ -1156,6 +1163,9 @@ pub async fn remove_all(rt: &Runtime, node: &str, paths: &[&str]) -> Result<(), 
     idempotent(|| rt.run(node, &argv)).await.map(|_| ())
 }
 
+/// [`remove_all_then_owned`]'s script: `$1` the directory, `$2` its file, `$3` the token, then the paths.
+pub(crate) const REMOVE_ALL_THEN_OWNED_SCRIPT: &str = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d" "$d".stale-*; fi"#;
+
 /// Removes `paths`, then directory `dir` if its file `file` contains `token` (an ownership check), in one
 /// round trip.
 pub async fn remove_all_then_owned(
@@ -1169,7 +1179,7 @@ pub async fn remove_all_then_owned(
     // Also the tombstones of locks taken over (see `take_over_lock`): a process that judged one of them dead
     // checks and renames in two statements of one script, microseconds apart, and the holder releasing has run
     // a whole operation since.
-    let script = r#"d=$1; f=$2; t=$3; shift 3; rm -rf -- "$@" || exit 1; if grep -qF -- "$t" "$d/$f" 2>/dev/null; then rm -rf -- "$d" "$d".stale-*; fi"#;
+    let script = REMOVE_ALL_THEN_OWNED_SCRIPT;
     let mut argv = vec!["sh", "-c", script, "sh", dir, file, token];
     argv.extend_from_slice(paths);
     idempotent(|| rt.run(node, &argv)).await.map(|_| ())
@@ -1243,17 +1253,19 @@ done"#;
     Ok(out.lines().map(str::to_owned).collect())
 }
 
-/// The copies a node keeps of each of `lives` (`<live>.old-*`: what restores and rollbacks moved aside), with
-/// their size in bytes (`du -sk`, POSIX, as busybox and coreutils have it).
-pub async fn kept_copies(rt: &Runtime, node: &str, lives: &[&str]) -> Result<Vec<(String, u64)>, ClusterError> {
-    let script = r#"for l; do
+/// [`kept_copies`]'s script: the live paths as arguments; one `KiB path` line per copy.
+pub(crate) const KEPT_COPIES_SCRIPT: &str = r#"for l; do
   for d in "$l".old-*; do
     [ -e "$d" ] || continue
     s=$(du -sk -- "$d" 2>/dev/null | cut -f1)
     echo "${s:-0} $d"
   done
 done"#;
-    let mut argv = vec!["sh", "-c", script, "sh"];
+
+/// The copies a node keeps of each of `lives` (`<live>.old-*`: what restores and rollbacks moved aside), with
+/// their size in bytes (`du -sk`, POSIX, as busybox and coreutils have it).
+pub async fn kept_copies(rt: &Runtime, node: &str, lives: &[&str]) -> Result<Vec<(String, u64)>, ClusterError> {
+    let mut argv = vec!["sh", "-c", KEPT_COPIES_SCRIPT, "sh"];
     argv.extend_from_slice(lives);
     let out = idempotent(|| rt.run(node, &argv)).await?;
     out.lines()

@@ -327,3 +327,220 @@ async fn resume_locked(
         .push(format!("started kubelet on {} node(s)", kubelet_nodes(nodes).len()));
     Ok(())
 }
+
+/// `resume` from every state a restore's journals can be left in, on an in-memory two-node cluster
+/// (`cluster::fake`): what ends up live on each node, what is kept, and the journals.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::fake::Fake;
+    use crate::cluster::journal::{Holder, JOURNAL, Switch};
+
+    const CP: &str = "kind-control-plane";
+    const W: &str = "kind-worker";
+    const ETCD: &str = "/var/lib/etcd";
+    const PV: &str = "/var/local-path-provisioner";
+    const STAGE: &str = "/var/.kubectl-snapshot-stage-x";
+
+    fn switches(node: &str) -> Vec<Switch> {
+        let mut v = vec![Switch {
+            live: PV.into(),
+            staged: Some(format!("{STAGE}/local-path-provisioner")),
+            aside: format!("{PV}.old-20261201T000000Z"),
+            had_live: true,
+            keep_live: None,
+        }];
+        if node == CP {
+            v.insert(
+                0,
+                Switch {
+                    live: ETCD.into(),
+                    staged: Some(format!("{ETCD}.kubectl-snapshot-new-x")),
+                    aside: format!("{ETCD}.old-20261201T000000Z"),
+                    had_live: true,
+                    keep_live: None,
+                },
+            );
+        }
+        v
+    }
+
+    /// A restore of "snap" at `phase`: the nodes in `switched` have the snapshot's data live (the old aside),
+    /// the others still their own (the snapshot's staged). Before `Done`, kubelet is stopped (quiesced).
+    fn left_at(phase: Phase, switched: &[&str]) -> (Fake, Runtime) {
+        let fake = Fake::cluster("kind", &[(CP, Role::ControlPlane), (W, Role::Worker)]);
+        for n in [CP, W] {
+            for s in switches(n) {
+                let staged = s.staged.as_deref().unwrap();
+                if switched.contains(&n) {
+                    fake.write(n, &s.live, b"new");
+                    fake.write(n, &s.aside, b"old");
+                } else {
+                    fake.write(n, &s.live, b"old");
+                    fake.write(n, staged, b"new");
+                }
+            }
+            let j = Journal {
+                op: Op::Restore,
+                phase,
+                holder: Holder::me("restore"),
+                cluster: "kind".into(),
+                snapshot: "snap".into(),
+                quiesce: Some(Quiesce::Stop),
+                switches: switches(n),
+                leftovers: vec![STAGE.into()],
+            };
+            fake.write(n, JOURNAL, &serde_json::to_vec(&j).unwrap());
+            fake.set_kubelet(n, phase == Phase::Done);
+        }
+        let rt = Runtime::with(fake.clone());
+        (fake, rt)
+    }
+
+    /// What is live on every node: etcd on the control plane, the volumes everywhere.
+    fn live(fake: &Fake) -> Vec<Option<String>> {
+        vec![fake.read(CP, ETCD), fake.read(CP, PV), fake.read(W, PV)]
+    }
+
+    fn all(label: &str) -> Vec<Option<String>> {
+        vec![Some(label.into()); 3]
+    }
+
+    fn journal(fake: &Fake, node: &str) -> Option<Journal> {
+        fake.read(node, JOURNAL).map(|j| serde_json::from_str(&j).unwrap())
+    }
+
+    fn leftovers(fake: &Fake) -> Vec<String> {
+        [CP, W]
+            .iter()
+            .flat_map(|n| fake.paths(n))
+            .filter(|p| p.contains("kubectl-snapshot-new") || p.starts_with(STAGE))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_restore_interrupted_before_its_commit_is_undone() {
+        let (fake, rt) = left_at(Phase::Preparing, &[]);
+        resume(&rt, "kind", false, false).await.unwrap();
+        assert_eq!(live(&fake), all("old"));
+        assert_eq!(leftovers(&fake), Vec::<String>::new());
+        assert!(journal(&fake, CP).is_none() && journal(&fake, W).is_none());
+        assert!(fake.kubelet_running(CP) && fake.kubelet_running(W));
+    }
+
+    #[tokio::test]
+    async fn a_committed_restore_switched_on_some_nodes_is_completed_on_all() {
+        for switched in [&[][..], &[CP], &[W], &[CP, W]] {
+            let (fake, rt) = left_at(Phase::Committed, switched);
+            let report = resume(&rt, "kind", false, false).await.unwrap();
+            assert_eq!(live(&fake), all("new"), "switched first on {switched:?}");
+            assert_eq!(
+                fake.read(CP, &format!("{ETCD}.old-20261201T000000Z")).as_deref(),
+                Some("old")
+            );
+            assert_eq!(leftovers(&fake), Vec::<String>::new());
+            for n in [CP, W] {
+                assert_eq!(journal(&fake, n).unwrap().phase, Phase::Done, "{n}");
+                assert!(fake.kubelet_running(n), "{n}");
+            }
+            assert!(report.actions.iter().any(|a| a.contains("completed")), "{report:?}");
+            // What the restore replaced is named, with its size.
+            assert_eq!(report.kept_on_nodes.len(), 3, "{:?}", report.kept_on_nodes);
+        }
+    }
+
+    #[tokio::test]
+    async fn rollback_of_an_unfinished_restore_puts_the_old_data_back_without_asking() {
+        for switched in [&[][..], &[CP], &[W]] {
+            let (fake, rt) = left_at(Phase::Committed, switched);
+            resume(&rt, "kind", true, false).await.unwrap();
+            assert_eq!(live(&fake), all("old"), "switched first on {switched:?}");
+            assert_eq!(leftovers(&fake), Vec::<String>::new());
+            assert!(journal(&fake, CP).is_none() && journal(&fake, W).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn rolling_back_is_finished_even_by_a_plain_resume() {
+        let (fake, rt) = left_at(Phase::RollingBack, &[W]);
+        let report = resume(&rt, "kind", false, false).await.unwrap();
+        assert_eq!(live(&fake), all("old"));
+        assert!(report.actions.iter().any(|a| a.contains("rolled back")), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_completed_restore_is_rolled_back_only_once_confirmed_and_what_was_live_is_kept() {
+        let (fake, rt) = left_at(Phase::Done, &[CP, W]);
+        let asked = resume(&rt, "kind", true, false).await.unwrap_err();
+        assert!(
+            matches!(asked, RestoreError::ConfirmRollback { ref snapshot, .. } if snapshot == "snap"),
+            "{asked}"
+        );
+        assert_eq!(live(&fake), all("new"), "asking changed something");
+        assert!(journal(&fake, CP).is_some());
+        let moved: Vec<String> = fake
+            .log()
+            .into_iter()
+            .filter(|c| c.contains(": mv -T") || c.contains(": rm -rf --"))
+            .collect();
+        assert_eq!(moved, Vec::<String>::new(), "asking moved or removed something");
+
+        let report = resume(&rt, "kind", true, true).await.unwrap();
+        assert_eq!(live(&fake), all("old"));
+        assert_eq!(report.kept.len(), 3, "{report:?}");
+        for kept in &report.kept {
+            let (node, path) = kept.split_once(':').unwrap();
+            assert_eq!(fake.read(node, path).as_deref(), Some("new"), "{kept}");
+        }
+        assert!(journal(&fake, CP).is_none() && journal(&fake, W).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_plain_resume_after_a_completed_restore_changes_no_data() {
+        let (fake, rt) = left_at(Phase::Done, &[CP, W]);
+        fake.set_kubelet(W, false);
+        resume(&rt, "kind", false, false).await.unwrap();
+        assert_eq!(live(&fake), all("new"));
+        assert_eq!(
+            journal(&fake, CP).unwrap().phase,
+            Phase::Done,
+            "the journal stays for --rollback"
+        );
+        assert!(fake.kubelet_running(W));
+    }
+
+    /// A rename that fails on one node (each in turn) fails resume saying where, leaves the journals, and the
+    /// next resume completes: etcd and volumes end up all from the snapshot, never mixed.
+    #[tokio::test]
+    async fn a_rename_failing_on_each_node_in_turn_is_completed_by_the_next_resume() {
+        for failing in [CP, W] {
+            let (fake, rt) = left_at(Phase::Committed, &[]);
+            fake.fail_on(failing, "mv -T");
+            let err = resume(&rt, "kind", false, false).await.unwrap_err().to_string();
+            assert!(err.contains(failing), "{failing}: {err}");
+            assert!(journal(&fake, CP).is_some() && journal(&fake, W).is_some());
+            fake.heal();
+            resume(&rt, "kind", false, false).await.unwrap();
+            assert_eq!(live(&fake), all("new"), "failing on {failing}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_journal_resume_starts_kubelet_and_rollback_has_nothing_to_undo() {
+        let fake = Fake::cluster("kind", &[(CP, Role::ControlPlane), (W, Role::Worker)]);
+        fake.set_kubelet(W, false);
+        let rt = Runtime::with(fake.clone());
+        let err = resume(&rt, "kind", true, true).await.unwrap_err().to_string();
+        assert!(err.contains("nothing to roll back"), "{err}");
+        resume(&rt, "kind", false, false).await.unwrap();
+        assert!(fake.kubelet_running(W));
+        assert!(
+            !fake
+                .paths(CP)
+                .iter()
+                .any(|p| p.starts_with(crate::cluster::journal::LOCK_DIR)),
+            "the lock was left: {:?}",
+            fake.paths(CP)
+        );
+    }
+}
