@@ -272,9 +272,59 @@ impl Drop for Signals {
 /// known point. Unset (the default) it does nothing.
 pub const PAUSE_AT_ENV: &str = "KUBECTL_SNAPSHOT_PAUSE_AT";
 
+/// The phases an operation can be stopped at ([`PAUSE_AT_ENV`]); docs/commands.md lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// create: reading images, the cluster running.
+    CreateImages,
+    /// create: the nodes quiesced, volumes being read.
+    CreateQuiesced,
+    /// create: the first node thawed, the others still frozen.
+    CreateThawing,
+    /// restore: staging the snapshot beside the live data, nothing live changed.
+    RestorePrepare,
+    /// restore: every journal committed, nothing switched yet.
+    RestoreCommitted,
+    /// restore: the cluster quiesced for the switch.
+    RestoreQuiesced,
+    /// restore: every node switched, the cluster not yet restarted.
+    RestoreSwitched,
+    /// restore: switched and finished, restarting the cluster (a signal here lets it complete).
+    RestoreResuming,
+}
+
+impl Pause {
+    #[cfg(test)]
+    pub const ALL: [Pause; 8] = [
+        Pause::CreateImages,
+        Pause::CreateQuiesced,
+        Pause::CreateThawing,
+        Pause::RestorePrepare,
+        Pause::RestoreCommitted,
+        Pause::RestoreQuiesced,
+        Pause::RestoreSwitched,
+        Pause::RestoreResuming,
+    ];
+
+    /// The name [`PAUSE_AT_ENV`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pause::CreateImages => "create:images",
+            Pause::CreateQuiesced => "create:quiesced",
+            Pause::CreateThawing => "create:thawing",
+            Pause::RestorePrepare => "restore:prepare",
+            Pause::RestoreCommitted => "restore:committed",
+            Pause::RestoreQuiesced => "restore:quiesced",
+            Pause::RestoreSwitched => "restore:switched",
+            Pause::RestoreResuming => "restore:resuming",
+        }
+    }
+}
+
 /// Stops at `phase` when [`PAUSE_AT_ENV`] names it: prints where it stopped, then waits for a signal (for an
 /// operation that watches [`Signals`]) or forever (for one cancelled by a signal).
-pub async fn pause_point(phase: &str, signals: Option<&Signals>) {
+pub async fn pause_point(phase: Pause, signals: Option<&Signals>) {
+    let phase = phase.as_str();
     if std::env::var(PAUSE_AT_ENV).ok().as_deref() != Some(phase) {
         return;
     }
@@ -357,6 +407,18 @@ pub fn age(created: jiff::Timestamp, now: jiff::Timestamp) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_pause_point_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();
+        for p in super::Pause::ALL {
+            assert!(
+                doc.contains(&format!("`{}`", p.as_str())),
+                "docs/commands.md does not name {}",
+                p.as_str()
+            );
+        }
+    }
+
     #[test]
     fn what_a_terminal_acts_on_is_escaped() {
         use super::{printable, printable_line};

@@ -32,7 +32,7 @@ use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, read
 use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
 use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
-use crate::util::Task;
+use crate::util::{Pause, Task};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -211,7 +211,7 @@ async fn create_locked(
         let p = progress.phase("exporting images");
         let images = capture_images(rt, req.images, images_ahead, &sink, &mut warnings, &p).await?;
         phases.push(p.finish());
-        crate::util::pause_point("create:images", None).await;
+        crate::util::pause_point(Pause::CreateImages, None).await;
 
         // The facts read meanwhile: a node that cannot answer stops the capture before anything is frozen.
         let Inspected {
@@ -227,7 +227,7 @@ async fn create_locked(
         let order: Vec<&Node> = workers.iter().chain(cps.iter().rev()).copied().collect();
         quiesce(rt, &nodes, &order, &mut journal, &quiesced, &mut warnings).await?;
         phases.push(p.finish());
-        crate::util::pause_point("create:quiesced", None).await;
+        crate::util::pause_point(Pause::CreateQuiesced, None).await;
 
         // 5. PVs, every node at once; 6. resumed as soon as the last byte has left the nodes, while the
         // bundle takes in what was spooled
@@ -565,7 +565,7 @@ async fn quiesce(
     let writes = order.iter().map(|n| journal.write(rt, &n.name));
     phase("quiescing nodes", futures_util::future::try_join_all(writes).await)?;
     let Err(e) = freeze(rt, order, quiesced).await else {
-        crate::util::pause_point("create:quiesced", None).await;
+        crate::util::pause_point(Pause::CreateQuiesced, None).await;
         return Ok(());
     };
     // A runtime that cannot freeze (rootless Podman on cgroup v1).
@@ -585,7 +585,7 @@ async fn quiesce(
         quiesced.lock().expect("quiesced list").stopped.push(n.name.clone());
         phase("quiescing nodes", node::quiesce(rt, &n.name).await)?;
     }
-    crate::util::pause_point("create:quiesced", None).await;
+    crate::util::pause_point(Pause::CreateQuiesced, None).await;
     Ok(())
 }
 
@@ -674,7 +674,7 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
             Err(e) => errors.push(format!("{n}: {e}")),
         }
         if in_work && i == 0 && frozen.len() > 1 {
-            crate::util::pause_point("create:thawing", None).await;
+            crate::util::pause_point(Pause::CreateThawing, None).await;
         }
     }
     if !stopped.is_empty() {

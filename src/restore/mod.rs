@@ -30,7 +30,7 @@ use crate::cluster::journal::{self, Holder, Journal, LockError, Op, Phase, Quies
 use crate::cluster::quiesce::{self, ResumeFailed};
 use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
-use crate::util::Signals;
+use crate::util::{Pause, Signals};
 
 pub use preflight::Check;
 
@@ -302,7 +302,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
             return Err(before("writing the journal", e.into()));
         }
     }
-    crate::util::pause_point("restore:prepare", Some(signals)).await;
+    crate::util::pause_point(Pause::RestorePrepare, Some(signals)).await;
 
     // While the cluster still runs, in parallel: etcd restored beside /var/lib/etcd on every control plane,
     // every PV root extracted beside itself and checked, missing images imported (what `kind load` does).
@@ -337,7 +337,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
         recover::discard(rt, nodes, &journals).await;
         return Err(before("committing the journal", e.into()));
     }
-    crate::util::pause_point("restore:committed", Some(signals)).await;
+    crate::util::pause_point(Pause::RestoreCommitted, Some(signals)).await;
 
     // 3. quiesce, 4. switch by renames, 5. resume: whatever arrives now, this completes or rolls back.
     let failed = quiesce_and_switch(rt, &kubelet, &journals, progress, signals, &mut phases)
@@ -359,14 +359,14 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
             },
         });
     }
-    crate::util::pause_point("restore:switched", Some(signals)).await;
+    crate::util::pause_point(Pause::RestoreSwitched, Some(signals)).await;
 
     let p = progress.phase("resuming cluster");
     let all: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
     // A signal lets the restore complete, whether it arrived before or during the wait for etcd; only a second
     // one cuts the wait short.
     let seen = signals.count().max(1);
-    crate::util::pause_point("restore:resuming", Some(signals)).await;
+    crate::util::pause_point(Pause::RestoreResuming, Some(signals)).await;
     let resumed = async {
         quiesce::resume_nodes(rt, nodes, &all).await?;
         tokio::select! {
@@ -476,7 +476,7 @@ async fn quiesce_and_switch(
         node::stop_containers(rt, &n.name).await.map_err(step)?;
     }
     phases.push(p.finish());
-    crate::util::pause_point("restore:quiesced", Some(signals)).await;
+    crate::util::pause_point(Pause::RestoreQuiesced, Some(signals)).await;
     let p = progress.phase("switching etcd data and volumes");
     let switched = futures_util::future::join_all(
         journals
