@@ -107,11 +107,21 @@ mod layering {
     fn sources(dir: &str) -> Vec<(String, String)> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let path = root.join(dir);
-        let files: Vec<std::path::PathBuf> = if path.is_dir() {
-            std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()).collect()
+        fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            if p.is_dir() {
+                for e in std::fs::read_dir(p).unwrap().flatten() {
+                    walk(&e.path(), out);
+                }
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p.to_owned());
+            }
+        }
+        let mut files = Vec::new();
+        if path.is_dir() {
+            walk(&path, &mut files);
         } else {
-            vec![root.join(format!("{dir}.rs"))]
-        };
+            files.push(root.join(format!("{dir}.rs")));
+        }
         files
             .into_iter()
             .map(|f| (f.display().to_string(), std::fs::read_to_string(&f).unwrap()))

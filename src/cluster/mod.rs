@@ -63,7 +63,7 @@ pub enum ClusterError {
     NodeNotRunning { node: String, state: String },
     #[error(transparent)]
     Exec(#[from] ExecError),
-    /// The command's process ended but the runtime never reported its exit (see [`Runtime::lost_exit`]).
+    /// The command's process ended but the runtime never reported its exit (see `docker::DockerApi::lost_exit`).
     #[error(
         "command `{}` on node {node} ended, but the container runtime still reports it running: its outcome is unknown\nhint: containerd's runc shim before 1.6.22 and 1.7.3 loses the exits of commands (containerd #8557); upgrade containerd (or Docker Engine), then run this again",
         .command.join(" ")
