@@ -157,7 +157,7 @@ async fn cluster_names(store: &backends::LocalStore) -> Vec<String> {
 }
 
 fn remote_names() -> Vec<String> {
-    crate::remote::Config::load()
+    crate::settings::Config::load()
         .map(|c| c.remotes.into_keys().collect())
         .unwrap_or_default()
 }

@@ -7,11 +7,12 @@ mod cli;
 mod cluster;
 mod cmd;
 mod complete;
-mod oci;
+mod image_spec;
 mod progress;
-mod remote;
 mod restore;
+mod retention;
 mod schedule;
+mod settings;
 mod util;
 
 use std::process::ExitCode;
@@ -144,7 +145,8 @@ mod layering {
             ("cmd", &["cli"]),
             ("util", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
             ("progress", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
-            ("oci", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
+            ("image_spec", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
+            ("retention", &["capture", "restore", "cmd", "cli", "cluster", "bundle"]),
         ];
         let mut broken = Vec::new();
         for (layer, above) in rules {

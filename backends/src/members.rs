@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::Sha256;
 
 /// Reports bytes moved, for progress bars.
-pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+pub type OnBytes<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
 /// The index's own schema version.
 pub const INDEX_VERSION: u32 = 1;
@@ -199,7 +199,7 @@ pub(crate) async fn assemble(
     local: &LocalMembers,
     source: &dyn MemberSource,
     dest: &Path,
-    progress: Progress<'_>,
+    progress: OnBytes<'_>,
     integrity: &(dyn Fn(String) -> crate::Error + Send + Sync),
 ) -> Result<(String, Moved), crate::Error> {
     use futures_util::StreamExt;

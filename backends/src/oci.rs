@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::members::{BundleIndex, LocalMembers, Member, MemberSource, Moved};
-use crate::remote::{Collected, Fetched, Progress, RemoteSnapshot, SnapshotStore, Upload};
+use crate::remote::{Collected, Fetched, OnBytes, RemoteSnapshot, SnapshotStore, Upload};
 use crate::s3::Secret;
 use crate::{ClusterName, Error, SnapshotName};
 
@@ -630,7 +630,7 @@ impl OciStore {
         offset: u64,
         size: u64,
         digest: &str,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<(), Error> {
         // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
         let reported = std::sync::atomic::AtomicU64::new(0);
@@ -677,7 +677,7 @@ impl OciStore {
         bundle: &Path,
         index: &BundleIndex,
         sidecar: &crate::Sha256,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<(Vec<OciDescriptor>, Moved), Error> {
         let integrity = |message: &str| Error::Integrity {
             remote: self.description.clone(),
@@ -837,7 +837,7 @@ impl OciStore {
         digest: &str,
         size: u64,
         reported: &std::sync::atomic::AtomicU64,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<(), oci_client::errors::OciDistributionError> {
         use std::sync::atomic::Ordering::Relaxed;
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -1048,7 +1048,7 @@ impl SnapshotStore for OciStore {
         cluster: &ClusterName,
         name: &SnapshotName,
         upload: Upload<'_>,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Moved, Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;
@@ -1207,7 +1207,7 @@ impl SnapshotStore for OciStore {
         name: &SnapshotName,
         dest: &Path,
         local: &LocalMembers,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Fetched, Error> {
         self.check_realm().await?;
         let r = self.reference(cluster, name)?;

@@ -63,7 +63,7 @@ const RANGES_IN_FLIGHT: usize = 4;
 /// The most a metadata or sidecar object may be (they are small; anything bigger is not ours).
 use crate::sidecar::SMALL_FILE_MAX as SMALL_MAX;
 
-pub use crate::members::Progress;
+pub use crate::members::OnBytes;
 
 /// A snapshot as a remote lists it.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ pub trait SnapshotStore: Send + Sync {
         cluster: &ClusterName,
         name: &SnapshotName,
         upload: Upload<'_>,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Moved, Error>;
     /// A cluster's snapshots (complete and incomplete), by name.
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error>;
@@ -142,7 +142,7 @@ pub trait SnapshotStore: Send + Sync {
         name: &SnapshotName,
         dest: &Path,
         local: &LocalMembers,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Fetched, Error>;
     /// Deletes a snapshot, complete or not. Shared blobs stay until [`Self::collect_garbage`].
     async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error>;
@@ -288,7 +288,7 @@ impl ObjectSnapshotStore {
         n: &str,
         bundle: &Path,
         expected: &str,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Moved, Error> {
         let key = self.key(&[c, n, BUNDLE]);
         let mut file = tokio::fs::File::open(bundle)
@@ -390,7 +390,7 @@ impl ObjectSnapshotStore {
         upload: &Upload<'_>,
         index: &BundleIndex,
         expected: &str,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Moved, Error> {
         let n = name.as_str();
         let size = std::fs::metadata(upload.bundle)
@@ -553,7 +553,7 @@ impl ObjectSnapshotStore {
         n: &str,
         head: &RemoteSnapshot,
         dest: &Path,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<(String, u64), Error> {
         let key = self.key(&[c, n, BUNDLE]);
         let total = head.size;
@@ -664,7 +664,7 @@ impl SnapshotStore for ObjectSnapshotStore {
         cluster: &ClusterName,
         name: &SnapshotName,
         upload: Upload<'_>,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Moved, Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
         if self.small(&self.key(&[c, n, METADATA])).await?.is_some() {
@@ -829,7 +829,7 @@ impl SnapshotStore for ObjectSnapshotStore {
         name: &SnapshotName,
         dest: &Path,
         local: &LocalMembers,
-        progress: Progress<'_>,
+        progress: OnBytes<'_>,
     ) -> Result<Fetched, Error> {
         let (c, n) = (cluster.as_str(), name.as_str());
         let head = self.head(cluster, name).await?;

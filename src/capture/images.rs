@@ -21,7 +21,7 @@ use crate::bundle::metadata::{ImageRef, ImagesMode, NodeImages};
 use crate::bundle::{BundleSink, IMAGE_BLOBS_DIR, IMAGE_NODES_DIR};
 use crate::cluster::Runtime;
 use crate::cluster::node::{self, ImageRecord};
-use crate::oci;
+use crate::image_spec;
 
 use super::CaptureError;
 
@@ -78,7 +78,7 @@ struct Walk {
 /// documents, for all images at once, read in one round trip straight from the content store `dir`, or taken
 /// from `fetched` (documents the node lacks, fetched from their registry). Of an index's entries, the one
 /// containerd's CRI pulls for the platform is walked: the best ranked one the node holds, else the best
-/// ranked (see [`oci::children`]).
+/// ranked (see [`image_spec::children`]).
 async fn walk_all(
     rt: &Runtime,
     node: &str,
@@ -126,7 +126,7 @@ async fn walk_all(
                 .ok_or_else(|| CaptureError::Invalid(format!("{digest} was not read from {node}")))?;
             check_digest(node, &digest, &bytes)?;
             let image = &images[i].name;
-            let children = oci::children(&bytes, &media_type, platform)
+            let children = image_spec::children(&bytes, &media_type, platform)
                 .map_err(|e| CaptureError::Invalid(format!("{image} on {node}: {digest}: {e}")))?;
             w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
             w.documents.insert(digest, bytes);
@@ -157,7 +157,7 @@ fn blob_path(dir: &str, digest: &str) -> Result<String, CaptureError> {
 }
 
 /// What a node's images consist of, read before anything is written (nodes are planned concurrently).
-pub struct Plan {
+pub struct ImagePlan {
     node: String,
     out: NodeCapture,
     needed: BTreeMap<String, (String, u64)>,
@@ -172,7 +172,12 @@ pub struct Plan {
 /// [`ImagesMode::All`], what the node lacks (layers kind's containerd discarded after a pull) is asked of the
 /// image's registry by digest, from inside the node: documents are fetched into memory, layers are only
 /// checked to be served, and streamed into the bundle when written. Nothing in the node changes.
-pub async fn plan(rt: &Runtime, survey: &node::Survey, platform: &str, mode: ImagesMode) -> Result<Plan, CaptureError> {
+pub async fn plan_images(
+    rt: &Runtime,
+    survey: &node::Survey,
+    platform: &str,
+    mode: ImagesMode,
+) -> Result<ImagePlan, CaptureError> {
     let node = survey.node();
     let mut out = NodeCapture::default();
     let (records, config) = (survey.images()?, survey.containerd_config()?);
@@ -237,7 +242,7 @@ pub async fn plan(rt: &Runtime, survey: &node::Survey, platform: &str, mode: Ima
     }
 
     out.images.by_reference = kept;
-    Ok(Plan {
+    Ok(ImagePlan {
         node: node.to_owned(),
         out,
         needed,
@@ -369,7 +374,8 @@ pub async fn write(
         bundled.insert(digest);
         out.added += size;
     }
-    let index = serde_json::json!({ "schemaVersion": 2, "mediaType": oci::INDEX_TYPES[0], "manifests": index_entries });
+    let index =
+        serde_json::json!({ "schemaVersion": 2, "mediaType": image_spec::INDEX_TYPES[0], "manifests": index_entries });
     let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
     sink.add_bytes(&format!("{IMAGE_NODES_DIR}/{node}/index.json"), 0o644, &index)
         .await?;
@@ -401,8 +407,8 @@ impl Reading {
 
 /// Starts reading a planned node's blobs, those not in `bundled` (written from another node) — small ones in
 /// memory, a bounded number ahead — for [`write`].
-pub fn read_ahead(rt: &Runtime, plan: Plan, bundled: &HashSet<String>) -> Result<Reading, CaptureError> {
-    let Plan {
+pub fn read_ahead(rt: &Runtime, plan: ImagePlan, bundled: &HashSet<String>) -> Result<Reading, CaptureError> {
+    let ImagePlan {
         node,
         mut out,
         needed,

@@ -130,7 +130,7 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
 /// left alone).
 struct Ahead<'a> {
     facts: Task<Result<Inspected, CaptureError>>,
-    plans: Task<Result<Vec<images::Plan>, CaptureError>>,
+    plans: Task<Result<Vec<images::ImagePlan>, CaptureError>>,
     lock: &'a Mutex<Option<journal::Lock>>,
 }
 
@@ -481,7 +481,7 @@ async fn plan_images(
     nodes: &[Node],
     mode: ImagesMode,
     surveyed: tokio::sync::oneshot::Sender<Vec<node::Survey>>,
-) -> Result<Vec<images::Plan>, CaptureError> {
+) -> Result<Vec<images::ImagePlan>, CaptureError> {
     let kubelet = kubelet_nodes(nodes);
     let surveys = futures_util::future::try_join_all(kubelet.iter().map(|n| node::survey(rt, &n.name)));
     let (surveys, platform) = tokio::join!(surveys, rt.platform());
@@ -491,7 +491,7 @@ async fn plan_images(
         return Ok(Vec::new());
     }
     let platform = phase("exporting images", platform)?;
-    let plans = surveys.iter().map(|s| images::plan(rt, s, &platform, mode));
+    let plans = surveys.iter().map(|s| images::plan_images(rt, s, &platform, mode));
     futures_util::future::try_join_all(plans)
         .await
         .map_err(|e| CaptureError::Phase {
@@ -501,7 +501,7 @@ async fn plan_images(
 }
 
 /// The first node's blobs being read already (during the etcd snapshot), and the other nodes' plans.
-type ImagesAhead = (Option<images::Reading>, Vec<images::Plan>);
+type ImagesAhead = (Option<images::Reading>, Vec<images::ImagePlan>);
 
 async fn capture_images(
     rt: &Runtime,

@@ -462,7 +462,7 @@ impl Journal {
 }
 
 /// [`forward`] or [`backward`]: the steps for one switch, given which paths exist.
-pub type Plan = fn(&Switch, &dyn Fn(&str) -> bool) -> Vec<Action>;
+pub type SwitchPlan = fn(&Switch, &dyn Fn(&str) -> bool) -> Vec<Action>;
 
 /// A step of a switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,7 +553,7 @@ pub async fn existing(rt: &Runtime, node: &str, switches: &[Switch]) -> Result<B
 
 /// Applies `plan` (forward or backward) to every switch of a running node, re-reading which paths exist
 /// before each switch.
-pub async fn apply(rt: &Runtime, node: &str, switches: &[Switch], plan: Plan) -> Result<(), ClusterError> {
+pub async fn apply(rt: &Runtime, node: &str, switches: &[Switch], plan: SwitchPlan) -> Result<(), ClusterError> {
     for s in switches {
         let found = existing(rt, node, std::slice::from_ref(s)).await?;
         for action in plan(s, &|p| found.contains(p)) {

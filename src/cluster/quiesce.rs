@@ -20,14 +20,18 @@ pub async fn resume_nodes(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> 
     // port is bound but not yet served, so each hash request times out (7 s), and three members took 14 s to
     // elect a leader. The other nodes then at once.
     for n in nodes.iter().filter(|n| cp(n) && quiesced.contains(&n.name)) {
-        if let Err(e) = node::resume(rt, &n.name).await {
+        if let Err(e) = node::start_kubelet(rt, &n.name).await {
             errors.push(format!("{}: {e}", n.name));
         }
     }
     let started = nodes
         .iter()
         .filter(|n| !cp(n) && quiesced.contains(&n.name))
-        .map(|n| async move { node::resume(rt, &n.name).await.map_err(|e| format!("{}: {e}", n.name)) });
+        .map(|n| async move {
+            node::start_kubelet(rt, &n.name)
+                .await
+                .map_err(|e| format!("{}: {e}", n.name))
+        });
     errors.extend(
         futures_util::future::join_all(started)
             .await

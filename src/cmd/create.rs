@@ -8,7 +8,7 @@ use crate::bundle::metadata::ImagesMode;
 use crate::bundle::{Metadata, WriterOptions};
 use crate::capture::{self, Request};
 use crate::progress::{PhaseRecord, Progress};
-use crate::remote::{RemoteArgs, S3Args, require};
+use crate::settings::{RemoteArgs, S3Args, require};
 use crate::util::human_bytes;
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +43,7 @@ pub struct Args {
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
-    pub oci: crate::remote::OciArgs,
+    pub oci: crate::settings::OciArgs,
 }
 
 #[derive(Serialize)]

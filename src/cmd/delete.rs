@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::{Ctx, delete_snapshot, entries, snapshot_name};
-use crate::remote::{RemoteArgs, resolve};
+use crate::settings::{RemoteArgs, resolve};
 
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "kubectl snapshot delete [CLUSTER] <SNAPSHOT>...")]

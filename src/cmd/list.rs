@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::Output;
 use super::{Ctx, Entry, entries, print_structured};
 use crate::bundle::Status;
-use crate::remote::{RemoteArgs, resolve};
+use crate::settings::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 
 /// ADDONS is cut to this many characters unless --no-trunc (fits a 120-column terminal).

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::{Ctx, cluster_and_snapshot, pull_snapshot};
-use crate::remote::{RemoteArgs, require};
+use crate::settings::{RemoteArgs, require};
 
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "kubectl snapshot pull [CLUSTER] <SNAPSHOT> [--remote NAME|URL]")]

@@ -5,7 +5,7 @@ use backends::url::RemoteUrl;
 
 use super::Output;
 use super::print_structured;
-use crate::remote::{Config, RemoteConfig, config_path};
+use crate::settings::{Config, RemoteConfig, config_path};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,7 +38,7 @@ pub struct AddArgs {
     #[arg(long)]
     pub default: bool,
     #[command(flatten)]
-    pub settings: crate::remote::RemoteSettings,
+    pub settings: crate::settings::RemoteSettings,
     /// Refused: credentials are never stored (use AWS_* variables or --s3-profile).
     #[arg(long, hide = true)]
     pub s3_access_key: Option<String>,

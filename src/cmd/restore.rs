@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::{Ctx, cluster_and_snapshot, pull_snapshot};
 use crate::progress::Progress;
-use crate::remote::{RemoteArgs, resolve};
 use crate::restore::{self, Check, Outcome, Request, RestoreError};
+use crate::settings::{RemoteArgs, resolve};
 use crate::util::parse_size;
 
 #[derive(Debug, clap::Args)]

@@ -12,8 +12,8 @@ use crate::bundle::metadata::ImagesMode;
 use crate::capture::{self, CaptureError, Request};
 use crate::cluster::journal::LockError;
 use crate::progress::Progress;
-use crate::remote::{Config, RemoteArgs, require};
 use crate::schedule::{self, Outcome, Run, Schedule};
+use crate::settings::{Config, RemoteArgs, require};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -443,7 +443,7 @@ async fn retain(
         .filter(|e| schedule::belongs(name, e.metadata.as_ref().ok().and_then(|m| m.schedule.as_deref())))
         .collect();
     let sizes: Vec<(jiff::Timestamp, u64)> = mine.iter().map(|e| (e.created, e.size)).collect();
-    let reasons = super::prune::plan(&sizes, jiff::Timestamp::now(), keep_last, older_than, None);
+    let reasons = crate::retention::deletions(&sizes, jiff::Timestamp::now(), keep_last, older_than, None);
     let mut pruned = Vec::new();
     for (e, why) in mine.iter().zip(&reasons) {
         if !why.is_empty() {
@@ -465,7 +465,7 @@ const UNIT: &str = "kubectl-snapshot-schedule";
 const LAUNCHD_LABEL: &str = "io.kubectl-snapshot.schedule";
 
 /// A file to write and the commands that activate it.
-struct Plan {
+struct ServiceFiles {
     files: Vec<(PathBuf, String)>,
     activate: Vec<Vec<String>>,
     deactivate: Vec<Vec<String>>,
@@ -498,13 +498,13 @@ fn carried(what: &str, how: &str, path: &Path) -> Result<String> {
     Ok(text.to_owned())
 }
 
-fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
+fn service_files(manager: Manager, ctx: &Ctx) -> Result<ServiceFiles> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let exe = carried("this executable's path", "install it elsewhere", &exe)?;
     let config = carried(
         "the config file",
         "set KUBECTL_SNAPSHOT_CONFIG to another path",
-        &crate::remote::config_path()?,
+        &crate::settings::config_path()?,
     )?;
     let store = carried(
         "the snapshot store",
@@ -535,7 +535,7 @@ fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
                  OnCalendar=*-*-* *:*:00\nAccuracySec=1s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
                 .to_owned();
             let sc = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            Plan {
+            ServiceFiles {
                 files: vec![
                     (dir.join(format!("{UNIT}.service")), service),
                     (dir.join(format!("{UNIT}.timer")), timer),
@@ -565,7 +565,7 @@ fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
                 xml(&exe)
             );
             let p = path.display().to_string();
-            Plan {
+            ServiceFiles {
                 files: vec![(path, plist)],
                 activate: vec![vec!["launchctl".into(), "load".into(), "-w".into(), p.clone()]],
                 deactivate: vec![vec!["launchctl".into(), "unload".into(), "-w".into(), p]],
@@ -574,7 +574,7 @@ fn plan(manager: Manager, ctx: &Ctx) -> Result<Plan> {
         }
         Manager::Cron => {
             let vars: String = env.iter().map(|(k, v)| format!("{k}={} ", shell_quote(v))).collect();
-            Plan {
+            ServiceFiles {
                 files: Vec::new(),
                 activate: Vec::new(),
                 deactivate: Vec::new(),
@@ -635,7 +635,7 @@ fn command_line(c: &[String]) -> String {
 
 fn install(a: InstallArgs, ctx: &Ctx, installing: bool) -> Result<()> {
     let manager = a.manager.unwrap_or_else(default_manager);
-    let p = plan(manager, ctx)?;
+    let p = service_files(manager, ctx)?;
     if a.dry_run {
         for (path, text) in &p.files {
             if installing {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Output;
 use super::{Ctx, Info, cluster_and_snapshot, print_structured};
 use crate::bundle::Metadata;
-use crate::remote::{RemoteArgs, resolve};
+use crate::settings::{RemoteArgs, resolve};
 use crate::util::{age, human_bytes};
 
 #[derive(Debug, clap::Args)]

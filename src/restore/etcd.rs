@@ -43,14 +43,14 @@ pub const REVISION_MARGIN: i64 = 1_000_000_000;
 
 /// A control plane's etcd member, as its static pod manifest declares it.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub struct EtcdMember {
     pub node: String,
     pub name: String,
     pub peer_url: String,
 }
 
 /// Reads `--name` and `--initial-advertise-peer-urls` from the node's etcd manifest.
-pub async fn member(rt: &Runtime, node_name: &str) -> Result<Member, RestoreError> {
+pub async fn member(rt: &Runtime, node_name: &str) -> Result<EtcdMember, RestoreError> {
     let flags = node::etcd_manifest_flags(rt, node_name).await?;
     let name = flags.get("name").cloned().unwrap_or_else(|| node_name.to_owned());
     let peer_url = flags
@@ -61,7 +61,7 @@ pub async fn member(rt: &Runtime, node_name: &str) -> Result<Member, RestoreErro
                 "{node_name}: the etcd manifest has no --initial-advertise-peer-urls"
             ))
         })?;
-    Ok(Member {
+    Ok(EtcdMember {
         node: node_name.to_owned(),
         name,
         peer_url,
@@ -69,7 +69,7 @@ pub async fn member(rt: &Runtime, node_name: &str) -> Result<Member, RestoreErro
 }
 
 /// The same for every member of one restore.
-pub struct Plan<'a> {
+pub struct EtcdPlan<'a> {
     pub db: &'a Path,
     pub initial_cluster: &'a str,
     pub token: &'a str,
@@ -83,9 +83,9 @@ pub struct Plan<'a> {
 /// moves the result to [`staged_dir`]. Returns the revision bump applied (`None` where the tool cannot bump).
 pub async fn prepare(
     rt: &Runtime,
-    m: &Member,
+    m: &EtcdMember,
     tool: &RestoreTool,
-    plan: &Plan<'_>,
+    plan: &EtcdPlan<'_>,
 ) -> Result<Option<u64>, RestoreError> {
     let db = plan.db.to_owned();
     let staged = staged_db(plan.id);

@@ -8,7 +8,7 @@ use crate::bundle::extract::Staged;
 use crate::bundle::metadata::NodeImages;
 use crate::cluster::Runtime;
 use crate::cluster::node;
-use crate::oci;
+use crate::image_spec;
 
 use super::RestoreError;
 use crate::cluster::tar_stream;
@@ -40,8 +40,8 @@ pub async fn restore_node(
         .ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node_name}")))?;
     let index_bytes = std::fs::read(index_path)
         .map_err(|e| RestoreError::Invalid(format!("reading {}: {e}", index_path.display())))?;
-    let manifests = oci::index_manifests(&index_bytes).map_err(RestoreError::Invalid)?;
-    let chosen: Vec<oci::Descriptor> = manifests
+    let manifests = image_spec::index_manifests(&index_bytes).map_err(RestoreError::Invalid)?;
+    let chosen: Vec<image_spec::Descriptor> = manifests
         .into_iter()
         .filter(|m| {
             m.annotations
@@ -60,7 +60,7 @@ pub async fn restore_node(
         let path = staged.blobs.join(&hex);
         let Ok(bytes) = std::fs::read(&path) else { continue };
         blobs.insert(hex);
-        let children = oci::children(&bytes, &media_type, platform)
+        let children = image_spec::children(&bytes, &media_type, platform)
             .map_err(|e| RestoreError::Invalid(format!("{digest}: {e}")))?;
         queue.extend(children.documents);
         for b in children.blobs {
@@ -72,7 +72,7 @@ pub async fn restore_node(
     }
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": oci::INDEX_TYPES[0],
+        "mediaType": image_spec::INDEX_TYPES[0],
         "manifests": chosen.iter().map(|m| serde_json::json!({
             "mediaType": m.media_type, "digest": m.digest, "size": m.size, "annotations": m.annotations,
         })).collect::<Vec<_>>(),

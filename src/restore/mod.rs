@@ -293,7 +293,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
 
     // 2. plan every rename, and record it in each node's journal before anything is staged
     let p = progress.phase("preparing etcd, volumes and images");
-    let journals = plan(rt, req, staged, &kubelet, holder, &stamp)
+    let journals = plan_switches(rt, req, staged, &kubelet, holder, &stamp)
         .await
         .map_err(|e| before("planning the switch", e))?;
     for (n, j) in &journals {
@@ -407,7 +407,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
 
 /// Every rename of the switch, per kubelet node: etcd on control planes, each PV root the snapshot or the node
 /// has. Nothing is written yet.
-async fn plan(
+async fn plan_switches(
     rt: &Runtime,
     req: &Request,
     staged: &Staged,
@@ -430,7 +430,7 @@ async fn plan(
             });
             leftovers.extend([etcd::side_dir(id), etcd::staged_db(id)]);
         }
-        let pv = pvs::plan(rt, &n.name, &staged.pvs, id, stamp).await?;
+        let pv = pvs::plan_volumes(rt, &n.name, &staged.pvs, id, stamp).await?;
         leftovers.extend(pv.iter().map(|s| pvs::stage_dir(&s.live, id)));
         switches.extend(pv);
         journals.insert(
@@ -579,7 +579,7 @@ async fn stage(
                 .map_err(|e| ("reading the live etcd revision", e.into()))?,
         );
     }
-    let plan = etcd::Plan {
+    let plan = etcd::EtcdPlan {
         db: &staged.etcd,
         initial_cluster: &initial_cluster,
         token,

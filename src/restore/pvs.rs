@@ -27,7 +27,7 @@ pub fn stage_dir(root: &str, id: &str) -> String {
 }
 
 /// The switches of one node: every root the snapshot or the node has.
-pub async fn plan(
+pub async fn plan_volumes(
     rt: &Runtime,
     node_name: &str,
     staged: &BTreeMap<(String, String), PathBuf>,

@@ -84,7 +84,7 @@ async fn roll_back(
 }
 
 /// Applies `plan` to a node's switches and removes its leftovers.
-async fn clean(rt: &Runtime, node_name: &str, j: &Journal, plan: journal::Plan) -> Result<(), RestoreError> {
+async fn clean(rt: &Runtime, node_name: &str, j: &Journal, plan: journal::SwitchPlan) -> Result<(), RestoreError> {
     journal::apply(rt, node_name, &j.switches, plan).await?;
     let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
     node::remove_all(rt, node_name, &left).await?;

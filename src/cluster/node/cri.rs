@@ -183,7 +183,7 @@ pub async fn stop_containers(rt: &Runtime, node: &str) -> Result<(), ClusterErro
 }
 
 /// Starts kubelet again; it restarts the node's static pods and containers.
-pub async fn resume(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
+pub async fn start_kubelet(rt: &Runtime, node: &str) -> Result<(), ClusterError> {
     idempotent(|| rt.run(node, &["systemctl", "start", "kubelet"]))
         .await
         .map(|_| ())
