@@ -340,25 +340,7 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
     crate::util::pause_point(Pause::RestoreCommitted, Some(signals)).await;
 
     // 3. quiesce, 4. switch by renames, 5. resume: whatever arrives now, this completes or rolls back.
-    let failed = quiesce_and_switch(rt, &kubelet, &journals, progress, signals, &mut phases)
-        .await
-        .err();
-    if let Some((step, e)) = failed {
-        let names: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
-        return Err(match recover::undo(rt, nodes, &journals).await {
-            Ok(_) => RestoreError::RolledBack {
-                step,
-                inner: Box::new(e),
-            },
-            Err(rb) => RestoreError::Mutation {
-                step,
-                cluster: cluster.clone(),
-                inner: Box::new(e),
-                rollback: rb.to_string(),
-                nodes: names,
-            },
-        });
-    }
+    switch_or_roll_back(rt, nodes, &journals, progress, signals, &mut phases).await?;
     crate::util::pause_point(Pause::RestoreSwitched, Some(signals)).await;
 
     let p = progress.phase("resuming cluster");
@@ -451,6 +433,38 @@ async fn plan_switches(
 }
 
 /// Stops kubelet and containers (workers first), then applies every node's switch.
+/// Quiesces the cluster and switches every node by renames; a failure anywhere rolls every node back to its
+/// old data and restarts the cluster ([`RestoreError::RolledBack`]), or, if that fails too, says what is left
+/// and how to finish it ([`RestoreError::Mutation`]).
+async fn switch_or_roll_back(
+    rt: &Runtime,
+    nodes: &[Node],
+    journals: &BTreeMap<String, Journal>,
+    progress: &Progress,
+    signals: &Signals,
+    phases: &mut Vec<PhaseRecord>,
+) -> Result<(), RestoreError> {
+    let kubelet = kubelet_nodes(nodes);
+    let Err((step, e)) = quiesce_and_switch(rt, &kubelet, journals, progress, signals, phases).await else {
+        return Ok(());
+    };
+    let cluster = journals.values().next().map(|j| j.cluster.clone()).unwrap_or_default();
+    let names: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
+    Err(match recover::undo(rt, nodes, journals).await {
+        Ok(_) => RestoreError::RolledBack {
+            step,
+            inner: Box::new(e),
+        },
+        Err(rb) => RestoreError::Mutation {
+            step,
+            cluster,
+            inner: Box::new(e),
+            rollback: rb.to_string(),
+            nodes: names,
+        },
+    })
+}
+
 async fn quiesce_and_switch(
     rt: &Runtime,
     kubelet: &[&Node],
@@ -667,5 +681,106 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The switch on an in-memory cluster (`cluster::fake`): a rename failing on each node in turn rolls every
+/// node back, so etcd and volumes are never left from different points.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::fake::Fake;
+
+    const CP: &str = "kind-control-plane";
+    const W: &str = "kind-worker";
+    const PV: &str = "/var/local-path-provisioner";
+
+    fn committed(fake: &Fake) -> BTreeMap<String, Journal> {
+        let mut journals = BTreeMap::new();
+        for n in [CP, W] {
+            let mut switches = vec![Switch {
+                live: PV.into(),
+                staged: Some(format!("/var/.kubectl-snapshot-stage-x/{n}-pv")),
+                aside: format!("{PV}.old-T"),
+                had_live: true,
+                keep_live: None,
+            }];
+            if n == CP {
+                switches.insert(
+                    0,
+                    Switch {
+                        live: etcd::LIVE.into(),
+                        staged: Some(format!("{}.kubectl-snapshot-new-x", etcd::LIVE)),
+                        aside: format!("{}.old-T", etcd::LIVE),
+                        had_live: true,
+                        keep_live: None,
+                    },
+                );
+            }
+            for s in &switches {
+                fake.write(n, &s.live, b"old");
+                fake.write(n, s.staged.as_deref().unwrap(), b"new");
+            }
+            let j = Journal {
+                op: Op::Restore,
+                phase: Phase::Committed,
+                holder: Holder::me("restore"),
+                cluster: "kind".into(),
+                snapshot: "snap".into(),
+                quiesce: Some(Quiesce::Stop),
+                switches,
+                leftovers: Vec::new(),
+            };
+            fake.write(n, journal::JOURNAL, &serde_json::to_vec(&j).unwrap());
+            journals.insert(n.to_owned(), j);
+        }
+        journals
+    }
+
+    fn live(fake: &Fake) -> Vec<Option<String>> {
+        vec![fake.read(CP, etcd::LIVE), fake.read(CP, PV), fake.read(W, PV)]
+    }
+
+    #[tokio::test]
+    async fn every_node_switches_or_every_node_rolls_back() {
+        let (progress, signals) = (Progress::new(false), Signals::install());
+        // The rename that fails (of a staged path into place), on which node.
+        let cases: [(Option<(&str, &str)>, &str); 4] = [
+            (None, "new"),
+            (Some((CP, "/var/lib/etcd.kubectl-snapshot-new-x")), "old"),
+            (
+                Some((CP, "/var/.kubectl-snapshot-stage-x/kind-control-plane-pv")),
+                "old",
+            ),
+            (Some((W, "/var/.kubectl-snapshot-stage-x/kind-worker-pv")), "old"),
+        ];
+        for (failing, want) in cases {
+            let fake = Fake::cluster("kind", &[(CP, Role::ControlPlane), (W, Role::Worker)]);
+            let rt = Runtime::with(fake.clone());
+            let journals = committed(&fake);
+            if let Some((node, staged)) = failing {
+                fake.fail_on(node, &format!("mv -T {staged}"));
+            }
+            let nodes = rt.nodes("kind").await.unwrap();
+            let r = switch_or_roll_back(&rt, &nodes, &journals, &progress, &signals, &mut Vec::new()).await;
+            assert_eq!(live(&fake), vec![Some(want.to_owned()); 3], "failing: {failing:?}");
+            match failing {
+                None => r.unwrap(),
+                Some((node, _)) => {
+                    let e = r.unwrap_err();
+                    assert!(matches!(e, RestoreError::RolledBack { .. }), "{e}");
+                    assert!(e.to_string().contains(node), "{e}");
+                    // Rolled back: nothing staged is left, the journals are gone, the cluster runs again.
+                    for n in [CP, W] {
+                        assert!(
+                            !fake.paths(n).iter().any(|p| p.contains("kubectl-snapshot")),
+                            "{n}: {:?}",
+                            fake.paths(n)
+                        );
+                        assert!(fake.kubelet_running(n), "{n}");
+                    }
+                }
+            }
+        }
     }
 }
