@@ -27,7 +27,9 @@ use std::time::Duration;
 use backends::{LocalStore, SnapshotName, SnapshotPaths};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::metadata::{ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology};
+use crate::bundle::metadata::{
+    EtcdInfo, ImagesInfo, ImagesMode, Metadata, NodeInfo, PvsInfo, SCHEMA_VERSION, Topology,
+};
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
 use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
 use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
@@ -203,7 +205,7 @@ async fn create_locked(
             Ok::<_, CaptureError>((first, plans.collect()))
         };
         let (etcd, images_ahead) = tokio::join!(etcd, images_ahead);
-        let mut etcd = phase("etcd snapshot", etcd)?;
+        let etcd = phase("etcd snapshot", etcd)?;
         let images_ahead = images_ahead?;
         phases.push(p.finish());
 
@@ -214,13 +216,7 @@ async fn create_locked(
         crate::util::pause_point(Pause::CreateImages, None).await;
 
         // The facts read meanwhile: a node that cannot answer stops the capture before anything is frozen.
-        let Inspected {
-            k8s_version,
-            platform,
-            addons,
-            etcd_image,
-        } = facts.join().await?;
-        etcd.image = etcd_image;
+        let facts = facts.join().await?;
 
         // 4. quiesce: frozen, workers first, the bootstrap control plane last
         let p = progress.phase("quiescing nodes");
@@ -229,88 +225,21 @@ async fn create_locked(
         phases.push(p.finish());
         crate::util::pause_point(Pause::CreateQuiesced, None).await;
 
-        // 5. PVs, every node at once; 6. resumed as soon as the last byte has left the nodes, while the
-        // bundle takes in what was spooled
-        let p = progress.phase("copying volumes");
-        let (read_tx, read) = tokio::sync::oneshot::channel();
+        // 5. PVs, every node at once; 6. resumed as soon as the last byte has left the nodes
         let spool_dir = staged.parent().unwrap_or(std::path::Path::new("."));
-        let (pvs, thawed) = tokio::join!(capture_pvs(rt, &nodes, spool_dir, &sink, read_tx), async {
-            // Unsent when the capture failed: thawed all the same.
-            let _ = read.await;
-            phases.push(p.finish());
-            let p = progress.phase("resuming cluster");
-            let thawed = thaw(rt, &nodes, &quiesced, true).await;
-            phases.push(p.finish());
-            thawed
-        });
-        let pvs = match (pvs, thawed) {
-            (Ok((pvs, volumes)), Ok(())) => {
-                let lasted = quiesced.lock().expect("quiesced list").lasted;
-                if let Some(lasted) = lasted {
-                    let at = std::time::Instant::now()
-                        .checked_sub(lasted)
-                        .unwrap_or_else(std::time::Instant::now);
-                    crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
-                    warnings.extend(long_freeze(lasted, pvs.size, volumes));
-                }
-                frozen = lasted;
-                pvs
-            }
-            (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
-            // The nodes still quiesced matter more; the copy's failure is kept with it.
-            (Err(e), Err(CaptureError::Resume(r))) => {
-                return Err(CaptureError::Resume(format!("{r} (after copying volumes failed: {e})")));
-            }
-            (Err(_), Err(t)) => return Err(t),
-        };
+        let (pvs, lasted, warning) =
+            copy_volumes_and_thaw(rt, &nodes, spool_dir, &sink, &quiesced, progress, &mut phases).await?;
+        warnings.extend(warning);
+        frozen = lasted;
 
         // 7. metadata, last entry; meanwhile the nodes are left as they were and the lock is released
         let p = progress.phase("writing bundle");
-        let metadata = Metadata {
-            schema_version: SCHEMA_VERSION,
-            name: req.name.to_string(),
-            cluster: req.cluster.clone(),
-            created: jiff::Timestamp::now(),
-            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            k8s_version,
-            node_image: bootstrap.image.clone(),
-            provider: rt.provider().as_str().to_owned(),
-            platform,
-            topology: topology(&nodes),
-            addons,
-            etcd,
-            images,
-            pvs,
-            schedule: req.schedule.clone(),
-        };
+        let metadata = metadata(req, rt, (&nodes, bootstrap), facts, (etcd, images, pvs));
         let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-        let (written, ()) = tokio::join!(
-            async {
-                let t0 = std::time::Instant::now();
-                sink.add_bytes(METADATA_ENTRY, 0o600, &json).await?;
-                let written = sink.finish().await;
-                crate::util::trace(t0, || "bundle finished and synced to disk".into());
-                written
-            },
-            async {
-                let held = lock.lock().expect("lock slot").take();
-                match held {
-                    // The lock's node is cleaned up in the round trip that releases the lock.
-                    Some(l) => {
-                        let at = l.node().to_owned();
-                        let mine: Vec<&str> = if at == bootstrap.name {
-                            vec![copy.as_str(), journal::JOURNAL]
-                        } else {
-                            vec![journal::JOURNAL]
-                        };
-                        let others: Vec<Node> = nodes.iter().filter(|n| n.name != at).cloned().collect();
-                        tokio::join!(leave(rt, &others, &bootstrap.name, &copy), l.release_with(&mine));
-                    }
-                    None => leave(rt, &nodes, &bootstrap.name, &copy).await,
-                }
-                left.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        );
+        let (written, ()) = tokio::join!(write_metadata(sink, &json), async {
+            leave_and_release(rt, &nodes, bootstrap, &copy, lock).await;
+            left.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
         let written = written?;
         phases.push(p.finish());
         Ok::<_, CaptureError>((metadata, json, written))
@@ -357,6 +286,113 @@ async fn create_locked(
         frozen,
         warnings,
     })
+}
+
+/// Steps 5 and 6: every node's volumes at once, and the nodes resumed as soon as the last byte has left them,
+/// while the bundle takes in what was spooled. Returns the volumes, how long the nodes stayed frozen, and a warning when
+/// that was long enough to matter. A copy that failed resumes the nodes all the same.
+async fn copy_volumes_and_thaw(
+    rt: &Runtime,
+    nodes: &[Node],
+    spool_dir: &std::path::Path,
+    sink: &BundleSink,
+    quiesced: &Mutex<Quiesced>,
+    progress: &Progress,
+    phases: &mut Vec<PhaseRecord>,
+) -> Result<(PvsInfo, Option<Duration>, Option<String>), CaptureError> {
+    let p = progress.phase("copying volumes");
+    let (read_tx, read) = tokio::sync::oneshot::channel();
+    let (pvs, thawed) = tokio::join!(capture_pvs(rt, nodes, spool_dir, sink, read_tx), async {
+        // Unsent when the capture failed: thawed all the same.
+        let _ = read.await;
+        phases.push(p.finish());
+        let p = progress.phase("resuming cluster");
+        let thawed = thaw(rt, nodes, quiesced, true).await;
+        phases.push(p.finish());
+        thawed
+    });
+    match (pvs, thawed) {
+        (Ok((pvs, volumes)), Ok(())) => {
+            let lasted = quiesced.lock().expect("quiesced list").lasted;
+            let warning = lasted.and_then(|lasted| {
+                let at = std::time::Instant::now()
+                    .checked_sub(lasted)
+                    .unwrap_or_else(std::time::Instant::now);
+                crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
+                long_freeze(lasted, pvs.size, volumes)
+            });
+            Ok((pvs, lasted, warning))
+        }
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+        // The nodes still quiesced matter more; the copy's failure is kept with it.
+        (Err(e), Err(CaptureError::Resume(r))) => {
+            Err(CaptureError::Resume(format!("{r} (after copying volumes failed: {e})")))
+        }
+        (Err(_), Err(t)) => Err(t),
+    }
+}
+
+/// The snapshot's metadata, from what was read of the cluster (`facts`, the bootstrap node's image) and what was
+/// captured.
+fn metadata(
+    req: &Request,
+    rt: &Runtime,
+    (nodes, bootstrap): (&[Node], &Node),
+    facts: Inspected,
+    (mut etcd, images, pvs): (EtcdInfo, ImagesInfo, PvsInfo),
+) -> Metadata {
+    etcd.image = facts.etcd_image;
+    Metadata {
+        schema_version: SCHEMA_VERSION,
+        name: req.name.to_string(),
+        cluster: req.cluster.clone(),
+        created: jiff::Timestamp::now(),
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        k8s_version: facts.k8s_version,
+        node_image: bootstrap.image.clone(),
+        provider: rt.provider().as_str().to_owned(),
+        platform: facts.platform,
+        topology: topology(nodes),
+        addons: facts.addons,
+        etcd,
+        images,
+        pvs,
+        schedule: req.schedule.clone(),
+    }
+}
+
+/// Step 7: the metadata, the bundle's last entry; the bundle finished and synced.
+async fn write_metadata(sink: BundleSink, json: &[u8]) -> Result<crate::bundle::writer::Written, CaptureError> {
+    let t0 = std::time::Instant::now();
+    sink.add_bytes(METADATA_ENTRY, 0o600, json).await?;
+    let written = sink.finish().await;
+    crate::util::trace(t0, || "bundle finished and synced to disk".into());
+    Ok(written?)
+}
+
+/// Removes what create left in the nodes (journals, the etcd copy) and releases the lock; the lock's node is
+/// cleaned up in the round trip that releases it.
+async fn leave_and_release(
+    rt: &Runtime,
+    nodes: &[Node],
+    bootstrap: &Node,
+    copy: &str,
+    lock: &Mutex<Option<journal::Lock>>,
+) {
+    let held = lock.lock().expect("lock slot").take();
+    match held {
+        Some(l) => {
+            let at = l.node().to_owned();
+            let mine: Vec<&str> = if at == bootstrap.name {
+                vec![copy, journal::JOURNAL]
+            } else {
+                vec![journal::JOURNAL]
+            };
+            let others: Vec<Node> = nodes.iter().filter(|n| n.name != at).cloned().collect();
+            tokio::join!(leave(rt, &others, &bootstrap.name, copy), l.release_with(&mine));
+        }
+        None => leave(rt, nodes, &bootstrap.name, copy).await,
+    }
 }
 
 /// Longer than this frozen, and controllers may restart: kube-controller-manager and kube-scheduler renew
