@@ -192,7 +192,8 @@ pub async fn interrupted() -> Signal {
 /// the first one is remembered, and the operation asks [`Signals::pending`] where it can stop safely.
 pub struct Signals {
     got: std::sync::Arc<std::sync::OnceLock<Signal>>,
-    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many signals arrived so far; waiters await its changes.
+    count: tokio::sync::watch::Receiver<usize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -200,8 +201,8 @@ impl Signals {
     /// Installs the handlers now (from here on a signal no longer kills the process).
     pub fn install() -> Self {
         let got = std::sync::Arc::new(std::sync::OnceLock::new());
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (seen, counted) = (got.clone(), count.clone());
+        let (counted, count) = tokio::sync::watch::channel(0usize);
+        let seen = got.clone();
         #[cfg(unix)]
         let task = {
             use tokio::signal::unix::{SignalKind, signal};
@@ -218,18 +219,19 @@ impl Signals {
                         _ = term.recv() => Signal::Term,
                         _ = hup.recv() => Signal::Hup,
                     };
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if seen.set(s).is_ok() {
                         eprintln!("{s} received: finishing the step in progress safely...");
                     }
+                    // After the signal is recorded: a waiter woken by the count finds it.
+                    counted.send_modify(|n| *n += 1);
                 }
             })
         };
         #[cfg(not(unix))]
         let task = tokio::spawn(async move {
             if let Ok(()) = tokio::signal::ctrl_c().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let _ = seen.set(Signal::Int);
+                counted.send_modify(|n| *n += 1);
             }
         });
         Self { got, count, task }
@@ -237,13 +239,14 @@ impl Signals {
 
     /// How many signals arrived so far.
     pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
+        *self.count.borrow()
     }
 
-    /// Resolves once more than `seen` signals have arrived (a second Ctrl-C, say).
+    /// Resolves once more than `seen` signals have arrived (a second Ctrl-C, say); never, once no more can.
     pub async fn wait_beyond(&self, seen: usize) {
-        while self.count() <= seen {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut count = self.count.clone();
+        if count.wait_for(|n| *n > seen).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -253,12 +256,8 @@ impl Signals {
 
     /// Resolves once a signal has arrived.
     pub async fn wait(&self) -> Signal {
-        loop {
-            if let Some(s) = self.pending() {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_beyond(0).await;
+        self.pending().unwrap_or(Signal::Int)
     }
 }
 
@@ -266,6 +265,19 @@ impl Drop for Signals {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// How a wait for something to hold retries: first after `first`, then backing off (doubling, with jitter, so
+/// that nodes asked together do not stay in step) up to `max` between tries, giving up once the delays add up
+/// to `within`. One policy for every such wait, from backon.
+pub fn backoff(first: Duration, max: Duration, within: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_total_delay(Some(within))
+        .without_max_times()
 }
 
 /// The environment variable naming a phase to stop at: tests use it to signal or kill an operation at a
@@ -407,6 +419,31 @@ pub fn age(created: jiff::Timestamp, now: jiff::Timestamp) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A signal is awaited (no polling): `wait` resolves with it, and `wait_beyond` only with a later one.
+    #[tokio::test]
+    async fn signals_are_awaited_and_counted() {
+        use super::{Signal, Signals};
+        let limit = std::time::Duration::from_secs(10);
+        let signals = Signals::install();
+        let me = rustix::process::getpid();
+        rustix::process::kill_process(me, rustix::process::Signal::HUP).unwrap();
+        let got = tokio::time::timeout(limit, signals.wait())
+            .await
+            .expect("the signal was not seen");
+        assert_eq!(got, Signal::Hup);
+        let seen = signals.count();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), signals.wait_beyond(seen))
+                .await
+                .is_err(),
+            "wait_beyond resolved without a further signal"
+        );
+        rustix::process::kill_process(me, rustix::process::Signal::HUP).unwrap();
+        tokio::time::timeout(limit, signals.wait_beyond(seen))
+            .await
+            .expect("the second signal was not seen");
+    }
+
     #[test]
     fn every_pause_point_is_documented() {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();

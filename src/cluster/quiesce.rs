@@ -3,7 +3,13 @@
 
 use std::time::Duration;
 
+use backon::Retryable;
+
 use super::{Node, Role, Runtime, node};
+
+/// How long etcd may take to run again once kubelet is started, and how often it is asked at first.
+const ETCD_START: Duration = Duration::from_secs(60);
+const ETCD_POLL: Duration = Duration::from_millis(250);
 
 /// Nodes that could not be resumed: one failure per node, each naming it.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +48,17 @@ pub async fn resume_nodes(rt: &Runtime, nodes: &[Node], quiesced: &[String]) -> 
         .iter()
         .filter(|n| cp(n) && quiesced.contains(&n.name))
         .map(|n| async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if node::etcd_container(rt, &n.name).await.is_ok() {
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!("{}: etcd did not start again within 60s", n.name));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            let up = || node::etcd_container(rt, &n.name);
+            up.retry(crate::util::backoff(ETCD_POLL, ETCD_POLL * 4, ETCD_START))
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    format!(
+                        "{}: etcd did not start again within {}s: {e}",
+                        n.name,
+                        ETCD_START.as_secs()
+                    )
+                })
         });
     errors.extend(
         futures_util::future::join_all(etcd_up)

@@ -30,6 +30,8 @@ use crate::cluster::journal::{self, Holder, Journal, LockError, Op, Phase, Quies
 use crate::cluster::quiesce::{self, ResumeFailed};
 use crate::cluster::{ClusterError, Node, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
+use backon::Retryable;
+
 use crate::util::{Pause, Signals};
 
 pub use preflight::Check;
@@ -646,42 +648,38 @@ async fn stage(
     Ok((bump, images, staged_volumes))
 }
 
+/// How long a restored etcd may take to be healthy, and how often it is asked at first.
+const HEALTH_WAIT: Duration = Duration::from_secs(120);
+const HEALTH_POLL: Duration = Duration::from_millis(200);
+
 /// Every member healthy, and every control plane seeing the same members, one per control plane.
 async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut last = String::new();
-    loop {
-        let mut ok = true;
-        let mut views = Vec::new();
-        // Every control plane asked at once.
+    // Every control plane asked at once; healthy when each answers and all see the same members.
+    let healthy = || async {
         let asked = futures_util::future::join_all(cps.iter().map(|n| async move {
             node::etcd_health(rt, &n.name).await?;
             node::etcd_members(rt, &n.name).await
         }))
         .await;
+        let mut views = Vec::new();
         for (n, view) in cps.iter().zip(asked) {
-            match view {
-                Ok(m) => views.push(m),
-                Err(e) => {
-                    ok = false;
-                    last = format!("{}: {e}", n.name);
-                    break;
-                }
-            }
+            views.push(view.map_err(|e| format!("{}: {e}", n.name))?);
         }
-        if ok && views.windows(2).all(|w| w[0] == w[1]) && views.first().is_some_and(|v| v.len() == cps.len()) {
-            return Ok(());
+        if views.windows(2).all(|w| w[0] == w[1]) && views.first().is_some_and(|v| v.len() == cps.len()) {
+            Ok(())
+        } else {
+            Err(format!("members disagree: {views:?}"))
         }
-        if ok {
-            last = format!("members disagree: {views:?}");
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(RestoreError::Invalid(format!(
-                "etcd did not become healthy within 120s: {last}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    };
+    healthy
+        .retry(crate::util::backoff(HEALTH_POLL, HEALTH_POLL * 5, HEALTH_WAIT))
+        .await
+        .map_err(|last| {
+            RestoreError::Invalid(format!(
+                "etcd did not become healthy within {}s: {last}",
+                HEALTH_WAIT.as_secs()
+            ))
+        })
 }
 
 /// The switch on an in-memory cluster (`cluster::fake`): a rename failing on each node in turn rolls every
