@@ -423,14 +423,10 @@ feeding standard input: {e}"
     /// Freezes every process of a node (the cgroup freezer: `docker pause`). The archive API still reads
     /// its files; exec does not run until [`Runtime::unpause`].
     async fn pause(&self, node: &str) -> Result<(), ClusterError> {
-        let t0 = std::time::Instant::now();
-        let r = self
-            .docker
+        self.docker
             .pause_container(node)
             .await
-            .map_err(Self::rt_err(format!("pausing node {node}")));
-        crate::util::trace(t0, || format!("{node}: pause"));
-        r
+            .map_err(Self::rt_err(format!("pausing node {node}")))
     }
 
     /// Whether a node is paused.
@@ -444,14 +440,10 @@ feeding standard input: {e}"
     }
 
     async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
-        let t0 = std::time::Instant::now();
-        let r = self
-            .docker
+        self.docker
             .unpause_container(node)
             .await
-            .map_err(Self::rt_err(format!("unpausing node {node}")));
-        crate::util::trace(t0, || format!("{node}: unpause"));
-        r
+            .map_err(Self::rt_err(format!("unpausing node {node}")))
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).

@@ -403,7 +403,10 @@ impl Runtime {
     /// Freezes every process of a node (the cgroup freezer: `docker pause`). The archive API still reads
     /// its files; exec does not run until [`Runtime::unpause`].
     pub async fn pause(&self, node: &str) -> Result<(), ClusterError> {
-        self.api.pause(node).await
+        let t0 = std::time::Instant::now();
+        let r = self.api.pause(node).await;
+        crate::util::trace(t0, || format!("{node}: pause"));
+        r
     }
 
     /// Whether a node is paused.
@@ -412,7 +415,10 @@ impl Runtime {
     }
 
     pub async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
-        self.api.unpause(node).await
+        let t0 = std::time::Instant::now();
+        let r = self.api.unpause(node).await;
+        crate::util::trace(t0, || format!("{node}: unpause"));
+        r
     }
 
     /// Whether `path` exists in a node (archive API HEAD; works on any container state).
