@@ -1,0 +1,614 @@
+//! OCI registries as snapshot stores: each snapshot is an OCI artifact (image manifest 1.1 with our own
+//! `artifactType`), tagged by snapshot name in the repository `<REPOSITORY>/<cluster>`.
+//!
+//! - config blob: the snapshot's `metadata.json` (`application/vnd.kubectl-snapshot.config.v1+json`), so `list`
+//!   and `show` never download the bundle;
+//! - schema-2 bundles (with a member index): one layer per member, in bundle order
+//!   (`application/vnd.kubectl-snapshot.member.v1.tar+gzip`, annotated with the entry it holds). Members are
+//!   deterministic, so the registry stores each once per repository and a push uploads only those it lacks;
+//!   the bundle's sha256 is the manifest annotation `io.kubectl-snapshot.bundle.sha256`. Blobs a deleted
+//!   manifest leaves unreferenced are removed by the registry's own garbage collection, not by this client;
+//! - schema-1 bundles: one layer, the bundle (`application/vnd.kubectl-snapshot.bundle.v1.tar+gzip`, titled
+//!   `<snapshot>.tar.gz`), whose digest is the bundle's sha256, so the digest is the sidecar and the registry
+//!   checks it on upload;
+//! - manifest annotations: `org.opencontainers.image.created`, `io.kubectl-snapshot.cluster`,
+//!   `io.kubectl-snapshot.snapshot`, `io.kubectl-snapshot.k8s-version`.
+//!
+//! Blobs are pushed first (skipped when already present), the manifest last: the tag is the commit marker.
+//! Credentials: `--oci-username` with a password, else the Docker config (`$DOCKER_CONFIG/config.json`, else
+//! `~/.docker/config.json`; credential helpers) or Podman's auth file, else anonymous. A Docker config that is
+//! there but unusable (malformed, a failing helper) is an error, not anonymous access.
+//!
+//! By concern: [`credentials`], [`errors`] (what an oci-client error means), [`manifests`] (reading and checking
+//! a snapshot's manifest), [`push`] (members mounted or uploaded), [`http`] (the requests oci-client does not
+//! make); this file holds the store and its [`SnapshotStore`] methods.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::members::{BundleIndex, LocalMembers, Member, MemberSource, Moved};
+use crate::remote::{Collected, Fetched, OnBytes, RemoteSnapshot, SnapshotStore, Upload};
+use crate::s3::Secret;
+use crate::{ClusterName, Error, SnapshotName};
+
+mod credentials;
+mod errors;
+mod http;
+mod manifests;
+mod push;
+
+use credentials::*;
+use errors::*;
+use http::*;
+
+pub const ARTIFACT_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1";
+pub const CONFIG_TYPE: &str = "application/vnd.kubectl-snapshot.config.v1+json";
+pub const BUNDLE_TYPE: &str = "application/vnd.kubectl-snapshot.bundle.v1.tar+gzip";
+/// A member of a schema-2 bundle (a run of gzip members aligned to tar entries): one layer each, in order.
+pub const MEMBER_TYPE: &str = "application/vnd.kubectl-snapshot.member.v1.tar+gzip";
+/// Manifest annotation of a member-layered snapshot: the whole bundle's sha256 (its sidecar).
+const BUNDLE_SHA256: &str = "io.kubectl-snapshot.bundle.sha256";
+/// Layer annotation: the first tar entry a member holds.
+const HOLDS: &str = "io.kubectl-snapshot.holds";
+/// Existence checks and member uploads in flight.
+const MEMBERS_IN_FLIGHT: usize = 4;
+/// Sibling repositories (other clusters' snapshots) searched for members to mount.
+const MAX_SIBLINGS: usize = 32;
+/// Manifests of the repository read before a push to learn which members it holds.
+const MAX_MANIFESTS_READ: usize = 8;
+
+#[derive(Debug, Clone, Default)]
+pub struct OciOptions {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Base repository path; snapshots go to `<repository>/<cluster>`.
+    pub repository: String,
+    /// Plain HTTP.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM files).
+    pub ca: Vec<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// How requests outside oci-client answered the registry's challenge.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Basic,
+    Bearer(String),
+}
+
+pub struct OciStore {
+    client: Client,
+    http: reqwest::Client,
+    auth: RegistryAuth,
+    opts: OciOptions,
+    description: String,
+    /// Set once the registry's token realm has been checked (see [`OciStore::check_realm`]).
+    realm_checked: tokio::sync::OnceCell<()>,
+}
+
+/// `REGISTRY/REPOSITORY` from an `oci://` URL.
+pub fn split_url(rest: &str) -> Result<(String, String), Error> {
+    let (registry, repo) = rest
+        .split_once('/')
+        .ok_or_else(|| Error::Config(format!("oci://{rest}: expected oci://REGISTRY/REPOSITORY")))?;
+    let repo = repo.trim_matches('/');
+    if registry.is_empty() || repo.is_empty() {
+        return Err(Error::Config(format!(
+            "oci://{rest}: expected oci://REGISTRY/REPOSITORY"
+        )));
+    }
+    if repo.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(Error::Config(format!(
+            "oci://{rest}: repository paths must be lowercase"
+        )));
+    }
+    if let Some(bad) = repo.split('/').find(|c| !is_path_component(c)) {
+        return Err(Error::Config(format!(
+            "oci://{rest}: {bad:?} is not a valid repository path component ({PATH_COMPONENT_RULE})"
+        )));
+    }
+    Ok((registry.to_owned(), repo.to_owned()))
+}
+
+const PATH_COMPONENT_RULE: &str = "lowercase letters and digits, separated by '.', '_', '__' or dashes";
+
+/// An OCI repository path component, `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (distribution-spec).
+fn is_path_component(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let (Some(first), Some(last)) = (s.chars().next(), s.chars().last()) else {
+        return false;
+    };
+    alnum(first)
+        && alnum(last)
+        && s.split(alnum)
+            .filter(|sep| !sep.is_empty())
+            .all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|c| c == '-'))
+}
+
+pub fn open(o: &OciOptions) -> Result<OciStore, Error> {
+    let mut certs = Vec::new();
+    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600));
+    for path in &o.ca {
+        let data = std::fs::read(path).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
+        let cert = reqwest::Certificate::from_pem(&data).map_err(|e| Error::Config(format!("--oci-ca {path}: {e}")))?;
+        http = http.add_root_certificate(cert);
+        certs.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    let config = ClientConfig {
+        protocol: if o.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        use_monolithic_push: true,
+        extra_root_certificates: certs,
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(300)),
+        ..Default::default()
+    };
+    let (auth, from) = credentials(o)?;
+    let http = http.build().map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+    let description = format!("oci://{}/{} (credentials: {from})", o.registry, o.repository);
+    Ok(OciStore {
+        client: Client::new(config),
+        http,
+        auth,
+        opts: o.clone(),
+        description,
+        realm_checked: Default::default(),
+    })
+}
+
+/// Attempts at a blob upload; a dropped connection, a timeout, 5xx or 429 starts a new upload after 1 s, then 2 s.
+const UPLOAD_ATTEMPTS: u32 = 3;
+/// Snapshots whose manifest and metadata `list` reads at once.
+const LIST_IN_FLIGHT: usize = 8;
+
+impl OciStore {
+    fn repo(&self, cluster: &ClusterName) -> Result<String, Error> {
+        let c = cluster.as_str();
+        if !is_path_component(c) {
+            return Err(Error::Config(format!(
+                "cluster {c:?} cannot name an OCI repository ({PATH_COMPONENT_RULE}); snapshots of it can go to S3 or a directory"
+            )));
+        }
+        Ok(format!("{}/{c}", self.opts.repository))
+    }
+
+    fn reference(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<Reference, Error> {
+        Ok(Reference::with_tag(
+            self.opts.registry.clone(),
+            self.repo(cluster)?,
+            name.to_string(),
+        ))
+    }
+
+    fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
+        let message = format!("{op}: {}", crate::chain(&e));
+        if kind(&e) == Kind::Denied {
+            Error::Denied {
+                remote: self.description.clone(),
+                message,
+            }
+        } else {
+            Error::Remote {
+                remote: self.description.clone(),
+                message,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for OciStore {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn put(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        upload: Upload<'_>,
+        progress: OnBytes<'_>,
+    ) -> Result<Moved, Error> {
+        self.check_realm().await?;
+        let r = self.reference(cluster, name)?;
+        if self.manifest(&r).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                cluster: cluster.to_string(),
+                name: name.to_string(),
+            });
+        }
+        let sidecar = crate::Sidecar::parse(upload.sidecar)
+            .map_err(|_| Error::Integrity {
+                remote: self.description.clone(),
+                name: name.to_string(),
+                message: "its local sidecar is malformed".into(),
+            })?
+            .sha256;
+        let digest = sidecar.prefixed();
+        let bundle = upload.bundle;
+        let metadata = upload.metadata;
+        let size = std::fs::metadata(bundle)
+            .map_err(|e| Error::io(format!("reading {}", bundle.display()), e))?
+            .len();
+        self.client
+            .auth(&r, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| self.err("authenticating", e))?;
+        let (layers, moved) = match upload.index {
+            Some(index) => self.put_members(&r, name, bundle, index, &sidecar, progress).await?,
+            None => {
+                let mut moved = Moved::default();
+                if self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
+                    progress(size);
+                    moved.reused = size;
+                    moved.members_reused = 1;
+                } else {
+                    self.upload_blob(&r, name, bundle, 0, size, &digest, progress).await?;
+                    moved.transferred = size;
+                    moved.members_transferred = 1;
+                }
+                let layer = OciDescriptor {
+                    media_type: BUNDLE_TYPE.into(),
+                    digest: digest.clone(),
+                    size: size as i64,
+                    annotations: Some(BTreeMap::from([(
+                        "org.opencontainers.image.title".to_owned(),
+                        format!("{name}.tar.gz"),
+                    )])),
+                    ..Default::default()
+                };
+                (vec![layer], moved)
+            }
+        };
+        let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(metadata)));
+        self.client
+            .push_blob(&r, metadata.to_vec(), &config_digest)
+            .await
+            .map_err(|e| self.err("uploading the metadata", e))?;
+        let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
+        let mut annotations = BTreeMap::new();
+        // RFC 3339, as the annotation requires: the metadata's time, else the push's.
+        let created = meta["created"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+        annotations.insert("org.opencontainers.image.created".to_owned(), created.to_string());
+        annotations.insert("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string());
+        annotations.insert("io.kubectl-snapshot.snapshot".to_owned(), name.to_string());
+        annotations.insert(
+            "io.kubectl-snapshot.k8s-version".to_owned(),
+            meta["k8sVersion"].as_str().unwrap_or_default().to_owned(),
+        );
+        if upload.index.is_some() {
+            annotations.insert(BUNDLE_SHA256.to_owned(), sidecar.hex().to_owned());
+        }
+        let manifest = OciImageManifest {
+            schema_version: 2,
+            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+            config: OciDescriptor {
+                media_type: CONFIG_TYPE.into(),
+                digest: config_digest,
+                size: metadata.len() as i64,
+                ..Default::default()
+            },
+            layers,
+            subject: None,
+            artifact_type: Some(ARTIFACT_TYPE.into()),
+            annotations: Some(annotations),
+        };
+        // The tag is the commit marker, last.
+        self.client
+            .push_manifest(&r, &OciManifest::Image(manifest))
+            .await
+            .map_err(|e| self.err("pushing the manifest", e))?;
+        Ok(moved)
+    }
+
+    async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
+        self.check_realm().await?;
+        let tags = self.tags(&self.repo(cluster)?).await?;
+        let names: Vec<SnapshotName> = tags.iter().filter_map(|t| SnapshotName::new(t).ok()).collect();
+        let Some(first) = names.first() else {
+            return Ok(Vec::new());
+        };
+        // One token for the repository before the reads fan out (oci-client would fetch one per request).
+        self.client
+            .auth(&self.reference(cluster, first)?, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.err("authenticating", e))?;
+        let read = |name: SnapshotName| async move {
+            let r = self.reference(cluster, &name)?;
+            let found = async {
+                let Some(m) = self.manifest(&r).await? else {
+                    return Ok(None);
+                };
+                let metadata = self.config(&r, &m).await?;
+                Ok::<_, Error>(Some(self.snapshot(name.clone(), &m, metadata)))
+            };
+            match found.await {
+                // A tag that cannot be read is listed with the reason; the others still list.
+                Err(e @ (Error::Unrecognized { .. } | Error::Integrity { .. })) => Ok(Some(RemoteSnapshot {
+                    name,
+                    complete: true,
+                    size: 0,
+                    modified: std::time::SystemTime::UNIX_EPOCH,
+                    metadata: None,
+                    sha256: None,
+                    problem: Some(e.reason()),
+                })),
+                other => other,
+            }
+        };
+        let mut out: Vec<RemoteSnapshot> = futures_util::stream::iter(names)
+            .map(read)
+            .buffered(LIST_IN_FLIGHT)
+            .try_filter_map(|s| async move { Ok(s) })
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
+        self.check_realm().await?;
+        let r = self.reference(cluster, name)?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
+        let metadata = self.config(&r, &m).await?;
+        Ok(self.snapshot(name.clone(), &m, metadata))
+    }
+
+    async fn get(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+        dest: &Path,
+        local: &LocalMembers,
+        progress: OnBytes<'_>,
+    ) -> Result<Fetched, Error> {
+        self.check_realm().await?;
+        let r = self.reference(cluster, name)?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
+        let metadata = self.config(&r, &m).await?;
+        if let Some(index) = self.index_of(name, &m)? {
+            let source = OciMembers {
+                store: self,
+                r: r.clone(),
+            };
+            let integrity = |message: String| Error::Integrity {
+                remote: self.description.clone(),
+                name: name.to_string(),
+                message,
+            };
+            let (actual, moved) = crate::members::assemble(&index, local, &source, dest, progress, &integrity).await?;
+            if actual != index.sha256 {
+                return Err(integrity(format!(
+                    "sha256 mismatch: manifest={}, downloaded={actual}",
+                    index.sha256
+                )));
+            }
+            let sha = crate::Sha256::parse(&actual).ok_or_else(|| integrity("bad digest".into()))?;
+            return Ok(Fetched {
+                sidecar: crate::Sidecar::new(sha, format!("{name}.tar.gz")).line(),
+                metadata,
+                sha256: actual,
+                size: index.size,
+                index: Some(index),
+                moved,
+            });
+        }
+        let layer = m.layers.first().ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
+        let integrity = |message: String| Error::Integrity {
+            remote: self.description.clone(),
+            name: name.to_string(),
+            message,
+        };
+        // The bundle's sha256 is its sidecar: other digest algorithms cannot name a bundle.
+        let expected = layer
+            .digest
+            .starts_with("sha256:")
+            .then(|| crate::Sha256::parse(&layer.digest))
+            .flatten()
+            .ok_or_else(|| {
+                integrity(format!(
+                    "the bundle layer's digest {:?} is not a sha256 digest",
+                    layer.digest
+                ))
+            })?;
+        let declared = u64::try_from(layer.size).unwrap_or(0);
+        // oci-client's stream hashes what it yields and ends with an error unless it matches the layer digest.
+        let mut stream = self
+            .client
+            .pull_blob_stream(&r, layer)
+            .await
+            .map_err(|e| self.err("downloading the bundle", e))?
+            .stream;
+        let file = crate::local::create_private_file(dest)
+            .map(tokio::fs::File::from_std)
+            .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                // oci-client verifies the digest at the end of the stream and reports a mismatch as an
+                // io::Error wrapping its DigestError.
+                if e.get_ref()
+                    .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
+                {
+                    integrity(e.to_string())
+                } else {
+                    Error::io("downloading the bundle", e)
+                }
+            })?;
+            size += chunk.len() as u64;
+            if size > declared {
+                // Before the digest could say so: a registry must not fill the disk.
+                return Err(integrity(format!(
+                    "the registry sent more than the {declared} bytes the manifest declares"
+                )));
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+            progress(chunk.len() as u64);
+        }
+        out.flush()
+            .await
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))?;
+        if size != declared {
+            return Err(integrity(format!(
+                "{size} bytes downloaded, the manifest declares {declared}"
+            )));
+        }
+        Ok(Fetched {
+            sidecar: crate::Sidecar::new(expected.clone(), format!("{name}.tar.gz")).line(),
+            metadata,
+            sha256: expected.to_string(),
+            size,
+            index: None,
+            moved: Moved {
+                transferred: size,
+                members_transferred: 1,
+                ..Moved::default()
+            },
+        })
+    }
+
+    async fn delete(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<(), Error> {
+        self.check_realm().await?;
+        let r = self.reference(cluster, name)?;
+        match self.manifest(&r).await {
+            // A tag whose manifest cannot be read is listed as a snapshot, so it can be deleted as one.
+            Ok(Some(_)) | Err(Error::Unrecognized { .. }) => {}
+            Ok(None) => {
+                return Err(Error::NotFound {
+                    cluster: cluster.to_string(),
+                    name: name.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let digest = self
+            .client
+            .fetch_manifest_digest(&r, &self.auth)
+            .await
+            .map_err(|e| self.err("resolving the manifest digest", e))?;
+        self.delete_manifest(&self.repo(cluster)?, &digest).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        _deleting: &[(ClusterName, SnapshotName)],
+        _dry_run: bool,
+    ) -> Result<Collected, Error> {
+        Ok(Collected {
+            note: Some(
+                "a registry removes the blobs no manifest references with its own garbage collection \
+                 (distribution: `registry garbage-collect`)"
+                    .into(),
+            ),
+            ..Collected::default()
+        })
+    }
+}
+
+/// Members of a snapshot, from its repository.
+struct OciMembers<'a> {
+    store: &'a OciStore,
+    r: Reference,
+}
+
+impl OciMembers<'_> {
+    fn descriptor(m: &Member) -> OciDescriptor {
+        OciDescriptor {
+            media_type: MEMBER_TYPE.into(),
+            digest: format!("sha256:{}", m.sha256),
+            size: m.size as i64,
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl MemberSource for OciMembers<'_> {
+    async fn fetch(&self, m: &Member) -> Result<bytes::Bytes, Error> {
+        let mut stream = self.stream(m).await?;
+        let mut out = Vec::with_capacity(usize::try_from(m.size).unwrap_or(0));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (out.len() + chunk.len()) as u64 > m.size {
+                return Err(Error::Remote {
+                    remote: self.store.description.clone(),
+                    message: format!("member {} is larger than declared", m.sha256),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.into())
+    }
+
+    async fn stream(
+        &self,
+        m: &Member,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<bytes::Bytes, Error>>, Error> {
+        let sized = self
+            .store
+            .client
+            .pull_blob_stream(&self.r, &Self::descriptor(m))
+            .await
+            .map_err(|e| self.store.err("downloading a member", e))?;
+        Ok(sized.stream.map_err(|e| Error::io("downloading a member", e)).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            split_url("127.0.0.1:5000/team/snaps").unwrap(),
+            ("127.0.0.1:5000".into(), "team/snaps".into())
+        );
+        assert!(split_url("ghcr.io").is_err());
+        assert!(split_url("ghcr.io/Team").is_err());
+        assert!(split_url("ghcr.io/team/-snaps").is_err());
+        assert!(split_url("ghcr.io/team//snaps").is_err(), "an empty path component");
+    }
+
+    #[test]
+    fn path_components() {
+        for ok in ["a", "kind", "conf.names_x-1", "a__b", "a---b", "0", "my.cluster-2"] {
+            assert!(is_path_component(ok), "{ok}");
+        }
+        for bad in ["", "_c", "c_", "a..b", "a___b", "-a", "a-", "A", "a.-b", "a b"] {
+            assert!(!is_path_component(bad), "{bad}");
+        }
+    }
+}
