@@ -397,9 +397,12 @@ pub struct NoSpace {
 }
 
 /// Refuses a download of `size` bytes (the size the remote declares: untrusted, so a limit) that would leave
-/// less than `margin` free on the filesystem holding `dir`.
+/// less than `margin` free on the filesystem that holds, or will hold, `dir` (its nearest existing ancestor).
 pub fn check_free_space(dir: &std::path::Path, name: &SnapshotName, size: u64, margin: u64) -> Result<()> {
     use crate::util::human_bytes;
+    let dir = std::iter::successors(Some(dir), |p| p.parent())
+        .find(|p| p.exists())
+        .unwrap_or(dir);
     let free = rustix::fs::statvfs(dir)
         .map(|v| v.f_bavail.saturating_mul(v.f_frsize))
         .with_context(|| format!("reading the free space of {}", dir.display()))?;

@@ -71,15 +71,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         let mut checks = restore::preflight::compat(&meta, &live, args.min_free_space);
         // The download goes to the local store first: its filesystem is checked with the others.
         let store_dir = ctx.store.cluster_dir(&cluster_name);
-        let probe = std::iter::successors(Some(store_dir.as_path()), |p| p.parent()).find(|p| p.exists());
         checks.push(
-            match probe.map(|dir| super::check_free_space(dir, &name, head.size, pull_margin)) {
-                Some(Ok(())) => restore::Check::pass(
+            match super::check_free_space(&store_dir, &name, head.size, pull_margin) {
+                Ok(()) => restore::Check::pass(
                     "store space",
                     format!("{} to download", crate::util::human_bytes(head.size)),
                 ),
-                Some(Err(e)) => restore::Check::fail("store space", e.to_string()),
-                None => restore::Check::fail("store space", format!("{} cannot be created", store_dir.display())),
+                Err(e) => restore::Check::fail("store space", format!("{e:#}")),
             },
         );
         if checks.iter().any(|c| !c.ok) {
