@@ -21,7 +21,7 @@ mod pvs;
 mod spool;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use backends::{LocalStore, SnapshotName, SnapshotPaths};
@@ -32,6 +32,7 @@ use crate::bundle::metadata::{
 };
 use crate::bundle::{BundleError, BundleSink, METADATA_ENTRY, WriterOptions, reader};
 use crate::cluster::journal::{self, Journal, Op, Phase, Quiesce};
+use crate::cluster::quiesce::{NodeFailure, ResumeFailed};
 use crate::cluster::{ClusterError, Node, NodeState, Role, Runtime, kubelet_nodes, node};
 use crate::progress::{PhaseRecord, Progress};
 use crate::util::{Pause, Task};
@@ -48,6 +49,10 @@ pub enum CaptureError {
     Lock(#[from] Box<journal::LockError>),
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+    #[error("encoding the metadata: {0}")]
+    Metadata(serde_json::Error),
     #[error("{phase}: {inner}")]
     Phase {
         phase: &'static str,
@@ -58,7 +63,7 @@ pub enum CaptureError {
     #[error(
         "resuming the cluster failed: {0}\nhint: run `kubectl snapshot resume CLUSTER`: it thaws frozen nodes and starts kubelet again"
     )]
-    Resume(String),
+    Resume(#[from] ResumeFailed),
 }
 
 pub struct Request {
@@ -96,103 +101,275 @@ pub async fn create(rt: &Runtime, req: Request, progress: &Progress) -> Result<O
     // images consist of (layers a node discarded are asked of their registry: nothing in the node changes).
     let p = progress.phase("inspecting cluster");
     let nodes = rt.nodes(&req.cluster).await?;
-    // Each node is surveyed once, for both: the plans first, as they are awaited first.
-    let (surveyed_tx, surveyed) = tokio::sync::oneshot::channel();
-    let facts = {
-        let (rt, nodes) = (rt.clone(), nodes.clone());
-        Task::spawn(async move { inspect(&rt, &nodes, surveyed).await })
-    };
-    let plans = {
-        let (rt, nodes, mode) = (rt.clone(), nodes.clone(), req.images);
-        Task::spawn(async move { plan_images(&rt, &nodes, mode, surveyed_tx).await })
-    };
+    let ahead = read_ahead(rt, &req.cluster, &nodes, req.images);
     // The lock first: it names an interrupted operation that left nodes paused.
     let lock = journal::begin(rt, &req.cluster, &nodes, "create")
         .await
         .map_err(Box::new)?;
-    if let Err(e) = preflight(&nodes) {
-        lock.release().await;
-        return Err(e);
-    }
-    let lock = Mutex::new(Some(lock));
-    let ahead = Ahead {
-        facts,
-        plans,
-        lock: &lock,
+    let bootstrap = match preflight(&req.cluster, &nodes) {
+        Ok(bootstrap) => bootstrap,
+        Err(e) => {
+            lock.release().await;
+            return Err(e);
+        }
     };
-    let result = create_locked(rt, &req, nodes, progress, p, ahead).await;
-    let held = lock.lock().expect("lock slot").take();
-    if let Some(l) = held {
-        l.release().await;
+    let mut cleanup = Cleanup::new(rt, &nodes, bootstrap, lock);
+    let (staging, sink) = match Staging::new(&req) {
+        Ok(staging) => staging,
+        Err(e) => {
+            cleanup.leave().await?;
+            return Err(e);
+        }
+    };
+    let mut steps = Steps {
+        rt,
+        req: &req,
+        nodes: &nodes,
+        bootstrap,
+        progress,
+        phases: vec![p.finish()],
+        warnings: Vec::new(),
+    };
+    let result = tokio::select! {
+        r = steps.capture(ahead, &staging, sink, &mut cleanup) => r,
+        sig = crate::util::interrupted() => Err(CaptureError::Interrupted(sig)),
+    };
+    if matches!(result, Err(CaptureError::Interrupted(_))) {
+        eprintln!("interrupted: resuming the cluster...");
     }
-    result
+    // Resumed whatever happened above; then nothing is left in the nodes, and the lock is released.
+    let resumed = cleanup.leave().await;
+    let captured = result?;
+    let outcome = staging.publish(&req, captured, steps)?;
+    resumed?;
+    Ok(outcome)
 }
 
-/// What `create` started before it held the cluster's lock, and the lock (released as soon as the nodes are
-/// left alone).
-struct Ahead<'a> {
+/// What `create` reads before it holds the cluster's lock: the metadata's facts, and the image plans. Each
+/// node is surveyed once, for both: the plans first, as they are awaited first.
+struct Ahead {
     facts: Task<Result<Inspected, CaptureError>>,
     plans: Task<Result<Vec<images::ImagePlan>, CaptureError>>,
-    lock: &'a Mutex<Option<journal::Lock>>,
 }
 
-async fn create_locked(
-    rt: &Runtime,
-    req: &Request,
-    nodes: Vec<Node>,
-    progress: &Progress,
-    p: crate::progress::Phase,
-    ahead: Ahead<'_>,
-) -> Result<Outcome, CaptureError> {
-    let cluster_name = backends::ClusterName::new(&req.cluster)?;
-    let Ahead { facts, plans, lock } = ahead;
-    let holder = lock
-        .lock()
-        .expect("lock slot")
-        .as_ref()
-        .map(|l| l.holder.clone())
-        .ok_or_else(|| CaptureError::Invalid("the cluster's lock is not held".into()))?;
-    let mut phases = Vec::new();
-    let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
-    let workers: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::Worker).collect();
-    let bootstrap = cps[0];
-    req.store.ensure_cluster_dir(&cluster_name)?;
-    if req.store.exists(&cluster_name, &req.name) {
-        return Err(backends::Error::AlreadyExists {
-            cluster: req.cluster.clone(),
-            name: req.name.to_string(),
-        }
-        .into());
-    }
-    phases.push(p.finish());
-
-    // Removed when dropped, unless published (publishing links it in and removes it itself).
-    let staged = tempfile::TempPath::try_from_path(req.store.staging_path(&cluster_name, &req.name))
-        .map_err(|e| CaptureError::Invalid(format!("the store's path: {e}")))?;
-    let sink = BundleSink::create(&staged, req.writer)?;
-    let quiesced: Arc<Mutex<Quiesced>> = Arc::default();
-    let copy = etcd::copy_path(&holder.id);
-    let mut journal = Journal {
-        op: Op::Create,
-        phase: Phase::Preparing,
-        holder: holder.clone(),
-        cluster: req.cluster.clone(),
-        snapshot: req.name.to_string(),
-        quiesce: None,
-        switches: Vec::new(),
-        leftovers: vec![copy.clone()],
+fn read_ahead(rt: &Runtime, cluster: &str, nodes: &[Node], mode: ImagesMode) -> Ahead {
+    let (surveyed_tx, surveyed) = tokio::sync::oneshot::channel();
+    let facts = {
+        let (rt, cluster, nodes) = (rt.clone(), cluster.to_owned(), nodes.to_vec());
+        Task::spawn(async move { inspect(&rt, &cluster, &nodes, surveyed).await })
     };
-    let mut warnings = Vec::new();
-    let mut frozen = None;
-    // Set once the nodes were cleaned up and the lock released on the way (the success path).
-    let left = std::sync::atomic::AtomicBool::new(false);
+    let plans = {
+        let (rt, nodes) = (rt.clone(), nodes.to_vec());
+        Task::spawn(async move { plan_images(&rt, &nodes, mode, surveyed_tx).await })
+    };
+    Ahead { facts, plans }
+}
 
-    let work = async {
-        // 2. etcd, hot (the journal names the copy the node holds meanwhile); the image plans finish meanwhile
-        let p = progress.phase("etcd snapshot");
-        phase("etcd snapshot", journal.write(rt, &bootstrap.name).await)?;
-        let etcd = etcd::capture(rt, &bootstrap.name, &copy, &sink);
-        // Once planned, the first node's blobs are read meanwhile.
+/// Where the bundle is written until it is published: a temporary file in the store, removed when dropped
+/// unless published (publishing links it in and removes it itself), and the writer filling it.
+struct Staging {
+    cluster: backends::ClusterName,
+    path: tempfile::TempPath,
+}
+
+impl Staging {
+    /// The store's directory for the cluster, checked not to hold the name already, and the bundle's writer.
+    fn new(req: &Request) -> Result<(Self, BundleSink), CaptureError> {
+        let cluster = backends::ClusterName::new(&req.cluster)?;
+        req.store.ensure_cluster_dir(&cluster)?;
+        if req.store.exists(&cluster, &req.name) {
+            return Err(backends::Error::AlreadyExists {
+                cluster: req.cluster.clone(),
+                name: req.name.to_string(),
+            }
+            .into());
+        }
+        let staged = req.store.staging_path(&cluster, &req.name);
+        let path = tempfile::TempPath::try_from_path(&staged).map_err(|cause| CaptureError::Io {
+            what: format!("the store's path {}", staged.display()),
+            cause,
+        })?;
+        let sink = BundleSink::create(&path, req.writer)?;
+        Ok((Staging { cluster, path }, sink))
+    }
+
+    /// The archive, sidecar and metadata copy published under the snapshot's name.
+    fn publish(self, req: &Request, captured: Captured, steps: Steps<'_>) -> Result<Outcome, CaptureError> {
+        let Captured {
+            metadata,
+            json,
+            written,
+            frozen,
+        } = captured;
+        let file_name = req
+            .store
+            .paths(&self.cluster, &req.name)
+            .bundle
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let paths = req.store.publish(
+            &self.cluster,
+            &req.name,
+            &self.path,
+            &reader::sidecar_line(&written.sha256, &file_name),
+            &json,
+            Some(&written.index),
+        )?;
+        Ok(Outcome {
+            metadata,
+            paths,
+            sha256: written.sha256,
+            size: written.size,
+            phases: steps.phases,
+            frozen,
+            warnings: steps.warnings,
+        })
+    }
+}
+
+/// What the nodes must be left as, whatever happens: thawed (or started again), then without the journals
+/// and the etcd copy, and the lock released. [`Cleanup::leave`] does it and may be called again: what is
+/// done already is not done twice.
+struct Cleanup<'a> {
+    rt: &'a Runtime,
+    nodes: &'a [Node],
+    bootstrap: &'a Node,
+    quiesced: Mutex<Quiesced>,
+    lock: Option<journal::Lock>,
+    holder: journal::Holder,
+    copy: String,
+}
+
+impl<'a> Cleanup<'a> {
+    fn new(rt: &'a Runtime, nodes: &'a [Node], bootstrap: &'a Node, lock: journal::Lock) -> Self {
+        let holder = lock.holder.clone();
+        Cleanup {
+            rt,
+            nodes,
+            bootstrap,
+            quiesced: Mutex::default(),
+            copy: etcd::copy_path(&holder.id),
+            holder,
+            lock: Some(lock),
+        }
+    }
+
+    /// Thaws what is still quiesced; once that succeeded, removes what create left in the nodes and releases
+    /// the lock. When the nodes cannot be resumed, their journals stay for `resume`, and the lock is released.
+    async fn leave(&mut self) -> Result<(), CaptureError> {
+        let thawed = thaw(self.rt, self.nodes, &self.quiesced, false).await;
+        let lock = self.lock.take();
+        match (&thawed, lock) {
+            (Ok(()), Some(lock)) => self.leave_and_release(lock).await,
+            (Err(_), Some(lock)) => lock.release().await,
+            (_, None) => {}
+        }
+        thawed
+    }
+
+    /// Removes what create left in the nodes (journals, the etcd copy) and releases the lock; the lock's node
+    /// is cleaned up in the round trip that releases it.
+    async fn leave_and_release(&self, lock: journal::Lock) {
+        let at = lock.node().to_owned();
+        let copy = self.copy.as_str();
+        let mine: Vec<&str> = if at == self.bootstrap.name {
+            vec![copy, journal::JOURNAL]
+        } else {
+            vec![journal::JOURNAL]
+        };
+        let others: Vec<Node> = self.nodes.iter().filter(|n| n.name != at).cloned().collect();
+        tokio::join!(
+            leave(self.rt, &others, &self.bootstrap.name, copy),
+            lock.release_with(&mine)
+        );
+    }
+}
+
+/// What one create shares between its steps, and what they record.
+struct Steps<'a> {
+    rt: &'a Runtime,
+    req: &'a Request,
+    nodes: &'a [Node],
+    bootstrap: &'a Node,
+    progress: &'a Progress,
+    phases: Vec<PhaseRecord>,
+    warnings: Vec<String>,
+}
+
+/// The bundle written, not yet published.
+struct Captured {
+    metadata: Metadata,
+    json: Vec<u8>,
+    written: crate::bundle::writer::Written,
+    frozen: Option<Duration>,
+}
+
+impl Steps<'_> {
+    /// Steps 2 to 7, into the staged bundle; the nodes are left (and the lock released) while it is finished.
+    async fn capture(
+        &mut self,
+        ahead: Ahead,
+        staging: &Staging,
+        sink: BundleSink,
+        cleanup: &mut Cleanup<'_>,
+    ) -> Result<Captured, CaptureError> {
+        let mut journal = Journal {
+            op: Op::Create,
+            phase: Phase::Preparing,
+            holder: cleanup.holder.clone(),
+            cluster: self.req.cluster.clone(),
+            snapshot: self.req.name.to_string(),
+            quiesce: None,
+            switches: Vec::new(),
+            leftovers: vec![cleanup.copy.clone()],
+        };
+        let (etcd, images) = self
+            .etcd_and_images(&mut journal, &cleanup.copy, ahead.plans, &sink)
+            .await?;
+        crate::util::pause_point(Pause::CreateImages, None).await;
+        // The facts read meanwhile: a node that cannot answer stops the capture before anything is frozen.
+        let facts = ahead.facts.join().await?;
+        let spool_dir = staging.path.parent().unwrap_or(std::path::Path::new("."));
+        let (pvs, frozen) = self
+            .quiesce_and_copy(&mut journal, &cleanup.quiesced, spool_dir, &sink)
+            .await?;
+
+        // 7. metadata, last entry; meanwhile the nodes are left as they were and the lock is released
+        let p = self.progress.phase("writing bundle");
+        let metadata = metadata(
+            self.req,
+            self.rt,
+            (self.nodes, self.bootstrap),
+            facts,
+            (etcd, images, pvs),
+        );
+        let json = serde_json::to_vec_pretty(&metadata).map_err(CaptureError::Metadata)?;
+        let (written, _) = tokio::join!(write_metadata(sink, &json), cleanup.leave());
+        let written = written?;
+        self.phases.push(p.finish());
+        Ok(Captured {
+            metadata,
+            json,
+            written,
+            frozen,
+        })
+    }
+
+    /// Steps 2 and 3, while the cluster runs: etcd, hot (the journal names the copy the node holds meanwhile),
+    /// then the images, per node, blobs shared (the etcd copy, every Secret, has left the node already). The
+    /// first node's blobs are read during the etcd snapshot.
+    async fn etcd_and_images(
+        &mut self,
+        journal: &mut Journal,
+        copy: &str,
+        plans: Task<Result<Vec<images::ImagePlan>, CaptureError>>,
+        sink: &BundleSink,
+    ) -> Result<(EtcdInfo, ImagesInfo), CaptureError> {
+        let (rt, bootstrap) = (self.rt, &self.bootstrap.name);
+        let p = self.progress.phase("etcd snapshot");
+        phase("etcd snapshot", journal.write(rt, bootstrap).await)?;
+        let etcd = etcd::capture(rt, bootstrap, copy, sink);
         let images_ahead = async {
             let mut plans = plans.join().await?.into_iter();
             let first = match plans.next() {
@@ -207,128 +384,75 @@ async fn create_locked(
         let (etcd, images_ahead) = tokio::join!(etcd, images_ahead);
         let etcd = phase("etcd snapshot", etcd)?;
         let images_ahead = images_ahead?;
-        phases.push(p.finish());
+        self.phases.push(p.finish());
 
-        // 3. images, per node, blobs shared (the etcd copy, every Secret, has left the node already)
-        let p = progress.phase("exporting images");
-        let images = capture_images(rt, req.images, images_ahead, &sink, &mut warnings, &p).await?;
-        phases.push(p.finish());
-        crate::util::pause_point(Pause::CreateImages, None).await;
+        let p = self.progress.phase("exporting images");
+        let images = capture_images(rt, self.req.images, images_ahead, sink, &mut self.warnings, &p).await?;
+        self.phases.push(p.finish());
+        Ok((etcd, images))
+    }
 
-        // The facts read meanwhile: a node that cannot answer stops the capture before anything is frozen.
-        let facts = facts.join().await?;
-
-        // 4. quiesce: frozen, workers first, the bootstrap control plane last
-        let p = progress.phase("quiescing nodes");
-        let order: Vec<&Node> = workers.iter().chain(cps.iter().rev()).copied().collect();
-        quiesce(rt, &nodes, &order, &mut journal, &quiesced, &mut warnings).await?;
-        phases.push(p.finish());
+    /// Steps 4 to 6: the nodes frozen, workers first, the bootstrap control plane last; every node's volumes
+    /// at once; the nodes resumed as soon as the last byte has left them. Returns the volumes, and how long
+    /// the nodes stayed frozen.
+    async fn quiesce_and_copy(
+        &mut self,
+        journal: &mut Journal,
+        quiesced: &Mutex<Quiesced>,
+        spool_dir: &std::path::Path,
+        sink: &BundleSink,
+    ) -> Result<(PvsInfo, Option<Duration>), CaptureError> {
+        let p = self.progress.phase("quiescing nodes");
+        let cps = self.nodes.iter().filter(|n| n.role == Role::ControlPlane);
+        let workers = self.nodes.iter().filter(|n| n.role == Role::Worker);
+        let order: Vec<&Node> = workers.chain(cps.rev()).collect();
+        quiesce(self.rt, self.nodes, &order, journal, quiesced, &mut self.warnings).await?;
+        self.phases.push(p.finish());
         crate::util::pause_point(Pause::CreateQuiesced, None).await;
+        let (pvs, lasted, warning) = self.copy_volumes_and_thaw(spool_dir, sink, quiesced).await?;
+        self.warnings.extend(warning);
+        Ok((pvs, lasted))
+    }
 
-        // 5. PVs, every node at once; 6. resumed as soon as the last byte has left the nodes
-        let spool_dir = staged.parent().unwrap_or(std::path::Path::new("."));
-        let (pvs, lasted, warning) =
-            copy_volumes_and_thaw(rt, &nodes, spool_dir, &sink, &quiesced, progress, &mut phases).await?;
-        warnings.extend(warning);
-        frozen = lasted;
-
-        // 7. metadata, last entry; meanwhile the nodes are left as they were and the lock is released
-        let p = progress.phase("writing bundle");
-        let metadata = metadata(req, rt, (&nodes, bootstrap), facts, (etcd, images, pvs));
-        let json = serde_json::to_vec_pretty(&metadata).map_err(|e| CaptureError::Invalid(e.to_string()))?;
-        let (written, ()) = tokio::join!(write_metadata(sink, &json), async {
-            leave_and_release(rt, &nodes, bootstrap, &copy, lock).await;
-            left.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// Steps 5 and 6: every node's volumes at once, and the nodes resumed as soon as the last byte has left
+    /// them, while the bundle takes in what was spooled. Returns the volumes, how long the nodes stayed frozen,
+    /// and a warning when that was long enough to matter. A copy that failed resumes the nodes all the same.
+    async fn copy_volumes_and_thaw(
+        &mut self,
+        spool_dir: &std::path::Path,
+        sink: &BundleSink,
+        quiesced: &Mutex<Quiesced>,
+    ) -> Result<(PvsInfo, Option<Duration>, Option<String>), CaptureError> {
+        let (rt, nodes, progress) = (self.rt, self.nodes, self.progress);
+        let phases = &mut self.phases;
+        let p = progress.phase("copying volumes");
+        let (read_tx, read) = tokio::sync::oneshot::channel();
+        let (pvs, thawed) = tokio::join!(capture_pvs(rt, nodes, spool_dir, sink, read_tx), async {
+            // Unsent when the capture failed: thawed all the same.
+            let _ = read.await;
+            phases.push(p.finish());
+            let p = progress.phase("resuming cluster");
+            let thawed = thaw(rt, nodes, quiesced, true).await;
+            phases.push(p.finish());
+            thawed
         });
-        let written = written?;
-        phases.push(p.finish());
-        Ok::<_, CaptureError>((metadata, json, written))
-    };
-
-    let result = tokio::select! {
-        r = work => r,
-        sig = crate::util::interrupted() => Err(CaptureError::Interrupted(sig)),
-    };
-    if matches!(result, Err(CaptureError::Interrupted(_))) {
-        eprintln!("interrupted: resuming the cluster...");
-    }
-
-    // Resumed whatever happened above; then nothing is left in the nodes.
-    let resumed = thaw(rt, &nodes, &quiesced, false).await;
-    if resumed.is_ok() && !left.load(std::sync::atomic::Ordering::SeqCst) {
-        leave(rt, &nodes, &bootstrap.name, &copy).await;
-    }
-
-    let (metadata, json, written) = result?;
-    let (sha256, size) = (written.sha256.clone(), written.size);
-    let file_name = req
-        .store
-        .paths(&cluster_name, &req.name)
-        .bundle
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let paths = req.store.publish(
-        &cluster_name,
-        &req.name,
-        &staged,
-        &reader::sidecar_line(&sha256, &file_name),
-        &json,
-        Some(&written.index),
-    )?;
-    resumed?;
-    Ok(Outcome {
-        metadata,
-        paths,
-        sha256,
-        size,
-        phases,
-        frozen,
-        warnings,
-    })
-}
-
-/// Steps 5 and 6: every node's volumes at once, and the nodes resumed as soon as the last byte has left them,
-/// while the bundle takes in what was spooled. Returns the volumes, how long the nodes stayed frozen, and a warning when
-/// that was long enough to matter. A copy that failed resumes the nodes all the same.
-async fn copy_volumes_and_thaw(
-    rt: &Runtime,
-    nodes: &[Node],
-    spool_dir: &std::path::Path,
-    sink: &BundleSink,
-    quiesced: &Mutex<Quiesced>,
-    progress: &Progress,
-    phases: &mut Vec<PhaseRecord>,
-) -> Result<(PvsInfo, Option<Duration>, Option<String>), CaptureError> {
-    let p = progress.phase("copying volumes");
-    let (read_tx, read) = tokio::sync::oneshot::channel();
-    let (pvs, thawed) = tokio::join!(capture_pvs(rt, nodes, spool_dir, sink, read_tx), async {
-        // Unsent when the capture failed: thawed all the same.
-        let _ = read.await;
-        phases.push(p.finish());
-        let p = progress.phase("resuming cluster");
-        let thawed = thaw(rt, nodes, quiesced, true).await;
-        phases.push(p.finish());
-        thawed
-    });
-    match (pvs, thawed) {
-        (Ok((pvs, volumes)), Ok(())) => {
-            let lasted = quiesced.lock().expect("quiesced list").lasted;
-            let warning = lasted.and_then(|lasted| {
-                let at = std::time::Instant::now()
-                    .checked_sub(lasted)
-                    .unwrap_or_else(std::time::Instant::now);
-                crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
-                long_freeze(lasted, pvs.size, volumes)
-            });
-            Ok((pvs, lasted, warning))
+        match (pvs, thawed) {
+            (Ok((pvs, volumes)), Ok(())) => {
+                let lasted = quiesced.lock().expect("quiesced list").lasted;
+                let warning = lasted.and_then(|lasted| {
+                    let at = std::time::Instant::now()
+                        .checked_sub(lasted)
+                        .unwrap_or_else(std::time::Instant::now);
+                    crate::util::trace(at, || "nodes frozen, from the first pause to the last thaw".into());
+                    long_freeze(lasted, pvs.size, volumes)
+                });
+                Ok((pvs, lasted, warning))
+            }
+            (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
+            // The nodes still quiesced matter more; the copy's failure is kept with it.
+            (Err(e), Err(CaptureError::Resume(r))) => Err(CaptureError::Resume(r.after(e))),
+            (Err(_), Err(t)) => Err(t),
         }
-        (Err(e), Ok(())) | (Ok(_), Err(e)) => Err(e),
-        // The nodes still quiesced matter more; the copy's failure is kept with it.
-        (Err(e), Err(CaptureError::Resume(r))) => {
-            Err(CaptureError::Resume(format!("{r} (after copying volumes failed: {e})")))
-        }
-        (Err(_), Err(t)) => Err(t),
     }
 }
 
@@ -368,31 +492,6 @@ async fn write_metadata(sink: BundleSink, json: &[u8]) -> Result<crate::bundle::
     let written = sink.finish().await;
     crate::util::trace(t0, || "bundle finished and synced to disk".into());
     Ok(written?)
-}
-
-/// Removes what create left in the nodes (journals, the etcd copy) and releases the lock; the lock's node is
-/// cleaned up in the round trip that releases it.
-async fn leave_and_release(
-    rt: &Runtime,
-    nodes: &[Node],
-    bootstrap: &Node,
-    copy: &str,
-    lock: &Mutex<Option<journal::Lock>>,
-) {
-    let held = lock.lock().expect("lock slot").take();
-    match held {
-        Some(l) => {
-            let at = l.node().to_owned();
-            let mine: Vec<&str> = if at == bootstrap.name {
-                vec![copy, journal::JOURNAL]
-            } else {
-                vec![journal::JOURNAL]
-            };
-            let others: Vec<Node> = nodes.iter().filter(|n| n.name != at).cloned().collect();
-            tokio::join!(leave(rt, &others, &bootstrap.name, copy), l.release_with(&mine));
-        }
-        None => leave(rt, nodes, &bootstrap.name, copy).await,
-    }
 }
 
 /// Longer than this frozen, and controllers may restart: kube-controller-manager and kube-scheduler renew
@@ -446,7 +545,7 @@ struct Inspected {
 }
 
 /// Every node running, a control plane present (from the node list: no round trip).
-fn preflight(nodes: &[Node]) -> Result<(), CaptureError> {
+fn preflight<'a>(cluster: &str, nodes: &'a [Node]) -> Result<&'a Node, CaptureError> {
     if let Some(n) = nodes.iter().find(|n| n.state != NodeState::Running) {
         return Err(ClusterError::NodeNotRunning {
             node: n.name.clone(),
@@ -454,23 +553,27 @@ fn preflight(nodes: &[Node]) -> Result<(), CaptureError> {
         }
         .into());
     }
-    if !nodes.iter().any(|n| n.role == Role::ControlPlane) {
-        return Err(CaptureError::Invalid("the cluster has no control-plane node".into()));
-    }
-    Ok(())
+    let bootstrap = nodes.iter().find(|n| n.role == Role::ControlPlane);
+    Ok(bootstrap.ok_or_else(|| ClusterError::NoControlPlane {
+        cluster: cluster.to_owned(),
+    })?)
 }
 
 /// Versions, platform, addons and the etcd image, from every node's survey (see [`plan_images`]).
 /// (Called before [`preflight`] has run, while the lock is taken: create checks the nodes' states itself.)
 async fn inspect(
     rt: &Runtime,
+    cluster: &str,
     nodes: &[Node],
     surveyed: tokio::sync::oneshot::Receiver<Vec<node::Survey>>,
 ) -> Result<Inspected, CaptureError> {
-    let bootstrap = nodes
-        .iter()
-        .find(|n| n.role == Role::ControlPlane)
-        .ok_or_else(|| CaptureError::Invalid("the cluster has no control-plane node".into()))?;
+    let bootstrap =
+        nodes
+            .iter()
+            .find(|n| n.role == Role::ControlPlane)
+            .ok_or_else(|| ClusterError::NoControlPlane {
+                cluster: cluster.to_owned(),
+            })?;
     let (k8s_version, platform, surveys) =
         tokio::join!(node::k8s_version(rt, &bootstrap.name), rt.platform(), surveyed);
     let k8s_version = phase("inspecting cluster", k8s_version)?;
@@ -605,12 +708,12 @@ async fn quiesce(
         return Ok(());
     };
     // A runtime that cannot freeze (rootless Podman on cgroup v1).
-    thaw(rt, nodes, quiesced, true)
-        .await
-        .map_err(|t| CaptureError::Resume(format!("{e}; then {t}")))?;
-    warnings.push(format!(
-        "could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart"
-    ));
+    let warning = format!("could not freeze the nodes ({e}); stopped kubelet and containers instead: pods restart");
+    thaw(rt, nodes, quiesced, true).await.map_err(|t| match t {
+        CaptureError::Resume(r) => CaptureError::Resume(r.after(e)),
+        t => t,
+    })?;
+    warnings.push(warning);
     journal.quiesce = Some(Quiesce::Stop);
     {
         let mut q = quiesced.lock().expect("quiesced list");
@@ -704,10 +807,10 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
         match rt.pause_state(n).await {
             Ok(true) => match rt.unpause(n).await {
                 Ok(()) => thawed(n),
-                Err(e) => errors.push(format!("{n}: {e}")),
+                Err(error) => errors.push(NodeFailure::NotResumed { node: n.clone(), error }),
             },
             Ok(false) => thawed(n),
-            Err(e) => errors.push(format!("{n}: {e}")),
+            Err(error) => errors.push(NodeFailure::NotResumed { node: n.clone(), error }),
         }
         if in_work && i == 0 && frozen.len() > 1 {
             crate::util::pause_point(Pause::CreateThawing, None).await;
@@ -721,7 +824,7 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
             .stopped
             .retain(|n| !stopped.contains(n));
         if let Err(e) = started {
-            errors.push(e.to_string());
+            errors.extend(e.failures);
         }
     }
     {
@@ -733,7 +836,7 @@ async fn thaw(rt: &Runtime, nodes: &[Node], quiesced: &Mutex<Quiesced>, in_work:
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(CaptureError::Resume(errors.join("; ")))
+        Err(ResumeFailed::new(errors).into())
     }
 }
 
@@ -758,5 +861,143 @@ mod tests {
         assert!(w.contains("7.3 s") && w.contains("leader-election"), "{w}");
         let named = format!("({root}/pvc-a_db 3.00 GiB, {root}/pvc-c_y 2.00 MiB, {root}/pvc-b_x 1.00 KiB, 1 more)");
         assert!(w.contains(&named), "{w}");
+    }
+
+    use crate::cluster::fake::Fake;
+    use crate::cluster::journal::{JOURNAL, LOCK_DIR};
+
+    const CP: &str = "kind-control-plane";
+    const W: &str = "kind-worker";
+
+    fn two_nodes() -> (Fake, Runtime) {
+        let fake = Fake::cluster("kind", &[(CP, Role::ControlPlane), (W, Role::Worker)]);
+        let rt = Runtime::with(fake.clone());
+        (fake, rt)
+    }
+
+    fn held(fake: &Fake) -> bool {
+        fake.paths(CP).iter().any(|p| p.starts_with(LOCK_DIR))
+    }
+
+    /// The fake answers no streamed command: the etcd snapshot fails, after the journal named its copy.
+    #[tokio::test]
+    async fn a_create_that_fails_at_the_etcd_snapshot_leaves_nothing_in_the_nodes_or_the_store() {
+        let (fake, rt) = two_nodes();
+        let dir = tempfile::tempdir().unwrap();
+        let req = Request {
+            cluster: "kind".into(),
+            images: ImagesMode::None,
+            name: SnapshotName::new("s1").unwrap(),
+            store: backends::LocalStore::new(dir.path()),
+            writer: WriterOptions::default(),
+            schedule: None,
+        };
+        let err = create(&rt, req, &Progress::new(false)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CaptureError::Phase {
+                    phase: "etcd snapshot",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let log = fake.log().join("\n");
+        assert!(
+            log.contains(JOURNAL),
+            "the journal was written before the snapshot:\n{log}"
+        );
+        for n in [CP, W] {
+            assert_eq!(
+                fake.paths(n),
+                Vec::<String>::new(),
+                "{n} keeps nothing: no journal, copy or lock"
+            );
+            assert!(!fake.paused(n));
+        }
+        let left: Vec<_> = walkdir(dir.path());
+        assert!(
+            left.iter().all(|p| p.is_dir()),
+            "the store keeps no staged file: {left:?}"
+        );
+    }
+
+    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    /// The guard after nodes were frozen: `leave` thaws them all, removes the journals and the etcd copy, and
+    /// releases the lock.
+    async fn frozen(fake: &Fake, rt: &Runtime, nodes: &[Node]) -> journal::Lock {
+        let lock = journal::begin(rt, "kind", nodes, "create").await.unwrap();
+        assert!(held(fake));
+        let copy = etcd::copy_path(&lock.holder.id);
+        fake.write(CP, &copy, b"etcd snapshot");
+        for n in [CP, W] {
+            fake.write(n, JOURNAL, b"{}");
+        }
+        lock
+    }
+
+    #[tokio::test]
+    async fn leaving_thaws_every_node_then_cleans_them_and_releases_the_lock() {
+        let (fake, rt) = two_nodes();
+        let nodes = rt.nodes("kind").await.unwrap();
+        let lock = frozen(&fake, &rt, &nodes).await;
+        let mut cleanup = Cleanup::new(&rt, &nodes, &nodes[0], lock);
+        let order: Vec<&Node> = nodes.iter().rev().collect();
+        freeze(&rt, &order, &cleanup.quiesced).await.unwrap();
+        assert!(fake.paused(CP) && fake.paused(W));
+        cleanup.leave().await.unwrap();
+        for n in [CP, W] {
+            assert!(!fake.paused(n), "{n} thawed");
+            assert_eq!(
+                fake.paths(n),
+                Vec::<String>::new(),
+                "{n}: journal, copy and lock removed"
+            );
+        }
+        // Again, as create's last step does after the success path left already: nothing more happens.
+        let before = fake.log().len();
+        cleanup.leave().await.unwrap();
+        assert_eq!(fake.log().len(), before);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_thawed_is_named_and_keeps_its_journal_for_resume() {
+        let (fake, rt) = two_nodes();
+        let nodes = rt.nodes("kind").await.unwrap();
+        let lock = frozen(&fake, &rt, &nodes).await;
+        let mut cleanup = Cleanup::new(&rt, &nodes, &nodes[0], lock);
+        let order: Vec<&Node> = nodes.iter().rev().collect();
+        freeze(&rt, &order, &cleanup.quiesced).await.unwrap();
+        fake.fail_on(W, "unpause");
+        let err = cleanup.leave().await.unwrap_err();
+        let CaptureError::Resume(failed) = &err else {
+            panic!("not a resume failure: {err}");
+        };
+        assert!(
+            matches!(&failed.failures[..], [NodeFailure::NotResumed { node, .. }] if node == W),
+            "{err}"
+        );
+        assert!(err.to_string().contains("kubectl snapshot resume"), "{err}");
+        assert!(!fake.paused(CP) && fake.paused(W));
+        assert!(!held(&fake), "the lock is released: `resume` takes it");
+        for n in [CP, W] {
+            assert!(fake.read(n, JOURNAL).is_some(), "{n} keeps its journal for `resume`");
+        }
+        // A second try (the runtime answers again) thaws the node; the journals stay for `resume`.
+        fake.heal();
+        cleanup.leave().await.unwrap();
+        assert!(!fake.paused(W));
     }
 }

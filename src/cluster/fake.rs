@@ -90,7 +90,13 @@ impl Fake {
         self.state().kubelet.get(node).copied().unwrap_or(false)
     }
 
-    /// Makes every command on `node` that mentions `needle` fail, until [`Self::heal`].
+    /// Whether `node` is frozen.
+    pub fn paused(&self, node: &str) -> bool {
+        self.state().paused.contains(node)
+    }
+
+    /// Makes every command on `node` that mentions `needle` fail, until [`Self::heal`]; `pause` and `unpause`
+    /// fail the runtime's call of that name.
     pub fn fail_on(&self, node: &str, needle: &str) {
         self.state().failing.push((node.into(), needle.into()));
     }
@@ -141,6 +147,21 @@ fn exit(code: i64, stderr: &str) -> Outcome {
 }
 
 impl State {
+    /// A runtime call (`pause`, `unpause`) on `node`: fails as Docker's API does when a test says so.
+    fn runtime_call(&mut self, node: &str, call: &str) -> Result<(), ClusterError> {
+        self.log.push((node.to_owned(), vec![format!("({call})")]));
+        if self.failing.iter().any(|(n, needle)| n == node && needle == call) {
+            return Err(ClusterError::Runtime {
+                context: format!("{call} {node}"),
+                cause: bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message: format!("fake: {call} failing as the test asked"),
+                },
+            });
+        }
+        Ok(())
+    }
+
     fn run(&mut self, node: &str, argv: &[&str], stdin: Option<Vec<u8>>) -> Outcome {
         self.log
             .push((node.to_owned(), argv.iter().map(|s| s.to_string()).collect()));
@@ -357,6 +378,7 @@ impl NodeApi for Fake {
     }
 
     async fn pause(&self, node: &str) -> Result<(), ClusterError> {
+        self.state().runtime_call(node, "pause")?;
         self.state().paused.insert(node.to_owned());
         Ok(())
     }
@@ -366,6 +388,7 @@ impl NodeApi for Fake {
     }
 
     async fn unpause(&self, node: &str) -> Result<(), ClusterError> {
+        self.state().runtime_call(node, "unpause")?;
         self.state().paused.remove(node);
         Ok(())
     }

@@ -51,6 +51,8 @@ pub enum ClusterError {
         "KIND_EXPERIMENTAL_PROVIDER={0} is not supported: kubectl-snapshot talks the Docker API (docker, or podman's socket)"
     )]
     UnsupportedProvider(String),
+    #[error("kind cluster {cluster:?} has no control-plane node")]
+    NoControlPlane { cluster: String },
     #[error(
         "no kind clusters found\nhint: create one with `kind create cluster`, or check that the right Docker daemon is in use"
     )]
