@@ -50,6 +50,15 @@ pub enum RestoreError {
     Resume(#[from] ResumeFailed),
     #[error("{0}")]
     Invalid(String),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+    #[error("{node}: no etcd restore tool was found in pre-flight")]
+    NoRestoreTool { node: String },
+    #[error("etcd did not become healthy within {}s: {last}", within.as_secs())]
+    EtcdUnhealthy { within: Duration, last: String },
+    /// A second signal while waiting for etcd after the switch.
+    #[error("stopped waiting for etcd on a second signal")]
+    WaitCut,
     /// `resume --rollback` found only a completed restore: rolling it back must be confirmed.
     #[error(
         "the last restore, of snapshot {snapshot:?} ({since}), completed: rolling it back puts back the etcd data and \
@@ -144,44 +153,96 @@ pub async fn restore(
     let snap = req.store.get(&cluster_name, &req.name)?;
     let nodes = rt.nodes(&req.cluster).await?;
     let lock = journal::begin(rt, &req.cluster, &nodes, "restore").await?;
-    let result = restore_locked(rt, &req, snap, nodes, progress, checks_out, &signals, &lock.holder).await;
+    let cx = Ctx {
+        rt,
+        req: &req,
+        progress,
+        signals: &signals,
+        holder: &lock.holder,
+    };
+    let result = restore_locked(&cx, snap, nodes, checks_out).await;
     lock.release().await;
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every step of one restore shares.
+struct Ctx<'a> {
+    rt: &'a Runtime,
+    req: &'a Request,
+    progress: &'a Progress,
+    signals: &'a Signals,
+    holder: &'a Holder,
+}
+
 async fn restore_locked(
-    rt: &Runtime,
-    req: &Request,
+    cx: &Ctx<'_>,
     snap: backends::LocalSnapshot,
     nodes: Vec<Node>,
-    progress: &Progress,
     checks_out: &mut Vec<Check>,
-    signals: &Signals,
-    holder: &Holder,
 ) -> Result<Outcome, RestoreError> {
-    let cluster_name = ClusterName::new(&req.cluster)?;
-    let mut phases = Vec::new();
+    // 1. pre-flight. The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side.
+    // Staging is written during the pass and removed again (when dropped) if any check fails.
+    let p = cx.progress.phase("pre-flight checks");
+    let staging = staging_dir(cx.req)?;
+    let ((copy, pass), live) = tokio::join!(read_bundle(snap, staging.path()), preflight::gather(cx.rt, nodes));
+    let (insp, staged) = pass?;
+    let checks = bundle_checks(copy.as_ref(), &insp, &live, cx.req.min_free);
+    let phases = vec![p.finish()];
+    *checks_out = checks.clone();
+    let (Some(meta), Some(staged)) = (insp.metadata, staged) else {
+        return Err(RestoreError::Preflight(checks));
+    };
+    if checks.iter().any(|c| !c.ok) {
+        return Err(RestoreError::Preflight(checks));
+    }
+    if let Some(signal) = cx.signals.pending() {
+        return Err(RestoreError::Interrupted {
+            signal,
+            state: "nothing was changed".into(),
+        });
+    }
+    let job = Job {
+        cx,
+        meta: &meta,
+        staged: &staged,
+        live: &live,
+    };
+    let outcome = mutate(job, checks, phases).await;
+    drop(staging);
+    outcome
+}
 
-    // 1. pre-flight
-    let p = progress.phase("pre-flight checks");
-    // The live checks (exec round trips) and the bundle pass (disk and CPU) run side by side. Staging is
-    // written during the pass and removed again if any check fails.
+/// The directory the bundle is staged in, in the store: removed when dropped; named with this pid so that a
+/// later command removes it after a kill.
+fn staging_dir(req: &Request) -> Result<tempfile::TempDir, RestoreError> {
+    let cluster_name = ClusterName::new(&req.cluster)?;
     let dir = req.store.ensure_cluster_dir(&cluster_name)?;
-    // Removed when dropped; named with this pid so that a later command removes it after a kill.
-    let staging = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(&backends::local::restore_staging_prefix())
         .tempdir_in(&dir)
-        .map_err(|e| RestoreError::Invalid(format!("creating a staging directory in {}: {e}", dir.display())))?;
-    let stage_root = staging.path().to_owned();
-    let budget = host_free(req.store.cluster_dir(&cluster_name).as_path()).saturating_sub(256 << 20);
+        .map_err(|cause| RestoreError::Io {
+            what: format!("creating a staging directory in {}", dir.display()),
+            cause,
+        })
+}
+
+/// The bundle read, verified and staged in `stage_root`, within the host's free space. The sizes the snapshot
+/// declares bound what is read and staged: they come from the metadata copy beside the bundle (returned too),
+/// else from a first pass that reads the bundle's own metadata without staging anything.
+async fn read_bundle(
+    snap: backends::LocalSnapshot,
+    stage_root: &std::path::Path,
+) -> (
+    Option<Metadata>,
+    Result<(extract::Inspection, Option<Staged>), RestoreError>,
+) {
+    let budget = host_free(stage_root).saturating_sub(256 << 20);
     let (bundle, sidecar) = (snap.paths.bundle.clone(), snap.paths.sidecar.clone());
     let copy = std::fs::read(&snap.paths.metadata)
         .ok()
         .and_then(|b| Metadata::from_json(&b).ok());
-    // The sizes the snapshot declares bound what is read and staged. They come from the metadata copy beside
-    // the bundle, else from a first pass that reads the bundle's own metadata without staging anything.
     let limits = copy.as_ref().map(extract::Limits::declared);
+    let stage_root = stage_root.to_owned();
     let pass = tokio::task::spawn_blocking(move || {
         let limits = limits.or_else(|| {
             extract::inspect(&bundle, &sidecar, None, u64::MAX, None)
@@ -192,183 +253,88 @@ async fn restore_locked(
         });
         extract::inspect(&bundle, &sidecar, Some(&stage_root), budget, limits)
     });
-    let (live, pass) = tokio::join!(preflight::gather(rt, nodes.clone()), pass);
-    let (insp, staged) = pass.map_err(|e| RestoreError::Invalid(format!("reading the bundle: {e}")))?;
-    let mut checks = match &copy {
-        Some(m) => preflight::compat(m, &live, req.min_free),
-        None => Vec::new(),
-    };
-    checks.insert(
-        0,
+    let pass = pass.await.map_err(|e| RestoreError::Io {
+        what: "reading the bundle".into(),
+        cause: std::io::Error::other(e),
+    });
+    (copy, pass)
+}
+
+/// Pre-flight's list: the bundle's integrity and contents, its schema, then every comparison of what it
+/// holds with the live cluster. The metadata inside the verified bundle is authoritative; the copy beside it
+/// only saves time, and is compared with only when the bundle's own cannot be read.
+fn bundle_checks(
+    copy: Option<&Metadata>,
+    insp: &extract::Inspection,
+    live: &preflight::Live,
+    min_free: u64,
+) -> Vec<Check> {
+    let mut checks = vec![
         if insp.integrity.is_empty() {
             Check::pass("bundle integrity", format!("sha256:{}", insp.sha256))
         } else {
             Check::fail("bundle integrity", insp.integrity.join("; "))
         },
-    );
-    checks.insert(
-        1,
         if insp.problems.is_empty() {
             Check::pass("bundle contents", "every entry is safe and consistent")
         } else {
             Check::fail("bundle contents", insp.problems.join("; "))
         },
-    );
-    match &insp.metadata {
-        Some(m) => {
-            // The metadata inside the verified bundle is authoritative; the copy beside it only saved time.
-            if copy.as_ref() != Some(m) {
-                checks.truncate(2);
-                checks.extend(preflight::compat(m, &live, req.min_free));
-            }
-            checks.insert(2, Check::pass("schema version", format!("{}", m.schema_version)));
+    ];
+    match (&insp.metadata, copy) {
+        (Some(m), _) => {
+            checks.push(Check::pass("schema version", format!("{}", m.schema_version)));
+            checks.extend(preflight::compat(m, live, min_free));
         }
-        None => {
-            if copy.is_none() {
-                checks.extend(preflight::compat_unavailable());
-            }
-        }
+        (None, Some(copy)) => checks.extend(preflight::compat(copy, live, min_free)),
+        (None, None) => checks.extend(preflight::compat_unavailable()),
     }
-    phases.push(p.finish());
-    *checks_out = checks.clone();
-    let (Some(meta), Some(staged)) = (insp.metadata.clone(), staged) else {
-        return Err(RestoreError::Preflight(checks));
-    };
-    if checks.iter().any(|c| !c.ok) {
-        return Err(RestoreError::Preflight(checks));
-    }
-    if let Some(signal) = signals.pending() {
-        return Err(RestoreError::Interrupted {
-            signal,
-            state: "nothing was changed".into(),
-        });
-    }
-    let _ = &staging;
-    let job = Job {
-        rt,
-        req,
-        meta: &meta,
-        staged: &staged,
-        live: &live,
-        progress,
-        signals,
-        holder,
-    };
-    mutate(job, checks, phases).await
+    checks
 }
 
 /// What the mutation needs, gathered once pre-flight passed.
 struct Job<'a> {
-    rt: &'a Runtime,
-    req: &'a Request,
+    cx: &'a Ctx<'a>,
     meta: &'a Metadata,
     staged: &'a Staged,
     live: &'a preflight::Live,
-    progress: &'a Progress,
-    signals: &'a Signals,
-    holder: &'a Holder,
 }
 
+/// Steps 2 to 6, once pre-flight passed.
 async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) -> Result<Outcome, RestoreError> {
-    let Job {
-        rt,
-        req,
-        meta,
-        staged,
-        live,
-        progress,
-        signals,
-        holder,
-    } = job;
-    let nodes = live.nodes.as_slice();
-    let cluster = req.cluster.clone();
+    let Ctx {
+        rt, progress, signals, ..
+    } = *job.cx;
+    let nodes = job.live.nodes.as_slice();
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
-    let kubelet: Vec<&Node> = kubelet_nodes(nodes);
-    let id = holder.id.clone();
-    let token = format!("kubectl-snapshot-{}", jiff::Timestamp::now().as_nanosecond());
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-    let old_etcd = format!("{}.old-{stamp}", etcd::LIVE);
-    let before = |step, e: RestoreError| RestoreError::BeforeMutation {
-        step,
-        inner: Box::new(e),
-    };
 
-    // 2. plan every rename, and record it in each node's journal before anything is staged
+    // 2. plan every rename, record it in each node's journal, and stage everything beside the live data
     let p = progress.phase("preparing etcd, volumes and images");
-    let journals = plan_switches(rt, req, staged, &kubelet, holder, &stamp)
-        .await
-        .map_err(|e| before("planning the switch", e))?;
-    for (n, j) in &journals {
-        if let Err(e) = j.write(rt, n).await {
-            recover::discard(rt, nodes, &journals).await;
-            return Err(before("writing the journal", e.into()));
-        }
-    }
-    crate::util::pause_point(Pause::RestorePrepare, Some(signals)).await;
-
-    // While the cluster still runs, in parallel: etcd restored beside /var/lib/etcd on every control plane,
-    // every PV root extracted beside itself and checked, missing images imported (what `kind load` does).
-    let staged_out = if signals.pending().is_some() {
-        None
-    } else {
-        tokio::select! {
-            r = stage(rt, meta, staged, live, &cps, &kubelet, &journals, &token, &id) => Some(r),
-            _ = signals.wait() => None,
-        }
-    };
-    let (etcd_revision_bump, imported, volumes) = match staged_out {
-        Some(Ok(v)) if signals.pending().is_none() => v,
-        Some(Err((step, e))) => {
-            recover::discard(rt, nodes, &journals).await;
-            return Err(before(step, e));
-        }
-        _ => {
-            recover::discard(rt, nodes, &journals).await;
-            return Err(RestoreError::Interrupted {
-                signal: signals.pending().unwrap_or(crate::util::Signal::Int),
-                state: "nothing was changed: the data staged so far was removed and the cluster kept running".into(),
-            });
-        }
-    };
+    let (mut journals, (etcd_revision_bump, imported, volumes)) = prepare(&job, &stamp).await?;
     phases.push(p.finish());
 
     // Commit: every node's journal says so, the lock node's last. From the lock node's commit on, the restore
     // is completed (by this process, or by `resume` after a kill); before it, it is undone.
-    let mut journals = journals;
     if let Err(e) = commit(rt, nodes, &mut journals).await {
         recover::discard(rt, nodes, &journals).await;
-        return Err(before("committing the journal", e.into()));
+        return Err(RestoreError::BeforeMutation {
+            step: "committing the journal",
+            inner: Box::new(e.into()),
+        });
     }
     crate::util::pause_point(Pause::RestoreCommitted, Some(signals)).await;
 
     // 3. quiesce, 4. switch by renames, 5. resume: whatever arrives now, this completes or rolls back.
     switch_or_roll_back(rt, nodes, &journals, progress, signals, &mut phases).await?;
     crate::util::pause_point(Pause::RestoreSwitched, Some(signals)).await;
-
     let p = progress.phase("resuming cluster");
-    let all: Vec<String> = kubelet.iter().map(|n| n.name.clone()).collect();
-    // A signal lets the restore complete, whether it arrived before or during the wait for etcd; only a second
-    // one cuts the wait short.
-    let seen = signals.count().max(1);
-    crate::util::pause_point(Pause::RestoreResuming, Some(signals)).await;
-    let resumed = async {
-        quiesce::resume_nodes(rt, nodes, &all).await?;
-        tokio::select! {
-            r = wait_healthy(rt, &cps) => r,
-            _ = signals.wait_beyond(seen) => Err(RestoreError::Invalid("stopped waiting for etcd on a second signal".into())),
-        }
-    }
-    .await;
-    if let Err(e) = resumed {
-        return Err(RestoreError::Unhealthy {
-            cluster: cluster.clone(),
-            inner: Box::new(e),
-        });
-    }
+    resume_healthy(&job, &cps).await?;
     phases.push(p.finish());
 
     // Done: the journal stays (with where the old data is) for `resume --rollback`; staging is removed.
     let previous_volumes = finish(rt, &mut journals).await;
+    let old_etcd = format!("{}.old-{stamp}", etcd::LIVE);
     let previous_etcd_data = cps.iter().map(|n| (n.name.clone(), old_etcd.clone())).collect();
     if let Some(signal) = signals.pending() {
         return Err(RestoreError::Interrupted {
@@ -386,6 +352,80 @@ async fn mutate(job: Job<'_>, checks: Vec<Check>, mut phases: Vec<PhaseRecord>) 
         imported_images: imported,
         restored_volumes: volumes,
         etcd_revision_bump,
+    })
+}
+
+/// Step 2, while the cluster runs: every rename planned and recorded in each node's journal before anything
+/// is staged; then, in parallel, etcd restored beside /var/lib/etcd on every control plane, every PV root
+/// extracted beside itself and checked, missing images imported (what `kind load` does). On any failure or
+/// signal, what was staged and journaled is removed and nothing was changed.
+async fn prepare(job: &Job<'_>, stamp: &str) -> Result<(BTreeMap<String, Journal>, StagedOut), RestoreError> {
+    let Ctx {
+        rt,
+        req,
+        signals,
+        holder,
+        ..
+    } = *job.cx;
+    let nodes = job.live.nodes.as_slice();
+    let kubelet: Vec<&Node> = kubelet_nodes(nodes);
+    let before = |step, e: RestoreError| RestoreError::BeforeMutation {
+        step,
+        inner: Box::new(e),
+    };
+    let journals = plan_switches(rt, req, job.staged, &kubelet, holder, stamp)
+        .await
+        .map_err(|e| before("planning the switch", e))?;
+    for (n, j) in &journals {
+        if let Err(e) = j.write(rt, n).await {
+            recover::discard(rt, nodes, &journals).await;
+            return Err(before("writing the journal", e.into()));
+        }
+    }
+    crate::util::pause_point(Pause::RestorePrepare, Some(signals)).await;
+    let staged_out = if signals.pending().is_some() {
+        None
+    } else {
+        tokio::select! {
+            r = stage(job, &kubelet, &journals) => Some(r),
+            _ = signals.wait() => None,
+        }
+    };
+    match staged_out {
+        Some(Ok(v)) if signals.pending().is_none() => Ok((journals, v)),
+        Some(Err((step, e))) => {
+            recover::discard(rt, nodes, &journals).await;
+            Err(before(step, e))
+        }
+        _ => {
+            recover::discard(rt, nodes, &journals).await;
+            Err(RestoreError::Interrupted {
+                signal: signals.pending().unwrap_or(crate::util::Signal::Int),
+                state: "nothing was changed: the data staged so far was removed and the cluster kept running".into(),
+            })
+        }
+    }
+}
+
+/// Step 5's end: every node resumed and etcd healthy. A signal lets the restore complete, whether it arrived
+/// before or during the wait for etcd; only a second one cuts the wait short.
+async fn resume_healthy(job: &Job<'_>, cps: &[&Node]) -> Result<(), RestoreError> {
+    let Ctx { rt, req, signals, .. } = *job.cx;
+    let nodes = job.live.nodes.as_slice();
+    let all: Vec<String> = kubelet_nodes(nodes).iter().map(|n| n.name.clone()).collect();
+    let seen = signals.count().max(1);
+    crate::util::pause_point(Pause::RestoreResuming, Some(signals)).await;
+    let resumed = async {
+        quiesce::resume_nodes(rt, nodes, &all).await?;
+        tokio::select! {
+            r = wait_healthy(rt, cps) => r,
+            _ = signals.wait_beyond(seen) => Err(RestoreError::WaitCut),
+        }
+    }
+    .await;
+    resumed.map_err(|e| RestoreError::Unhealthy {
+        cluster: req.cluster.clone(),
+        inner: Box::new(e),
     })
 }
 
@@ -560,63 +600,12 @@ async fn commit(rt: &Runtime, nodes: &[Node], journals: &mut BTreeMap<String, Jo
 
 type Step = (&'static str, RestoreError);
 
-/// Everything staged while the cluster runs. Returns the revision bump, the images imported per node and
-/// the number of volumes staged.
-#[allow(clippy::too_many_arguments)]
-async fn stage(
-    rt: &Runtime,
-    meta: &Metadata,
-    staged: &Staged,
-    live: &preflight::Live,
-    cps: &[&Node],
-    kubelet: &[&Node],
-    journals: &BTreeMap<String, Journal>,
-    token: &str,
-    id: &str,
-) -> Result<(Option<u64>, BTreeMap<String, Vec<String>>, usize), Step> {
-    let mut members = Vec::new();
-    for n in cps {
-        members.push(
-            etcd::member(rt, &n.name)
-                .await
-                .map_err(|e| ("reading etcd membership", e))?,
-        );
-    }
-    let initial_cluster = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut live_revision = 0;
-    for n in cps {
-        live_revision = live_revision.max(
-            node::etcd_revision(rt, &n.name)
-                .await
-                .map_err(|e| ("reading the live etcd revision", e.into()))?,
-        );
-    }
-    let plan = etcd::EtcdPlan {
-        db: &staged.etcd,
-        initial_cluster: &initial_cluster,
-        token,
-        id,
-        live_revision,
-    };
-    let tools: BTreeMap<&str, &node::RestoreTool> = live
-        .restore_tools
-        .iter()
-        .filter_map(|(n, t)| Some((n.as_str(), t.as_ref().ok()?.as_ref()?)))
-        .collect();
-    let prepare = futures_util::future::join_all(members.iter().map(|m| {
-        let tool = tools.get(m.node.as_str()).copied();
-        let plan = &plan;
-        async move {
-            let tool = tool.ok_or_else(|| {
-                RestoreError::Invalid(format!("{}: no etcd restore tool was found in pre-flight", m.node))
-            })?;
-            etcd::prepare(rt, m, tool, plan).await
-        }
-    }));
+/// What staging gave: the revision bump, the images imported per node, the number of volumes staged.
+type StagedOut = (Option<u64>, BTreeMap<String, Vec<String>>, usize);
+
+/// Everything staged while the cluster runs, every node at once: etcd, volumes, images.
+async fn stage(job: &Job<'_>, kubelet: &[&Node], journals: &BTreeMap<String, Journal>) -> Result<StagedOut, Step> {
+    let (rt, meta, staged) = (job.cx.rt, job.meta, job.staged);
     let volumes = futures_util::future::join_all(kubelet.iter().map(|n| async move {
         let switches = journals.get(&n.name).map(|j| j.switches.as_slice()).unwrap_or_default();
         pvs::stage(rt, &n.name, &staged.pvs, switches, &staged.pv_files).await
@@ -629,11 +618,8 @@ async fn stage(
             None => Ok((n.name.clone(), Vec::new())),
         }
     }));
-    let (prepared, volumes, imported) = tokio::join!(prepare, volumes, import);
-    let mut bump = None;
-    for r in prepared {
-        bump = bump.max(r.map_err(|e| ("preparing the etcd restore", e))?);
-    }
+    let (bump, volumes, imported) = tokio::join!(stage_etcd(job), volumes, import);
+    let bump = bump?;
     let mut staged_volumes = 0;
     for r in volumes {
         staged_volumes += r.map_err(|e| ("staging volumes", e))?;
@@ -646,6 +632,50 @@ async fn stage(
         }
     }
     Ok((bump, images, staged_volumes))
+}
+
+/// The snapshot's etcd restored beside the live data on every control plane, as a new cluster of today's
+/// members, its revision moved past the live one. Returns the revision bump.
+async fn stage_etcd(job: &Job<'_>) -> Result<Option<u64>, Step> {
+    let rt = job.cx.rt;
+    let cps: Vec<&Node> = job.live.nodes.iter().filter(|n| n.role == Role::ControlPlane).collect();
+    let mut members = Vec::new();
+    let mut live_revision = 0;
+    for n in &cps {
+        let member = etcd::member(rt, &n.name).await;
+        members.push(member.map_err(|e| ("reading etcd membership", e))?);
+        let revision = node::etcd_revision(rt, &n.name).await;
+        live_revision = live_revision.max(revision.map_err(|e| ("reading the live etcd revision", e.into()))?);
+    }
+    let initial_cluster = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect::<Vec<_>>()
+        .join(",");
+    let token = format!("kubectl-snapshot-{}", jiff::Timestamp::now().as_nanosecond());
+    let plan = etcd::EtcdPlan {
+        db: &job.staged.etcd,
+        initial_cluster: &initial_cluster,
+        token: &token,
+        id: &job.cx.holder.id,
+        live_revision,
+    };
+    let tools: BTreeMap<&str, &node::RestoreTool> = (job.live.restore_tools.iter())
+        .filter_map(|(n, t)| Some((n.as_str(), t.as_ref().ok()?.as_ref()?)))
+        .collect();
+    let prepared = futures_util::future::join_all(members.iter().map(|m| {
+        let (tool, plan) = (tools.get(m.node.as_str()).copied(), &plan);
+        async move {
+            let tool = tool.ok_or_else(|| RestoreError::NoRestoreTool { node: m.node.clone() })?;
+            etcd::prepare(rt, m, tool, plan).await
+        }
+    }))
+    .await;
+    let mut bump = None;
+    for r in prepared {
+        bump = bump.max(r.map_err(|e| ("preparing the etcd restore", e))?);
+    }
+    Ok(bump)
 }
 
 /// How long a restored etcd may take to be healthy, and how often it is asked at first.
@@ -674,11 +704,9 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
     healthy
         .retry(crate::util::backoff(HEALTH_POLL, HEALTH_POLL * 5, HEALTH_WAIT))
         .await
-        .map_err(|last| {
-            RestoreError::Invalid(format!(
-                "etcd did not become healthy within {}s: {last}",
-                HEALTH_WAIT.as_secs()
-            ))
+        .map_err(|last| RestoreError::EtcdUnhealthy {
+            within: HEALTH_WAIT,
+            last,
         })
 }
 
@@ -688,6 +716,35 @@ async fn wait_healthy(rt: &Runtime, cps: &[&Node]) -> Result<(), RestoreError> {
 mod tests {
     use super::*;
     use crate::cluster::fake::Fake;
+
+    /// Pre-flight judges the snapshot by the metadata inside the verified bundle, not by the copy beside it.
+    #[test]
+    fn pre_flight_compares_the_bundles_own_metadata_and_says_when_there_is_none() {
+        let (copy, live) = preflight::tests::matching();
+        let mut inside = copy.clone();
+        inside.k8s_version = "v1.31.0".into();
+        let insp = extract::Inspection {
+            sha256: "ab".into(),
+            metadata: Some(inside),
+            ..Default::default()
+        };
+        let checks = bundle_checks(Some(&copy), &insp, &live, 0);
+        let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
+        assert_eq!(&names[..3], ["bundle integrity", "bundle contents", "schema version"]);
+        let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+        assert_eq!(failed, ["k8s version"], "{checks:?}");
+
+        let broken = extract::Inspection {
+            integrity: vec!["sha256 mismatch".into()],
+            ..Default::default()
+        };
+        let checks = bundle_checks(None, &broken, &live, 0);
+        let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+        assert_eq!(failed, ["bundle integrity", "schema version"], "{checks:?}");
+        // The copy beside an unreadable bundle still shows what would not match.
+        let checks = bundle_checks(Some(&copy), &broken, &live, 0);
+        assert!(checks.iter().any(|c| c.name == "k8s version" && c.ok), "{checks:?}");
+    }
 
     const CP: &str = "kind-control-plane";
     const W: &str = "kind-worker";

@@ -320,7 +320,7 @@ fn first_line(s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
@@ -337,7 +337,7 @@ mod tests {
 
     /// A two-node cluster's snapshot (control plane, worker, load balancer not counted) and the live cluster
     /// it was taken of, as `gather` would find it.
-    fn matching() -> (Metadata, Live) {
+    pub(in crate::restore) fn matching() -> (Metadata, Live) {
         let meta = Metadata::from_json(
             serde_json::json!({
                 "schemaVersion": 2, "name": "s", "cluster": "kind", "created": "2026-12-01T00:00:00Z",
