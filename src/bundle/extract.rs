@@ -18,7 +18,7 @@ use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
 use super::metadata::Metadata;
-use super::{ETCD_ENTRY, METADATA_ENTRY, PV_ROOTS, PVS_DIR, reader};
+use super::{ETCD_ENTRY, IMAGE_BLOBS_DIR, Layout, PV_ROOTS, PVS_DIR, reader};
 
 /// No single entry may claim more than this (1 TiB): a header saying otherwise is hostile or broken.
 pub const MAX_ENTRY: u64 = 1 << 40;
@@ -82,14 +82,6 @@ fn components(path: &Path) -> Result<Vec<String>, String> {
         return Err("it is empty".into());
     }
     Ok(out)
-}
-
-fn node_name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-        && !s.starts_with('.')
 }
 
 /// How many symlinks one resolution may follow (Linux's limit, MAXSYMLINKS).
@@ -196,83 +188,26 @@ impl Pass {
 
     fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> io::Result<()> {
         let raw_path = e.path()?.into_owned();
-        let shown = raw_path.display().to_string();
         let parts = match components(&raw_path) {
             Ok(p) => p,
             Err(why) => {
-                self.problem(format!("unsafe entry {shown:?}: {why}"));
+                self.problem(format!("unsafe entry {:?}: {why}", raw_path.display().to_string()));
                 return Ok(());
             }
         };
         let joined = parts.join("/");
-        if !self.seen.insert(joined.clone()) {
-            self.problem(format!("duplicate entry {joined:?}"));
+        let (kind, size) = (e.header().entry_type(), e.size());
+        if !self.admit(&parts, &joined, size)? {
             return Ok(());
         }
-        let kind = e.header().entry_type();
-        let size = e.size();
-        if size > MAX_ENTRY {
-            self.problem(format!("entry {joined:?} claims an absurd size ({size} bytes)"));
-            return Ok(());
-        }
-        if let Some(long) = parts.iter().find(|c| c.len() > NAME_MAX) {
-            let head: String = long.chars().take(40).collect();
-            self.problem(format!(
-                "entry name {head:?}… is {} bytes long: a node's filesystem takes at most {NAME_MAX}",
-                long.len()
-            ));
-            return Ok(());
-        }
-        if joined.len() > PATH_MAX {
-            self.problem(format!(
-                "entry path of {} bytes: longer than a node can create ({PATH_MAX})",
-                joined.len()
-            ));
-            return Ok(());
-        }
-        if let Some(l) = self.limits {
-            let (what, used, limit) = match parts.first().map(String::as_str) {
-                Some(PVS_DIR) => {
-                    self.pv_bytes += size;
-                    ("volume data", self.pv_bytes, l.pvs)
-                }
-                Some("images") if parts.get(1).map(String::as_str) == Some("blobs") => {
-                    self.blob_bytes += size;
-                    ("image data", self.blob_bytes, l.images)
-                }
-                _ if joined == ETCD_ENTRY => ("etcd data", size, l.etcd),
-                _ => ("", 0, 0),
-            };
-            if used > limit {
-                self.problem(format!(
-                    "the bundle holds more {what} than its metadata declares ({limit} bytes): refused, nothing more was staged"
-                ));
-                self.writing = false;
-                return Err(io::Error::other("a declared size was exceeded"));
-            }
-        }
-        self.uncompressed += size;
-        if self.writing && self.uncompressed > self.budget {
-            self.problem(format!(
-                "the bundle holds more data than the {} bytes free for staging it",
-                self.budget
-            ));
-            self.writing = false;
-        }
-        let is_dir = kind == tar::EntryType::Directory;
-        let is_file = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
         let p: Vec<&str> = parts.iter().map(String::as_str).collect();
-        match p.as_slice() {
-            [METADATA_ENTRY] if is_file => {
-                if size > MAX_JSON {
-                    self.problem(format!("metadata.json is {size} bytes"));
-                    return Ok(());
+        match Layout::of(&p, kind) {
+            Layout::Metadata => {
+                if let Some(buf) = self.read_json(&mut e, &joined, size)? {
+                    self.metadata_raw = Some(buf);
                 }
-                let mut buf = Vec::new();
-                e.read_to_end(&mut buf)?;
-                self.metadata_raw = Some(buf);
             }
-            ["etcd", "snapshot.db"] if is_file => {
+            Layout::Etcd => {
                 let mut h = Sha256::new();
                 let mut out = match self.st() {
                     Some(s) => Some(create_new(&s.etcd)?),
@@ -281,35 +216,12 @@ impl Pass {
                 copy_hashed(&mut e, &mut h, out.as_mut())?;
                 self.etcd_digest = Some(format!("sha256:{}", hex::encode(h.finalize())));
             }
-            ["images", "blobs", "sha256", hex] if is_file => {
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                    self.problem(format!("unexpected entry {joined:?}: not a sha256 blob name"));
+            Layout::Blob { hex } => self.blob(e, &joined, hex, size)?,
+            Layout::NodeIndex { node } => {
+                self.nodes_seen.insert(node.to_owned());
+                let Some(buf) = self.read_json(&mut e, &joined, size)? else {
                     return Ok(());
-                }
-                let mut h = Sha256::new();
-                let target = self.st().map(|s| s.blobs.join(hex));
-                let mut out = match &target {
-                    Some(t) => Some(create_new(t)?),
-                    None => None,
                 };
-                copy_hashed(&mut e, &mut h, out.as_mut())?;
-                if hex::encode(h.finalize()) != *hex {
-                    self.problem(format!("image blob {joined:?} does not match its digest"));
-                    if let Some(t) = target {
-                        let _ = fs::remove_file(t);
-                    }
-                    return Ok(());
-                }
-                self.blobs.insert((*hex).to_owned(), size);
-            }
-            ["images", "nodes", node, "index.json"] if is_file && node_name_ok(node) => {
-                if size > MAX_JSON {
-                    self.problem(format!("{joined:?} is {size} bytes"));
-                    return Ok(());
-                }
-                self.nodes_seen.insert((*node).to_owned());
-                let mut buf = Vec::new();
-                e.read_to_end(&mut buf)?;
                 if serde_json::from_slice::<serde_json::Value>(&buf).is_err() {
                     self.problem(format!("{joined:?} is not JSON"));
                     return Ok(());
@@ -319,27 +231,113 @@ impl Pass {
                     create_new(&path)?.write_all(&buf)?;
                 }
             }
-            [PVS_DIR, node, a, b, rest @ ..]
-                if node_name_ok(node) && PV_ROOTS.contains(&format!("/{a}/{b}").as_str()) =>
-            {
-                let node = (*node).to_owned();
-                let root = format!("/{a}/{b}");
-                self.nodes_seen.insert(node.clone());
-                self.pv_entry(&joined, node, root, rest, e, kind)?;
+            Layout::Pv { node, root, rest } => {
+                self.nodes_seen.insert(node.to_owned());
+                self.pv_entry(&joined, node.to_owned(), root.to_owned(), rest, e, kind)?;
             }
-            // Directory entries of the layout itself carry nothing.
-            ["etcd"]
-            | ["images"]
-            | ["images", "blobs"]
-            | ["images", "blobs", "sha256"]
-            | ["images", "nodes"]
-            | [PVS_DIR]
-                if is_dir => {}
-            ["images", "nodes", node] | [PVS_DIR, node] if is_dir && node_name_ok(node) => {}
-            [PVS_DIR, node, a]
-                if is_dir && node_name_ok(node) && PV_ROOTS.iter().any(|r| r.split('/').nth(1) == Some(*a)) => {}
-            _ => self.problem(format!("unexpected entry {joined:?} ({kind:?})")),
+            Layout::Dir => {}
+            Layout::Unknown => self.problem(format!("unexpected entry {joined:?} ({kind:?})")),
         }
+        Ok(())
+    }
+
+    /// Whether an entry may be read at all: a new name, a sane size and name lengths, within what the
+    /// metadata declares (an error: nothing more is read) and, for staging, within the budget.
+    fn admit(&mut self, parts: &[String], joined: &str, size: u64) -> io::Result<bool> {
+        if !self.seen.insert(joined.to_owned()) {
+            self.problem(format!("duplicate entry {joined:?}"));
+            return Ok(false);
+        }
+        if size > MAX_ENTRY {
+            self.problem(format!("entry {joined:?} claims an absurd size ({size} bytes)"));
+            return Ok(false);
+        }
+        if let Some(long) = parts.iter().find(|c| c.len() > NAME_MAX) {
+            let head: String = long.chars().take(40).collect();
+            self.problem(format!(
+                "entry name {head:?}… is {} bytes long: a node's filesystem takes at most {NAME_MAX}",
+                long.len()
+            ));
+            return Ok(false);
+        }
+        if joined.len() > PATH_MAX {
+            self.problem(format!(
+                "entry path of {} bytes: longer than a node can create ({PATH_MAX})",
+                joined.len()
+            ));
+            return Ok(false);
+        }
+        self.within_declared(parts, joined, size)?;
+        self.uncompressed += size;
+        if self.writing && self.uncompressed > self.budget {
+            self.problem(format!(
+                "the bundle holds more data than the {} bytes free for staging it",
+                self.budget
+            ));
+            self.writing = false;
+        }
+        Ok(true)
+    }
+
+    /// Counts the entry against the sizes the metadata declares; more than declared stops the pass.
+    fn within_declared(&mut self, parts: &[String], joined: &str, size: u64) -> io::Result<()> {
+        let Some(l) = self.limits else {
+            return Ok(());
+        };
+        let (what, used, limit) = match parts.first().map(String::as_str) {
+            Some(PVS_DIR) => {
+                self.pv_bytes += size;
+                ("volume data", self.pv_bytes, l.pvs)
+            }
+            Some(_) if joined.starts_with(&format!("{IMAGE_BLOBS_DIR}/")) => {
+                self.blob_bytes += size;
+                ("image data", self.blob_bytes, l.images)
+            }
+            _ if joined == ETCD_ENTRY => ("etcd data", size, l.etcd),
+            _ => return Ok(()),
+        };
+        if used > limit {
+            self.problem(format!(
+                "the bundle holds more {what} than its metadata declares ({limit} bytes): refused, nothing more was staged"
+            ));
+            self.writing = false;
+            return Err(io::Error::other("a declared size was exceeded"));
+        }
+        Ok(())
+    }
+
+    /// A small JSON document's bytes; `None` (a problem said) when it declares more than one may be.
+    fn read_json(&mut self, e: &mut impl Read, joined: &str, size: u64) -> io::Result<Option<Vec<u8>>> {
+        if size > MAX_JSON {
+            self.problem(format!("{joined:?} is {size} bytes"));
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// An image blob, staged under its hex name once its content is checked against it.
+    fn blob(&mut self, mut e: impl Read, joined: &str, hex: &str, size: u64) -> io::Result<()> {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            self.problem(format!("unexpected entry {joined:?}: not a sha256 blob name"));
+            return Ok(());
+        }
+        let mut h = Sha256::new();
+        let target = self.st().map(|s| s.blobs.join(hex));
+        let mut out = match &target {
+            Some(t) => Some(create_new(t)?),
+            None => None,
+        };
+        copy_hashed(&mut e, &mut h, out.as_mut())?;
+        if hex::encode(h.finalize()) != *hex {
+            self.problem(format!("image blob {joined:?} does not match its digest"));
+            if let Some(t) = target {
+                let _ = fs::remove_file(t);
+            }
+            return Ok(());
+        }
+        self.blobs.insert(hex.to_owned(), size);
         Ok(())
     }
 
@@ -352,26 +350,10 @@ impl Pass {
         mut e: tar::Entry<'_, R>,
         kind: tar::EntryType,
     ) -> io::Result<()> {
-        let key = (node.clone(), root.clone());
+        let key = (node, root);
         if !self.roots.contains_key(&key) {
-            let (tar, path) = match self.st() {
-                Some(s) => {
-                    let path = s.dir.join(format!("pv-{}.tar", self.roots.len()));
-                    (Some(tar::Builder::new(create_new(&path)?)), Some(path))
-                }
-                None => (None, None),
-            };
-            let base = root.rsplit('/').next().unwrap_or_default().to_owned();
-            self.roots.insert(
-                key.clone(),
-                PvRoot {
-                    tar,
-                    path,
-                    base,
-                    files: HashSet::new(),
-                    symlinks: BTreeMap::new(),
-                },
-            );
+            let root = self.new_root(&key.1)?;
+            self.roots.insert(key.clone(), root);
         }
         let rel = rest.join("/");
         let pv = self.roots.get_mut(&key).expect("inserted above");
@@ -393,7 +375,13 @@ impl Pass {
             header.set_gid(src.gid().unwrap_or(0));
             header.set_mtime(src.mtime().unwrap_or(0));
         }
-        match kind {
+        let entry = PvEntry {
+            joined,
+            rel: &rel,
+            rest,
+            name: &name,
+        };
+        let refused = match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 pv.files.insert(rel.clone());
                 header.set_entry_type(tar::EntryType::Regular);
@@ -404,6 +392,7 @@ impl Pass {
                         io::copy(&mut e, &mut io::sink())?;
                     }
                 }
+                None
             }
             tar::EntryType::Directory => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -411,57 +400,102 @@ impl Pass {
                 if let Some(t) = pv.tar.as_mut() {
                     t.append_data(&mut header, &name, io::empty())?;
                 }
+                None
             }
-            tar::EntryType::Symlink => {
-                let target = e
-                    .link_name()?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let dir: Vec<String> = rest[..rest.len().saturating_sub(1)]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-                if rest.is_empty() || resolve_within(&pv.symlinks, &dir, &target).is_none() {
-                    let msg = format!("unsafe symlink {joined:?} -> {target:?}: it points outside its volume");
-                    self.problem(msg);
-                    return Ok(());
-                }
-                pv.symlinks.insert(rel.clone(), target.clone());
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_size(0);
-                if let Some(t) = pv.tar.as_mut() {
-                    t.append_link(&mut header, &name, &target)?;
-                }
-            }
+            tar::EntryType::Symlink => pv.symlink(&entry, &mut header, &link_target(&e)?)?,
             tar::EntryType::Link => {
-                let target = e
-                    .link_name()?
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let prefix = format!("{PVS_DIR}/{node}{root}/");
-                let within = target
-                    .strip_prefix(&prefix)
-                    .filter(|t| pv.files.contains(*t))
-                    .map(str::to_owned);
-                let Some(t_rel) = within else {
-                    let msg =
-                        format!("unsafe hardlink {joined:?} -> {target:?}: not an earlier file of the same volume");
-                    self.problem(msg);
-                    return Ok(());
-                };
-                header.set_entry_type(tar::EntryType::Link);
-                header.set_size(0);
-                let base = pv.base.clone();
-                if let Some(t) = pv.tar.as_mut() {
-                    t.append_link(&mut header, &name, format!("{base}/{t_rel}"))?;
-                }
+                let prefix = format!("{PVS_DIR}/{}{}/", key.0, key.1);
+                pv.hardlink(&entry, &mut header, &link_target(&e)?, &prefix)?
             }
-            other => {
-                let msg = format!("unsafe entry {joined:?}: special file ({other:?})");
-                self.problem(msg);
-            }
+            other => Some(format!("unsafe entry {joined:?}: special file ({other:?})")),
+        };
+        if let Some(msg) = refused {
+            self.problem(msg);
         }
         Ok(())
+    }
+
+    /// A volume root's first entry: its re-packed tar is begun in staging.
+    fn new_root(&self, root: &str) -> io::Result<PvRoot> {
+        let (tar, path) = match self.st() {
+            Some(s) => {
+                let path = s.dir.join(format!("pv-{}.tar", self.roots.len()));
+                (Some(tar::Builder::new(create_new(&path)?)), Some(path))
+            }
+            None => (None, None),
+        };
+        Ok(PvRoot {
+            tar,
+            path,
+            base: root.rsplit('/').next().unwrap_or_default().to_owned(),
+            files: HashSet::new(),
+            symlinks: BTreeMap::new(),
+        })
+    }
+}
+
+/// A link entry's target, as text.
+fn link_target<R: Read>(e: &tar::Entry<'_, R>) -> io::Result<String> {
+    Ok(e.link_name()?
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
+/// One entry of a volume root: its archive path, its path relative to the root (as text and components),
+/// and the name it gets in the re-packed tar.
+struct PvEntry<'a> {
+    joined: &'a str,
+    rel: &'a str,
+    rest: &'a [&'a str],
+    name: &'a str,
+}
+
+impl PvRoot {
+    /// A symlink, kept when what it points to (through earlier links) stays inside the volume; else the
+    /// problem.
+    fn symlink(&mut self, e: &PvEntry<'_>, header: &mut tar::Header, target: &str) -> io::Result<Option<String>> {
+        let dir: Vec<String> = e.rest[..e.rest.len().saturating_sub(1)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if e.rest.is_empty() || resolve_within(&self.symlinks, &dir, target).is_none() {
+            let joined = e.joined;
+            return Ok(Some(format!(
+                "unsafe symlink {joined:?} -> {target:?}: it points outside its volume"
+            )));
+        }
+        self.symlinks.insert(e.rel.to_owned(), target.to_owned());
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        if let Some(t) = self.tar.as_mut() {
+            t.append_link(header, e.name, target)?;
+        }
+        Ok(None)
+    }
+
+    /// A hardlink, kept when it names an earlier file of the same volume (`prefix`: the volume's path in the
+    /// archive); else the problem.
+    fn hardlink(
+        &mut self,
+        e: &PvEntry<'_>,
+        header: &mut tar::Header,
+        target: &str,
+        prefix: &str,
+    ) -> io::Result<Option<String>> {
+        let within = target.strip_prefix(prefix).filter(|t| self.files.contains(*t));
+        let Some(t_rel) = within else {
+            let joined = e.joined;
+            return Ok(Some(format!(
+                "unsafe hardlink {joined:?} -> {target:?}: not an earlier file of the same volume"
+            )));
+        };
+        header.set_entry_type(tar::EntryType::Link);
+        header.set_size(0);
+        let linked = format!("{}/{t_rel}", self.base);
+        if let Some(t) = self.tar.as_mut() {
+            t.append_link(header, e.name, linked)?;
+        }
+        Ok(None)
     }
 }
 
