@@ -248,24 +248,84 @@ fn from_config(remote: &str, key: &str) -> String {
     format!("remote {remote:?} in config.toml ({key})")
 }
 
-/// The first value present, with its source: flags, then environment variables, then the config file.
-fn pick(
-    flag: Option<(&Option<String>, &'static str)>,
-    env: &dyn Fn(&str) -> Option<String>,
-    vars: &[&'static str],
-    config: Option<(Option<&String>, String)>,
-) -> Option<Sourced<String>> {
-    if let Some((Some(v), name)) = flag {
-        return Some(Sourced::new(v.clone(), name));
-    }
-    for var in vars {
-        if let Some(v) = env(var) {
-            return Some(Sourced::new(v, *var));
+/// The S3 settings that have a value of their own (not a switch): where each is looked for, in order. A new
+/// setting is one entry here, its field in [`RemoteSettings`] (flag and config key in one) and its use; a test
+/// checks the table against the command line and the config file's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum S3Key {
+    Endpoint,
+    Region,
+    Profile,
+    Proxy,
+    EndpointCa,
+}
+
+impl S3Key {
+    #[cfg(test)]
+    const ALL: [S3Key; 5] = [
+        S3Key::Endpoint,
+        S3Key::Region,
+        S3Key::Profile,
+        S3Key::Proxy,
+        S3Key::EndpointCa,
+    ];
+
+    /// Its flag, as `--name`.
+    fn flag(self) -> &'static str {
+        match self {
+            S3Key::Endpoint => "--s3-endpoint",
+            S3Key::Region => "--s3-region",
+            S3Key::Profile => "--s3-profile",
+            S3Key::Proxy => "--s3-proxy",
+            S3Key::EndpointCa => "--s3-endpoint-ca",
         }
     }
-    match config {
-        Some((Some(v), from)) => Some(Sourced::new(v.clone(), from)),
-        _ => None,
+
+    /// Environment variables, the first set one winning. Not the proxy: without a proxy setting the HTTP
+    /// client honours HTTP(S)_PROXY itself.
+    fn env(self) -> &'static [&'static str] {
+        match self {
+            S3Key::Endpoint => &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+            S3Key::Region => &["AWS_REGION", "AWS_DEFAULT_REGION"],
+            S3Key::Profile => &["AWS_PROFILE"],
+            S3Key::Proxy | S3Key::EndpointCa => &[],
+        }
+    }
+
+    /// Its key in a remote's entry of config.toml.
+    fn config_key(self) -> &'static str {
+        &self.flag()["--s3-".len()..]
+    }
+
+    /// The value set in `s` for this key.
+    fn value(self, s: &RemoteSettings) -> Option<String> {
+        match self {
+            S3Key::Endpoint => s.endpoint.clone(),
+            S3Key::Region => s.region.clone(),
+            S3Key::Profile => s.profile.clone(),
+            S3Key::Proxy => s.proxy.clone(),
+            S3Key::EndpointCa => None,
+        }
+    }
+
+    /// The first value present, with its source: the flags, the environment, the remote's config entry.
+    fn pick(
+        self,
+        flags: &RemoteSettings,
+        env: &dyn Fn(&str) -> Option<String>,
+        cfg: Option<(&str, &RemoteConfig)>,
+    ) -> Option<Sourced<String>> {
+        if let Some(v) = self.value(flags) {
+            return Some(Sourced::new(v, self.flag()));
+        }
+        for var in self.env() {
+            if let Some(v) = env(var) {
+                return Some(Sourced::new(v, *var));
+            }
+        }
+        let (name, c) = cfg?;
+        self.value(c)
+            .map(|v| Sourced::new(v, from_config(name, self.config_key())))
     }
 }
 
@@ -285,68 +345,83 @@ fn s3_options(
 ) -> Result<S3Options> {
     let mut o = S3Options::new(bucket);
     o.folder = folder;
-    let c = cfg.map(|(_, c)| c);
-    let at = |key: &str| cfg.map_or_else(String::new, |(name, _)| from_config(name, key));
-    fn conf<'a>(
-        cfg: Option<(&str, &RemoteConfig)>,
-        v: Option<&'a String>,
-        key: &str,
-    ) -> Option<(Option<&'a String>, String)> {
-        cfg.map(|(name, _)| (v, from_config(name, key)))
-    }
-
+    let (c, flags) = (cfg.map(|(_, c)| c), &f.settings);
     if let Some(b) = &f.s3_bucket {
         o.bucket = b.clone();
     }
     if let Some(v) = &f.s3_folder {
         o.folder = v.trim_matches('/').to_owned();
     }
-    o.endpoint = pick(
-        Some((&f.settings.endpoint, "--s3-endpoint")),
-        env,
-        &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
-        conf(cfg, c.and_then(|c| c.endpoint.as_ref()), "endpoint"),
-    );
-    o.endpoint_ca = if !f.settings.endpoint_ca.is_empty() {
-        Some(Sourced::new(f.settings.endpoint_ca.clone(), "--s3-endpoint-ca"))
-    } else {
-        c.filter(|c| !c.endpoint_ca.is_empty())
-            .map(|c| Sourced::new(c.endpoint_ca.clone(), at("endpoint-ca")))
+    o.endpoint = S3Key::Endpoint.pick(flags, env, cfg);
+    o.endpoint_ca = match (flags.endpoint_ca.is_empty(), cfg) {
+        (false, _) => Some(Sourced::new(flags.endpoint_ca.clone(), S3Key::EndpointCa.flag())),
+        (true, Some((name, c))) if !c.endpoint_ca.is_empty() => Some(Sourced::new(
+            c.endpoint_ca.clone(),
+            from_config(name, S3Key::EndpointCa.config_key()),
+        )),
+        _ => None,
     };
-    o.skip_ssl_verify = f.settings.skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
-    o.insecure = f.settings.insecure || c.is_some_and(|c| c.insecure);
-    o.timeout = f.settings.timeout.or(c.and_then(|c| c.timeout)).unwrap_or(o.timeout);
-    o.lookup = f
-        .settings
-        .bucket_lookup_type
+    o.skip_ssl_verify = flags.skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
+    o.insecure = flags.insecure || c.is_some_and(|c| c.insecure);
+    o.timeout = flags.timeout.or(c.and_then(|c| c.timeout)).unwrap_or(o.timeout);
+    o.lookup = (flags.bucket_lookup_type)
         .or(c.and_then(|c| c.bucket_lookup_type))
         .unwrap_or(o.lookup);
-    // Not from the environment here: without a proxy setting the HTTP client honours HTTP(S)_PROXY itself.
-    o.proxy = match (&f.settings.proxy, c.and_then(|c| c.proxy.as_ref())) {
-        (Some(p), _) => Some(Sourced::new(p.clone(), "--s3-proxy")),
-        (None, Some(p)) => Some(Sourced::new(p.clone(), at("proxy"))),
-        (None, None) => None,
-    };
+    o.proxy = S3Key::Proxy.pick(flags, env, cfg);
+    let profile = AwsProfile::read(S3Key::Profile.pick(flags, env, cfg), env)?;
+    o.credentials = s3_credentials(f, env, &profile)?;
+    o.region = S3Key::Region
+        .pick(flags, env, cfg)
+        .or_else(|| {
+            let from = format!("profile {:?}", profile.name());
+            profile.region.clone().map(|r| Sourced::new(r, from))
+        })
+        .unwrap_or(o.region);
+    Ok(o)
+}
 
-    // The AWS profile: named explicitly, or "default"; its files from AWS_SHARED_CREDENTIALS_FILE and
-    // AWS_CONFIG_FILE, else ~/.aws.
-    let profile = pick(
-        Some((&f.settings.profile, "--s3-profile")),
-        env,
-        &["AWS_PROFILE"],
-        conf(cfg, c.and_then(|c| c.profile.as_ref()), "profile"),
-    );
-    let home = env("HOME").map(PathBuf::from);
-    let creds_file = env("AWS_SHARED_CREDENTIALS_FILE")
-        .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
-    let config_file = env("AWS_CONFIG_FILE")
-        .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
-    let profile_name = profile.as_ref().map_or("default", |p| p.value.as_str());
-    let (profile_creds, profile_region) =
-        backends::s3::profile(profile_name, creds_file.as_deref(), config_file.as_deref())?;
+/// The AWS profile: named explicitly, or "default"; its files from AWS_SHARED_CREDENTIALS_FILE and
+/// AWS_CONFIG_FILE, else ~/.aws.
+struct AwsProfile {
+    named: Option<Sourced<String>>,
+    creds_file: Option<PathBuf>,
+    config_file: Option<PathBuf>,
+    credentials: Option<Credentials>,
+    region: Option<String>,
+}
 
+impl AwsProfile {
+    fn read(named: Option<Sourced<String>>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let home = env("HOME").map(PathBuf::from);
+        let creds_file = env("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".aws/credentials")));
+        let config_file = env("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".aws/config")));
+        let name = named.as_ref().map_or("default", |p| p.value.as_str());
+        let (credentials, region) = backends::s3::profile(name, creds_file.as_deref(), config_file.as_deref())?;
+        Ok(AwsProfile {
+            named,
+            creds_file,
+            config_file,
+            credentials,
+            region,
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.named.as_ref().map_or("default", |p| p.value.as_str())
+    }
+}
+
+/// Credentials: the flags (both or neither), else AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else the profile's.
+/// A profile named explicitly must have them.
+fn s3_credentials(
+    f: &S3Args,
+    env: &dyn Fn(&str) -> Option<String>,
+    profile: &AwsProfile,
+) -> Result<Option<Credentials>> {
     let secret = if f.s3_secret_key_stdin {
         Some(read_secret_line("the S3 secret key")?)
     } else {
@@ -357,55 +432,41 @@ fn s3_options(
     } else {
         "--s3-secret-key"
     };
-    o.credentials = match (&f.s3_access_key, secret) {
-        (Some(key), Some(secret)) => Some(Credentials {
-            key: key.clone(),
-            secret: Secret::new(secret),
-            token: f.s3_session_token.clone().map(Secret::new),
-            from: format!("--s3-access-key/{secret_flag}"),
-        }),
-        (Some(_), None) | (None, Some(_)) => bail!("--s3-access-key and {secret_flag} go together"),
-        (None, None) => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            (Some(key), Some(secret)) => Some(Credentials {
-                key,
+    match (&f.s3_access_key, secret) {
+        (Some(key), Some(secret)) => {
+            return Ok(Some(Credentials {
+                key: key.clone(),
                 secret: Secret::new(secret),
-                token: f
-                    .s3_session_token
-                    .clone()
-                    .or_else(|| env("AWS_SESSION_TOKEN"))
-                    .map(Secret::new),
-                from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
-            }),
-            _ => {
-                if profile_creds.is_none()
-                    && let Some(p) = &profile
-                {
-                    bail!(
-                        "AWS profile {:?} (from {}) has no static credentials in {} or {}",
-                        p.value,
-                        p.from,
-                        creds_file
-                            .as_ref()
-                            .map_or("~/.aws/credentials".into(), |p| p.display().to_string()),
-                        config_file
-                            .as_ref()
-                            .map_or("~/.aws/config".into(), |p| p.display().to_string())
-                    );
-                }
-                profile_creds
-            }
-        },
-    };
-    let region_config = conf(cfg, c.and_then(|c| c.region.as_ref()), "region");
-    o.region = pick(
-        Some((&f.settings.region, "--s3-region")),
-        env,
-        &["AWS_REGION", "AWS_DEFAULT_REGION"],
-        region_config,
-    )
-    .or_else(|| profile_region.map(|r| Sourced::new(r, format!("profile {profile_name:?}"))))
-    .unwrap_or(o.region);
-    Ok(o)
+                token: f.s3_session_token.clone().map(Secret::new),
+                from: format!("--s3-access-key/{secret_flag}"),
+            }));
+        }
+        (Some(_), None) | (None, Some(_)) => bail!("--s3-access-key and {secret_flag} go together"),
+        (None, None) => {}
+    }
+    if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(Some(Credentials {
+            key,
+            secret: Secret::new(secret),
+            token: (f.s3_session_token.clone())
+                .or_else(|| env("AWS_SESSION_TOKEN"))
+                .map(Secret::new),
+            from: "the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY environment variables".into(),
+        }));
+    }
+    if profile.credentials.is_none()
+        && let Some(p) = &profile.named
+    {
+        let shown = |f: &Option<PathBuf>, default: &str| f.as_ref().map_or(default.into(), |p| p.display().to_string());
+        bail!(
+            "AWS profile {:?} (from {}) has no static credentials in {} or {}",
+            p.value,
+            p.from,
+            shown(&profile.creds_file, "~/.aws/credentials"),
+            shown(&profile.config_file, "~/.aws/config")
+        );
+    }
+    Ok(profile.credentials.clone())
 }
 
 /// The remote a command means, if any: `--remote`, else the S3 flags, else (when `use_default`) the default
@@ -477,6 +538,32 @@ mod tests {
         let map: std::collections::HashMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| map.get(name).cloned()
+    }
+
+    /// Every key of the table is a flag of `push` and a key of a remote's config entry, read back as its value.
+    #[test]
+    fn the_s3_key_table_matches_the_flags_and_the_config_file() {
+        let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+        let push = cli.find_subcommand("push").expect("push");
+        for key in S3Key::ALL {
+            let long = &key.flag()[2..];
+            assert!(
+                push.get_arguments().any(|a| a.get_long() == Some(long)),
+                "{} is not a flag",
+                key.flag()
+            );
+            let value = if key == S3Key::EndpointCa { "[\"x\"]" } else { "\"x\"" };
+            let text = format!("url = \"s3://b\"\n{} = {value}\n", key.config_key());
+            let parsed: RemoteSettings = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", key.config_key()));
+            if key != S3Key::EndpointCa {
+                assert_eq!(key.value(&parsed).as_deref(), Some("x"), "{key:?}");
+                let env = |_: &str| None;
+                let picked = key
+                    .pick(&RemoteSettings::default(), &env, Some(("team", &parsed)))
+                    .unwrap();
+                assert!(picked.from.contains(key.config_key()), "{}", picked.from);
+            }
+        }
     }
 
     fn team() -> RemoteConfig {
