@@ -534,6 +534,60 @@ fn new_header(path: &str, size: u64, mode: u32, kind: tar::EntryType) -> tar::He
     h
 }
 
+/// What a source entry is: its kind, size and link target (a hardlink's renamed as its target is).
+fn what_entry<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    src_path: &str,
+    rename: &mut Rename,
+) -> Result<(EntryKind, u64, Option<String>), BundleError> {
+    let link = || -> Result<Option<String>, BundleError> {
+        Ok(entry
+            .link_name()
+            .map_err(BundleError::Source)?
+            .map(|l| l.to_string_lossy().into_owned()))
+    };
+    Ok(match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => (EntryKind::File, entry.size(), None),
+        tar::EntryType::Directory => (EntryKind::Dir, 0, None),
+        tar::EntryType::Symlink => (EntryKind::Symlink, 0, link()?),
+        tar::EntryType::Link => (EntryKind::Hardlink, 0, link()?.and_then(|t| rename(&t))),
+        other => {
+            return Err(BundleError::Unsupported {
+                path: src_path.to_owned(),
+                kind: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+/// Where a streamed tar's gzip members start (see `Grouping::Grouped`).
+#[derive(Default)]
+struct Groups {
+    seen_any: bool,
+    after_solo: bool,
+}
+
+impl Groups {
+    /// Whether this entry starts a new gzip member: the first, a large file and the entry after one, a
+    /// group grown to [`GROUP_MAX`], or a cut chosen by the path (so that equal trees cut alike).
+    fn starts_member(&mut self, grouping: Grouping, path: &str, kind: EntryKind, size: u64, group_bytes: u64) -> bool {
+        let solo = kind == EntryKind::File && size >= SOLO_MIN;
+        let member = match grouping {
+            Grouping::PerEntry => true,
+            Grouping::Grouped => {
+                !self.seen_any
+                    || solo
+                    || self.after_solo
+                    || group_bytes >= GROUP_MAX
+                    || path_hash(path).is_multiple_of(GROUP_CUT)
+            }
+        };
+        self.seen_any = true;
+        self.after_solo = solo;
+        member
+    }
+}
+
 /// Image entries get headers that depend on nothing but their path, size (and, for a node's image index,
 /// mode): a blob, or the index of a node whose images did not change, is then the same member in every bundle.
 fn fix_header(path: &str, h: &mut tar::Header) {
@@ -654,8 +708,7 @@ impl State {
         });
         let mut summary = TarSummary::default();
         let entries = archive.entries().map_err(BundleError::Source)?;
-        let mut first = true;
-        let mut after_solo = false;
+        let mut groups = Groups::default();
         for entry in entries {
             let entry = entry.map_err(BundleError::Source)?;
             let src_path = entry
@@ -665,92 +718,19 @@ impl State {
                 .into_owned();
             let Some(path) = rename(&src_path) else { continue };
             self.claim(&path)?;
-            let src = entry.header();
-            let mode = src.mode().unwrap_or(0o644);
-            let mut header = tar::Header::new_gnu();
-            header.set_mode(mode);
-            header.set_uid(src.uid().unwrap_or(0));
-            header.set_gid(src.gid().unwrap_or(0));
-            header.set_mtime(src.mtime().unwrap_or(0));
-            let (kind, size, link) = match src.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => (EntryKind::File, entry.size(), None),
-                tar::EntryType::Directory => (EntryKind::Dir, 0, None),
-                tar::EntryType::Symlink => (
-                    EntryKind::Symlink,
-                    0,
-                    entry
-                        .link_name()
-                        .map_err(BundleError::Source)?
-                        .map(|l| l.to_string_lossy().into_owned()),
-                ),
-                tar::EntryType::Link => {
-                    let target = entry
-                        .link_name()
-                        .map_err(BundleError::Source)?
-                        .map(|l| l.to_string_lossy().into_owned());
-                    (EntryKind::Hardlink, 0, target.and_then(|t| rename(&t)))
-                }
-                other => {
-                    return Err(BundleError::Unsupported {
-                        path: src_path,
-                        kind: format!("{other:?}"),
-                    });
-                }
-            };
+            let (kind, size, link) = what_entry(&entry, &src_path, &mut rename)?;
+            let mode = entry.header().mode().unwrap_or(0o644);
             let mut meta = path.clone().into_bytes();
             meta.extend_from_slice(
                 format!("\0{kind:?}\0{mode:o}\0{size}\0{}\0", link.as_deref().unwrap_or("")).as_bytes(),
             );
             self.tap.meta(meta).map_err(|e| BundleError::io("hashing", e))?;
-            fix_header(&path, &mut header);
-            let solo = kind == EntryKind::File && size >= SOLO_MIN;
-            let member = match grouping {
-                Grouping::PerEntry => true,
-                Grouping::Grouped => {
-                    first
-                        || solo
-                        || after_solo
-                        || self.group_bytes >= GROUP_MAX
-                        || path_hash(&path).is_multiple_of(GROUP_CUT)
-                }
-            };
-            first = false;
-            after_solo = solo;
+            let member = groups.starts_member(grouping, &path, kind, size, self.group_bytes);
             if member {
                 self.group_bytes = 0;
             }
             self.group_bytes += size + 512;
-            match kind {
-                EntryKind::File => {
-                    header.set_entry_type(tar::EntryType::Regular);
-                    header.set_size(size);
-                    self.append_data(&mut header, &path, size, entry, member)?;
-                }
-                EntryKind::Dir => {
-                    header.set_entry_type(tar::EntryType::Directory);
-                    header.set_size(0);
-                    self.begin_entry(&path, member)?;
-                    self.builder
-                        .append_data(&mut header, &path, io::empty())
-                        .map_err(|e| classify(e, &path))?;
-                }
-                EntryKind::Symlink | EntryKind::Hardlink => {
-                    let target = link.ok_or_else(|| BundleError::Unsupported {
-                        path: src_path.clone(),
-                        kind: "link without target".into(),
-                    })?;
-                    header.set_entry_type(if kind == EntryKind::Symlink {
-                        tar::EntryType::Symlink
-                    } else {
-                        tar::EntryType::Link
-                    });
-                    header.set_size(0);
-                    self.begin_entry(&path, member)?;
-                    self.builder
-                        .append_link(&mut header, &path, &target)
-                        .map_err(|e| classify(e, &path))?;
-                }
-            }
+            self.append_entry(&path, (kind, size, link), entry, member)?;
             summary.bytes += size;
             if let Some(child) = src_path.split('/').filter(|c| !c.is_empty() && *c != ".").nth(1)
                 && kind == EntryKind::File
@@ -770,6 +750,57 @@ impl State {
         }
         summary.digest = digest;
         Ok(summary)
+    }
+
+    /// One entry of a streamed tar, at `path` in the bundle, with the source's mode, owner and time.
+    fn append_entry<R: Read>(
+        &mut self,
+        path: &str,
+        (kind, size, link): (EntryKind, u64, Option<String>),
+        entry: tar::Entry<'_, R>,
+        member: bool,
+    ) -> Result<(), BundleError> {
+        let mut header = tar::Header::new_gnu();
+        {
+            let src = entry.header();
+            header.set_mode(src.mode().unwrap_or(0o644));
+            header.set_uid(src.uid().unwrap_or(0));
+            header.set_gid(src.gid().unwrap_or(0));
+            header.set_mtime(src.mtime().unwrap_or(0));
+        }
+        fix_header(path, &mut header);
+        match kind {
+            EntryKind::File => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(size);
+                self.append_data(&mut header, path, size, entry, member)?;
+            }
+            EntryKind::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                self.begin_entry(path, member)?;
+                self.builder
+                    .append_data(&mut header, path, io::empty())
+                    .map_err(|e| classify(e, path))?;
+            }
+            EntryKind::Symlink | EntryKind::Hardlink => {
+                let target = link.ok_or_else(|| BundleError::Unsupported {
+                    path: path.to_owned(),
+                    kind: "link without target".into(),
+                })?;
+                header.set_entry_type(if kind == EntryKind::Symlink {
+                    tar::EntryType::Symlink
+                } else {
+                    tar::EntryType::Link
+                });
+                header.set_size(0);
+                self.begin_entry(path, member)?;
+                self.builder
+                    .append_link(&mut header, path, &target)
+                    .map_err(|e| classify(e, path))?;
+            }
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<Written, BundleError> {
