@@ -55,53 +55,13 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let started = std::time::Instant::now();
     let cluster_name = backends::ClusterName::new(&cluster)?;
     if !ctx.store.exists(&cluster_name, &name) {
-        let Some(remote) = resolve(&args.remote, true)? else {
-            anyhow::bail!(
-                "snapshot {:?} is not in the local store and no remote is configured (use --remote NAME|URL; see `kubectl snapshot list {cluster}`)",
-                name.as_str()
-            );
+        let target = Target {
+            rt: &rt,
+            cluster: &cluster,
+            cluster_name: &cluster_name,
+            name: &name,
         };
-        // Check the remote metadata against the live cluster before downloading anything.
-        let head = remote
-            .head(&cluster_name, &name)
-            .await
-            .map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
-        let meta = crate::bundle::Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
-        let live = restore::preflight::gather(&rt, rt.nodes(&cluster).await?).await;
-        let mut checks = restore::preflight::compat(&meta, &live, args.min_free_space);
-        // The download goes to the local store first: its filesystem is checked with the others.
-        let store_dir = ctx.store.cluster_dir(&cluster_name);
-        checks.push(
-            match super::check_free_space(&store_dir, &name, head.size, pull_margin) {
-                Ok(()) => restore::Check::pass(
-                    "store space",
-                    format!("{} to download", crate::util::human_bytes(head.size)),
-                ),
-                Err(e) => restore::Check::fail("store space", format!("{e:#}")),
-            },
-        );
-        if checks.iter().any(|c| !c.ok) {
-            if json {
-                let out = RestoreResult {
-                    name: name.as_str(),
-                    cluster: &cluster,
-                    ok: false,
-                    preflight: &checks,
-                    outcome: None,
-                    error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()),
-                };
-                crate::util::out!("{}", serde_json::to_string_pretty(&out)?);
-            }
-            return Err(RestoreError::Preflight(checks).into());
-        }
-        pull_snapshot(ctx, &cluster_name, &name, remote.as_ref(), pull_margin, !json).await?;
-        if !json {
-            eprintln!(
-                "Pulled {:?} from {} (sha256 verified)",
-                name.as_str(),
-                remote.describe()
-            );
-        }
+        pull_first(&args, ctx, target, json, pull_margin).await?;
     }
     let req = Request {
         cluster: cluster.clone(),
@@ -133,28 +93,106 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     }
     let outcome = result?;
     if !json {
-        crate::util::out!(
-            "Restored snapshot {:?} onto cluster {:?} in {:.1}s",
-            name.as_str(),
-            cluster,
-            started.elapsed().as_secs_f64()
+        say_restored(&outcome, &name, &cluster, started.elapsed())?;
+    }
+    Ok(())
+}
+
+/// The cluster a restore is for, and the snapshot.
+struct Target<'a> {
+    rt: &'a crate::cluster::Runtime,
+    cluster: &'a str,
+    cluster_name: &'a backends::ClusterName,
+    name: &'a backends::SnapshotName,
+}
+
+/// A snapshot not in the local store is pulled from the remote, once its metadata passed the pre-flight
+/// comparisons with the live cluster and the store has room for it: nothing is downloaded otherwise.
+async fn pull_first(args: &Args, ctx: &Ctx, target: Target<'_>, json: bool, pull_margin: u64) -> Result<()> {
+    let Target {
+        rt,
+        cluster,
+        cluster_name,
+        name,
+    } = target;
+    let Some(remote) = resolve(&args.remote, true)? else {
+        anyhow::bail!(
+            "snapshot {:?} is not in the local store and no remote is configured (use --remote NAME|URL; see `kubectl snapshot list {cluster}`)",
+            name.as_str()
         );
-        for (node, dir) in &outcome.previous_etcd_data {
-            crate::util::out!("  previous etcd data of {node} kept in {dir}");
+    };
+    // Check the remote metadata against the live cluster before downloading anything.
+    let head = remote
+        .head(cluster_name, name)
+        .await
+        .map_err(|e| anyhow::anyhow!("snapshot {:?} is not local, and {e}", name.as_str()))?;
+    let meta = crate::bundle::Metadata::from_json(head.metadata.as_deref().unwrap_or_default())?;
+    let live = restore::preflight::gather(rt, rt.nodes(cluster).await?).await;
+    let mut checks = restore::preflight::compat(&meta, &live, args.min_free_space);
+    // The download goes to the local store first: its filesystem is checked with the others.
+    let store_dir = ctx.store.cluster_dir(cluster_name);
+    checks.push(
+        match super::check_free_space(&store_dir, name, head.size, pull_margin) {
+            Ok(()) => restore::Check::pass(
+                "store space",
+                format!("{} to download", crate::util::human_bytes(head.size)),
+            ),
+            Err(e) => restore::Check::fail("store space", format!("{e:#}")),
+        },
+    );
+    if checks.iter().any(|c| !c.ok) {
+        if json {
+            let out = RestoreResult {
+                name: name.as_str(),
+                cluster,
+                ok: false,
+                preflight: &checks,
+                outcome: None,
+                error: Some("pre-flight failed on the remote metadata; nothing was downloaded".into()),
+            };
+            crate::util::out!("{}", serde_json::to_string_pretty(&out)?);
         }
-        for (node, dirs) in &outcome.previous_volumes {
-            crate::util::out!("  previous volumes of {node} kept in {}", dirs.join(", "));
-        }
-        if !outcome.previous_etcd_data.is_empty() {
-            crate::util::out!("  to put the previous data back: kubectl snapshot resume {cluster} --rollback");
-        }
-        for (node, imgs) in &outcome.imported_images {
-            crate::util::out!(
-                "  re-imported {} image{} on {node}",
-                imgs.len(),
-                if imgs.len() == 1 { "" } else { "s" }
-            );
-        }
+        return Err(RestoreError::Preflight(checks).into());
+    }
+    pull_snapshot(ctx, cluster_name, name, remote.as_ref(), pull_margin, !json).await?;
+    if !json {
+        eprintln!(
+            "Pulled {:?} from {} (sha256 verified)",
+            name.as_str(),
+            remote.describe()
+        );
+    }
+    Ok(())
+}
+
+/// What a restore did, for a person.
+fn say_restored(
+    outcome: &restore::Outcome,
+    name: &backends::SnapshotName,
+    cluster: &str,
+    took: std::time::Duration,
+) -> Result<()> {
+    crate::util::out!(
+        "Restored snapshot {:?} onto cluster {:?} in {:.1}s",
+        name.as_str(),
+        cluster,
+        took.as_secs_f64()
+    );
+    for (node, dir) in &outcome.previous_etcd_data {
+        crate::util::out!("  previous etcd data of {node} kept in {dir}");
+    }
+    for (node, dirs) in &outcome.previous_volumes {
+        crate::util::out!("  previous volumes of {node} kept in {}", dirs.join(", "));
+    }
+    if !outcome.previous_etcd_data.is_empty() {
+        crate::util::out!("  to put the previous data back: kubectl snapshot resume {cluster} --rollback");
+    }
+    for (node, imgs) in &outcome.imported_images {
+        crate::util::out!(
+            "  re-imported {} image{} on {node}",
+            imgs.len(),
+            if imgs.len() == 1 { "" } else { "s" }
+        );
     }
     Ok(())
 }

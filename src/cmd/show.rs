@@ -55,18 +55,29 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             (m, head.size, head.sha256, format!("{} {cluster}/{name}", r.describe()))
         }
     };
-    let metadata = &metadata;
     let archive_digest = digest.as_ref().map(|h| format!("sha256:{h}"));
+    let shown = Shown {
+        metadata: &metadata,
+        size,
+        archive_digest,
+        path,
+    };
     if let Some(output) = args.output {
-        let shown = Shown {
-            metadata,
-            size,
-            archive_digest,
-            path,
-        };
         return print_structured(&shown, output);
     }
-    let m = metadata;
+    std::io::Write::write_all(&mut std::io::stdout().lock(), describe(shown).as_bytes())?;
+    Ok(())
+}
+
+/// The snapshot as `kubectl describe` shows an object: one `Key: value` line each, addons and images kept by
+/// reference listed below.
+fn describe(shown: Shown<'_>) -> String {
+    let Shown {
+        metadata: m,
+        size,
+        archive_digest,
+        path,
+    } = shown;
     let mut lines = vec![
         ("Name", m.name.clone()),
         ("Cluster", m.cluster.clone()),
@@ -128,8 +139,18 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     for (k, v) in rest {
         out.push_str(&format!("{:<width$}{}\n", format!("{k}:"), line(&v)));
     }
-    let by_ref: Vec<String> = m
-        .images
+    let by_ref = by_reference(m);
+    if !by_ref.is_empty() {
+        out.push_str("Images By Reference (not in the bundle; pulled by the kubelet after a restore):\n");
+        out.extend(by_ref);
+    }
+    out
+}
+
+/// Images the snapshot names but does not hold, a line each: `node: name (digest)`.
+fn by_reference(m: &Metadata) -> Vec<String> {
+    let line = |v: &str| crate::util::printable_line(v).into_owned();
+    m.images
         .nodes
         .iter()
         .flat_map(|(node, i)| {
@@ -137,11 +158,5 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
                 .iter()
                 .map(move |r| format!("  {}: {} ({})\n", line(node), line(&r.name), line(&r.digest)))
         })
-        .collect();
-    if !by_ref.is_empty() {
-        out.push_str("Images By Reference (not in the bundle; pulled by the kubelet after a restore):\n");
-        out.extend(by_ref);
-    }
-    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
-    Ok(())
+        .collect()
 }
