@@ -143,47 +143,54 @@ fn restore_tools(live: &Live) -> Check {
     }
 }
 
-/// Checks of the live cluster against a snapshot's metadata.
+/// Checks of the live cluster against a snapshot's metadata, in the order they are shown.
 pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
-    let mut checks = Vec::new();
+    vec![
+        running(live),
+        disk_space(live, min_free),
+        same(
+            "k8s version",
+            &meta.k8s_version,
+            &live.k8s_version,
+            "the live k8s version",
+        ),
+        topology(meta, &live.nodes),
+        restore_tools(live),
+        addons(meta, live),
+        same("platform", &meta.platform, &live.platform, "the live platform"),
+    ]
+}
 
-    // Cluster running: every node up, etcd healthy on every control plane.
-    let down: Vec<String> = live
-        .nodes
-        .iter()
+/// Cluster running: every node up, etcd healthy on every control plane.
+fn running(live: &Live) -> Check {
+    let down = (live.nodes.iter())
         .filter(|n| n.state != NodeState::Running)
-        .map(|n| format!("node {} is {}", n.name, n.state))
-        .collect();
-    let sick: Vec<String> = live
-        .etcd
-        .iter()
-        .filter_map(|(n, r)| {
-            r.as_ref()
-                .err()
-                .map(|e| format!("etcd on {n} is not reachable: {}", first_line(e)))
-        })
-        .collect();
+        .map(|n| format!("node {} is {}", n.name, n.state));
+    let sick = live.etcd.iter().filter_map(|(n, r)| {
+        r.as_ref()
+            .err()
+            .map(|e| format!("etcd on {n} is not reachable: {}", first_line(e)))
+    });
+    let mut why: Vec<String> = down.chain(sick).collect();
     if live.nodes.is_empty() {
-        checks.push(Check::fail("cluster running", "cluster not running: it has no nodes"));
-    } else if down.is_empty() && sick.is_empty() && !live.etcd.is_empty() {
-        checks.push(Check::pass(
+        return Check::fail("cluster running", "cluster not running: it has no nodes");
+    }
+    if live.etcd.is_empty() {
+        why.push("no running control-plane node".into());
+    }
+    if why.is_empty() {
+        Check::pass(
             "cluster running",
             format!("{} nodes running, etcd healthy", live.nodes.len()),
-        ));
+        )
     } else {
-        let mut why = down;
-        why.extend(sick);
-        if live.etcd.is_empty() {
-            why.push("no running control-plane node".into());
-        }
-        checks.push(Check::fail(
-            "cluster running",
-            format!("cluster not running: {}", why.join("; ")),
-        ));
+        Check::fail("cluster running", format!("cluster not running: {}", why.join("; ")))
     }
+}
 
-    // Disk space on the container root.
-    checks.push(match &live.free {
+/// Disk space on the container root.
+fn disk_space(live: &Live, min_free: u64) -> Check {
+    match &live.free {
         Ok(free) if *free >= min_free => Check::pass("disk space", format!("{} free", human_bytes(*free))),
         Ok(free) => Check::fail(
             "disk space",
@@ -197,62 +204,50 @@ pub fn compat(meta: &Metadata, live: &Live, min_free: u64) -> Vec<Check> {
             "disk space",
             format!("cannot measure free disk space: {}", first_line(e)),
         ),
-    });
+    }
+}
 
-    checks.push(match &live.k8s_version {
-        Ok(v) if *v == meta.k8s_version => Check::pass("k8s version", v.clone()),
-        Ok(v) => Check::fail(
-            "k8s version",
-            format!("k8s version mismatch: snapshot={}, live={v}", meta.k8s_version),
-        ),
-        Err(e) => Check::fail(
-            "k8s version",
-            format!("cannot read the live k8s version: {}", first_line(e)),
-        ),
-    });
+/// A value the snapshot recorded, the same live (`what`: how the live value is named when it cannot be read).
+fn same(name: &'static str, snapshot: &str, live: &Result<String, String>, what: &str) -> Check {
+    match live {
+        Ok(v) if v == snapshot => Check::pass(name, v.clone()),
+        Ok(v) => Check::fail(name, format!("{name} mismatch: snapshot={snapshot}, live={v}")),
+        Err(e) => Check::fail(name, format!("cannot read {what}: {}", first_line(e))),
+    }
+}
 
-    checks.push(topology(meta, &live.nodes));
-    checks.push(restore_tools(live));
-
-    checks.push(match &live.addons {
-        Ok(addons) => {
-            let mut names: Vec<&String> = meta.addons.keys().chain(addons.keys()).collect();
-            names.sort();
-            names.dedup();
-            let diffs: Vec<String> = names
-                .into_iter()
-                .filter_map(|a| {
-                    let (s, l) = (meta.addons.get(a), addons.get(a));
-                    (s != l).then(|| {
-                        format!(
-                            "addon version mismatch: {a} snapshot={}, live={}",
-                            s.map_or("absent", String::as_str),
-                            l.map_or("absent", String::as_str)
-                        )
-                    })
-                })
-                .collect();
-            if diffs.is_empty() {
-                Check::pass("addons", meta.addons_summary())
-            } else {
-                Check::fail("addons", diffs.join("; "))
-            }
+/// Every addon at the version the snapshot recorded, none missing or added.
+fn addons(meta: &Metadata, live: &Live) -> Check {
+    let addons = match &live.addons {
+        Ok(addons) => addons,
+        Err(e) => {
+            return Check::fail(
+                "addons",
+                format!("cannot detect live addon versions: {}", first_line(e)),
+            );
         }
-        Err(e) => Check::fail(
-            "addons",
-            format!("cannot detect live addon versions: {}", first_line(e)),
-        ),
-    });
-
-    checks.push(match &live.platform {
-        Ok(p) if *p == meta.platform => Check::pass("platform", p.clone()),
-        Ok(p) => Check::fail(
-            "platform",
-            format!("platform mismatch: snapshot={}, live={p}", meta.platform),
-        ),
-        Err(e) => Check::fail("platform", format!("cannot read the live platform: {}", first_line(e))),
-    });
-    checks
+    };
+    let mut names: Vec<&String> = meta.addons.keys().chain(addons.keys()).collect();
+    names.sort();
+    names.dedup();
+    let diffs: Vec<String> = names
+        .into_iter()
+        .filter_map(|a| {
+            let (s, l) = (meta.addons.get(a), addons.get(a));
+            (s != l).then(|| {
+                format!(
+                    "addon version mismatch: {a} snapshot={}, live={}",
+                    s.map_or("absent", String::as_str),
+                    l.map_or("absent", String::as_str)
+                )
+            })
+        })
+        .collect();
+    if diffs.is_empty() {
+        Check::pass("addons", meta.addons_summary())
+    } else {
+        Check::fail("addons", diffs.join("; "))
+    }
 }
 
 /// When no metadata can be read at all, the compatibility checks cannot run: say so.
