@@ -17,6 +17,7 @@ pub mod members;
 pub mod name;
 pub mod oci;
 pub mod remote;
+mod retry;
 pub mod s3;
 pub mod sidecar;
 pub mod url;

@@ -24,6 +24,7 @@
 //! - a push that starts after the mark sees the mark and waits until the collection ends (a mark older than
 //!   [`GC_STALE`], left by a killed collection, is ignored), so it never relies on a blob being removed.
 
+use backon::Retryable;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -348,50 +349,70 @@ impl ObjectSnapshotStore {
 
     /// Waits while a garbage collection that started before `now` (the store's clock) runs.
     async fn wait_for_collections(&self, now: std::time::SystemTime) -> Result<(), Error> {
-        let started = tokio::time::Instant::now();
-        loop {
-            let mut marks = self.store.list(Some(&self.key(&[GC_MARKS])));
-            let mut running = None;
-            while let Some(item) = marks.next().await {
-                let meta = match item {
-                    Ok(meta) => meta,
-                    // A name object_store cannot represent (a control character, a `..` segment) is not ours.
-                    Err(object_store::Error::InvalidPath { .. }) => continue,
-                    Err(e) => return Err(self.err("listing collection marks", e)),
-                };
-                let at = std::time::SystemTime::from(meta.last_modified);
-                let age = now.duration_since(at).unwrap_or_default();
-                if age < GC_STALE {
-                    running = Some((meta.location, at));
-                }
+        /// Why the wait goes on, or ends.
+        enum Wait {
+            Running(object_store::path::Path, std::time::SystemTime),
+            Failed(Error),
+        }
+        let check = || async {
+            match self.running_collection(now).await {
+                Ok(None) => Ok(()),
+                Ok(Some((key, at))) => Err(Wait::Running(key, at)),
+                Err(e) => Err(Wait::Failed(e)),
             }
-            let Some((key, at)) = running else { return Ok(()) };
-            if started.elapsed() > GC_WAIT {
-                return Err(Error::Remote {
-                    remote: self.description.clone(),
-                    message: format!(
-                        "a garbage collection started at {} is still running; push again when it ends (if none \
-                         runs, remove {key}; marks older than {} minutes are ignored)",
-                        jiff::Timestamp::try_from(at).map(|t| t.to_string()).unwrap_or_default(),
-                        GC_STALE.as_secs() / 60
-                    ),
-                });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        let waited = check
+            .retry(crate::retry::poll(std::time::Duration::from_millis(500), GC_WAIT))
+            .when(|w| matches!(w, Wait::Running(..)))
+            .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(Wait::Failed(e)) => Err(e),
+            Err(Wait::Running(key, at)) => Err(Error::Remote {
+                remote: self.description.clone(),
+                message: format!(
+                    "a garbage collection started at {} is still running; push again when it ends (if none runs, \
+                     remove {key}; marks older than {} minutes are ignored)",
+                    jiff::Timestamp::try_from(at).map(|t| t.to_string()).unwrap_or_default(),
+                    GC_STALE.as_secs() / 60
+                ),
+            }),
         }
     }
 
-    /// Uploads the members the remote lacks, reading the bundle once: every member is hashed (a member is
-    /// stored only under its own digest), and so is the whole bundle (checked against the sidecar).
-    async fn put_members(
+    /// The mark of a garbage collection that started before `now` and is not stale, if one runs.
+    async fn running_collection(
+        &self,
+        now: std::time::SystemTime,
+    ) -> Result<Option<(object_store::path::Path, std::time::SystemTime)>, Error> {
+        let mut marks = self.store.list(Some(&self.key(&[GC_MARKS])));
+        let mut running = None;
+        while let Some(item) = marks.next().await {
+            let meta = match item {
+                Ok(meta) => meta,
+                // A name object_store cannot represent (a control character, a `..` segment) is not ours.
+                Err(object_store::Error::InvalidPath { .. }) => continue,
+                Err(e) => return Err(self.err("listing collection marks", e)),
+            };
+            let at = std::time::SystemTime::from(meta.last_modified);
+            let age = now.duration_since(at).unwrap_or_default();
+            if age < GC_STALE {
+                running = Some((meta.location, at));
+            }
+        }
+        Ok(running)
+    }
+
+    /// The member index, published first (from then on a garbage collection keeps every member it names) once
+    /// the bundle, its sidecar and the index agree; a collection already running is waited for. Returns its key.
+    async fn publish_index(
         &self,
         c: &str,
         name: &SnapshotName,
         upload: &Upload<'_>,
         index: &BundleIndex,
         expected: &str,
-        progress: OnBytes<'_>,
-    ) -> Result<Moved, Error> {
+    ) -> Result<Key, Error> {
         let n = name.as_str();
         let size = std::fs::metadata(upload.bundle)
             .map_err(|e| Error::io(format!("reading {}", upload.bundle.display()), e))?
@@ -404,7 +425,6 @@ impl ObjectSnapshotStore {
         }
         // An interrupted schema-1 push of this name is replaced.
         let _ = self.store.delete(&self.key(&[c, n, BUNDLE])).await;
-        // The index first: from now on a garbage collection keeps every member it names.
         let index_key = self.key(&[c, n, INDEX]);
         self.store
             .put(&index_key, PutPayload::from(index.to_json()))
@@ -415,9 +435,12 @@ impl ObjectSnapshotStore {
             Err(e) => return Err(self.err("uploading the member index", e)),
         };
         self.wait_for_collections(now).await?;
-        let distinct = index.distinct();
-        let keys: Vec<(String, u64, Key)> = distinct
-            .iter()
+        Ok(index_key)
+    }
+
+    /// The members of `index` the remote holds already (an object of another size is not that member).
+    async fn present_members(&self, index: &BundleIndex) -> Result<std::collections::HashSet<String>, Error> {
+        let keys: Vec<(String, u64, Key)> = (index.distinct().iter())
             .map(|m| (m.sha256.clone(), m.size, self.blob_key(&m.sha256)))
             .collect();
         let mut checks = futures_util::stream::iter(keys)
@@ -425,7 +448,6 @@ impl ObjectSnapshotStore {
                 let store = Arc::clone(&self.store);
                 async move {
                     match store.head(&key).await {
-                        // A stored object of another size is not that member: it is written again.
                         Ok(meta) => Ok((sha, meta.size == size)),
                         Err(object_store::Error::NotFound { .. }) => Ok((sha, false)),
                         Err(e) => Err(e),
@@ -440,7 +462,22 @@ impl ObjectSnapshotStore {
                 present.insert(sha);
             }
         }
-        drop(checks);
+        Ok(present)
+    }
+
+    /// Uploads the members the remote lacks, reading the bundle once: every member is hashed (a member is
+    /// stored only under its own digest), and so is the whole bundle (checked against the sidecar).
+    async fn put_members(
+        &self,
+        c: &str,
+        name: &SnapshotName,
+        upload: &Upload<'_>,
+        index: &BundleIndex,
+        expected: &str,
+        progress: OnBytes<'_>,
+    ) -> Result<Moved, Error> {
+        let index_key = self.publish_index(c, name, upload, index, expected).await?;
+        let present = self.present_members(index).await?;
 
         // Only the members sent are read (and checked against their digests: a member is only ever stored
         // under its own digest). Those already there are the bytes the index names; a pull checks the whole.
@@ -489,47 +526,68 @@ impl ObjectSnapshotStore {
                 progress(m.size);
                 continue;
             }
-            let upload = self
-                .store
-                .put_multipart(&self.blob_key(&m.sha256))
-                .await
-                .map_err(|e| self.err("starting an upload", e))?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let streamed: Result<(), Error> = async {
-                let mut left = m.size;
-                while left > 0 {
-                    let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    file.read_exact(&mut buf[..want]).await.map_err(read_err)?;
-                    member.update(&buf[..want]);
-                    writer
-                        .wait_for_capacity(PARTS_IN_FLIGHT)
-                        .await
-                        .map_err(|e| self.err("uploading a member", e))?;
-                    writer.write(&buf[..want]);
-                    left -= want as u64;
-                    progress(want as u64);
-                }
-                // Checked before the upload completes: a mismatch never becomes visible.
-                self.check_member(name, m, member)
+            let sent = self
+                .send_member(&mut file, (name, m), &mut buf, upload.bundle, progress)
+                .await;
+            if let Err(e) = sent {
+                let _ = self.store.delete(&index_key).await;
+                return Err(e);
             }
-            .await;
-            match streamed {
-                Ok(()) => {
-                    writer.finish().await.map_err(|e| self.err("uploading a member", e))?;
-                    moved.transferred += m.size;
-                    moved.members_transferred += 1;
-                }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    let _ = self.store.delete(&index_key).await;
-                    return Err(e);
-                }
-            }
+            moved.transferred += m.size;
+            moved.members_transferred += 1;
         }
         while let Some(r) = puts.next().await {
             r?;
         }
         Ok(moved)
+    }
+
+    /// A large member streamed from `file` (at its offset) in a multipart upload, completed only when its
+    /// bytes match its digest: a mismatch never becomes visible.
+    async fn send_member(
+        &self,
+        file: &mut tokio::fs::File,
+        (name, m): (&SnapshotName, &Member),
+        buf: &mut [u8],
+        bundle: &std::path::Path,
+        progress: OnBytes<'_>,
+    ) -> Result<(), Error> {
+        let read_err = |e| Error::io(format!("reading {}", bundle.display()), e);
+        let upload = self
+            .store
+            .put_multipart(&self.blob_key(&m.sha256))
+            .await
+            .map_err(|e| self.err("starting an upload", e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut member = Sha256::new();
+        let streamed: Result<(), Error> = async {
+            let mut left = m.size;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                file.read_exact(&mut buf[..want]).await.map_err(read_err)?;
+                member.update(&buf[..want]);
+                writer
+                    .wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| self.err("uploading a member", e))?;
+                writer.write(&buf[..want]);
+                left -= want as u64;
+                progress(want as u64);
+            }
+            self.check_member(name, m, member)
+        }
+        .await;
+        match streamed {
+            Ok(()) => writer
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err("uploading a member", e)),
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
     }
 
     fn check_member(&self, name: &SnapshotName, m: &Member, hasher: Sha256) -> Result<(), Error> {

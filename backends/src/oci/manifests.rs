@@ -1,5 +1,9 @@
 //! A snapshot's manifest and metadata (its config blob), read and checked: the manifest is untrusted.
 
+use std::time::Duration;
+
+use backon::Retryable;
+
 use super::*;
 
 impl OciStore {
@@ -8,36 +12,30 @@ impl OciStore {
         use oci_client::errors::OciDistributionError as E;
         // A read is retried like an upload: a proxy that refused a request may have closed the pooled
         // connection the next request goes out on.
-        let mut attempt = 1;
-        loop {
-            match self.client.pull_manifest(r, &self.auth).await {
-                Ok((OciManifest::Image(m), _)) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => {
-                    return Ok(Some(m));
-                }
-                Ok(_) => return Ok(None),
-                Err(e) if not_found_like(&e) => return Ok(None),
-                // A tag whose manifest is not one a registry client can read: not usable, but listed so that
-                // it can be deleted.
-                Err(
-                    e @ (E::ManifestParsingError(_)
-                    | E::JsonError(_)
-                    | E::ManifestEncodingError(_)
-                    | E::UnsupportedMediaTypeError(_)
-                    | E::UnsupportedSchemaVersionError(_)
-                    | E::VersionedParsingError(_)),
-                ) => {
-                    return Err(Error::Unrecognized {
-                        remote: self.description.clone(),
-                        object: r.to_string(),
-                        reason: format!("manifest cannot be read: {}", crate::chain(&e)),
-                    });
-                }
-                Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.err("reading the manifest", e)),
-            }
+        let read = || self.client.pull_manifest(r, &self.auth);
+        let read = read
+            .retry(crate::retry::attempts(Duration::from_millis(400), UPLOAD_ATTEMPTS))
+            .when(transient)
+            .await;
+        match read {
+            Ok((OciManifest::Image(m), _)) if m.artifact_type.as_deref() == Some(ARTIFACT_TYPE) => Ok(Some(m)),
+            Ok(_) => Ok(None),
+            Err(e) if not_found_like(&e) => Ok(None),
+            // A tag whose manifest is not one a registry client can read: not usable, but listed so that it can
+            // be deleted.
+            Err(
+                e @ (E::ManifestParsingError(_)
+                | E::JsonError(_)
+                | E::ManifestEncodingError(_)
+                | E::UnsupportedMediaTypeError(_)
+                | E::UnsupportedSchemaVersionError(_)
+                | E::VersionedParsingError(_)),
+            ) => Err(Error::Unrecognized {
+                remote: self.description.clone(),
+                object: r.to_string(),
+                reason: format!("manifest cannot be read: {}", crate::chain(&e)),
+            }),
+            Err(e) => Err(self.err("reading the manifest", e)),
         }
     }
 

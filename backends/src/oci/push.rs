@@ -1,5 +1,7 @@
 //! Pushing a snapshot's members: mounted from sibling repositories or uploaded, each verified by the registry.
 
+use backon::Retryable;
+
 use super::*;
 
 impl OciStore {
@@ -114,36 +116,38 @@ impl OciStore {
     ) -> Result<(), Error> {
         // Bytes reported so far: a retried upload reports only what goes past it, so progress ends at `size`.
         let reported = std::sync::atomic::AtomicU64::new(0);
-        let mut attempt = 1;
-        loop {
-            match self.upload(r, bundle, offset, digest, size, &reported, progress).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < UPLOAD_ATTEMPTS && transient(&e) => {
-                    tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1))).await;
-                    attempt += 1;
-                }
-                Err(e) if registry_code(&e, oci_client::errors::OciErrorCode::DigestInvalid) => {
-                    return Err(Error::Integrity {
-                        remote: self.description.clone(),
-                        name: name.to_string(),
-                        message: "the local bundle does not match its sidecar; nothing was published".into(),
-                    });
-                }
-                Err(oci_client::errors::OciDistributionError::ServerError { code: 413, .. }) => {
-                    return Err(Error::Remote {
-                        remote: self.description.clone(),
-                        message: format!(
-                            "the registry, or a proxy in front of it, refuses a request body of {size} bytes (HTTP 413): \
-                             raise its limit on request size (nginx: client_max_body_size 0)"
-                        ),
-                    });
-                }
-                Err(e) => {
-                    return Err(self.err(
-                        &format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"),
-                        e,
-                    ));
-                }
+        let attempt = std::sync::atomic::AtomicU32::new(1);
+        let send = || self.upload(r, bundle, offset, digest, size, &reported, progress);
+        let sent = send
+            .retry(crate::retry::attempts(
+                std::time::Duration::from_secs(1),
+                UPLOAD_ATTEMPTS,
+            ))
+            .when(transient)
+            .notify(|_, _| {
+                attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .await;
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if registry_code(&e, oci_client::errors::OciErrorCode::DigestInvalid) => Err(Error::Integrity {
+                remote: self.description.clone(),
+                name: name.to_string(),
+                message: "the local bundle does not match its sidecar; nothing was published".into(),
+            }),
+            Err(oci_client::errors::OciDistributionError::ServerError { code: 413, .. }) => Err(Error::Remote {
+                remote: self.description.clone(),
+                message: format!(
+                    "the registry, or a proxy in front of it, refuses a request body of {size} bytes (HTTP 413): \
+                     raise its limit on request size (nginx: client_max_body_size 0)"
+                ),
+            }),
+            Err(e) => {
+                let attempt = attempt.load(std::sync::atomic::Ordering::Relaxed);
+                Err(self.err(
+                    &format!("uploading the bundle (attempt {attempt} of {UPLOAD_ATTEMPTS})"),
+                    e,
+                ))
             }
         }
     }
