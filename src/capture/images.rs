@@ -56,9 +56,11 @@ pub struct NodeCapture {
 fn check_digest(node: &str, digest: &str, bytes: &[u8]) -> Result<(), CaptureError> {
     let got = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
     if got != digest {
-        return Err(CaptureError::Invalid(format!(
-            "content {digest} read from {node} hashes to {got}"
-        )));
+        return Err(CaptureError::BlobMismatch {
+            node: node.to_owned(),
+            digest: digest.to_owned(),
+            got,
+        });
     }
     Ok(())
 }
@@ -123,11 +125,18 @@ async fn walk_all(
                 .get(&digest)
                 .or_else(|| fetched.get(&digest))
                 .cloned()
-                .ok_or_else(|| CaptureError::Invalid(format!("{digest} was not read from {node}")))?;
+                .ok_or_else(|| CaptureError::BlobMissing {
+                    node: node.to_owned(),
+                    digest: digest.clone(),
+                    from: "what was read".into(),
+                })?;
             check_digest(node, &digest, &bytes)?;
             let image = &images[i].name;
-            let children = image_spec::children(&bytes, &media_type, platform)
-                .map_err(|e| CaptureError::Invalid(format!("{image} on {node}: {digest}: {e}")))?;
+            let children =
+                image_spec::children(&bytes, &media_type, platform).map_err(|reason| CaptureError::BadImage {
+                    what: format!("{image} on {node}: {digest}"),
+                    reason: reason.to_string(),
+                })?;
             w.blobs.insert(digest.clone(), (media_type, bytes.len() as u64));
             w.documents.insert(digest, bytes);
             let pulled = children
@@ -152,7 +161,10 @@ async fn walk_all(
 fn blob_path(dir: &str, digest: &str) -> Result<String, CaptureError> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(format!("{dir}/{hex}")),
-        _ => Err(CaptureError::Invalid(format!("unsupported digest {digest}"))),
+        _ => Err(CaptureError::BadImage {
+            what: digest.to_owned(),
+            reason: "not a sha256 digest".into(),
+        }),
     }
 }
 
@@ -321,19 +333,18 @@ pub async fn write(
     let node = node.as_str();
     for (digest, hex, size) in todo {
         let entry = format!("{IMAGE_BLOBS_DIR}/{hex}");
-        let read = rx
-            .recv()
-            .await
-            .ok_or_else(|| CaptureError::Invalid(format!("reading {digest} from {node} stopped")))?;
+        let read = rx.recv().await.ok_or_else(|| CaptureError::BlobMissing {
+            node: node.to_owned(),
+            digest: digest.clone(),
+            from: "the node's reads, which stopped".into(),
+        })?;
         let written = match read? {
             Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
             // Discarded by the node, served by its registry (checked when planned).
             None if let Some(image) = remote.get(&digest) => {
-                let fetching = |e: crate::cluster::ClusterError| {
-                    CaptureError::Invalid(format!(
-                        "fetching {digest} of {image} from its registry inside {node}: {}",
-                        fetch_failure(&e)
-                    ))
+                let fetching = |e: crate::cluster::ClusterError| CaptureError::BadImage {
+                    what: format!("fetching {digest} of {image} from its registry inside {node}"),
+                    reason: fetch_failure(&e),
                 };
                 let mut stream = node::fetch_blob_stream(rt, node, image, &digest, FETCH_TIMEOUT_SECS)
                     .await
@@ -358,25 +369,35 @@ pub async fn write(
                         crate::bundle::writer::Grouping::PerEntry,
                     )
                     .await?;
-                summary.entries.into_iter().next().ok_or_else(|| {
-                    CaptureError::Invalid(format!(
-                        "{digest} missing from the copy of {node}'s content store ({dir})"
-                    ))
-                })?
+                summary
+                    .entries
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| CaptureError::BlobMissing {
+                        node: node.to_owned(),
+                        digest: digest.clone(),
+                        from: format!("the copy of its content store ({dir})"),
+                    })?
             }
         };
         // Content addressing is the integrity check of image data: a blob must hash to its name.
         if written.sha256.as_deref() != Some(hex.as_str()) || written.size != size {
-            return Err(CaptureError::Invalid(format!(
-                "image blob {digest} read from {node} does not match its descriptor"
-            )));
+            return Err(CaptureError::BlobMismatch {
+                node: node.to_owned(),
+                digest: digest.clone(),
+                got: format!(
+                    "sha256:{} ({} bytes)",
+                    written.sha256.as_deref().unwrap_or("?"),
+                    written.size
+                ),
+            });
         }
         bundled.insert(digest);
         out.added += size;
     }
     let index =
         serde_json::json!({ "schemaVersion": 2, "mediaType": image_spec::INDEX_TYPES[0], "manifests": index_entries });
-    let index = serde_json::to_vec_pretty(&index).map_err(|e| CaptureError::Invalid(e.to_string()))?;
+    let index = serde_json::to_vec_pretty(&index).map_err(CaptureError::Metadata)?;
     sink.add_bytes(&format!("{IMAGE_NODES_DIR}/{node}/index.json"), 0o644, &index)
         .await?;
 

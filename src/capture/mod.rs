@@ -47,11 +47,19 @@ pub enum CaptureError {
     Store(#[from] backends::Error),
     #[error(transparent)]
     Lock(#[from] Box<journal::LockError>),
-    #[error("{0}")]
-    Invalid(String),
+    /// Content read from a node that does not hash to its digest.
+    #[error("image content {digest} read from {node} hashes to {got}")]
+    BlobMismatch { node: String, digest: String, got: String },
+    #[error("{digest} is missing from {from} on {node}")]
+    BlobMissing { node: String, digest: String, from: String },
+    #[error("{what}: {reason}")]
+    BadImage { what: String, reason: String },
+    /// Surveying the nodes failed (the image plans, awaited first, say why).
+    #[error("inspecting cluster: the nodes were not surveyed")]
+    NotSurveyed,
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
-    #[error("encoding the metadata: {0}")]
+    #[error("encoding JSON: {0}")]
     Metadata(serde_json::Error),
     #[error("{phase}: {inner}")]
     Phase {
@@ -579,8 +587,7 @@ async fn inspect(
     let k8s_version = phase("inspecting cluster", k8s_version)?;
     let platform = phase("inspecting cluster", platform)?;
     // Unsent only when surveying failed, which the plans, awaited first, report.
-    let surveys =
-        surveys.map_err(|_| CaptureError::Invalid("inspecting cluster: the nodes were not surveyed".into()))?;
+    let surveys = surveys.map_err(|_| CaptureError::NotSurveyed)?;
     let running = futures_util::future::try_join_all(surveys.iter().map(|s| s.running_containers(rt))).await;
     let running: Vec<_> = phase("inspecting cluster", running)?.into_iter().flatten().collect();
     Ok(Inspected {

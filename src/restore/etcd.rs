@@ -56,10 +56,9 @@ pub async fn member(rt: &Runtime, node_name: &str) -> Result<EtcdMember, Restore
     let peer_url = flags
         .get("initial-advertise-peer-urls")
         .and_then(|v| v.split(',').next().map(str::to_owned))
-        .ok_or_else(|| {
-            RestoreError::Invalid(format!(
-                "{node_name}: the etcd manifest has no --initial-advertise-peer-urls"
-            ))
+        .ok_or_else(|| RestoreError::EtcdManifest {
+            node: node_name.to_owned(),
+            flag: "initial-advertise-peer-urls",
         })?;
     Ok(EtcdMember {
         node: node_name.to_owned(),

@@ -37,10 +37,17 @@ pub async fn restore_node(
     let index_path = staged
         .node_index
         .get(node_name)
-        .ok_or_else(|| RestoreError::Invalid(format!("the bundle has no image index for {node_name}")))?;
-    let index_bytes = std::fs::read(index_path)
-        .map_err(|e| RestoreError::Invalid(format!("reading {}: {e}", index_path.display())))?;
-    let manifests = image_spec::index_manifests(&index_bytes).map_err(RestoreError::Invalid)?;
+        .ok_or_else(|| RestoreError::NoImageIndex {
+            node: node_name.to_owned(),
+        })?;
+    let index_bytes = std::fs::read(index_path).map_err(|cause| RestoreError::Io {
+        what: format!("reading {}", index_path.display()),
+        cause,
+    })?;
+    let manifests = image_spec::index_manifests(&index_bytes).map_err(|reason| RestoreError::BadImage {
+        what: format!("the image index of {node_name}"),
+        reason,
+    })?;
     let chosen: Vec<image_spec::Descriptor> = manifests
         .into_iter()
         .filter(|m| {
@@ -60,8 +67,11 @@ pub async fn restore_node(
         let path = staged.blobs.join(&hex);
         let Ok(bytes) = std::fs::read(&path) else { continue };
         blobs.insert(hex);
-        let children = image_spec::children(&bytes, &media_type, platform)
-            .map_err(|e| RestoreError::Invalid(format!("{digest}: {e}")))?;
+        let children =
+            image_spec::children(&bytes, &media_type, platform).map_err(|reason| RestoreError::BadImage {
+                what: digest.clone(),
+                reason: reason.to_string(),
+            })?;
         queue.extend(children.documents);
         for b in children.blobs {
             let hex = b.digest.trim_start_matches("sha256:").to_owned();
@@ -77,7 +87,10 @@ pub async fn restore_node(
             "mediaType": m.media_type, "digest": m.digest, "size": m.size, "annotations": m.annotations,
         })).collect::<Vec<_>>(),
     }))
-    .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    .map_err(|e| RestoreError::BadImage {
+        what: "the index of the images to import".into(),
+        reason: e.to_string(),
+    })?;
     let snap = node::containerd_config(rt, node_name).await?.snapshotter;
     let archive = || {
         let (index, blobs, dir) = (index.clone(), blobs.clone(), staged.blobs.clone());

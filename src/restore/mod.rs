@@ -48,10 +48,30 @@ pub enum RestoreError {
         "resuming the cluster failed: {0}\nhint: run `kubectl snapshot resume CLUSTER`: it thaws frozen nodes and starts kubelet again"
     )]
     Resume(#[from] ResumeFailed),
-    #[error("{0}")]
-    Invalid(String),
     #[error("{what}: {cause}")]
     Io { what: String, cause: std::io::Error },
+    /// Undoing a restore failed on some nodes; each failure names its node.
+    #[error("{}", failures.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; "))]
+    UndoFailed { failures: Vec<(String, RestoreError)> },
+    #[error(
+        "nothing to roll back: no node has a restore journal (a completed restore's journal is replaced by the next restore)"
+    )]
+    NothingToRollBack,
+    #[error("{node}: the etcd manifest has no --{flag}")]
+    EtcdManifest { node: String, flag: &'static str },
+    #[error("the bundle has no image index for {node}")]
+    NoImageIndex { node: String },
+    /// An image document in the bundle that cannot be read (the bundle was verified: it was written so).
+    #[error("{what}: {reason}")]
+    BadImage { what: String, reason: String },
+    #[error("{node}: {live} staged incompletely in {dir} ({got} of {want} files)")]
+    StagedIncompletely {
+        node: String,
+        live: String,
+        dir: String,
+        got: usize,
+        want: usize,
+    },
     #[error("{node}: no etcd restore tool was found in pre-flight")]
     NoRestoreTool { node: String },
     #[error("etcd did not become healthy within {}s: {last}", within.as_secs())]

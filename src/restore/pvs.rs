@@ -69,9 +69,10 @@ pub async fn stage(
         let Some(tar) = staged.get(&key) else { continue };
         let (dir, _) = target.rsplit_once('/').unwrap_or(("/", target));
         node::mkdir_p(rt, node_name, dir).await?;
-        let file = tokio::fs::File::open(tar)
-            .await
-            .map_err(|e| RestoreError::Invalid(format!("opening staged {}: {e}", tar.display())))?;
+        let file = tokio::fs::File::open(tar).await.map_err(|cause| RestoreError::Io {
+            what: format!("opening staged {}", tar.display()),
+            cause,
+        })?;
         rt.copy_in(node_name, dir, file).await?;
         let want = expected_files.get(&key).copied().unwrap_or(0);
         let got = if rt.path_exists(node_name, target).await? {
@@ -80,10 +81,13 @@ pub async fn stage(
             0
         };
         if !rt.path_exists(node_name, target).await? || got < want {
-            return Err(RestoreError::Invalid(format!(
-                "{node_name}: {} staged incompletely in {dir} ({got} of {want} files)",
-                s.live
-            )));
+            return Err(RestoreError::StagedIncompletely {
+                node: node_name.to_owned(),
+                live: s.live.clone(),
+                dir: dir.to_owned(),
+                got,
+                want,
+            });
         }
         n += 1;
     }

@@ -62,11 +62,11 @@ async fn roll_back(
     let mut errors = Vec::new();
     for (n, j) in &order {
         if let Err(e) = clean(rt, n, j, journal::backward).await {
-            errors.push(format!("{n}: {e}"));
+            errors.push((n.to_string(), e));
         }
     }
     if !errors.is_empty() {
-        return Err(RestoreError::Invalid(errors.join("; ")));
+        return Err(RestoreError::UndoFailed { failures: errors });
     }
     // What is kept, as it is now (also after an interrupted rollback that had moved it already).
     let mut kept = Vec::new();
@@ -168,10 +168,11 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool, yes: bool) -> R
         .iter()
         .find(|n| !matches!(n.state, NodeState::Running | NodeState::Paused))
     {
-        return Err(RestoreError::Invalid(format!(
-            "node {} is {}; start it first (docker start {})",
-            n.name, n.state, n.name
-        )));
+        return Err(crate::cluster::ClusterError::NodeNotRunning {
+            node: n.name.clone(),
+            state: n.state.to_string(),
+        }
+        .into());
     }
     let lock_at = journal::lock_node(&nodes)
         .ok_or_else(|| RestoreError::Lock(journal::LockError::NoControlPlane(cluster.to_owned())))?
@@ -231,17 +232,13 @@ pub async fn resume(rt: &Runtime, cluster: &str, rollback: bool, yes: bool) -> R
     result.map(|()| report)
 }
 
-async fn resume_locked(
+/// Interrupted creates: what they left in each node removed (the nodes are resumed by the caller).
+async fn clean_after_creates(
     rt: &Runtime,
-    nodes: &[Node],
-    lock_at: &str,
-    journals: BTreeMap<String, Journal>,
-    (rollback, yes): (bool, bool),
+    creates: &BTreeMap<String, Journal>,
     report: &mut Report,
 ) -> Result<(), RestoreError> {
-    let (creates, restores): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        journals.into_iter().partition(|(_, j)| j.op == Op::Create);
-    for (n, j) in &creates {
+    for (n, j) in creates {
         clean(rt, n, j, journal::backward).await?;
         Journal::remove(rt, n).await?;
         let how = match j.quiesce {
@@ -254,12 +251,50 @@ async fn resume_locked(
             j.holder.describe()
         ));
     }
+    Ok(())
+}
+
+/// A committed restore completed: every node switched forward, restarted, its journal marked done and its
+/// leftovers removed.
+async fn complete(rt: &Runtime, nodes: &[Node], restores: &BTreeMap<String, Journal>) -> Result<(), RestoreError> {
+    quiesce_all(rt, nodes).await?;
+    for (n, j) in restores {
+        journal::apply(rt, n, &j.switches, journal::forward).await?;
+    }
+    restart(rt, nodes).await?;
+    for (n, j) in restores {
+        let mut j = j.clone();
+        j.phase = Phase::Done;
+        j.write(rt, n).await?;
+        let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
+        node::remove_all(rt, n, &left).await?;
+    }
+    Ok(())
+}
+
+/// "started 2026-12-05 10:00:00 UTC, 5m ago".
+fn started_ago(t: jiff::Timestamp) -> String {
+    let ago = jiff::Timestamp::now().duration_since(t).as_secs().max(0) as u64;
+    format!(
+        "started {}, {} ago",
+        t.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        humantime::format_duration(std::time::Duration::from_secs(ago))
+    )
+}
+
+async fn resume_locked(
+    rt: &Runtime,
+    nodes: &[Node],
+    lock_at: &str,
+    journals: BTreeMap<String, Journal>,
+    (rollback, yes): (bool, bool),
+    report: &mut Report,
+) -> Result<(), RestoreError> {
+    let (creates, restores): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        journals.into_iter().partition(|(_, j)| j.op == Op::Create);
+    clean_after_creates(rt, &creates, report).await?;
     if rollback && restores.is_empty() {
-        return Err(RestoreError::Invalid(
-            "nothing to roll back: no node has a restore journal (a completed restore's journal is replaced by \
-             the next restore)"
-                .into(),
-        ));
+        return Err(RestoreError::NothingToRollBack);
     }
     let decides = restores
         .get(lock_at)
@@ -279,14 +314,7 @@ async fn resume_locked(
             let since = restores.values().next().map(|j| j.holder.since);
             return Err(RestoreError::ConfirmRollback {
                 snapshot,
-                since: since.map_or_else(String::new, |t| {
-                    let ago = jiff::Timestamp::now().duration_since(t).as_secs().max(0) as u64;
-                    format!(
-                        "started {}, {} ago",
-                        t.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                        humantime::format_duration(std::time::Duration::from_secs(ago))
-                    )
-                }),
+                since: since.map_or_else(String::new, started_ago),
             });
         }
         Some(Phase::RollingBack) => {
@@ -302,18 +330,7 @@ async fn resume_locked(
             return Ok(());
         }
         Some(Phase::Committed) | Some(Phase::Quiesced) => {
-            quiesce_all(rt, nodes).await?;
-            for (n, j) in &restores {
-                journal::apply(rt, n, &j.switches, journal::forward).await?;
-            }
-            restart(rt, nodes).await?;
-            for (n, j) in &restores {
-                let mut j = j.clone();
-                j.phase = Phase::Done;
-                j.write(rt, n).await?;
-                let left: Vec<&str> = j.leftovers.iter().map(String::as_str).collect();
-                node::remove_all(rt, n, &left).await?;
-            }
+            complete(rt, nodes, &restores).await?;
             report.actions.push(format!(
                 "completed the interrupted restore of {snapshot:?}: etcd data and volumes are the snapshot's"
             ));
