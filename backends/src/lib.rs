@@ -46,6 +46,14 @@ pub enum Error {
     Io { context: String, cause: std::io::Error },
     #[error("{remote}: {message}")]
     Remote { remote: String, message: String },
+    /// A request the remote's client failed, with that client's error kept (object_store's, oci-client's) for
+    /// a caller to inspect; the message shows it and its causes once.
+    #[error("{remote}: {op}: {}", chain(cause.as_ref()))]
+    Request {
+        remote: String,
+        op: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("{remote}: access denied: {message}")]
     Denied { remote: String, message: String },
     #[error("{remote}: snapshot {name:?} failed verification: {message}; nothing was kept")]

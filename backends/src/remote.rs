@@ -210,9 +210,10 @@ impl ObjectSnapshotStore {
                         message,
                     }
                 } else {
-                    Error::Remote {
+                    Error::Request {
                         remote: self.description.clone(),
-                        message,
+                        op: op.to_owned(),
+                        cause: Box::new(other),
                     }
                 }
             }
@@ -667,9 +668,10 @@ impl Blobs {
     }
 
     fn err(&self, e: object_store::Error) -> Error {
-        Error::Remote {
+        Error::Request {
             remote: self.description.clone(),
-            message: format!("downloading a member: {e}"),
+            op: "downloading a member".into(),
+            cause: Box::new(e),
         }
     }
 }

@@ -198,16 +198,16 @@ impl OciStore {
     }
 
     fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
-        let message = format!("{op}: {}", crate::chain(&e));
         if kind(&e) == Kind::Denied {
             Error::Denied {
                 remote: self.description.clone(),
-                message,
+                message: format!("{op}: {}", crate::chain(&e)),
             }
         } else {
-            Error::Remote {
+            Error::Request {
                 remote: self.description.clone(),
-                message,
+                op: op.to_owned(),
+                cause: Box::new(e),
             }
         }
     }
