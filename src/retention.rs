@@ -1,16 +1,14 @@
 //! Retention: which snapshots a policy deletes, for `prune` and for schedules (`schedule add --keep-last`,
 //! `--older-than`, and their remote counterparts), as k3s's `--etcd-snapshot-retention` does.
 
-use std::time::Duration;
-
-use crate::util::human_bytes;
+use crate::util::{Span, human_bytes};
 
 /// Why each snapshot (newest first) is deleted; empty = kept.
 pub fn deletions(
     sizes_newest_first: &[(jiff::Timestamp, u64)],
     now: jiff::Timestamp,
     keep_last: usize,
-    older_than: Option<Duration>,
+    older_than: Option<Span>,
     max_size: Option<u64>,
 ) -> Vec<Vec<String>> {
     let mut reasons = vec![Vec::new(); sizes_newest_first.len()];
@@ -22,10 +20,10 @@ pub fn deletions(
     if let Some(d) = older_than.filter(|d| !d.is_zero()) {
         let cutoff = now
             .as_second()
-            .saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            .saturating_sub(i64::try_from(d.0.as_secs()).unwrap_or(i64::MAX));
         for (i, (created, _)) in sizes_newest_first.iter().enumerate() {
             if created.as_second() < cutoff {
-                reasons[i].push(format!("older than {}", humantime(d)));
+                reasons[i].push(format!("older than {d}"));
             }
         }
     }
@@ -42,21 +40,10 @@ pub fn deletions(
     reasons
 }
 
-fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    if s.is_multiple_of(86_400) {
-        format!("{}d", s / 86_400)
-    } else if s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ts(hours_ago: i64, now: jiff::Timestamp) -> jiff::Timestamp {
@@ -74,7 +61,13 @@ mod tests {
             [false, false, false, true]
         );
         assert_eq!(
-            deleted(deletions(&snaps, now, 0, Some(Duration::from_secs(50 * 3600)), None)),
+            deleted(deletions(
+                &snaps,
+                now,
+                0,
+                Some(Span(Duration::from_secs(50 * 3600))),
+                None
+            )),
             [false, false, true, true]
         );
         assert_eq!(
@@ -91,14 +84,14 @@ mod tests {
                 &snaps,
                 now,
                 3,
-                Some(Duration::from_secs(5 * 3600)),
+                Some(Span(Duration::from_secs(5 * 3600))),
                 Some(350)
             )),
             [false, true, true, true]
         );
         // zero values are inactive
         assert_eq!(
-            deleted(deletions(&snaps, now, 0, Some(Duration::ZERO), Some(0))),
+            deleted(deletions(&snaps, now, 0, Some(Span(Duration::ZERO)), Some(0))),
             [false, false, false, false]
         );
     }

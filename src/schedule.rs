@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +30,7 @@ pub struct Schedule {
     pub keep_last: usize,
     /// Local snapshots of this schedule older than this are removed (`7d`, `12h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub older_than: Option<String>,
+    pub older_than: Option<crate::util::Span>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub push: bool,
     /// Remote name or URL to push to (default: the default remote).
@@ -80,11 +79,6 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
                  day-of-week) or 6 with a leading seconds field"
             )
         })
-}
-
-/// Parses `--older-than` values (`7d`, `12h`, `90m`).
-pub fn parse_age(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 7d, 12h)"))
 }
 
 impl Schedule {

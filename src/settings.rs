@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use backends::SnapshotStore;
@@ -26,7 +25,7 @@ use backends::s3::{Credentials, Lookup, S3Options, Secret, Sourced};
 use backends::url::RemoteUrl;
 use serde::{Deserialize, Serialize};
 
-use crate::util::parse_duration;
+use crate::util::Span;
 
 /// S3 options, named as k3s names them (`k3s etcd-snapshot --s3-*`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -94,9 +93,9 @@ pub struct RemoteSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// Per-request timeout (default 5m).
-    #[arg(long = "s3-timeout", value_name = "DUR", value_parser = parse_duration)]
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "duration_text")]
-    pub timeout: Option<Duration>,
+    #[arg(long = "s3-timeout", value_name = "DUR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
     /// Bucket addressing: auto (virtual-hosted on AWS, path style elsewhere), dns or path.
     #[arg(long = "s3-bucket-lookup-type", value_name = "auto|dns|path")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,27 +104,6 @@ pub struct RemoteSettings {
     #[arg(long = "s3-proxy", value_name = "URL|none")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
-}
-
-/// Durations in the config file as people write them (`90s`, `5m`).
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::util::parse_duration(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 impl S3Args {
@@ -363,7 +341,7 @@ fn s3_options(
     };
     o.skip_ssl_verify = flags.skip_ssl_verify || c.is_some_and(|c| c.skip_ssl_verify);
     o.insecure = flags.insecure || c.is_some_and(|c| c.insecure);
-    o.timeout = flags.timeout.or(c.and_then(|c| c.timeout)).unwrap_or(o.timeout);
+    o.timeout = flags.timeout.or(c.and_then(|c| c.timeout)).map_or(o.timeout, |t| t.0);
     o.lookup = (flags.bucket_lookup_type)
         .or(c.and_then(|c| c.bucket_lookup_type))
         .unwrap_or(o.lookup);
@@ -711,7 +689,7 @@ mod tests {
             url: "s3://bucket/folder".into(),
             endpoint: Some("minio.lan:9000".into()),
             insecure: true,
-            timeout: Some(Duration::from_secs(90)),
+            timeout: Some(Span(std::time::Duration::from_secs(90))),
             bucket_lookup_type: Some(Lookup::Path),
             ..Default::default()
         };

@@ -402,6 +402,54 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(t).map_err(|_| bad())
 }
 
+/// A length of time as people write it (`7d`, `12h`, `90m`, `1h30m`, `0` for off), for every setting that
+/// takes one (`prune --older-than`, schedules, `--s3-timeout`): parsed once, by [`parse_duration`], and
+/// shown by one formatter, in the largest unit that divides it (`168h` is shown `7d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Span)
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (s, ms) = (self.0.as_secs(), self.0.as_millis());
+        if self.0.subsec_millis() != 0 || (s == 0 && ms > 0) {
+            return write!(f, "{ms}ms");
+        }
+        match s {
+            0 => f.write_str("0s"),
+            s if s.is_multiple_of(86_400) => write!(f, "{}d", s / 86_400),
+            s if s.is_multiple_of(3600) => write!(f, "{}h", s / 3600),
+            s if s.is_multiple_of(60) => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl serde::Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `5s ago`, `2h ago`, `8d ago`.
 pub fn age(created: jiff::Timestamp, now: jiff::Timestamp) -> String {
     let secs = now.as_second() - created.as_second();
@@ -485,6 +533,18 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("168h").unwrap(), Duration::from_secs(168 * 3600));
+        for (text, shown) in [
+            ("168h", "7d"),
+            ("90m", "90m"),
+            ("1h30m", "90m"),
+            ("45s", "45s"),
+            ("0", "0s"),
+            ("1.5s", "1500ms"),
+        ] {
+            let span: Span = text.parse().unwrap();
+            assert_eq!(span.to_string(), shown);
+            assert_eq!(shown.parse::<Span>().unwrap(), span, "{shown} reads back");
+        }
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);

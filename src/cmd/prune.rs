@@ -4,13 +4,12 @@
 //! printed before anything is deleted, then confirmed (y/N) unless --yes.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 
 use super::{Ctx, UsageError, delete_snapshot, entries};
 use crate::settings::{RemoteArgs, resolve};
-use crate::util::{age, human_bytes, parse_duration, parse_size};
+use crate::util::{Span, age, human_bytes, parse_size};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -20,8 +19,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: usize,
     /// Delete snapshots older than DUR, e.g. 168h, 7d, 1h30m (0s: off).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub older_than: Option<Duration>,
+    #[arg(long, value_name = "DUR")]
+    pub older_than: Option<Span>,
     /// Delete the oldest snapshots until the cluster's total is at most SIZE, e.g. 10G, 500M (base 2; 0: off).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,

@@ -1,5 +1,6 @@
 //! `kubectl snapshot schedule add|list|remove|run|install|uninstall`: scheduled snapshots with retention.
 
+use crate::util::Span;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -57,7 +58,7 @@ pub struct AddArgs {
     pub keep_last: usize,
     /// Remove this schedule's local snapshots older than this (7d, 12h).
     #[arg(long, value_name = "DUR")]
-    pub older_than: Option<String>,
+    pub older_than: Option<Span>,
     /// Push each snapshot to a remote.
     #[arg(long)]
     pub push: bool,
@@ -130,9 +131,6 @@ async fn add(a: AddArgs, ctx: &Ctx) -> Result<()> {
         return Err(UsageError(format!("schedule name {:?} is longer than 112 characters", a.name)).into());
     }
     schedule::parse_cron(&a.cron).map_err(UsageError)?;
-    if let Some(d) = &a.older_than {
-        schedule::parse_age(d).map_err(UsageError)?;
-    }
     let mut config = Config::load()?;
     if config.schedules.contains_key(&a.name) {
         bail!(
@@ -376,7 +374,7 @@ async fn run_schedule(ctx: &Ctx, name: &str, s: &Schedule) -> (Run, bool) {
     }
     let result: Result<()> = async {
         let cluster = ClusterName::new(&s.cluster)?;
-        run.pruned = retain(ctx, &cluster, name, s.keep_last, s.older_than.as_deref(), None).await?;
+        run.pruned = retain(ctx, &cluster, name, s.keep_last, s.older_than, None).await?;
         if s.push {
             let remote = require(&RemoteArgs {
                 remote: s.remote.clone(),
@@ -427,13 +425,10 @@ async fn retain(
     cluster: &ClusterName,
     name: &str,
     keep_last: usize,
-    older_than: Option<&str>,
+    older_than: Option<Span>,
     remote: Option<&dyn backends::SnapshotStore>,
 ) -> Result<Vec<String>> {
-    let older_than = older_than
-        .map(schedule::parse_age)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let older_than = older_than.filter(|d| !d.is_zero());
     if keep_last == 0 && older_than.is_none() {
         return Ok(Vec::new());
     }
