@@ -138,3 +138,46 @@ impl OciStore {
         Ok(Some(index))
     }
 }
+
+/// A snapshot's manifest: the metadata as its config, its layers, and annotations that name it (cluster,
+/// snapshot, Kubernetes version, creation time as RFC 3339: the metadata's, else now) and, for a schema-2
+/// snapshot, the whole bundle's sha256.
+pub(super) fn snapshot_manifest(
+    (cluster, name): (&ClusterName, &SnapshotName),
+    metadata: &[u8],
+    config_digest: String,
+    layers: Vec<OciDescriptor>,
+    bundle_sha256: Option<&str>,
+) -> OciImageManifest {
+    let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
+    let created = meta["created"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .unwrap_or_else(jiff::Timestamp::now);
+    let mut annotations = BTreeMap::from([
+        ("org.opencontainers.image.created".to_owned(), created.to_string()),
+        ("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string()),
+        ("io.kubectl-snapshot.snapshot".to_owned(), name.to_string()),
+        (
+            "io.kubectl-snapshot.k8s-version".to_owned(),
+            meta["k8sVersion"].as_str().unwrap_or_default().to_owned(),
+        ),
+    ]);
+    if let Some(sha) = bundle_sha256 {
+        annotations.insert(BUNDLE_SHA256.to_owned(), sha.to_owned());
+    }
+    OciImageManifest {
+        schema_version: 2,
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        config: OciDescriptor {
+            media_type: CONFIG_TYPE.into(),
+            digest: config_digest,
+            size: metadata.len() as i64,
+            ..Default::default()
+        },
+        layers,
+        subject: None,
+        artifact_type: Some(ARTIFACT_TYPE.into()),
+        annotations: Some(annotations),
+    }
+}

@@ -242,7 +242,6 @@ impl SnapshotStore for OciStore {
                 message: "its local sidecar is malformed".into(),
             })?
             .sha256;
-        let digest = sidecar.prefixed();
         let bundle = upload.bundle;
         let metadata = upload.metadata;
         let size = std::fs::metadata(bundle)
@@ -255,27 +254,8 @@ impl SnapshotStore for OciStore {
         let (layers, moved) = match upload.index {
             Some(index) => self.put_members(&r, name, bundle, index, &sidecar, progress).await?,
             None => {
-                let mut moved = Moved::default();
-                if self.client.blob_exists(&r, &digest).await.unwrap_or(false) {
-                    progress(size);
-                    moved.reused = size;
-                    moved.members_reused = 1;
-                } else {
-                    self.upload_blob(&r, name, bundle, 0, size, &digest, progress).await?;
-                    moved.transferred = size;
-                    moved.members_transferred = 1;
-                }
-                let layer = OciDescriptor {
-                    media_type: BUNDLE_TYPE.into(),
-                    digest: digest.clone(),
-                    size: size as i64,
-                    annotations: Some(BTreeMap::from([(
-                        "org.opencontainers.image.title".to_owned(),
-                        format!("{name}.tar.gz"),
-                    )])),
-                    ..Default::default()
-                };
-                (vec![layer], moved)
+                self.put_whole(&r, name, (bundle, size), &sidecar.prefixed(), progress)
+                    .await?
             }
         };
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(metadata)));
@@ -283,37 +263,8 @@ impl SnapshotStore for OciStore {
             .push_blob(&r, metadata.to_vec(), &config_digest)
             .await
             .map_err(|e| self.err("uploading the metadata", e))?;
-        let meta: serde_json::Value = serde_json::from_slice(metadata).unwrap_or_default();
-        let mut annotations = BTreeMap::new();
-        // RFC 3339, as the annotation requires: the metadata's time, else the push's.
-        let created = meta["created"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .unwrap_or_else(jiff::Timestamp::now);
-        annotations.insert("org.opencontainers.image.created".to_owned(), created.to_string());
-        annotations.insert("io.kubectl-snapshot.cluster".to_owned(), cluster.to_string());
-        annotations.insert("io.kubectl-snapshot.snapshot".to_owned(), name.to_string());
-        annotations.insert(
-            "io.kubectl-snapshot.k8s-version".to_owned(),
-            meta["k8sVersion"].as_str().unwrap_or_default().to_owned(),
-        );
-        if upload.index.is_some() {
-            annotations.insert(BUNDLE_SHA256.to_owned(), sidecar.hex().to_owned());
-        }
-        let manifest = OciImageManifest {
-            schema_version: 2,
-            media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
-            config: OciDescriptor {
-                media_type: CONFIG_TYPE.into(),
-                digest: config_digest,
-                size: metadata.len() as i64,
-                ..Default::default()
-            },
-            layers,
-            subject: None,
-            artifact_type: Some(ARTIFACT_TYPE.into()),
-            annotations: Some(annotations),
-        };
+        let bundle_sha256 = upload.index.is_some().then(|| sidecar.hex());
+        let manifest = manifests::snapshot_manifest((cluster, name), metadata, config_digest, layers, bundle_sha256);
         // The tag is the commit marker, last.
         self.client
             .push_manifest(&r, &OciManifest::Image(manifest))

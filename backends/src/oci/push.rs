@@ -152,6 +152,42 @@ impl OciStore {
         }
     }
 
+    /// Each distinct member of `index`, and whether the registry holds it: named by a manifest of the
+    /// repository's other snapshots (the registry refuses a manifest whose blobs it lacks, so they are there),
+    /// said by the registry, or mounted from a sibling repository now.
+    async fn members_present(&self, r: &Reference, index: &BundleIndex) -> Vec<(Member, bool)> {
+        let distinct: Vec<Member> = index.distinct().into_iter().cloned().collect();
+        // Layers of the repository's other snapshots are there (the registry refuses a manifest whose blobs it
+        // lacks, and refuses ours the same way if one went missing since): a few manifest reads replace most of
+        // the per-member existence checks.
+        let listed = self.layers_in_repository(r).await;
+        let checks: Vec<(Member, bool)> = futures_util::stream::iter(distinct)
+            .map(|m| {
+                let listed = &listed;
+                async move {
+                    let exists = listed.contains(&m.sha256)
+                        || self
+                            .client
+                            .blob_exists(r, &format!("sha256:{}", m.sha256))
+                            .await
+                            .unwrap_or(false);
+                    (m, exists)
+                }
+            })
+            .buffered(MEMBERS_IN_FLIGHT * 4)
+            .collect()
+            .await;
+        let absent: Vec<Member> = checks.iter().filter(|(_, e)| !e).map(|(m, _)| m.clone()).collect();
+        let mounted = self.mount_from_siblings(r, &absent).await;
+        checks
+            .into_iter()
+            .map(|(m, exists)| {
+                let here = exists || mounted.contains(&m.sha256);
+                (m, here)
+            })
+            .collect()
+    }
+
     /// The layers of a schema-2 bundle: the members the registry lacks are uploaded, after the whole bundle is
     /// checked against its sidecar.
     pub(super) async fn put_members(
@@ -178,36 +214,7 @@ impl OciStore {
         }
         // The registry checks each member it receives against its digest (DIGEST_INVALID otherwise); members
         // it already has are the bytes the index names, and a pull checks the whole bundle.
-        let distinct: Vec<Member> = index.distinct().into_iter().cloned().collect();
-        // Layers of the repository's other snapshots are there (the registry refuses a manifest whose blobs it
-        // lacks, and refuses ours the same way if one went missing since): a few manifest reads replace most of
-        // the per-member existence checks.
-        let listed = self.layers_in_repository(r).await;
-        let checks: Vec<(Member, bool)> = futures_util::stream::iter(distinct)
-            .map(|m| {
-                let listed = &listed;
-                async move {
-                    let exists = listed.contains(&m.sha256)
-                        || self
-                            .client
-                            .blob_exists(r, &format!("sha256:{}", m.sha256))
-                            .await
-                            .unwrap_or(false);
-                    (m, exists)
-                }
-            })
-            .buffered(MEMBERS_IN_FLIGHT * 4)
-            .collect()
-            .await;
-        let absent: Vec<Member> = checks.iter().filter(|(_, e)| !e).map(|(m, _)| m.clone()).collect();
-        let mounted = self.mount_from_siblings(r, &absent).await;
-        let checks = checks
-            .into_iter()
-            .map(|(m, exists)| {
-                let here = exists || mounted.contains(&m.sha256);
-                (m, here)
-            })
-            .collect::<Vec<_>>();
+        let checks = self.members_present(r, index).await;
         let mut moved = Moved::default();
         let mut missing = Vec::new();
         for (m, exists) in checks {
@@ -255,5 +262,37 @@ impl OciStore {
             })
             .collect();
         Ok((layers, moved))
+    }
+
+    /// A schema-1 push: the bundle as one layer, uploaded unless the registry holds it already.
+    pub(super) async fn put_whole(
+        &self,
+        r: &Reference,
+        name: &SnapshotName,
+        (bundle, size): (&Path, u64),
+        digest: &str,
+        progress: OnBytes<'_>,
+    ) -> Result<(Vec<OciDescriptor>, Moved), Error> {
+        let mut moved = Moved::default();
+        if self.client.blob_exists(r, digest).await.unwrap_or(false) {
+            progress(size);
+            moved.reused = size;
+            moved.members_reused = 1;
+        } else {
+            self.upload_blob(r, name, bundle, 0, size, digest, progress).await?;
+            moved.transferred = size;
+            moved.members_transferred = 1;
+        }
+        let layer = OciDescriptor {
+            media_type: BUNDLE_TYPE.into(),
+            digest: digest.to_owned(),
+            size: size as i64,
+            annotations: Some(BTreeMap::from([(
+                "org.opencontainers.image.title".to_owned(),
+                format!("{name}.tar.gz"),
+            )])),
+            ..Default::default()
+        };
+        Ok((vec![layer], moved))
     }
 }
