@@ -203,15 +203,8 @@ pub(crate) async fn assemble(
     integrity: &(dyn Fn(String) -> crate::Error + Send + Sync),
 ) -> Result<(String, Moved), crate::Error> {
     use futures_util::StreamExt;
-    use sha2::Digest;
-    use tokio::io::AsyncWriteExt;
 
-    let file = crate::local::create_private_file(dest)
-        .map(tokio::fs::File::from_std)
-        .map_err(|e| crate::Error::io(format!("creating {}", dest.display()), e))?;
-    let write_err = |e| crate::Error::io(format!("writing {}", dest.display()), e);
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let mut total = sha2::Sha256::new();
+    let mut out = Assembly::create(dest)?;
     let mut moved = Moved::default();
     // Small members no local bundle holds are fetched ahead; the others are copied or streamed in turn.
     let plans: Vec<(Member, Option<LocalMember>)> = index
@@ -229,77 +222,24 @@ pub(crate) async fn assemble(
         })
         .buffered(PREFETCH);
     while let Some((m, from_local, mut pre)) = plan.next().await {
-        let m = &m;
-        let mut member = sha2::Sha256::new();
-        let mut got = 0u64;
-        let mut copied = false;
         if let Some(l) = from_local {
-            // Copied and hashed in one pass; a copy that no longer matches its digest (the local file changed)
-            // is cut off again and the member is downloaded instead.
-            let before = total.clone();
-            let read_err = |e| crate::Error::io(format!("reading {}", l.bundle.display()), e);
-            let mut f = tokio::fs::File::open(&l.bundle).await.map_err(read_err)?;
-            tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(l.offset))
-                .await
-                .map_err(read_err)?;
-            let mut f = tokio::io::AsyncReadExt::take(f, l.size);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
-                    .await
-                    .map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                member.update(&buf[..n]);
-                total.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.map_err(write_err)?;
-                got += n as u64;
-            }
-            if got == m.size && hex::encode(member.finalize_reset()) == m.sha256 {
-                copied = true;
-                progress(got);
-                moved.reused += got;
+            if out.copy_local(&m, &l).await? {
+                progress(m.size);
+                moved.reused += m.size;
                 moved.members_reused += 1;
-            } else {
-                total = before;
-                got = 0;
-                out.flush().await.map_err(write_err)?;
-                out.get_ref().set_len(m.offset).await.map_err(write_err)?;
-                tokio::io::AsyncSeekExt::seek(&mut out, std::io::SeekFrom::Start(m.offset))
-                    .await
-                    .map_err(write_err)?;
-                if m.size <= SMALL_MEMBER {
-                    pre = Some(source.fetch(m).await);
-                }
+                continue;
+            }
+            if m.size <= SMALL_MEMBER {
+                pre = Some(source.fetch(&m).await);
             }
         }
-        if copied {
-            continue;
-        }
-        {
-            let mut chunks = match pre {
-                Some(whole) => futures_util::stream::once(async { whole }).boxed(),
-                None => source.stream(m).await?,
-            };
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk?;
-                got += chunk.len() as u64;
-                if got > m.size {
-                    return Err(integrity(format!(
-                        "member {} is larger than the {} bytes the index declares",
-                        m.sha256, m.size
-                    )));
-                }
-                member.update(&chunk);
-                total.update(&chunk);
-                out.write_all(&chunk).await.map_err(write_err)?;
-                progress(chunk.len() as u64);
-            }
-            moved.transferred += got;
-            moved.members_transferred += 1;
-        }
-        let actual = hex::encode(member.finalize());
+        let chunks = match pre {
+            Some(whole) => futures_util::stream::once(async { whole }).boxed(),
+            None => source.stream(&m).await?,
+        };
+        let (got, actual) = out.receive(&m, chunks, progress, integrity).await?;
+        moved.transferred += got;
+        moved.members_transferred += 1;
         if got != m.size || actual != m.sha256 {
             return Err(integrity(format!(
                 "member {} ({}) arrived as {got} bytes with sha256 {actual}",
@@ -307,9 +247,121 @@ pub(crate) async fn assemble(
             )));
         }
     }
-    out.flush().await.map_err(write_err)?;
-    out.get_ref().sync_all().await.map_err(write_err)?;
-    Ok((hex::encode(total.finalize()), moved))
+    out.finish(moved).await
+}
+
+/// The bundle being assembled, and the sha256 of all it holds so far.
+struct Assembly {
+    out: tokio::io::BufWriter<tokio::fs::File>,
+    total: sha2::Sha256,
+    dest: std::path::PathBuf,
+}
+
+impl Assembly {
+    fn create(dest: &Path) -> Result<Self, crate::Error> {
+        use sha2::Digest;
+        let file = crate::local::create_private_file(dest)
+            .map(tokio::fs::File::from_std)
+            .map_err(|e| crate::Error::io(format!("creating {}", dest.display()), e))?;
+        Ok(Assembly {
+            out: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            total: sha2::Sha256::new(),
+            dest: dest.to_owned(),
+        })
+    }
+
+    fn write_err(&self, e: std::io::Error) -> crate::Error {
+        crate::Error::io(format!("writing {}", self.dest.display()), e)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), crate::Error> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        self.total.update(bytes);
+        let written = self.out.write_all(bytes).await;
+        written.map_err(|e| self.write_err(e))
+    }
+
+    /// Member `m` copied from a local bundle and hashed in one pass. A copy that no longer matches its digest
+    /// (the local file changed) is cut off again: `false`, and the member is to be downloaded instead.
+    async fn copy_local(&mut self, m: &Member, l: &LocalMember) -> Result<bool, crate::Error> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let before = self.total.clone();
+        let read_err = |e| crate::Error::io(format!("reading {}", l.bundle.display()), e);
+        let mut f = tokio::fs::File::open(&l.bundle).await.map_err(read_err)?;
+        tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(l.offset))
+            .await
+            .map_err(read_err)?;
+        let mut f = tokio::io::AsyncReadExt::take(f, l.size);
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut member, mut got) = (sha2::Sha256::new(), 0u64);
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
+                .await
+                .map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            member.update(&buf[..n]);
+            self.write(&buf[..n]).await?;
+            got += n as u64;
+        }
+        if got == m.size && hex::encode(member.finalize()) == m.sha256 {
+            return Ok(true);
+        }
+        self.total = before;
+        let cut: std::io::Result<()> = async {
+            self.out.flush().await?;
+            self.out.get_ref().set_len(m.offset).await?;
+            tokio::io::AsyncSeekExt::seek(&mut self.out, std::io::SeekFrom::Start(m.offset)).await?;
+            Ok(())
+        }
+        .await;
+        cut.map_err(|e| self.write_err(e))?;
+        Ok(false)
+    }
+
+    /// Member `m` from the remote's chunks, never more than its declared size. Returns the bytes received and
+    /// their sha256.
+    async fn receive(
+        &mut self,
+        m: &Member,
+        mut chunks: futures_util::stream::BoxStream<'_, Result<bytes::Bytes, crate::Error>>,
+        progress: OnBytes<'_>,
+        integrity: &(dyn Fn(String) -> crate::Error + Send + Sync),
+    ) -> Result<(u64, String), crate::Error> {
+        use futures_util::StreamExt;
+        use sha2::Digest;
+        let (mut member, mut got) = (sha2::Sha256::new(), 0u64);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            got += chunk.len() as u64;
+            if got > m.size {
+                return Err(integrity(format!(
+                    "member {} is larger than the {} bytes the index declares",
+                    m.sha256, m.size
+                )));
+            }
+            member.update(&chunk);
+            self.write(&chunk).await?;
+            progress(chunk.len() as u64);
+        }
+        Ok((got, hex::encode(member.finalize())))
+    }
+
+    /// Flushed and synced; the sha256 of the whole.
+    async fn finish(mut self, moved: Moved) -> Result<(String, Moved), crate::Error> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let synced: std::io::Result<()> = async {
+            self.out.flush().await?;
+            self.out.get_ref().sync_all().await
+        }
+        .await;
+        synced.map_err(|e| self.write_err(e))?;
+        Ok((hex::encode(self.total.finalize()), moved))
+    }
 }
 
 #[cfg(test)]
