@@ -34,6 +34,35 @@ pub async fn restore_node(
     if missing.is_empty() {
         return Ok(Vec::new());
     }
+    let (index, blobs) = import_layout(node_name, platform, &missing, staged)?;
+    let snap = node::containerd_config(rt, node_name).await?.snapshotter;
+    let archive = || {
+        let (index, blobs, dir) = (index.clone(), blobs.clone(), staged.blobs.clone());
+        tar_stream(move |b| {
+            append_bytes(b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            append_bytes(b, "index.json", &index)?;
+            for hex in &blobs {
+                b.append_path_with_name(dir.join(hex), format!("blobs/sha256/{hex}"))?;
+            }
+            Ok(())
+        })
+    };
+    node::import_images(rt, node_name, &snap, archive).await?;
+    // The labels each had (the import sets none), one record after another: few images have any.
+    for image in want.images.iter().filter(|i| missing.contains(&i.name)) {
+        node::label_image(rt, node_name, &image.name, &cri_labels(&image.labels)).await?;
+    }
+    Ok(missing.into_iter().collect())
+}
+
+/// The OCI layout to import: an index of the snapshot's images of `node_name` that are `missing`, and every
+/// blob they need for `platform`, as far as the bundle has them (hex digests).
+fn import_layout(
+    node_name: &str,
+    platform: &str,
+    missing: &BTreeSet<String>,
+    staged: &Staged,
+) -> Result<(Vec<u8>, BTreeSet<String>), RestoreError> {
     let index_path = staged
         .node_index
         .get(node_name)
@@ -91,24 +120,7 @@ pub async fn restore_node(
         what: "the index of the images to import".into(),
         reason: e.to_string(),
     })?;
-    let snap = node::containerd_config(rt, node_name).await?.snapshotter;
-    let archive = || {
-        let (index, blobs, dir) = (index.clone(), blobs.clone(), staged.blobs.clone());
-        tar_stream(move |b| {
-            append_bytes(b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-            append_bytes(b, "index.json", &index)?;
-            for hex in &blobs {
-                b.append_path_with_name(dir.join(hex), format!("blobs/sha256/{hex}"))?;
-            }
-            Ok(())
-        })
-    };
-    node::import_images(rt, node_name, &snap, archive).await?;
-    // The labels each had (the import sets none), one record after another: few images have any.
-    for image in want.images.iter().filter(|i| missing.contains(&i.name)) {
-        node::label_image(rt, node_name, &image.name, &cri_labels(&image.labels)).await?;
-    }
-    Ok(missing.into_iter().collect())
+    Ok((index, blobs))
 }
 
 fn append_bytes<W: std::io::Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
