@@ -342,43 +342,9 @@ pub async fn write(
             Some(bytes) => sink.add_bytes(&entry, 0o444, &bytes).await?,
             // Discarded by the node, served by its registry (checked when planned).
             None if let Some(image) = remote.get(&digest) => {
-                let fetching = |e: crate::cluster::ClusterError| CaptureError::BadImage {
-                    what: format!("fetching {digest} of {image} from its registry inside {node}"),
-                    reason: fetch_failure(&e),
-                };
-                let mut stream = node::fetch_blob_stream(rt, node, image, &digest, FETCH_TIMEOUT_SECS)
-                    .await
-                    .map_err(fetching)?;
-                let added = sink.add_file(&entry, size, 0o444, &mut stream).await;
-                // The command's own failure says more than a stream that ended short.
-                match stream.finish().await {
-                    // Every byte arrived and only the exit was lost (containerd #8557): the digest, checked
-                    // below, says whether they are the blob's.
-                    Err(crate::cluster::ClusterError::LostExit { .. }) if added.is_ok() => {}
-                    finished => finished.map_err(fetching)?,
-                }
-                added?
+                fetch_into(rt, (node, image, &digest), &entry, size, sink).await?
             }
-            None => {
-                let want = hex.clone();
-                let entry = entry.clone();
-                let summary = sink
-                    .add_tar(
-                        rt.copy_out(node, &format!("{dir}/{hex}")),
-                        Box::new(move |p| (p == want).then(|| entry.clone())),
-                        crate::bundle::writer::Grouping::PerEntry,
-                    )
-                    .await?;
-                summary
-                    .entries
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| CaptureError::BlobMissing {
-                        node: node.to_owned(),
-                        digest: digest.clone(),
-                        from: format!("the copy of its content store ({dir})"),
-                    })?
-            }
+            None => copy_from_store(rt, (node, &dir), (&digest, &hex), &entry, sink).await?,
         };
         // Content addressing is the integrity check of image data: a blob must hash to its name.
         if written.sha256.as_deref() != Some(hex.as_str()) || written.size != size {
@@ -403,6 +369,59 @@ pub async fn write(
 
     out.images.blobs = needed.into_keys().collect();
     Ok(out)
+}
+
+/// A blob the node discarded, streamed from its image's registry, from inside the node, into the bundle.
+async fn fetch_into(
+    rt: &Runtime,
+    (node, image, digest): (&str, &str, &str),
+    entry: &str,
+    size: u64,
+    sink: &BundleSink,
+) -> Result<crate::bundle::writer::EntrySummary, CaptureError> {
+    let fetching = |e: crate::cluster::ClusterError| CaptureError::BadImage {
+        what: format!("fetching {digest} of {image} from its registry inside {node}"),
+        reason: fetch_failure(&e),
+    };
+    let mut stream = node::fetch_blob_stream(rt, node, image, digest, FETCH_TIMEOUT_SECS)
+        .await
+        .map_err(fetching)?;
+    let added = sink.add_file(entry, size, 0o444, &mut stream).await;
+    // The command's own failure says more than a stream that ended short.
+    match stream.finish().await {
+        // Every byte arrived and only the exit was lost (containerd #8557): the digest, checked by the caller,
+        // says whether they are the blob's.
+        Err(crate::cluster::ClusterError::LostExit { .. }) if added.is_ok() => {}
+        finished => finished.map_err(fetching)?,
+    }
+    Ok(added?)
+}
+
+/// A large blob copied from the node's content store `dir` through the archive API.
+async fn copy_from_store(
+    rt: &Runtime,
+    (node, dir): (&str, &str),
+    (digest, hex): (&str, &str),
+    entry: &str,
+    sink: &BundleSink,
+) -> Result<crate::bundle::writer::EntrySummary, CaptureError> {
+    let (want, named) = (hex.to_owned(), entry.to_owned());
+    let summary = sink
+        .add_tar(
+            rt.copy_out(node, &format!("{dir}/{hex}")),
+            Box::new(move |p| (p == want).then(|| named.clone())),
+            crate::bundle::writer::Grouping::PerEntry,
+        )
+        .await?;
+    summary
+        .entries
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaptureError::BlobMissing {
+            node: node.to_owned(),
+            digest: digest.to_owned(),
+            from: format!("the copy of its content store ({dir})"),
+        })
 }
 
 /// A node's blobs being read ahead (started by [`read_ahead`]), for [`write`].
@@ -456,58 +475,12 @@ pub fn read_ahead(rt: &Runtime, plan: ImagePlan, bundled: &HashSet<String>) -> R
     let ahead = {
         let (rt, node, dir) = (rt.clone(), node.clone(), dir.clone());
         // The documents move to the reader, which hands them back in order.
-        let wanted: Vec<(String, u64, Option<Vec<u8>>, bool)> = todo
+        let wanted: Vec<Wanted> = todo
             .iter_mut()
             .zip(in_node)
             .map(|((_, hex, size, doc), in_node)| (hex.clone(), *size, doc.take(), in_node))
             .collect();
-        async move {
-            let mut wanted = wanted.into_iter().peekable();
-            while let Some((hex, size, doc, in_node)) = wanted.next() {
-                if doc.is_none() && (size > PREFETCH_MAX || !in_node) {
-                    if tx.send(Ok(None)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                // A run of documents (in memory) and small blobs; the blobs read in one round trip.
-                let (mut total, mut files) = if doc.is_none() { (size, 1) } else { (0, 0) };
-                let mut window = vec![(hex, size, doc)];
-                let small = |size: u64, doc: &Option<Vec<u8>>, in_node: bool| {
-                    doc.is_some() || (size <= PREFETCH_MAX && in_node)
-                };
-                while let Some((_, next, doc, in_node)) = wanted.peek()
-                    && small(*next, doc, *in_node)
-                    && total + next <= PREFETCH_BATCH
-                    && files < PREFETCH_FILES
-                {
-                    if doc.is_none() {
-                        total += next;
-                        files += 1;
-                    }
-                    let (hex, size, doc, _) = wanted.next().expect("peeked");
-                    window.push((hex, size, doc));
-                }
-                let paths: Vec<(String, u64)> = window
-                    .iter()
-                    .filter(|(_, _, doc)| doc.is_none())
-                    .map(|(hex, size, _)| (format!("{dir}/{hex}"), *size))
-                    .collect();
-                let files: Vec<(&str, u64)> = paths.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-                let mut read = match node::read_files(&rt, &node, &files).await {
-                    Ok(all) => all.into_iter(),
-                    Err(e) => {
-                        let _ = tx.send(Err(CaptureError::from(e))).await;
-                        return;
-                    }
-                };
-                for (_, _, doc) in window {
-                    if tx.send(Ok(doc.or_else(|| read.next()))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
+        prefetch(rt, node, dir, wanted, tx)
     };
     Ok(Reading {
         _ahead: crate::util::Task::spawn(ahead),
@@ -520,6 +493,65 @@ pub fn read_ahead(rt: &Runtime, plan: ImagePlan, bundled: &HashSet<String>) -> R
         todo: todo.into_iter().map(|(d, h, s, _)| (d, h, s)).collect(),
         rx,
     })
+}
+
+/// A blob to hand to the writer: its hex digest, size, bytes when already in memory (a document), and whether
+/// the node holds it.
+type Wanted = (String, u64, Option<Vec<u8>>, bool);
+
+/// Hands the writer each wanted blob in order through `tx`: the bytes of documents and of small blobs the node
+/// holds (read in batches, one round trip each), or `None` for one to stream.
+async fn prefetch(
+    rt: Runtime,
+    node: String,
+    dir: String,
+    wanted: Vec<Wanted>,
+    tx: tokio::sync::mpsc::Sender<Result<Option<Vec<u8>>, CaptureError>>,
+) {
+    let mut wanted = wanted.into_iter().peekable();
+    while let Some((hex, size, doc, in_node)) = wanted.next() {
+        if doc.is_none() && (size > PREFETCH_MAX || !in_node) {
+            if tx.send(Ok(None)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // A run of documents (in memory) and small blobs; the blobs read in one round trip.
+        let (mut total, mut files) = if doc.is_none() { (size, 1) } else { (0, 0) };
+        let mut window = vec![(hex, size, doc)];
+        let small =
+            |size: u64, doc: &Option<Vec<u8>>, in_node: bool| doc.is_some() || (size <= PREFETCH_MAX && in_node);
+        while let Some((_, next, doc, in_node)) = wanted.peek()
+            && small(*next, doc, *in_node)
+            && total + next <= PREFETCH_BATCH
+            && files < PREFETCH_FILES
+        {
+            if doc.is_none() {
+                total += next;
+                files += 1;
+            }
+            let (hex, size, doc, _) = wanted.next().expect("peeked");
+            window.push((hex, size, doc));
+        }
+        let paths: Vec<(String, u64)> = window
+            .iter()
+            .filter(|(_, _, doc)| doc.is_none())
+            .map(|(hex, size, _)| (format!("{dir}/{hex}"), *size))
+            .collect();
+        let files: Vec<(&str, u64)> = paths.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        let mut read = match node::read_files(&rt, &node, &files).await {
+            Ok(all) => all.into_iter(),
+            Err(e) => {
+                let _ = tx.send(Err(CaptureError::from(e))).await;
+                return;
+            }
+        };
+        for (_, _, doc) in window {
+            if tx.send(Ok(doc.or_else(|| read.next()))).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The line that says why a fetch failed: the last one the command printed.
