@@ -49,18 +49,53 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let sizes: Vec<(jiff::Timestamp, u64)> = infos.iter().map(|i| (i.created, i.size)).collect();
     let reasons = crate::retention::deletions(&sizes, now, args.keep_last, args.older_than, args.max_size);
 
-    let mut out = String::new();
     let place = remote
         .as_ref()
         .map_or_else(String::new, |r| format!(" on {}", r.describe()));
-    out.push_str(&format!("Prune plan for cluster {:?}{place}:\n", cluster.as_str()));
+    let (mut out, del_count) = plan(&infos, &reasons, args.keep_last, now);
+    out.insert_str(0, &format!("Prune plan for cluster {:?}{place}:\n", cluster.as_str()));
+    let deleting: Vec<(backends::ClusterName, backends::SnapshotName)> = infos
+        .iter()
+        .zip(&reasons)
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(i, _)| (cluster.clone(), i.name.clone()))
+        .collect();
+    if let Some(r) = remote.as_deref() {
+        // Bundles share blobs on a remote: the space freed is what no remaining snapshot references.
+        out.push_str(&super::collect_garbage(r, &deleting, true).await?);
+        out.push('\n');
+    }
+    std::io::Write::write_all(&mut std::io::stdout().lock(), crate::util::printable(&out).as_bytes())?;
+    std::io::stdout().flush()?;
+    if del_count == 0 || args.dry_run {
+        return Ok(());
+    }
+    if !args.yes && !confirmed()? {
+        eprintln!("Aborted; nothing was deleted.");
+        return Ok(());
+    }
+    for (info, why) in infos.iter().zip(&reasons) {
+        if !why.is_empty() {
+            delete_snapshot(ctx, &cluster, &info.name, remote.as_deref()).await?;
+            crate::util::out!("Deleted snapshot {:?}", info.name.as_str());
+        }
+    }
+    if let Some(r) = remote.as_deref() {
+        crate::util::out!("{}", super::collect_garbage(r, &[], false).await?);
+    }
+    Ok(())
+}
+
+/// The plan, a line per snapshot (KEEP or DELETE, and why), then the total; and how many are deleted.
+fn plan(infos: &[super::Entry], reasons: &[Vec<String>], keep_last: usize, now: jiff::Timestamp) -> (String, usize) {
+    let mut out = String::new();
     let name_w = infos.iter().map(|i| i.name.as_str().len()).max().unwrap_or(0);
     let (mut del_bytes, mut del_count) = (0u64, 0usize);
-    for (info, why) in infos.iter().zip(&reasons) {
+    for (info, why) in infos.iter().zip(reasons) {
         let facts = format!("{}, {}", age(info.created, now), human_bytes(info.size));
         if why.is_empty() {
-            let keep_why = if args.keep_last > 0 {
-                format!("; most recent {}", args.keep_last)
+            let keep_why = if keep_last > 0 {
+                format!("; most recent {keep_last}")
             } else {
                 String::new()
             };
@@ -83,42 +118,16 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
         human_bytes(del_bytes),
         if del_count == 1 { "" } else { "s" }
     ));
-    let deleting: Vec<(backends::ClusterName, backends::SnapshotName)> = infos
-        .iter()
-        .zip(&reasons)
-        .filter(|(_, why)| !why.is_empty())
-        .map(|(i, _)| (cluster.clone(), i.name.clone()))
-        .collect();
-    if let Some(r) = remote.as_deref() {
-        // Bundles share blobs on a remote: the space freed is what no remaining snapshot references.
-        out.push_str(&super::collect_garbage(r, &deleting, true).await?);
-        out.push('\n');
+    (out, del_count)
+}
+
+/// Whether the user answers yes on the terminal; refused when stdin is not one (`--yes` confirms).
+fn confirmed() -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to delete without confirmation: stdin is not a terminal (pass --yes to confirm)");
     }
-    std::io::Write::write_all(&mut std::io::stdout().lock(), crate::util::printable(&out).as_bytes())?;
-    std::io::stdout().flush()?;
-    if del_count == 0 || args.dry_run {
-        return Ok(());
-    }
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("refusing to delete without confirmation: stdin is not a terminal (pass --yes to confirm)");
-        }
-        eprint!("Continue? [y/N] ");
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            eprintln!("Aborted; nothing was deleted.");
-            return Ok(());
-        }
-    }
-    for (info, why) in infos.iter().zip(&reasons) {
-        if !why.is_empty() {
-            delete_snapshot(ctx, &cluster, &info.name, remote.as_deref()).await?;
-            crate::util::out!("Deleted snapshot {:?}", info.name.as_str());
-        }
-    }
-    if let Some(r) = remote.as_deref() {
-        crate::util::out!("{}", super::collect_garbage(r, &[], false).await?);
-    }
-    Ok(())
+    eprint!("Continue? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
