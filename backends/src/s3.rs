@@ -234,21 +234,9 @@ fn endpoint_url(o: &S3Options) -> Result<(String, bool), Error> {
     }
 }
 
-/// Builds the store. The returned description names bucket, folder, endpoint and credential source.
-pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
-    if o.bucket.is_empty() {
-        return Err(Error::Config(
-            "an S3 remote needs a bucket (--s3-bucket, or s3://BUCKET/FOLDER)".into(),
-        ));
-    }
-    let creds = &o.credentials;
-    let region = &o.region.value;
-    let (endpoint, aws) = endpoint_url(o)?;
-    let virtual_hosted = match o.lookup {
-        Lookup::Dns => true,
-        Lookup::Path => false,
-        Lookup::Auto => aws,
-    };
+/// The HTTP client's options: timeouts, plain HTTP, certificate checks, the proxy (`none`: none at all, not
+/// even the environment's), the endpoint's CA bundle.
+fn client_options(o: &S3Options) -> Result<ClientOptions, Error> {
     let mut client = ClientOptions::new()
         .with_timeout(o.timeout)
         .with_connect_timeout(o.timeout.min(Duration::from_secs(30)))
@@ -282,6 +270,25 @@ pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
     {
         client = client.with_root_certificate(cert);
     }
+    Ok(client)
+}
+
+/// Builds the store. The returned description names bucket, folder, endpoint and credential source.
+pub fn open(o: &S3Options) -> Result<ObjectSnapshotStore, Error> {
+    if o.bucket.is_empty() {
+        return Err(Error::Config(
+            "an S3 remote needs a bucket (--s3-bucket, or s3://BUCKET/FOLDER)".into(),
+        ));
+    }
+    let creds = &o.credentials;
+    let region = &o.region.value;
+    let (endpoint, aws) = endpoint_url(o)?;
+    let virtual_hosted = match o.lookup {
+        Lookup::Dns => true,
+        Lookup::Path => false,
+        Lookup::Auto => aws,
+    };
+    let client = client_options(o)?;
     let retry = RetryConfig {
         max_retries: 3,
         retry_timeout: o.timeout,
