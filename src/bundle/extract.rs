@@ -174,7 +174,59 @@ const NAME_MAX: usize = 255;
 /// The longest in-node path accepted: PATH_MAX (4096) less room for the volume root and staging prefix.
 const PATH_MAX: usize = 3800;
 
+impl Staged {
+    /// Staging in `dir`, nothing in it yet: the names this module makes for etcd and the blobs.
+    fn empty(dir: &Path) -> Self {
+        Staged {
+            dir: dir.to_owned(),
+            etcd: dir.join("etcd.db"),
+            blobs: dir.join("blobs"),
+            node_index: BTreeMap::new(),
+            pvs: BTreeMap::new(),
+            pv_files: BTreeMap::new(),
+        }
+    }
+}
+
 impl Pass {
+    fn new(stage: Option<Staged>, budget: u64, limits: Option<Limits>) -> Self {
+        Pass {
+            writing: stage.is_some(),
+            stage,
+            problems: Vec::new(),
+            seen: HashSet::new(),
+            blobs: HashMap::new(),
+            etcd_digest: None,
+            metadata_raw: None,
+            nodes_seen: HashSet::new(),
+            roots: BTreeMap::new(),
+            uncompressed: 0,
+            budget,
+            limits,
+            pv_bytes: 0,
+            blob_bytes: 0,
+        }
+    }
+
+    /// The bundle's metadata, checked against what the pass saw; `None` (a problem said) when it is missing,
+    /// malformed or foreign.
+    fn metadata(&mut self) -> Option<Metadata> {
+        let Some(raw) = self.metadata_raw.take() else {
+            self.problem("bundle has no metadata.json".into());
+            return None;
+        };
+        match Metadata::from_json(&raw) {
+            Err(e) => {
+                self.problem(e.to_string());
+                None
+            }
+            Ok(m) => {
+                check_consistency(&m, self);
+                Some(m)
+            }
+        }
+    }
+
     /// Where to write, unless staging stopped (or was never asked for).
     fn st(&self) -> Option<&Staged> {
         if self.writing { self.stage.as_ref() } else { None }
@@ -540,14 +592,7 @@ pub fn inspect(
 ) -> (Inspection, Option<Staged>) {
     let mut insp = Inspection::default();
     let expected = read_sidecar(sidecar, &mut insp.integrity);
-    let staged = stage.map(|dir| Staged {
-        dir: dir.to_owned(),
-        etcd: dir.join("etcd.db"),
-        blobs: dir.join("blobs"),
-        node_index: BTreeMap::new(),
-        pvs: BTreeMap::new(),
-        pv_files: BTreeMap::new(),
-    });
+    let staged = stage.map(Staged::empty);
     if let Some(s) = &staged
         && let Err(e) = fs::create_dir_all(&s.blobs)
     {
@@ -566,23 +611,7 @@ pub fn inspect(
         inner: BufReader::with_capacity(1 << 20, file),
         hasher: Sha256::new(),
     };
-    let writing = staged.is_some();
-    let mut pass = Pass {
-        stage: staged,
-        writing,
-        problems: Vec::new(),
-        seen: HashSet::new(),
-        blobs: HashMap::new(),
-        etcd_digest: None,
-        metadata_raw: None,
-        nodes_seen: HashSet::new(),
-        roots: BTreeMap::new(),
-        uncompressed: 0,
-        budget,
-        limits,
-        pv_bytes: 0,
-        blob_bytes: 0,
-    };
+    let mut pass = Pass::new(staged, budget, limits);
     let read: io::Result<()> = (|| {
         let mut archive = tar::Archive::new(MultiGzDecoder::new(&mut hashing));
         for entry in archive.entries()? {
@@ -605,16 +634,7 @@ pub fn inspect(
     }
     let staged = pass.finish_staging();
     insp.uncompressed = pass.uncompressed;
-    match pass.metadata_raw.take() {
-        None => pass.problem("bundle has no metadata.json".into()),
-        Some(raw) => match Metadata::from_json(&raw) {
-            Err(e) => pass.problem(e.to_string()),
-            Ok(m) => {
-                check_consistency(&m, &mut pass);
-                insp.metadata = Some(m);
-            }
-        },
-    }
+    insp.metadata = pass.metadata();
     insp.problems.extend(pass.problems);
     if !insp.problems.is_empty() || !insp.integrity.is_empty() {
         return (insp, None);
