@@ -156,6 +156,16 @@ pub trait SnapshotStore: Send + Sync {
     ) -> Result<Collected, Error>;
 }
 
+/// What a listing saw of one snapshot's objects.
+#[derive(Default)]
+struct Seen {
+    bundle: Option<u64>,
+    index: bool,
+    sidecar: bool,
+    metadata: bool,
+    modified: Option<std::time::SystemTime>,
+}
+
 /// [`SnapshotStore`] over an object store, under an optional folder.
 pub struct ObjectSnapshotStore {
     store: Arc<dyn ObjectStore>,
@@ -170,6 +180,48 @@ impl ObjectSnapshotStore {
             folder: folder.trim_matches('/').to_owned(),
             description: description.into(),
         }
+    }
+
+    /// One snapshot of a listing, from the objects seen. What its objects hold is untrusted: one that cannot
+    /// be read is listed with the reason (so that it can be deleted), and the others still list.
+    async fn listed(&self, cluster: &ClusterName, name: SnapshotName, seen: Seen) -> Result<RemoteSnapshot, Error> {
+        let snap = name.as_str();
+        let data = seen.bundle.is_some() || seen.index;
+        let complete = data && seen.sidecar && seen.metadata;
+        let mut problem = None;
+        let (metadata, sha256, size) = if complete {
+            let read = async {
+                let m = self.small(&self.key(&[cluster.as_str(), snap, METADATA])).await?;
+                let s = self
+                    .small(&self.key(&[cluster.as_str(), snap, SIDECAR]))
+                    .await?
+                    .and_then(|b| parse_sidecar(&b));
+                let size = match seen.bundle {
+                    Some(size) => size,
+                    None => self.index_of(cluster, &name).await?.map_or(0, |i| i.size),
+                };
+                Ok::<_, Error>((m, s, size))
+            };
+            match read.await {
+                Ok(found) => found,
+                Err(e @ (Error::Integrity { .. } | Error::Unrecognized { .. })) => {
+                    problem = Some(e.reason());
+                    (None, None, seen.bundle.unwrap_or(0))
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            (None, None, seen.bundle.unwrap_or(0))
+        };
+        Ok(RemoteSnapshot {
+            name,
+            complete: complete && (metadata.is_some() || problem.is_some()),
+            size,
+            modified: seen.modified.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            metadata,
+            sha256,
+            problem,
+        })
     }
 
     fn key(&self, parts: &[&str]) -> Key {
@@ -759,14 +811,6 @@ impl SnapshotStore for ObjectSnapshotStore {
     }
 
     async fn list(&self, cluster: &ClusterName) -> Result<Vec<RemoteSnapshot>, Error> {
-        #[derive(Default)]
-        struct Seen {
-            bundle: Option<u64>,
-            index: bool,
-            sidecar: bool,
-            metadata: bool,
-            modified: Option<std::time::SystemTime>,
-        }
         let prefix = self.key(&[cluster.as_str()]);
         let mut objects = self.store.list(Some(&prefix));
         let mut found: std::collections::BTreeMap<String, Seen> = Default::default();
@@ -805,44 +849,7 @@ impl SnapshotStore for ObjectSnapshotStore {
         let mut out = Vec::new();
         for (snap, seen) in found {
             let Ok(name) = SnapshotName::new(&snap) else { continue };
-            let data = seen.bundle.is_some() || seen.index;
-            let complete = data && seen.sidecar && seen.metadata;
-            let mut problem = None;
-            let (metadata, sha256, size) = if complete {
-                // What a snapshot's objects hold is untrusted: one that cannot be read is listed with the
-                // reason (so that it can be deleted), and the others still list.
-                let read = async {
-                    let m = self.small(&self.key(&[cluster.as_str(), &snap, METADATA])).await?;
-                    let s = self
-                        .small(&self.key(&[cluster.as_str(), &snap, SIDECAR]))
-                        .await?
-                        .and_then(|b| parse_sidecar(&b));
-                    let size = match seen.bundle {
-                        Some(size) => size,
-                        None => self.index_of(cluster, &name).await?.map_or(0, |i| i.size),
-                    };
-                    Ok::<_, Error>((m, s, size))
-                };
-                match read.await {
-                    Ok(found) => found,
-                    Err(e @ (Error::Integrity { .. } | Error::Unrecognized { .. })) => {
-                        problem = Some(e.reason());
-                        (None, None, seen.bundle.unwrap_or(0))
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                (None, None, seen.bundle.unwrap_or(0))
-            };
-            out.push(RemoteSnapshot {
-                name,
-                complete: complete && (metadata.is_some() || problem.is_some()),
-                size,
-                modified: seen.modified.unwrap_or(std::time::SystemTime::UNIX_EPOCH),
-                metadata,
-                sha256,
-                problem,
-            });
+            out.push(self.listed(cluster, name, seen).await?);
         }
         Ok(out)
     }
