@@ -493,6 +493,66 @@ fn carried(what: &str, how: &str, path: &Path) -> Result<String> {
     Ok(text.to_owned())
 }
 
+/// A systemd user service that runs due schedules, and a timer that starts it every minute.
+fn systemd_files(exe: &str, env: &[(&str, &str)]) -> Result<ServiceFiles> {
+    let dir = match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => home()?.join(".config"),
+    }
+    .join("systemd/user");
+    let environment: String = env
+        .iter()
+        .map(|(k, v)| format!("Environment={}\n", systemd_quoted(&format!("{k}={v}"), false)))
+        .collect();
+    let service = format!(
+        "[Unit]\nDescription=kubectl-snapshot: run the snapshot schedules that are due\n\n[Service]\nType=oneshot\n\
+         {environment}ExecStart={} schedule run\n",
+        systemd_quoted(exe, true)
+    );
+    let timer = "[Unit]\nDescription=kubectl-snapshot: check the snapshot schedules every minute\n\n[Timer]\n\
+         OnCalendar=*-*-* *:*:00\nAccuracySec=1s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
+        .to_owned();
+    let sc = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Ok(ServiceFiles {
+        files: vec![
+            (dir.join(format!("{UNIT}.service")), service),
+            (dir.join(format!("{UNIT}.timer")), timer),
+        ],
+        activate: vec![
+            sc(&["systemctl", "--user", "daemon-reload"]),
+            sc(&["systemctl", "--user", "enable", "--now", &format!("{UNIT}.timer")]),
+        ],
+        deactivate: vec![
+            sc(&["systemctl", "--user", "disable", "--now", &format!("{UNIT}.timer")]),
+            sc(&["systemctl", "--user", "daemon-reload"]),
+        ],
+        note: Some("schedules with a seconds field run at most once a minute this way; use `schedule run --watch` for finer ones".into()),
+    })
+}
+
+/// A launchd agent that runs due schedules every minute.
+fn launchd_files(exe: &str, env: &[(&str, &str)]) -> Result<ServiceFiles> {
+    let path = home()?.join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist"));
+    let vars: String = env
+        .iter()
+        .map(|(k, v)| format!("    <key>{k}</key><string>{}</string>\n", xml(v)))
+        .collect();
+    let plist = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
+         \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n<dict>\n  <key>Label</key><string>{LAUNCHD_LABEL}</string>\n  \
+         <key>ProgramArguments</key>\n  <array><string>{}</string><string>schedule</string><string>run</string></array>\n  \
+         <key>EnvironmentVariables</key>\n  <dict>\n{vars}  </dict>\n  <key>StartInterval</key><integer>60</integer>\n</dict>\n</plist>\n",
+        xml(exe)
+    );
+    let p = path.display().to_string();
+    Ok(ServiceFiles {
+        files: vec![(path, plist)],
+        activate: vec![vec!["launchctl".into(), "load".into(), "-w".into(), p.clone()]],
+        deactivate: vec![vec!["launchctl".into(), "unload".into(), "-w".into(), p]],
+        note: None,
+    })
+}
+
 fn service_files(manager: Manager, ctx: &Ctx) -> Result<ServiceFiles> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let exe = carried("this executable's path", "install it elsewhere", &exe)?;
@@ -511,62 +571,8 @@ fn service_files(manager: Manager, ctx: &Ctx) -> Result<ServiceFiles> {
         ("KUBECTL_SNAPSHOT_CONFIG", config.as_str()),
     ];
     Ok(match manager {
-        Manager::Systemd => {
-            let dir = match std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
-                Some(d) => PathBuf::from(d),
-                None => home()?.join(".config"),
-            }
-            .join("systemd/user");
-            let environment: String = env
-                .iter()
-                .map(|(k, v)| format!("Environment={}\n", systemd_quoted(&format!("{k}={v}"), false)))
-                .collect();
-            let service = format!(
-                "[Unit]\nDescription=kubectl-snapshot: run the snapshot schedules that are due\n\n[Service]\nType=oneshot\n\
-                 {environment}ExecStart={} schedule run\n",
-                systemd_quoted(&exe, true)
-            );
-            let timer = "[Unit]\nDescription=kubectl-snapshot: check the snapshot schedules every minute\n\n[Timer]\n\
-                 OnCalendar=*-*-* *:*:00\nAccuracySec=1s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
-                .to_owned();
-            let sc = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            ServiceFiles {
-                files: vec![
-                    (dir.join(format!("{UNIT}.service")), service),
-                    (dir.join(format!("{UNIT}.timer")), timer),
-                ],
-                activate: vec![
-                    sc(&["systemctl", "--user", "daemon-reload"]),
-                    sc(&["systemctl", "--user", "enable", "--now", &format!("{UNIT}.timer")]),
-                ],
-                deactivate: vec![
-                    sc(&["systemctl", "--user", "disable", "--now", &format!("{UNIT}.timer")]),
-                    sc(&["systemctl", "--user", "daemon-reload"]),
-                ],
-                note: Some("schedules with a seconds field run at most once a minute this way; use `schedule run --watch` for finer ones".into()),
-            }
-        }
-        Manager::Launchd => {
-            let path = home()?.join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist"));
-            let vars: String = env
-                .iter()
-                .map(|(k, v)| format!("    <key>{k}</key><string>{}</string>\n", xml(v)))
-                .collect();
-            let plist = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
-                 \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n<dict>\n  <key>Label</key><string>{LAUNCHD_LABEL}</string>\n  \
-                 <key>ProgramArguments</key>\n  <array><string>{}</string><string>schedule</string><string>run</string></array>\n  \
-                 <key>EnvironmentVariables</key>\n  <dict>\n{vars}  </dict>\n  <key>StartInterval</key><integer>60</integer>\n</dict>\n</plist>\n",
-                xml(&exe)
-            );
-            let p = path.display().to_string();
-            ServiceFiles {
-                files: vec![(path, plist)],
-                activate: vec![vec!["launchctl".into(), "load".into(), "-w".into(), p.clone()]],
-                deactivate: vec![vec!["launchctl".into(), "unload".into(), "-w".into(), p]],
-                note: None,
-            }
-        }
+        Manager::Systemd => systemd_files(&exe, &env)?,
+        Manager::Launchd => launchd_files(&exe, &env)?,
         Manager::Cron => {
             let vars: String = env.iter().map(|(k, v)| format!("{k}={} ", shell_quote(v))).collect();
             ServiceFiles {
