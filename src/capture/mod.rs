@@ -955,14 +955,18 @@ mod tests {
         lock
     }
 
+    async fn freeze_workers_first(rt: &Runtime, nodes: &[Node], cleanup: &Cleanup<'_>) {
+        let order: Vec<&Node> = nodes.iter().rev().collect();
+        freeze(rt, &order, &cleanup.quiesced).await.unwrap();
+    }
+
     #[tokio::test]
     async fn leaving_thaws_every_node_then_cleans_them_and_releases_the_lock() {
         let (fake, rt) = two_nodes();
         let nodes = rt.nodes("kind").await.unwrap();
         let lock = frozen(&fake, &rt, &nodes).await;
         let mut cleanup = Cleanup::new(&rt, &nodes, &nodes[0], lock);
-        let order: Vec<&Node> = nodes.iter().rev().collect();
-        freeze(&rt, &order, &cleanup.quiesced).await.unwrap();
+        freeze_workers_first(&rt, &nodes, &cleanup).await;
         assert!(fake.paused(CP) && fake.paused(W));
         cleanup.leave().await.unwrap();
         for n in [CP, W] {
@@ -985,8 +989,7 @@ mod tests {
         let nodes = rt.nodes("kind").await.unwrap();
         let lock = frozen(&fake, &rt, &nodes).await;
         let mut cleanup = Cleanup::new(&rt, &nodes, &nodes[0], lock);
-        let order: Vec<&Node> = nodes.iter().rev().collect();
-        freeze(&rt, &order, &cleanup.quiesced).await.unwrap();
+        freeze_workers_first(&rt, &nodes, &cleanup).await;
         fake.fail_on(W, "unpause");
         let err = cleanup.leave().await.unwrap_err();
         let CaptureError::Resume(failed) = &err else {
