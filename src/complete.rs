@@ -41,24 +41,7 @@ pub async fn run(args: &[String]) {
 
 async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
     let root = Cli::command();
-    // The subcommand path and the positional arguments typed so far.
-    let mut cmd = &root;
-    let mut positionals = Vec::new();
-    let mut skip = false;
-    for w in words {
-        if skip {
-            skip = false;
-            continue;
-        }
-        if w.starts_with('-') {
-            skip = !w.contains('=') && value_of(w).is_some();
-            continue;
-        }
-        match cmd.find_subcommand(w) {
-            Some(sub) if positionals.is_empty() => cmd = sub,
-            _ => positionals.push(w.clone()),
-        }
-    }
+    let (cmd, positionals) = typed(&root, words);
     if let Some(prev) = words.last().filter(|w| w.starts_with('-') && !w.contains('=')) {
         match value_of(prev) {
             Some("output") => return (vec!["json".into(), "yaml".into()], NO_FILE_COMP),
@@ -90,6 +73,34 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
     if !subs.is_empty() && positionals.is_empty() {
         return (subs, NO_FILE_COMP);
     }
+    (stored(cmd.get_name(), &positionals, words).await, NO_FILE_COMP)
+}
+
+/// The subcommand path and the positional arguments typed so far (flags and their values skipped).
+fn typed<'a>(root: &'a clap::Command, words: &[String]) -> (&'a clap::Command, Vec<String>) {
+    let mut cmd = root;
+    let mut positionals = Vec::new();
+    let mut skip = false;
+    for w in words {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if w.starts_with('-') {
+            skip = !w.contains('=') && value_of(w).is_some();
+            continue;
+        }
+        match cmd.find_subcommand(w) {
+            Some(sub) if positionals.is_empty() => cmd = sub,
+            _ => positionals.push(w.clone()),
+        }
+    }
+    (cmd, positionals)
+}
+
+/// Positional candidates from the local store: cluster names, snapshot names of the cluster typed (or the
+/// only one, or KIND_CLUSTER_NAME's), remote names, shells.
+async fn stored(command: &str, positionals: &[String], words: &[String]) -> Vec<String> {
     let store = backends::LocalStore::new(
         std::env::var_os("KUBECTL_SNAPSHOT_DIR")
             .map(Into::into)
@@ -113,7 +124,7 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
             })
             .unwrap_or_default()
     };
-    let out = match (cmd.get_name(), positionals.as_slice()) {
+    match (command, positionals) {
         ("create" | "list" | "prune" | "resume", []) => clusters.clone(),
         ("remove", []) if words.iter().any(|w| w == "remote") => remote_names(),
         ("restore" | "show" | "delete" | "push" | "pull", []) => {
@@ -126,8 +137,7 @@ async fn candidates(words: &[String], current: &str) -> (Vec<String>, u32) {
             .map(String::from)
             .to_vec(),
         _ => Vec::new(),
-    };
-    (out, NO_FILE_COMP)
+    }
 }
 
 fn default_dir() -> std::path::PathBuf {
