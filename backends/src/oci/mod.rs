@@ -198,6 +198,22 @@ impl OciStore {
         ))
     }
 
+    /// A snapshot that exists: its reference, manifest and metadata; `NotFound` otherwise.
+    async fn existing(
+        &self,
+        cluster: &ClusterName,
+        name: &SnapshotName,
+    ) -> Result<(Reference, OciImageManifest, Vec<u8>), Error> {
+        self.check_realm().await?;
+        let r = self.reference(cluster, name)?;
+        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
+            cluster: cluster.to_string(),
+            name: name.to_string(),
+        })?;
+        let metadata = self.config(&r, &m).await?;
+        Ok((r, m, metadata))
+    }
+
     fn err(&self, op: &str, e: oci_client::errors::OciDistributionError) -> Error {
         if kind(&e) == Kind::Denied {
             Error::Denied {
@@ -319,13 +335,7 @@ impl SnapshotStore for OciStore {
     }
 
     async fn head(&self, cluster: &ClusterName, name: &SnapshotName) -> Result<RemoteSnapshot, Error> {
-        self.check_realm().await?;
-        let r = self.reference(cluster, name)?;
-        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
-            cluster: cluster.to_string(),
-            name: name.to_string(),
-        })?;
-        let metadata = self.config(&r, &m).await?;
+        let (_, m, metadata) = self.existing(cluster, name).await?;
         Ok(self.snapshot(name.clone(), &m, metadata))
     }
 
@@ -337,13 +347,7 @@ impl SnapshotStore for OciStore {
         local: &LocalMembers,
         progress: OnBytes<'_>,
     ) -> Result<Fetched, Error> {
-        self.check_realm().await?;
-        let r = self.reference(cluster, name)?;
-        let m = self.manifest(&r).await?.ok_or_else(|| Error::NotFound {
-            cluster: cluster.to_string(),
-            name: name.to_string(),
-        })?;
-        let metadata = self.config(&r, &m).await?;
+        let (r, m, metadata) = self.existing(cluster, name).await?;
         match self.index_of(name, &m)? {
             Some(index) => {
                 self.get_members(&r, name, index, metadata, (dest, local), progress)
